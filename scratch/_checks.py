@@ -1,0 +1,86 @@
+"""Argument checks shared by the layers and the network: one clear ValueError, nothing half-done."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype: object) -> np.dtype:
+    """Return `dtype` as a NumPy float dtype, or raise if it is not float32/float64."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in FLOAT_DTYPES:
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
+    return resolved
+
+
+def check_array(name: str, value: object, ndim: int, dtype: np.dtype) -> np.ndarray:
+    """Check that `value` is a finite ndarray with `ndim` dims and exactly `dtype`."""
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array, got {type(value).__name__}")
+    if value.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {value.shape}")
+    if value.dtype != dtype:
+        raise ValueError(
+            f"{name}: expected dtype {dtype}, got {value.dtype} "
+            f"(the layer computes in {dtype}; cast explicitly, nothing is cast silently)"
+        )
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name}: contains NaN or Inf at index {_first_bad(value)}")
+    return value
+
+
+def check_image(value: object, shape: tuple[int, int]) -> np.ndarray:
+    """Check a raw image: 2-D `shape`, integer or float pixels, finite, within 0..255."""
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"image: expected a numpy array, got {type(value).__name__}")
+    if value.shape != tuple(shape):
+        raise ValueError(f"image: expected shape {tuple(shape)}, got {value.shape}")
+    if value.dtype.kind not in "uif":
+        raise ValueError(
+            f"image: expected raw pixels as an integer (uint8) or float array, got dtype {value.dtype}"
+        )
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise ValueError(f"image: contains NaN or Inf at index {_first_bad(value)}")
+    low, high = value.min(), value.max()
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"image: expected raw pixel values in 0..255, got range [{low}, {high}] "
+            "(the network normalises with x/255 - 0.5 itself; pass the raw digit)"
+        )
+    return value
+
+
+def check_label(value: object, num_classes: int) -> int:
+    """Check a class label: an integer in 0..num_classes-1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"label: expected an integer class in 0..{num_classes - 1}, got {value!r}")
+    if not 0 <= int(value) < num_classes:
+        raise ValueError(f"label: expected a class in 0..{num_classes - 1}, got {int(value)}")
+    return int(value)
+
+
+def check_lr(value: object) -> float:
+    """Check a learning rate: a finite positive real number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"lr: expected a positive finite number, got {value!r}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"lr: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """Check that `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _first_bad(value: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])

@@ -1,0 +1,38 @@
+"""What every layer shares: parameters by name, gradients kept apart from the SGD update."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Layer:
+    """A layer: `forward` caches, `backward` returns dL/d(input) and fills `grads`, `update` moves weights."""
+
+    param_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.grads: dict[str, np.ndarray] = {}
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The layer's parameter arrays by attribute name (live arrays, not copies)."""
+        return {name: getattr(self, name) for name in self.param_names}
+
+    def update(self, lr: float) -> None:
+        """Plain SGD, in place: param -= lr * grad (lr is a Python float, so float32 stays float32)."""
+        for name in self.param_names:
+            getattr(self, name)[...] -= lr * self.grads[name]
+
+    def backprop(self, d_L_d_out: np.ndarray, learn_rate: float | None = None) -> np.ndarray:
+        """The tutorial's interface: backward, then (for layers with weights) the SGD update."""
+        d_L_d_input = self.backward(d_L_d_out)
+        if self.param_names:
+            self.update(learn_rate)
+        return d_L_d_input
+
+    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        """Compute the output and cache what backward needs."""
+        raise NotImplementedError
+
+    def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        """Return dL/d(input); store parameter gradients in `grads`; move no weight."""
+        raise NotImplementedError
