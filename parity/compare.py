@@ -1,0 +1,175 @@
+"""The comparison engine: one named tensor, scratch against reference, explained element by element.
+
+Both the pytest assertions and the report tables are built from `TensorComparison`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.tolerances import Tolerance, tolerance_for
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """How far one scratch tensor is from its reference, and whether that is within tolerance."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    tolerance: Tolerance
+    max_abs_error: float
+    max_rel_error: float
+    max_ulp: float
+    p99_ulp: float
+    mismatched: int
+    size: int
+    worst_index: tuple[int, ...]  # the element that uses the largest share of its allowance
+    scratch_value: float
+    reference_value: float
+    worst_error: float
+    worst_allowed: float
+    problem: str = ""  # a shape or dtype mismatch: the values were not compared
+
+    @property
+    def passed(self) -> bool:
+        """True when every element is within its allowance and shapes and dtypes match."""
+        return not self.problem and self.mismatched == 0
+
+    @property
+    def tolerance_used(self) -> float:
+        """The largest |error| / allowance over the elements, as a fraction (1.0 = at the limit; inf for NaN)."""
+        if self.problem:
+            return math.inf
+        return self.worst_error / self.worst_allowed if self.worst_allowed > 0 else math.inf
+
+    def message(self) -> str:
+        """An assert_close-style explanation: which element, both values, how far off, against what allowance."""
+        if self.problem:
+            return f"{self.name}: {self.problem}"
+        index = _index_text(self.worst_index)
+        verdict = (
+            f"{self.name}: OK, all {self.size} elements within tolerance"
+            if self.passed
+            else f"{self.name}: mismatched elements: {self.mismatched} / {self.size} ({100 * self.mismatched / self.size:.1f}%)"
+        )
+        return (
+            f"{verdict}. Greatest error (relative to its allowance) at index {index}: "
+            f"scratch {self.scratch_value!r}, reference {self.reference_value!r}, "
+            f"|error| {self.worst_error:.3g} (up to {self.worst_allowed:.3g} allowed, {self.tolerance_used:.3g}x of it; "
+            f"{self.dtype} tolerance: {self.tolerance.describe()}). "
+            f"Max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g}, "
+            f"max ULP {self.max_ulp:.3g}, p99 ULP {self.p99_ulp:.3g}."
+        )
+
+    def row(self) -> dict[str, object]:
+        """One report/table row (the same numbers the assertion message uses)."""
+        return {
+            "tensor": self.name,
+            "shape": "x".join(map(str, self.shape)) or "scalar",
+            "max |Δ|": self.max_abs_error,
+            "max rel": self.max_rel_error,
+            "max ULP": self.max_ulp,
+            "p99 ULP": self.p99_ulp,
+            "worst index": _index_text(self.worst_index),
+            "% of tol": 100 * self.tolerance_used,
+            "result": "PASS" if self.passed else "FAIL",
+        }
+
+
+def compare(
+    name: str,
+    scratch: np.ndarray,
+    reference: np.ndarray,
+    dtype: object | None = None,
+    tolerance: Tolerance | None = None,
+) -> TensorComparison:
+    """Compare `scratch` with `reference` element by element under the tolerance of `dtype`."""
+    scratch, reference = np.asarray(scratch), np.asarray(reference)
+    dtype = np.dtype(dtype if dtype is not None else reference.dtype)
+    tolerance = tolerance or tolerance_for(dtype)
+    problem = _structural_problem(scratch, reference, dtype)
+    if problem:
+        return _unmatched(name, scratch, reference, dtype, tolerance, problem)
+    difference = np.asarray(scratch - reference)
+    abs_error = np.where(np.isnan(difference), np.inf, np.abs(difference))  # NaN anywhere is never a match
+    allowed = tolerance.allowed(reference)
+    share = abs_error / allowed
+    worst = np.unravel_index(int(np.argmax(share)), share.shape) if share.size else ()
+    ulps = ulp_distance(scratch, reference)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_error = np.where(abs_error == 0, 0.0, abs_error / np.abs(reference))
+    return TensorComparison(
+        name=name,
+        shape=reference.shape,
+        dtype=dtype.name,
+        tolerance=tolerance,
+        max_abs_error=float(abs_error.max(initial=0.0)),
+        max_rel_error=float(rel_error.max(initial=0.0)),
+        max_ulp=float(ulps.max(initial=0.0)),
+        p99_ulp=float(np.quantile(ulps, 0.99, method="higher")) if ulps.size else 0.0,
+        mismatched=int(np.count_nonzero(~(abs_error <= allowed))),
+        size=reference.size,
+        worst_index=tuple(int(i) for i in worst),
+        scratch_value=float(scratch[worst]),
+        reference_value=float(reference[worst]),
+        worst_error=float(abs_error[worst]),
+        worst_allowed=float(allowed[worst]),
+    )
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How many representable floats lie between a and b, elementwise, as float64 (inf where either is NaN)."""
+    int_type = {4: np.int32, 8: np.int64}[a.dtype.itemsize]
+    a_line, b_line = (_on_number_line(np.ascontiguousarray(x).view(int_type)) for x in (a, b))
+    same_sign = (a_line < 0) == (b_line < 0)
+    with np.errstate(over="ignore"):  # the opposite-sign branch may wrap; np.where discards it
+        exact = np.abs(a_line - b_line).astype(np.float64)
+    across_zero = np.abs(a_line).astype(np.float64) + np.abs(b_line).astype(np.float64)
+    distance = np.where(same_sign, exact, across_zero)
+    distance[np.isnan(a) | np.isnan(b)] = np.inf
+    return distance
+
+
+def _on_number_line(bits: np.ndarray) -> np.ndarray:
+    """Map IEEE bit patterns so adjacent floats are adjacent integers (-0.0 and 0.0 both at 0)."""
+    return np.where(bits < 0, np.iinfo(bits.dtype).min - bits, bits)
+
+
+def _structural_problem(scratch: np.ndarray, reference: np.ndarray, dtype: np.dtype) -> str:
+    if scratch.shape != reference.shape:
+        return f"shape mismatch: scratch {scratch.shape}, reference {reference.shape}; values not compared"
+    if scratch.dtype != reference.dtype or scratch.dtype != dtype:
+        return (
+            f"dtype mismatch: scratch {scratch.dtype}, reference {reference.dtype}, run dtype {dtype}; "
+            "values not compared (nothing may be cast silently)"
+        )
+    return ""
+
+
+def _unmatched(name, scratch, reference, dtype, tolerance, problem) -> TensorComparison:
+    return TensorComparison(
+        name=name,
+        shape=reference.shape,
+        dtype=dtype.name,
+        tolerance=tolerance,
+        max_abs_error=math.inf,
+        max_rel_error=math.inf,
+        max_ulp=math.inf,
+        p99_ulp=math.inf,
+        mismatched=reference.size,
+        size=reference.size,
+        worst_index=(),
+        scratch_value=math.nan,
+        reference_value=math.nan,
+        worst_error=math.inf,
+        worst_allowed=0.0,
+        problem=problem,
+    )
+
+
+def _index_text(index: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, index)) + ("," if len(index) == 1 else "") + ")" if index else "()"

@@ -1,0 +1,159 @@
+"""The tutorial experiment in lockstep: epochs of seeded shuffles, the tutorial's progress lines, the test pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+import reference
+import scratch
+from parity.lockstep import LockstepRecord, StepRecord, run_lockstep
+from scratch.data import Dataset
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One lockstep run of the tutorial experiment."""
+
+    dtype: str = "float64"
+    tie_policy: str = "first"
+    softmax: str = "stable"
+    impl: str = "vectorized"
+    epochs: int = 3
+    lr: float = 0.005
+    seed: int = 0
+    stride: int = 1
+    mode: str = "free"
+
+    @property
+    def name(self) -> str:
+        """A short label: `float64 first/stable`."""
+        return f"{self.dtype} {self.tie_policy}/{self.softmax}" + ("" if self.mode == "free" else f" {self.mode}")
+
+    @property
+    def expects_parity(self) -> bool:
+        """Only PyTorch's semantics can match PyTorch; the tutorial-faithful run is a demonstration."""
+        return self.tie_policy == "first" and self.softmax == "stable"
+
+    def as_dict(self) -> dict[str, object]:
+        """The config as plain JSON-able values."""
+        return asdict(self)
+
+
+class ScratchSide:
+    """Adapts `scratch.Network` to the lockstep `Side` interface."""
+
+    def __init__(self, net: scratch.Network) -> None:
+        self.net = net
+
+    def forward_backward(self, image: np.ndarray, label: int) -> dict[str, np.ndarray]:
+        """Every named tensor of one step."""
+        return self.net.forward_backward(image, label).tensors
+
+    def update(self, lr: float) -> None:
+        """SGD on every layer."""
+        self.net.update(lr)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The live parameters."""
+        return self.net.parameters()
+
+    def load_parameters(self, params: dict[str, np.ndarray]) -> None:
+        """Copy parameters in."""
+        self.net.load_parameters(params)
+
+    def evaluate(self, image: np.ndarray, label: int) -> tuple[float, bool]:
+        """Loss and correctness without backward."""
+        return self.net.evaluate(image, label)
+
+
+@dataclass
+class ExperimentResult:
+    """A finished lockstep experiment: the record, the tutorial's progress lines, and the test results."""
+
+    config: ExperimentConfig
+    record: LockstepRecord
+    progress: list[dict[str, object]] = field(default_factory=list)
+    test: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when every tensor agreed at every step."""
+        return self.record.passed
+
+
+def build_sides(config: ExperimentConfig, image_shape: tuple[int, int]) -> tuple[ScratchSide, reference.ReferenceRunner]:
+    """A scratch network from the tutorial's seeded init, and the twin holding the same weights."""
+    net = scratch.tutorial_network(
+        config.seed,
+        np.dtype(config.dtype),
+        image_shape=image_shape,
+        tie_policy=config.tie_policy,
+        softmax=config.softmax,
+        impl=config.impl,
+    )
+    return ScratchSide(net), reference.ReferenceRunner(reference.to_torch(net), lr=config.lr)
+
+
+def epoch_orders(n_train: int, epochs: int, seed: int) -> list[np.ndarray]:
+    """The tutorial reshuffles every epoch; here from one seeded Generator, shared by both sides."""
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n_train) for _ in range(epochs)]
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    train: Dataset,
+    test: Dataset,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> ExperimentResult:
+    """Train both sides in lockstep for `config.epochs`, then test both on `test`."""
+    scratch_side, reference_side = build_sides(config, train.images.shape[1:])
+    record = LockstepRecord(dtype=config.dtype, mode=config.mode, stride=config.stride, lr=config.lr)
+    result = ExperimentResult(config, record)
+    for epoch, order in enumerate(epoch_orders(len(train), config.epochs, config.seed)):
+        first = len(record.steps)
+        run_lockstep(
+            scratch_side,
+            reference_side,
+            train.images[order],
+            train.labels[order],
+            config.dtype,
+            lr=config.lr,
+            stride=config.stride,
+            mode=config.mode,
+            record=record,
+            on_step=on_step,
+        )
+        result.progress += progress_lines(record.steps[first:], epoch)
+    result.test = {
+        "scratch": evaluate(scratch_side, test),
+        "reference": evaluate(reference_side, test),
+    }
+    return result
+
+
+def progress_lines(steps: list[StepRecord], epoch: int, every: int = 100) -> list[dict[str, object]]:
+    """The tutorial's `[Step 100] Past 100 steps: Average Loss ... | Accuracy: ...%`, for both sides."""
+    lines = []
+    for end in range(every, len(steps) + 1, every):
+        window = steps[end - every : end]
+        lines.append(
+            {
+                "epoch": epoch + 1,
+                "step": end,
+                "scratch_loss": float(np.mean([s.scratch_loss for s in window])),
+                "scratch_accuracy": 100 * float(np.mean([s.scratch_correct for s in window])),
+                "reference_loss": float(np.mean([s.reference_loss for s in window])),
+                "reference_accuracy": 100 * float(np.mean([s.reference_correct for s in window])),
+            }
+        )
+    return lines
+
+
+def evaluate(side, test: Dataset) -> dict[str, float]:
+    """Mean loss and accuracy over `test`, forward only."""
+    results = [side.evaluate(image, int(label)) for image, label in zip(test.images, test.labels)]
+    return {"loss": float(np.mean([r[0] for r in results])), "accuracy": float(np.mean([r[1] for r in results]))}

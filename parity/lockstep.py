@@ -1,0 +1,176 @@
+"""Lockstep training: both sides step on the same image with the same lr, and every named tensor is compared.
+
+Modes:
+- "free": each side trains on its own weights; errors accumulate, so this measures drift.
+- "teacher": before each step the scratch side is reset to the reference's weights; this measures one-step error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from parity.compare import TensorComparison, compare
+from parity.diagnosis import diagnose
+from parity.ties import count_tied_windows
+from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS
+
+STEP_TENSORS = FORWARD_TENSORS + BACKWARD_TENSORS
+TENSOR_ORDER = STEP_TENSORS + PARAMETERS  # parameters are compared after the update
+ALWAYS_COMPARED = ("loss",) + PARAMETERS  # compared every step, whatever the stride
+MODES = ("free", "teacher")
+
+
+class Side(Protocol):
+    """One implementation in a lockstep run (scratch, the reference, or a user's code behind an adapter)."""
+
+    def forward_backward(self, image: np.ndarray, label: int) -> dict[str, np.ndarray]: ...
+    def update(self, lr: float) -> None: ...
+    def parameters(self) -> dict[str, np.ndarray]: ...
+    def load_parameters(self, params: dict[str, np.ndarray]) -> None: ...
+
+
+@dataclass
+class StepRecord:
+    """One step of a lockstep run: both losses, the tie count, and the comparisons made."""
+
+    step: int
+    scratch_loss: float
+    reference_loss: float
+    scratch_correct: bool
+    reference_correct: bool
+    tied_windows: int
+    comparisons: list[TensorComparison]
+
+    @property
+    def passed(self) -> bool:
+        """True when every compared tensor was within tolerance."""
+        return all(c.passed for c in self.comparisons)
+
+    @property
+    def tolerance_used(self) -> float:
+        """The largest share of tolerance used by any tensor this step."""
+        return max((c.tolerance_used for c in self.comparisons), default=0.0)
+
+
+@dataclass
+class Divergence:
+    """The first tensor, in forward-then-backward-then-parameters order, of the first step to exceed tolerance."""
+
+    step: int
+    tensor: str
+    layer: str
+    comparison: TensorComparison
+    tied_windows: int
+    diagnosis: str
+
+    def message(self) -> str:
+        """A one-paragraph explanation of the divergence."""
+        return f"step {self.step}, {self.layer} {self.tensor}: {self.diagnosis}. {self.comparison.message()}"
+
+
+@dataclass
+class LockstepRecord:
+    """Everything a lockstep run measured."""
+
+    dtype: str
+    mode: str
+    stride: int
+    lr: float
+    steps: list[StepRecord] = field(default_factory=list)
+    first_divergence: Divergence | None = None
+    seconds: dict[str, float] = field(default_factory=lambda: {"scratch": 0.0, "reference": 0.0, "compare": 0.0})
+    missing_tensors: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """True when no tensor exceeded tolerance at any step."""
+        return self.first_divergence is None
+
+    def max_abs_error(self) -> dict[str, float]:
+        """The largest absolute error of each tensor over the run."""
+        worst: dict[str, float] = {}
+        for step in self.steps:
+            for c in step.comparisons:
+                worst[c.name] = max(worst.get(c.name, 0.0), c.max_abs_error)
+        return {name: worst[name] for name in TENSOR_ORDER if name in worst}
+
+    def worst_step(self) -> StepRecord | None:
+        """The step that used the largest share of tolerance (the first such step on a tie)."""
+        return max(self.steps, key=lambda s: s.tolerance_used, default=None)
+
+
+def run_lockstep(
+    scratch: Side,
+    reference: Side,
+    images: Sequence[np.ndarray],
+    labels: Sequence[int],
+    dtype: object,
+    lr: float = 0.005,
+    stride: int = 1,
+    mode: str = "free",
+    record: LockstepRecord | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> LockstepRecord:
+    """Train both sides in lockstep on `images`, comparing every tensor every `stride` steps (loss and params always)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if stride < 1:
+        raise ValueError(f"stride: expected a positive integer, got {stride}")
+    dtype = np.dtype(dtype)
+    record = record or LockstepRecord(dtype=dtype.name, mode=mode, stride=stride, lr=lr)
+    for image, label in zip(images, labels):
+        step = _lockstep_step(scratch, reference, image, int(label), dtype, lr, len(record.steps), record)
+        record.steps.append(step)
+        if record.first_divergence is None and not step.passed:
+            record.first_divergence = _divergence(step, record)
+        if on_step is not None:
+            on_step(step)
+    return record
+
+
+def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -> StepRecord:
+    timer = time.perf_counter
+    if record.mode == "teacher":
+        scratch.load_parameters(reference.parameters())
+    started = timer()
+    scratch_tensors = scratch.forward_backward(image, label)
+    scratch.update(lr)
+    scratch_params = {name: value.copy() for name, value in scratch.parameters().items()}
+    record.seconds["scratch"] += timer() - started
+    started = timer()
+    reference_tensors = reference.forward_backward(image, label)
+    reference.update(lr)
+    reference_params = reference.parameters()
+    record.seconds["reference"] += timer() - started
+    started = timer()
+    names = STEP_TENSORS if index % record.stride == 0 else ("loss",)
+    comparisons = [
+        compare(name, scratch_tensors[name], reference_tensors[name], dtype)
+        for name in names
+        if name in scratch_tensors
+    ]
+    comparisons += [compare(name, scratch_params[name], reference_params[name], dtype) for name in PARAMETERS]
+    record.missing_tensors = tuple(name for name in STEP_TENSORS if name not in scratch_tensors)
+    step = StepRecord(
+        step=index,
+        scratch_loss=float(scratch_tensors["loss"]),
+        reference_loss=float(reference_tensors["loss"]),
+        scratch_correct=bool(np.argmax(scratch_tensors["probs"]) == label) if "probs" in scratch_tensors else False,
+        reference_correct=bool(np.argmax(reference_tensors["logits"]) == label),
+        tied_windows=count_tied_windows(reference_tensors["conv_out"]),
+        comparisons=comparisons,
+    )
+    record.seconds["compare"] += timer() - started
+    return step
+
+
+def _divergence(step: StepRecord, record: LockstepRecord) -> Divergence:
+    failure = next(c for c in step.comparisons if not c.passed)
+    previous = record.steps[-2].tolerance_used if len(record.steps) > 1 else 0.0
+    layer, diagnosis = diagnose(failure, step.comparisons, step.tied_windows, previous)
+    return Divergence(step.step, failure.name, layer, failure, step.tied_windows, diagnosis)
