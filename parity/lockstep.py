@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from parity.compare import TensorComparison, compare
 from parity.diagnosis import diagnose
-from parity.ties import count_tied_windows
+from parity.ties import count_tied_windows, near_tie_flips
+from parity.tolerances import tolerance_for
 from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS
 
 STEP_TENSORS = FORWARD_TENSORS + BACKWARD_TENSORS
 TENSOR_ORDER = STEP_TENSORS + PARAMETERS  # parameters are compared after the update
 ALWAYS_COMPARED = ("loss",) + PARAMETERS  # compared every step, whatever the stride
+# Tensors that depend on which element a pool window routed its gradient to. A flip legitimately moves the
+# filters off the reference's trajectory (by lr x the rerouted gradient, which can exceed float32 tolerance),
+# so after an explained flip a free-running run re-synchronises scratch to the reference's weights.
+ROUTING_DEPENDENT = ("d_conv_out", "d_filters", "d_image", "filters")
 MODES = ("free", "teacher")
 
 
@@ -45,16 +50,17 @@ class StepRecord:
     reference_correct: bool
     tied_windows: int
     comparisons: list[TensorComparison]
+    flipped_windows: int = 0  # near-tie routing flips explained this step
 
     @property
     def passed(self) -> bool:
-        """True when every compared tensor was within tolerance."""
-        return all(c.passed for c in self.comparisons)
+        """True when every compared tensor was within tolerance, or out of it for a proven harmless reason."""
+        return all(c.ok for c in self.comparisons)
 
     @property
     def tolerance_used(self) -> float:
-        """The largest share of tolerance used by any tensor this step."""
-        return max((c.tolerance_used for c in self.comparisons), default=0.0)
+        """The largest share of tolerance used by any tensor this step (explained flips aside)."""
+        return max((c.tolerance_used for c in self.comparisons if not c.explained), default=0.0)
 
 
 @dataclass
@@ -85,6 +91,13 @@ class LockstepRecord:
     first_divergence: Divergence | None = None
     seconds: dict[str, float] = field(default_factory=lambda: {"scratch": 0.0, "reference": 0.0, "compare": 0.0})
     missing_tensors: tuple[str, ...] = ()
+    worst_tolerance_used: float = 0.0
+    resynced_steps: list[int] = field(default_factory=list)  # steps after which scratch took the reference's weights
+
+    @property
+    def flipped_windows(self) -> int:
+        """Near-tie routing flips explained over the run."""
+        return sum(step.flipped_windows for step in self.steps)
 
     @property
     def passed(self) -> bool:
@@ -140,22 +153,19 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
     started = timer()
     scratch_tensors = scratch.forward_backward(image, label)
     scratch.update(lr)
-    scratch_params = {name: value.copy() for name, value in scratch.parameters().items()}
     record.seconds["scratch"] += timer() - started
     started = timer()
     reference_tensors = reference.forward_backward(image, label)
     reference.update(lr)
-    reference_params = reference.parameters()
     record.seconds["reference"] += timer() - started
     started = timer()
-    names = STEP_TENSORS if index % record.stride == 0 else ("loss",)
-    comparisons = [
-        compare(name, scratch_tensors[name], reference_tensors[name], dtype)
-        for name in names
-        if name in scratch_tensors
-    ]
-    comparisons += [compare(name, scratch_params[name], reference_params[name], dtype) for name in PARAMETERS]
-    record.missing_tensors = tuple(name for name in STEP_TENSORS if name not in scratch_tensors)
+    # Parameters are compared right after both updates, before the next step changes them.
+    scratch_tensors = {**scratch_tensors, **scratch.parameters()}
+    reference_tensors = {**reference_tensors, **reference.parameters()}
+    names = TENSOR_ORDER if index % record.stride == 0 else ALWAYS_COMPARED
+    names = [name for name in names if name in scratch_tensors]
+    record.missing_tensors = tuple(name for name in TENSOR_ORDER if name not in scratch_tensors)
+    comparisons = [compare(n, scratch_tensors[n], reference_tensors[n], dtype, detail=False) for n in names]
     step = StepRecord(
         step=index,
         scratch_loss=float(scratch_tensors["loss"]),
@@ -165,12 +175,47 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
         tied_windows=count_tied_windows(reference_tensors["conv_out"]),
         comparisons=comparisons,
     )
+    if not step.passed:
+        _explain_flips(step, scratch_tensors, reference_tensors, dtype)
+        if step.flipped_windows and step.passed:
+            scratch.load_parameters(reference.parameters())
+            record.resynced_steps.append(index)
+    if index == 0 or not step.passed or step.tolerance_used > record.worst_tolerance_used:
+        # Keep full statistics (ULPs, relative error) for the steps a report shows: first, worst, first failure.
+        step.comparisons = [
+            replace(compare(c.name, scratch_tensors[c.name], reference_tensors[c.name], dtype), explained=c.explained)
+            for c in step.comparisons
+        ]
+    record.worst_tolerance_used = max(record.worst_tolerance_used, step.tolerance_used)
     record.seconds["compare"] += timer() - started
     return step
 
 
+def _explain_flips(step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:
+    """Mark a routing difference caused only by rounding at a near-tie as explained, with the evidence."""
+    by_name = {c.name: i for i, c in enumerate(step.comparisons)}
+    if "d_conv_out" not in by_name or step.comparisons[by_name["d_conv_out"]].passed:
+        return
+    tolerance = tolerance_for(dtype)
+    flips = near_tie_flips(
+        scratch_tensors["conv_out"],
+        reference_tensors["conv_out"],
+        scratch_tensors["d_conv_out"],
+        reference_tensors["d_conv_out"],
+        tolerance,
+        tolerance,
+    )
+    if flips <= 0:
+        return
+    step.flipped_windows = flips
+    reason = f"near-tie flip in {flips} pool window(s): rounding reordered two maxima within forward tolerance"
+    for name in ROUTING_DEPENDENT:
+        if name in by_name and not step.comparisons[by_name[name]].passed:
+            step.comparisons[by_name[name]] = replace(step.comparisons[by_name[name]], explained=reason)
+
+
 def _divergence(step: StepRecord, record: LockstepRecord) -> Divergence:
-    failure = next(c for c in step.comparisons if not c.passed)
+    failure = next(c for c in step.comparisons if not c.ok)
     previous = record.steps[-2].tolerance_used if len(record.steps) > 1 else 0.0
     layer, diagnosis = diagnose(failure, step.comparisons, step.tied_windows, previous)
     return Divergence(step.step, failure.name, layer, failure, step.tied_windows, diagnosis)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from parity.tolerances import Tolerance
+
 
 def count_tied_windows(pool_input: np.ndarray) -> int:
     """How many (window, channel) pairs of a 2x2/stride-2 pool over `(H, W, C)` have their max more than once."""
@@ -11,3 +13,47 @@ def count_tied_windows(pool_input: np.ndarray) -> int:
     corners = [pool_input[r : 2 * out_h : 2, c : 2 * out_w : 2] for r in (0, 1) for c in (0, 1)]
     window_max = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
     return int(np.count_nonzero(sum((corner == window_max).astype(np.uint8) for corner in corners) > 1))
+
+
+def _windows(x: np.ndarray) -> np.ndarray:
+    """`(H, W, C)` -> `(H//2, W//2, C, 4)`, window elements in row-major order (odd sizes floor)."""
+    out_h, out_w = x.shape[0] // 2, x.shape[1] // 2
+    return np.stack([x[r : 2 * out_h : 2, c : 2 * out_w : 2] for r in (0, 1) for c in (0, 1)], axis=-1)
+
+
+def near_tie_flips(
+    scratch_pool_input: np.ndarray,
+    reference_pool_input: np.ndarray,
+    scratch_d_pool_input: np.ndarray,
+    reference_d_pool_input: np.ndarray,
+    forward_tolerance: Tolerance,
+    gradient_tolerance: Tolerance,
+) -> int:
+    """Count windows whose gradient went elsewhere only because rounding reordered two near-equal maxima.
+
+    Returns that count when it explains every out-of-tolerance element of the pool's input gradient, else -1.
+    A window is such a flip when: scratch routed its whole gradient to one element, the first maximum of scratch's
+    *own* pool input; the reference routed it to its first maximum; the two candidates differ in the reference by
+    no more than the forward tolerance; and the amount routed agrees. An exact tie in both inputs routed elsewhere
+    (the tutorial's "all", or a last-max rule) is never a flip.
+    """
+    bad = ~(np.abs(scratch_d_pool_input - reference_d_pool_input) <= gradient_tolerance.allowed(reference_d_pool_input))
+    out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
+    if bad[2 * out_h :].any() or bad[:, 2 * out_w :].any():
+        return -1  # odd-size leftovers never receive gradient
+    bad_windows = _windows(bad).any(axis=-1)
+    if not bad_windows.any():
+        return 0
+    ref_in, own_in = _windows(reference_pool_input)[bad_windows], _windows(scratch_pool_input)[bad_windows]
+    ref_d, own_d = _windows(reference_d_pool_input)[bad_windows], _windows(scratch_d_pool_input)[bad_windows]
+    rows = np.arange(len(ref_in))
+    ref_route, own_route = ref_in.argmax(axis=-1), own_in.argmax(axis=-1)  # first maximum, as PyTorch
+    single_route = np.count_nonzero(own_d, axis=-1) <= 1
+    routed_to_own_max = (own_d[rows, own_route] != 0) | (own_d.sum(axis=-1) == 0)
+    gap = ref_in[rows, ref_route] - ref_in[rows, own_route]
+    near_tie = (own_route != ref_route) & (gap <= forward_tolerance.allowed(ref_in[rows, ref_route]))
+    same_amount = np.abs(own_d[rows, own_route] - ref_d[rows, ref_route]) <= gradient_tolerance.allowed(
+        ref_d[rows, ref_route]
+    )
+    flips = single_route & routed_to_own_max & near_tie & same_amount
+    return int(flips.sum()) if flips.all() else -1
