@@ -1,0 +1,56 @@
+"""`cnn-parity`: one console script, one subcommand per job. Exit 0 parity, 1 divergence, 2 bad usage or input."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from scratch.data import DataError
+
+# subcommand -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("reports.command", "run the tutorial experiment in lockstep and write report.md, report.json, plots"),
+    "check": ("parity.check", "check a tutorial-style implementation tensor by tensor against PyTorch"),
+    "record": ("parity.golden", "write a golden record of the default scratch run"),
+    "compare-golden": ("parity.golden", "rerun scratch alone and compare it with a golden record (no torch)"),
+    "selftest": ("parity.selftest", "inject realistic bugs and show each one caught and attributed"),
+}
+
+EXIT_PARITY, EXIT_DIVERGENCE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad options or unusable input: reported in one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="cnn-parity", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        add_arguments = getattr(module, f"add_{name.replace('-', '_')}_arguments", None) or module.add_arguments
+        add_arguments(sub)
+        sub.set_defaults(module=module, runner=f"run_{name.replace('-', '_')}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, dispatch, and turn expected errors into one clear line and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args.module, args.runner, None) or args.module.run
+    try:
+        return run(args)
+    except (UsageError, DataError, OSError) as error:
+        print(f"cnn-parity {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"cnn-parity {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
