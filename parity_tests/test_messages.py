@@ -1,0 +1,74 @@
+"""The messages and table rows explain themselves: tensor, element, both values, error, allowance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity.compare import compare
+from parity.tables import comparison_table
+from parity.testing import ParityError, assert_parity
+from parity.tolerances import TOLERANCES, tolerance_for
+
+
+def perturbed(delta: float = 1e-9, dtype=np.float64):
+    reference = (np.arange(6, dtype=dtype).reshape(2, 3) / 8).astype(dtype)
+    scratch = reference.copy()
+    scratch[1, 2] += delta
+    return scratch, reference
+
+
+def test_mismatch_message_names_element_values_error_and_allowance():
+    comparison = compare("d_filters", *perturbed())
+    assert comparison.message() == (
+        "d_filters: mismatched elements: 1 / 6 (16.7%). Greatest error (relative to its allowance) at index (1, 2): "
+        "scratch 0.625000001, reference 0.625, |error| 1e-09 (up to 6.35e-11 allowed, 15.7x of it; "
+        "float64 tolerance: atol 1e-12 + rtol 1e-10*|reference|). Max abs error 1e-09, max rel error 1.6e-09, "
+        "max ULP 9.01e+06, p99 ULP 9.01e+06."
+    )
+
+
+def test_table_row_carries_the_same_numbers():
+    row = compare("d_filters", *perturbed()).row()
+    assert row["tensor"] == "d_filters" and row["shape"] == "2x3" and row["worst index"] == "(1, 2)"
+    assert row["result"] == "FAIL"
+    assert row["% of tol"] == pytest.approx(100 * 1e-9 / 6.35e-11, rel=1e-2)
+    assert "| d_filters | 2x3     |" in comparison_table([compare("d_filters", *perturbed())])
+
+
+def test_passing_message():
+    scratch, reference = perturbed(delta=0.0)
+    assert compare("loss", scratch, reference).message().startswith("loss: OK, all 6 elements within tolerance.")
+
+
+def test_nan_is_always_a_mismatch():
+    scratch, reference = perturbed()
+    scratch[0, 1] = np.nan
+    comparison = compare("probs", scratch, reference)
+    assert not comparison.passed
+    assert "at index (0, 1): scratch nan, reference 0.125, |error| inf" in comparison.message()
+
+
+def test_shape_and_dtype_are_checked_before_values():
+    scratch, reference = perturbed()
+    assert compare("x", scratch[:1], reference).message() == (
+        "x: shape mismatch: scratch (1, 3), reference (2, 3); values not compared"
+    )
+    assert "dtype mismatch: scratch float32, reference float64" in compare("x", scratch.astype(np.float32), reference).message()
+
+
+def test_assert_parity_names_the_first_divergence_and_shows_the_table():
+    scratch, reference = perturbed()
+    with pytest.raises(ParityError) as error:
+        assert_parity({"a": reference, "b": scratch}, {"a": reference, "b": reference}, np.float64, names=["a", "b"])
+    text = str(error.value)
+    assert text.startswith("first divergence: b: mismatched elements: 1 / 6")
+    assert "| a        | 2x3     |" in text and "| FAIL     |" in text
+
+
+def test_every_tolerance_has_a_reason_and_float64_beats_assert_close_defaults():
+    for dtype, tolerance in TOLERANCES.items():
+        assert len(tolerance.reason) > 40, dtype
+    assert tolerance_for(np.float64).atol < 1e-7 / 1000  # assert_close's float64 default is 1e-7
+    with pytest.raises(ValueError, match="no parity tolerance for dtype 'float16'"):
+        tolerance_for("float16")
