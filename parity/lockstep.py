@@ -48,7 +48,7 @@ class StepRecord:
     reference_loss: float
     scratch_correct: bool
     reference_correct: bool
-    tied_windows: int
+    tied_windows: int  # tied pool windows in the reference's forward; -1 on steps without a full comparison
     comparisons: list[TensorComparison]
     flipped_windows: int = 0  # near-tie routing flips explained this step
 
@@ -93,6 +93,7 @@ class LockstepRecord:
     missing_tensors: tuple[str, ...] = ()
     worst_tolerance_used: float = 0.0
     resynced_steps: list[int] = field(default_factory=list)  # steps after which scratch took the reference's weights
+    pending_worst: tuple[StepRecord, dict] | None = field(default=None, repr=False)  # detailed when the run ends
 
     @property
     def flipped_windows(self) -> int:
@@ -105,11 +106,12 @@ class LockstepRecord:
         return self.first_divergence is None
 
     def max_abs_error(self) -> dict[str, float]:
-        """The largest absolute error of each tensor over the run."""
+        """The largest absolute error of each tensor over the run (explained near-tie flips aside)."""
         worst: dict[str, float] = {}
         for step in self.steps:
             for c in step.comparisons:
-                worst[c.name] = max(worst.get(c.name, 0.0), c.max_abs_error)
+                if not c.explained:
+                    worst[c.name] = max(worst.get(c.name, 0.0), c.max_abs_error)
         return {name: worst[name] for name in TENSOR_ORDER if name in worst}
 
     def worst_step(self) -> StepRecord | None:
@@ -143,6 +145,7 @@ def run_lockstep(
             record.first_divergence = _divergence(step, record)
         if on_step is not None:
             on_step(step)
+    _detail_pending_worst(record)
     return record
 
 
@@ -155,15 +158,18 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
     scratch.update(lr)
     record.seconds["scratch"] += timer() - started
     started = timer()
-    reference_tensors = reference.forward_backward(image, label)
+    full = index % record.stride == 0
+    # Between strided full comparisons the reference runs bare (a ReferenceRunner skips activation gradients).
+    reference_tensors = (
+        reference.forward_backward(image, label) if full else reference.forward_backward(image, label, everything=False)
+    )
     reference.update(lr)
     record.seconds["reference"] += timer() - started
     started = timer()
     # Parameters are compared right after both updates, before the next step changes them.
     scratch_tensors = {**scratch_tensors, **scratch.parameters()}
     reference_tensors = {**reference_tensors, **reference.parameters()}
-    names = TENSOR_ORDER if index % record.stride == 0 else ALWAYS_COMPARED
-    names = [name for name in names if name in scratch_tensors]
+    names = [name for name in (TENSOR_ORDER if full else ALWAYS_COMPARED) if name in scratch_tensors]
     record.missing_tensors = tuple(name for name in TENSOR_ORDER if name not in scratch_tensors)
     comparisons = [compare(n, scratch_tensors[n], reference_tensors[n], dtype, detail=False) for n in names]
     step = StepRecord(
@@ -172,7 +178,7 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
         reference_loss=float(reference_tensors["loss"]),
         scratch_correct=bool(np.argmax(scratch_tensors["probs"]) == label) if "probs" in scratch_tensors else False,
         reference_correct=bool(np.argmax(reference_tensors["logits"]) == label),
-        tied_windows=count_tied_windows(reference_tensors["conv_out"]),
+        tied_windows=count_tied_windows(reference_tensors["conv_out"]) if full else -1,  # -1: not counted
         comparisons=comparisons,
     )
     if not step.passed:
@@ -180,15 +186,31 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
         if step.flipped_windows and step.passed:
             scratch.load_parameters(reference.parameters())
             record.resynced_steps.append(index)
-    if index == 0 or not step.passed or step.tolerance_used > record.worst_tolerance_used:
-        # Keep full statistics (ULPs, relative error) for the steps a report shows: first, worst, first failure.
-        step.comparisons = [
-            replace(compare(c.name, scratch_tensors[c.name], reference_tensors[c.name], dtype), explained=c.explained)
-            for c in step.comparisons
-        ]
+    # Full statistics (ULPs, relative error) only for the steps a report shows: the first, the first failure, and
+    # the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at any step).
+    if index == 0 or (not step.passed and record.first_divergence is None):
+        _detail(step, scratch_tensors, reference_tensors, dtype)
+    elif step.tolerance_used > record.worst_tolerance_used:
+        names = [c.name for c in step.comparisons]
+        record.pending_worst = (step, {n: (scratch_tensors[n].copy(), reference_tensors[n].copy()) for n in names})
     record.worst_tolerance_used = max(record.worst_tolerance_used, step.tolerance_used)
     record.seconds["compare"] += timer() - started
     return step
+
+
+def _detail(step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:
+    step.comparisons = [
+        replace(compare(c.name, scratch_tensors[c.name], reference_tensors[c.name], dtype), explained=c.explained)
+        for c in step.comparisons
+    ]
+
+
+def _detail_pending_worst(record: LockstepRecord) -> None:
+    if record.pending_worst is not None:
+        step, tensors = record.pending_worst
+        _detail(step, {n: pair[0] for n, pair in tensors.items()}, {n: pair[1] for n, pair in tensors.items()},
+                np.dtype(record.dtype))
+        record.pending_worst = None
 
 
 def _explain_flips(step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:

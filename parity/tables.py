@@ -12,4 +12,4 @@ from parity.compare import TensorComparison
 def comparison_table(comparisons: Iterable[TensorComparison], tablefmt: str = "github") -> str:
     """One row per tensor: errors, ULPs, share of tolerance, result."""
     rows = [c.row() for c in comparisons]
-    return tabulate(rows, headers="keys", tablefmt=tablefmt, floatfmt=".3g", disable_numparse=True) if rows else ""
+    return tabulate(rows, headers="keys", tablefmt=tablefmt, floatfmt=".3g") if rows else ""

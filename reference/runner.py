@@ -12,7 +12,6 @@ from reference.bridge import (
     load_into_torch,
     nchw_to_hwc,
     parameters_to_scratch,
-    to_numpy,
 )
 from reference.twin import TutorialTwin
 
@@ -30,31 +29,42 @@ class ReferenceRunner:
         pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.dtype)
         return (pixels / 255 - 0.5).reshape(1, 1, *image.shape)
 
-    def forward_backward(self, image: np.ndarray, label: int) -> dict[str, np.ndarray]:
-        """Forward, cross-entropy, backward: every named tensor as a NumPy array in scratch layout."""
+    def forward_backward(self, image: np.ndarray, label: int, everything: bool = True) -> dict[str, np.ndarray]:
+        """Forward, cross-entropy, backward: every named tensor as a NumPy array in scratch layout.
+
+        With `everything=False` it is a bare training step that returns only `loss` and `logits` (no retained
+        activation gradients, no input gradient): the lockstep's cheap path between strided full comparisons.
+        """
         twin = self.twin
         self.optimizer.zero_grad(set_to_none=True)
-        x = self.image_tensor(image).requires_grad_(True)
+        x = self.image_tensor(image).requires_grad_(everything)
         conv_out = twin.conv(x)  # (1, F, H-2, W-2)
         pool_out = twin.pool(conv_out)  # (1, F, (H-2)//2, (W-2)//2)
         logits = twin.dense(twin.flatten(pool_out))  # (1, classes)
-        for activation in (conv_out, pool_out, logits):
-            activation.retain_grad()
+        if everything:
+            for activation in (conv_out, pool_out, logits):
+                activation.retain_grad()
         loss = F.cross_entropy(logits, torch.tensor([label]))
         loss.backward()
+        # Views, not copies: every tensor here is new this step (grads are reset to None), so none changes later.
+        tensors = {"logits": logits.detach()[0].numpy(), "loss": loss.detach().numpy()}
+        if everything:
+            tensors |= self._all_tensors(x, conv_out, pool_out, logits)
+        return tensors
+
+    def _all_tensors(self, x, conv_out, pool_out, logits) -> dict[str, np.ndarray]:
+        twin = self.twin
         return {
             "conv_out": nchw_to_hwc(conv_out),
             "pool_out": nchw_to_hwc(pool_out),
-            "logits": to_numpy(logits[0]),
-            "probs": to_numpy(torch.softmax(logits.detach()[0], dim=0)),
-            "loss": to_numpy(loss),
-            "d_logits": to_numpy(logits.grad[0]),
-            "d_dense_weights": dense_weights_to_scratch(to_numpy(twin.dense.weight.grad), twin.pooled_shape),
-            "d_dense_biases": to_numpy(twin.dense.bias.grad),
+            "probs": torch.softmax(logits.detach()[0], dim=0).numpy(),
+            "d_logits": logits.grad[0].numpy(),
+            "d_dense_weights": dense_weights_to_scratch(twin.dense.weight.grad.numpy(), twin.pooled_shape),
+            "d_dense_biases": twin.dense.bias.grad.numpy(),
             "d_pool_out": nchw_to_hwc(pool_out.grad),
             "d_conv_out": nchw_to_hwc(conv_out.grad),
-            "d_filters": filters_to_scratch(to_numpy(twin.conv.weight.grad), two_d_input=True),
-            "d_image": to_numpy(x.grad[0, 0]),
+            "d_filters": filters_to_scratch(twin.conv.weight.grad.numpy(), two_d_input=True),
+            "d_image": x.grad[0, 0].numpy(),
         }
 
     def update(self, lr: float | None = None) -> None:
