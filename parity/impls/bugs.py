@@ -1,0 +1,285 @@
+"""Realistic bugs for the self-test, each a small patch over the correct tutorial-interface code in examples/fixed_cnn.
+
+A patch is a mixin class that overrides one or two methods of one layer (the line that differs from the correct
+code is marked `# BUG:`); `with_bug` puts it in front of that layer's correct class. Each bug says which layer
+holds the mistake and what a real person would have done to make it; the self-test passes when `cnn-parity
+check` catches every one and blames that layer. Some are loud (a flipped kernel breaks the forward pass at
+step 0), some are invisible in the loss (the conv's input gradient is never used to train anything), and two
+only show under an edge probe (an unshifted softmax, an odd-size pool edge).
+
+The patches use the correct implementation's helpers (`Conv3x3.regions`, `MaxPool2.windows`/`max_position`,
+`Softmax.totals_gradient`/`last_probs`), so they apply to examples/fixed_cnn, not to arbitrary code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.impls.loader import TutorialImpl
+
+
+@dataclass(frozen=True)
+class Bug:
+    """One injected bug: where it is, what a person did to write it, and the patch."""
+
+    name: str
+    layer: str  # "Conv3x3", "MaxPool2" or "Softmax": the layer whose code is wrong
+    mistake: str  # one sentence: what a real person would have done wrong
+    patch: type  # a mixin overriding methods of that layer's correct class
+
+
+def with_bug(base: TutorialImpl, bug: Bug) -> TutorialImpl:
+    """`base` with `bug.patch` in front of the class of `bug.layer`."""
+    correct = base.classes[bug.layer]
+    buggy = type(f"{correct.__name__}_{bug.name.replace('-', '_')}", (bug.patch, correct), {})
+    return TutorialImpl(
+        {**base.classes, bug.layer: buggy}, f"{base.label} + {bug.name}", dict(base.sources), base.mapping
+    )
+
+
+# --- Conv3x3 ---------------------------------------------------------------------------------------------------
+
+
+class _FlippedKernel:
+    def forward(self, input):
+        self.last_input = input
+        # BUG: a textbook convolution flips the kernel; Conv2d (and the tutorial) cross-correlate.
+        return np.einsum("ijkl,fkl->ijf", self.regions(input), self.filters[:, ::-1, ::-1])
+
+
+class _LrAppliedTwice:
+    def backprop(self, d_L_d_out, learn_rate):
+        # BUG: the gradient is pre-scaled by the learning rate, then the update scales it again.
+        d_L_d_filters = learn_rate * np.einsum("ijf,ijkl->fkl", d_L_d_out, self.regions(self.last_input))
+        out_h, out_w, _ = d_L_d_out.shape
+        d_L_d_input = np.zeros(self.last_input.shape)
+        for k in range(3):
+            for l in range(3):
+                d_L_d_input[k : k + out_h, l : l + out_w] += d_L_d_out @ self.filters[:, k, l]
+        self.filters -= learn_rate * d_L_d_filters
+        return d_L_d_input
+
+
+class _Float32Conv:
+    def forward(self, input):
+        self.last_input = input
+        # BUG: computed in float32 "to halve memory and time", then cast back; the output is off by ~1e-8.
+        regions = self.regions(input).astype(np.float32)
+        return np.einsum("ijkl,fkl->ijf", regions, self.filters.astype(np.float32)).astype(np.float64)
+
+
+class _LoopOffByOne:
+    def forward(self, input):
+        self.last_input = input
+        h, w = input.shape
+        output = np.zeros((h - 2, w - 2, self.num_filters))
+        # BUG: range(h - 3) instead of range(h - 2): the last row and column of the output stay zero.
+        for i in range(h - 3):
+            for j in range(w - 3):
+                output[i, j] = np.sum(input[i : (i + 3), j : (j + 3)] * self.filters, axis=(1, 2))
+        return output
+
+
+class _InputGradientFlipped:
+    def backprop(self, d_L_d_out, learn_rate):
+        d_L_d_filters = np.einsum("ijf,ijkl->fkl", d_L_d_out, self.regions(self.last_input))
+        out_h, out_w, _ = d_L_d_out.shape
+        d_L_d_input = np.zeros(self.last_input.shape)
+        for k in range(3):
+            for l in range(3):
+                # BUG: "the backward of a convolution uses the flipped kernel", applied to a layer that
+                # already cross-correlates: the input gradient uses filters[:, 2 - k, 2 - l].
+                d_L_d_input[k : k + out_h, l : l + out_w] += d_L_d_out @ self.filters[:, 2 - k, 2 - l]
+        self.filters -= learn_rate * d_L_d_filters
+        return d_L_d_input
+
+
+# --- MaxPool2 --------------------------------------------------------------------------------------------------
+
+
+class _LastMax:
+    def max_position(self):
+        # BUG: a loop that kept the max with `>=` ends at the *last* maximum of a tied window (PyTorch: first).
+        return 3 - self.windows(self.last_input)[..., ::-1].argmax(axis=-1)
+
+
+class _OddEdgeShift:
+    def backprop(self, d_L_d_out):
+        h, w, c = self.last_input.shape
+        new_h, new_w = h // 2, w // 2
+        routed = np.zeros((new_h, new_w, c, 4))
+        np.put_along_axis(routed, self.max_position()[..., np.newaxis], d_L_d_out[..., np.newaxis], axis=-1)
+        d_L_d_input = np.zeros(self.last_input.shape)
+        # BUG: the windows are written back aligned to the bottom-right, as if an odd input's leftover row and
+        # column were at the top-left; identical for even sizes, shifted by one for odd ones.
+        d_L_d_input[h - 2 * new_h :, w - 2 * new_w :] = (
+            routed.reshape(new_h, new_w, c, 2, 2).transpose(0, 3, 1, 4, 2).reshape(2 * new_h, 2 * new_w, c)
+        )
+        return d_L_d_input
+
+
+class _SwappedIndices:
+    def backprop(self, d_L_d_out):
+        d_L_d_input = np.zeros(self.last_input.shape)
+        position = self.max_position()
+        new_h, new_w, c = position.shape
+        for i in range(new_h):
+            for j in range(new_w):
+                for f in range(c):
+                    i2, j2 = divmod(int(position[i, j, f]), 2)
+                    # BUG: i and j swapped when writing back (square images hide it from every shape check).
+                    d_L_d_input[j * 2 + i2, i * 2 + j2, f] = d_L_d_out[i, j, f]
+        return d_L_d_input
+
+
+# --- Softmax ---------------------------------------------------------------------------------------------------
+
+
+class _TransposedWeightGradient:
+    def backprop(self, d_L_d_out, learn_rate):
+        d_L_d_t = self.totals_gradient(d_L_d_out)
+        # BUG: the outer product taken the other way round, (nodes, input_len), then reshaped (not transposed)
+        # to silence the shape error in the update.
+        d_L_d_w = (d_L_d_t[np.newaxis].T @ self.last_input[np.newaxis]).reshape(self.weights.shape)
+        d_L_d_inputs = self.weights @ d_L_d_t
+        self.weights -= learn_rate * d_L_d_w
+        self.biases -= learn_rate * d_L_d_t
+        return d_L_d_inputs.reshape(self.last_input_shape)
+
+
+class _ChwFlatten:
+    def forward(self, input):
+        self.last_input_shape = input.shape
+        # BUG: ported from PyTorch, flattened channel-first as nn.Flatten does on NCHW; the weights' rows are HWC.
+        input = input.transpose(2, 0, 1).flatten()
+        self.last_input = input
+        totals = np.dot(input, self.weights) + self.biases
+        self.last_totals = totals
+        exp = np.exp(totals - np.max(totals))
+        self.last_probs = exp / np.sum(exp, axis=0)
+        return self.last_probs
+
+    def backprop(self, d_L_d_out, learn_rate):
+        h, w, c = self.last_input_shape
+        self.last_input_shape = (c, h, w)  # consistent with the CHW flatten, so the shapes all work
+        return super().backprop(d_L_d_out, learn_rate).transpose(1, 2, 0)
+
+
+class _MissingBiasUpdate:
+    def backprop(self, d_L_d_out, learn_rate):
+        d_L_d_t = self.totals_gradient(d_L_d_out)
+        d_L_d_w = self.last_input[np.newaxis].T @ d_L_d_t[np.newaxis]
+        d_L_d_inputs = self.weights @ d_L_d_t
+        self.weights -= learn_rate * d_L_d_w
+        # BUG: forgot `self.biases -= learn_rate * d_L_d_b`.
+        return d_L_d_inputs.reshape(self.last_input_shape)
+
+
+class _JacobianSign:
+    def totals_gradient(self, d_L_d_out):
+        p = self.last_probs
+        (nonzero,) = np.nonzero(d_L_d_out)
+        i = nonzero[0]
+        # BUG: the minus sign of d out_i / d t_k = -p_i p_k (k != i) dropped while copying the derivation.
+        d_out_d_t = p[i] * p
+        d_out_d_t[i] = p[i] * (1 - p[i])
+        return d_L_d_out[i] * d_out_d_t
+
+
+class _InputGradientAfterUpdate:
+    def backprop(self, d_L_d_out, learn_rate):
+        d_L_d_t = self.totals_gradient(d_L_d_out)
+        d_L_d_w = self.last_input[np.newaxis].T @ d_L_d_t[np.newaxis]
+        self.weights -= learn_rate * d_L_d_w
+        self.biases -= learn_rate * d_L_d_t
+        # BUG: the input gradient computed after the update, with the new weights (tidied to "return at the end").
+        d_L_d_inputs = self.weights @ d_L_d_t
+        return d_L_d_inputs.reshape(self.last_input_shape)
+
+
+class _BiasGradientMean:
+    def backprop(self, d_L_d_out, learn_rate):
+        d_L_d_t = self.totals_gradient(d_L_d_out)
+        d_L_d_w = self.last_input[np.newaxis].T @ d_L_d_t[np.newaxis]
+        # BUG: the bias gradient averaged over the output nodes, like a batch mean.
+        d_L_d_b = d_L_d_t / len(d_L_d_t)
+        d_L_d_inputs = self.weights @ d_L_d_t
+        self.weights -= learn_rate * d_L_d_w
+        self.biases -= learn_rate * d_L_d_b
+        return d_L_d_inputs.reshape(self.last_input_shape)
+
+
+class _UnshiftedExp:
+    def forward(self, input):
+        self.last_input_shape = input.shape
+        input = input.flatten()
+        self.last_input = input
+        totals = np.dot(input, self.weights) + self.biases
+        self.last_totals = totals
+        # BUG: the max-subtraction removed as a no-op ("softmax is shift-invariant"); exp overflows past ~709.
+        exp = np.exp(totals)
+        self.last_probs = exp / np.sum(exp, axis=0)
+        return self.last_probs
+
+
+BUGS: tuple[Bug, ...] = (
+    Bug("flipped-kernel", "Conv3x3", "implemented a textbook convolution, flipping the kernel", _FlippedKernel),
+    Bug(
+        "lr-applied-twice",
+        "Conv3x3",
+        "scaled the filter gradient by the learning rate, then updated with lr again",
+        _LrAppliedTwice,
+    ),
+    Bug("float32-conv", "Conv3x3", "ran the convolution in float32 for speed and cast the result back", _Float32Conv),
+    Bug(
+        "conv-loop-off-by-one",
+        "Conv3x3",
+        "wrote range(h - 3) for the regions, leaving the last output row and column zero",
+        _LoopOffByOne,
+    ),
+    Bug(
+        "conv-input-gradient-flipped",
+        "Conv3x3",
+        "flipped the kernel for the input gradient of a cross-correlation",
+        _InputGradientFlipped,
+    ),
+    Bug(
+        "pool-last-max",
+        "MaxPool2",
+        "kept the running max with >=, so a tied window routes to its last maximum",
+        _LastMax,
+    ),
+    Bug(
+        "pool-odd-edge-shift",
+        "MaxPool2",
+        "wrote the windows back aligned to the far edge, shifting an odd input's gradient",
+        _OddEdgeShift,
+    ),
+    Bug("pool-swapped-indices", "MaxPool2", "swapped i and j when writing the gradient back", _SwappedIndices),
+    Bug(
+        "transposed-weight-gradient",
+        "Softmax",
+        "reshaped a (nodes, input_len) gradient instead of transposing it",
+        _TransposedWeightGradient,
+    ),
+    Bug("chw-flatten", "Softmax", "flattened channel-first as PyTorch does, against HWC-ordered weights", _ChwFlatten),
+    Bug("missing-bias-update", "Softmax", "forgot the bias update", _MissingBiasUpdate),
+    Bug(
+        "softmax-jacobian-sign", "Softmax", "dropped the minus sign of the off-diagonal softmax Jacobian", _JacobianSign
+    ),
+    Bug(
+        "input-gradient-after-update",
+        "Softmax",
+        "computed the input gradient with the already-updated weights",
+        _InputGradientAfterUpdate,
+    ),
+    Bug(
+        "bias-gradient-mean",
+        "Softmax",
+        "divided the bias gradient by the number of classes, like a batch mean",
+        _BiasGradientMean,
+    ),
+    Bug("softmax-unshifted-exp", "Softmax", "removed the max-subtraction from the softmax as a no-op", _UnshiftedExp),
+)

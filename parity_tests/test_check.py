@@ -1,0 +1,269 @@
+"""`cnn-parity check`: the tutorial's own code, the corrected code, renamed code, and every kind of unusable input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scratch
+from parity.check import large_logit_weights
+from parity.cli import main
+from parity.impls.adapter import _recovered
+from parity.impls.loader import ImplError, Mapping, load_impl
+
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIAL = ROOT / "examples" / "tutorial_cnn"
+FIXED = ROOT / "examples" / "fixed_cnn"
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `cnn-parity` in-process; (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tutorial_report(tmp_path_factory):
+    """The default check of the tutorial's own code (200 steps and every probe), with its report written."""
+    out_dir = tmp_path_factory.mktemp("check") / "report"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["check", "--impl", str(TUTORIAL), "--out", str(out_dir)])
+    return code, stdout.getvalue(), stderr.getvalue(), out_dir
+
+
+def test_tutorial_code_diverges_at_the_pool_gradient_by_tie_policy(tutorial_report):
+    code, out, err, _ = tutorial_report
+    assert code == 1 and err == ""
+    assert "Main run: DIVERGED at step 0, MaxPool2 d_conv_out (200 of 200 steps out of tolerance)" in out
+    assert "first divergence: step 0, MaxPool2 d_conv_out: tie-policy difference, not a numerical one" in out
+    assert "missing:   d_image (Conv3x3.backprop returned None)" in out
+    assert "DIVERGENCE in main run, constant, large-logits, odd-size; first: MaxPool2 d_conv_out at step 0" in out
+
+
+def test_tutorial_code_overflows_under_large_logits(tutorial_report):
+    _, out, _, _ = tutorial_report
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.strip().startswith("| ")}
+    assert "DIVERGED" in rows["large-logits"]
+    assert "step 0, Softmax probs: softmax overflow (non-finite probs)" in rows["large-logits"]
+    assert "non-finite value in scratch (nan): overflow" in out
+    assert "step 0, MaxPool2 d_conv_out: tie-policy difference" in rows["constant"]
+    assert "DIVERGED" in rows["odd-size"]
+
+
+def test_tutorial_report_is_the_report_commands_format(tutorial_report):
+    _, out, _, out_dir = tutorial_report
+    document = json.loads((out_dir / "report.json").read_text())
+    assert document["schema"].startswith("cnn-parity/report/")
+    assert (out_dir / "report.md").is_file() and f"report: {out_dir / 'report.md'}" in out
+    main_run, *probes = document["runs"]
+    assert main_run["config"]["impl"] == f"check:{TUTORIAL}" and main_run["steps"] == 200
+    first = main_run["first_divergence"]
+    assert (first["step"], first["layer"], first["tensor"]) == (0, "MaxPool2", "d_conv_out")
+    assert "tie-policy" in first["diagnosis"]
+    assert main_run["missing_tensors"] == ["d_image"]
+    overflow = next(run for run in probes if run["config"]["impl"].endswith("probe:large-logits"))
+    assert (overflow["first_divergence"]["tensor"], overflow["first_divergence"]["layer"]) == ("probs", "Softmax")
+    assert not document["passed"]
+
+
+def test_corrected_code_passes_every_step_and_probe(capsys):
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED))
+    assert (code, err) == (0, "")
+    assert "Main run: PARITY over 200 steps" in out
+    assert out.count("| PARITY   |") == 3
+    assert "PARITY: the main run and 3 edge probes agree with PyTorch tensor by tensor (exit 0)" in out
+    assert "seen:      conv_out, pool_out, logits, probs, d_pool_out, d_conv_out, d_image;" in out
+
+
+RENAMED = {"class Conv3x3": "class Convolution", "class Softmax": "class Dense", "self.weights": "self.W"}
+RENAMED_METHOD = {"def backprop": "def backward"}
+
+
+def renamed_copy(directory: Path) -> Path:
+    """The corrected code in one module, with renamed classes, weights and backprop, beside a script that must
+    not run (the checker imports only files that define the classes)."""
+    directory.mkdir()
+    text = "\n".join((FIXED / name).read_text() for name in ("conv.py", "maxpool.py", "softmax.py"))
+    for old, new in {**RENAMED, **RENAMED_METHOD}.items():
+        text = text.replace(old, new)
+    (directory / "layers.py").write_text(text)
+    (directory / "train.py").write_text("raise SystemExit('the checker must not import this training script')\n")
+    return directory
+
+
+def test_mapping_option_checks_renamed_code(capsys, tmp_path):
+    impl = renamed_copy(tmp_path / "renamed")
+    maps = [
+        "Conv3x3=Convolution,Softmax=Dense",
+        "Softmax.weights=W",
+        "Conv3x3.backprop=backward",
+        "MaxPool2.backprop=backward",
+        "Softmax.backprop=backward",
+    ]
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "30", *(f"--map={m}" for m in maps))
+    assert (code, err) == (0, ""), out
+    assert "Conv3x3 as Convolution" in out and "Softmax as Dense" in out
+    assert "Main run: PARITY over 30 steps" in out
+
+    code, out, err = cli(capsys, "check", "--impl", str(impl))
+    assert code == 2 and out == ""
+    assert "no class Conv3x3, Softmax (classes found: Convolution (layers.py), MaxPool2 (layers.py)" in err
+    assert "pass --map Conv3x3=NAME --map Softmax=NAME" in err
+
+
+def test_mapping_parse_rejects_unknown_keys():
+    assert Mapping.parse(["Softmax.weights=W, Conv3x3=C"]).names == {"Softmax.weights": "W", "Conv3x3": "C"}
+    with pytest.raises(ImplError, match="unknown key 'Softmax.bias'"):
+        Mapping.parse(["Softmax.bias=b"])
+    with pytest.raises(ImplError, match="expected KEY=NAME"):
+        Mapping.parse(["Softmax"])
+    with pytest.raises(ImplError, match="not a Python identifier"):
+        Mapping.parse(["Softmax=my-dense"])
+
+
+def _copy_fixed(directory: Path) -> Path:
+    shutil.copytree(FIXED, directory)
+    return directory
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def _no_softmax(d: Path) -> None:
+    (_copy_fixed(d) / "softmax.py").unlink()
+
+
+def _syntax_error(d: Path) -> None:
+    _edit(_copy_fixed(d) / "softmax.py", "def forward(self, input):", "def forward(self, input)")
+
+
+def _import_error(d: Path) -> None:
+    _edit(_copy_fixed(d) / "conv.py", "import numpy as np", "import numpy as np\nimport no_such_module_for_cnn_parity")
+
+
+def _transposed_weights(d: Path) -> None:
+    _edit(_copy_fixed(d) / "softmax.py", "standard_normal((input_len, nodes))", "standard_normal((nodes, input_len))")
+
+
+def _raises_on_first_step(d: Path) -> None:
+    _edit(_copy_fixed(d) / "softmax.py", "np.dot(input, self.weights)", "np.dot(self.weights, input)")
+
+
+def _chw_output(d: Path) -> None:
+    _edit(_copy_fixed(d) / "conv.py", 'return np.einsum("ijkl,fkl->ijf"', 'return np.einsum("ijkl,fkl->fij"')
+
+
+def _no_backprop(d: Path) -> None:
+    _edit(_copy_fixed(d) / "maxpool.py", "def backprop(self, d_L_d_out):", "def backward(self, d_L_d_out):")
+
+
+UNUSABLE = {
+    "nonexistent path": (None, "no such file or directory"),
+    "module without Softmax": (
+        _no_softmax,
+        "no class Softmax (classes found: Conv3x3 (conv.py), MaxPool2 (maxpool.py))",
+    ),
+    "syntax error": (_syntax_error, "softmax.py:17: syntax error"),
+    "import error": (_import_error, "ModuleNotFoundError: No module named 'no_such_module_for_cnn_parity'"),
+    "wrong weight shapes": (_transposed_weights, "Softmax.weights has shape (10, 1352), expected (1352, 10)"),
+    "missing method": (_no_backprop, "MaxPool2 has no method backprop (methods: backward, forward"),
+    "raises on the first step": (
+        _raises_on_first_step,
+        "Softmax.forward: raised ValueError: shapes (1352,10) and (1352,) not aligned",
+    ),
+    "wrong output layout": (_chw_output, "Conv3x3.forward: returned shape (8, 26, 26), expected (26, 26, 8): HWC"),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE, ids=list(UNUSABLE))
+def test_unusable_input_is_one_line_and_exit_2(capsys, tmp_path, case):
+    make, message = UNUSABLE[case]
+    impl = tmp_path / "impl"
+    if make is not None:
+        make(impl)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "2", "--no-probes")
+    assert code == 2 and out == ""
+    assert err.startswith("cnn-parity check: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_map_key_is_a_usage_error(capsys):
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--map", "Conv3x3.weights=w")
+    assert code == 2 and out == "" and "unknown key 'Conv3x3.weights'" in err and err.count("\n") == 1
+
+
+def test_loader_imports_files_privately():
+    """Two implementations with the same file names do not share modules, and sys.path is left as it was."""
+    path_before, modules_before = list(sys.path), set(sys.modules)
+    fixed, tutorial = load_impl(str(FIXED)), load_impl(str(TUTORIAL))
+    assert fixed.classes["Softmax"] is not tutorial.classes["Softmax"]
+    assert sys.path == path_before
+    assert not {"conv", "maxpool", "softmax"} & (set(sys.modules) - modules_before)
+
+
+def test_recovered_gradient_error_is_within_the_documented_bound():
+    """(before - after) / lr is off by at most eps/2 |w| / lr + 2 eps |g| (see parity.impls.adapter)."""
+    rng = np.random.default_rng(0)
+    eps = np.finfo(np.float64).eps
+    for lr in (0.005, 0.1, 1.0):
+        for scale in (1e-3, 0.3, 8.0):
+            weights = rng.standard_normal(100_000) * scale
+            gradient = rng.standard_normal(100_000) * 0.05
+            after = weights.copy()
+            after -= lr * gradient
+            error = np.abs(_recovered(weights, after, lr) - gradient)
+            bound = eps / 2 * np.abs(after) / lr + 2 * eps * np.abs(gradient)
+            assert np.all(error <= bound * 1.0001)
+    # Inside the float64 atol (1e-12) for the network's weights at the tutorial's lr: filters ~0.5, probe weights ~8.
+    assert eps / 2 * 8.0 / 0.005 < 1e-12 / 5
+
+
+def test_large_logit_probe_raises_logits_but_not_probabilities():
+    net = scratch.tutorial_network(0, np.float64)
+    initial = net.parameters()
+    images = np.stack([np.random.default_rng(i).integers(0, 256, (28, 28)).astype(np.uint8) for i in range(20)])
+    labels = np.arange(20) % 10
+    chosen, weights = large_logit_weights({k: v.copy() for k, v in initial.items()}, images, labels, seed=0)
+    shifted = scratch.tutorial_network(0, np.float64)
+    shifted.load_parameters({**initial, "dense_weights": weights})
+    for index in chosen:
+        before = net.forward_backward(images[index], int(labels[index])).tensors
+        after = shifted.forward_backward(images[index], int(labels[index])).tensors
+        assert after["logits"].min() >= 800 - 1
+        np.testing.assert_allclose(after["probs"], before["probs"], rtol=1e-9, atol=1e-12)
+    assert np.abs(weights).max() < 20  # small weights: the recovered gradients stay exact (see the adapter)
+
+
+def test_command_modules_do_not_import_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import parity.check, parity.golden, parity.selftest, parity.impls.bugs\n"
+        "from parity.cli import build_parser; build_parser()\n"
+        "print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_check_without_torch_is_a_usage_error():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from parity.cli import main; sys.exit(main(['check', '--impl', 'examples/fixed_cnn']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("cnn-parity check: error: check needs PyTorch") and "Traceback" not in done.stderr

@@ -1,0 +1,173 @@
+"""Golden records: the repository's record of the default scratch run holds, without torch; changes are caught."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scratch.conv
+import scratch.network
+from parity.cli import main
+from parity.golden import DEFAULT_PATH, FORMAT, SAMPLED, GoldenConfig, read_golden
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "parity_tests" / "golden" / "tutorial-float64-seed0.json.gz"
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_repository_golden_is_the_default_tutorial_run_and_small():
+    assert DEFAULT_PATH == GOLDEN  # `cnn-parity record` with no options rewrites this file
+    document = read_golden(GOLDEN)
+    assert document["format"] == FORMAT
+    assert document["config"] == GoldenConfig()  # float64, seed 0, first/stable, 3 epochs x 1,000, every 100
+    assert len(document["loss"]) == 3000 and len(document["checkpoints"]) == 31
+    assert set(document["sample_indices"]) == set(SAMPLED)
+    assert {"python", "numpy", "platform"} <= set(document["environment"])
+    assert GOLDEN.stat().st_size < 200 * 1024
+
+
+def test_scratch_matches_the_repository_golden_without_torch():
+    """The suite's guard for scratch/: rerun it with torch blocked and compare every step with the golden."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from parity.cli import main\n"
+        f"sys.exit(main(['compare-golden', {str(GOLDEN)!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MATCHES the golden record over 3000 steps (exit 0)" in done.stdout
+    assert "torch not imported" in done.stdout
+    assert "loss:    3000 of 3000 steps within tolerance" in done.stdout
+
+
+def _perturb_update_at(monkeypatch, at_step: int, factor: float) -> None:
+    """From training step `at_step` on, scratch's SGD uses lr * factor (the kind of change a refactor makes)."""
+    original = scratch.network.Network.update
+    calls = {"n": 0}
+
+    def update(self, lr):
+        calls["n"] += 1
+        return original(self, lr * factor if calls["n"] > at_step else lr)
+
+    monkeypatch.setattr(scratch.network.Network, "update", update)
+
+
+@pytest.mark.parametrize(
+    ("at_step", "departs_at", "what"),
+    [(1234, 1235, "loss"), (1200, 1200, "filters[")],
+    ids=["between-checkpoints-shows-in-next-loss", "at-a-checkpoint-shows-in-the-parameters"],
+)
+def test_changed_learning_rate_is_caught_at_the_right_step(capsys, monkeypatch, at_step, departs_at, what):
+    _perturb_update_at(monkeypatch, at_step, factor=1.001)
+    code, out, err = cli(capsys, "compare-golden", str(GOLDEN))
+    assert (code, err) == (1, "")
+    assert f"first departure: step {departs_at} (epoch 2, step {departs_at - 1000} of 1000): {what}" in out
+    assert f"DEPARTS from the golden record at step {departs_at} (exit 1)" in out
+
+
+def test_changed_layer_is_caught_at_step_zero(capsys, monkeypatch):
+    """A conv whose output moves by one part in 1e9 (far below anything a loss curve shows) departs at step 0."""
+    forward = scratch.conv.Conv3x3.forward
+    monkeypatch.setattr(scratch.conv.Conv3x3, "forward", lambda self, x: forward(self, x) * (1 + 1e-9))
+    code, out, _ = cli(capsys, "compare-golden", str(GOLDEN), "--steps", "50")
+    assert code == 1
+    assert "first departure: step 0 (epoch 1, step 0 of 1000): conv_out[" in out
+
+
+def test_record_then_compare_round_trip(capsys, tmp_path):
+    path = tmp_path / "short.json.gz"
+    code, out, _ = cli(capsys, "record", "--out", str(path), "--steps", "250", "--every", "50")
+    assert code == 0 and "recorded 250 scratch steps" in out and path.is_file()
+    first = path.read_bytes()
+    cli(capsys, "record", "--out", str(path), "--steps", "250", "--every", "50")
+    assert path.read_bytes() == first  # the same run gives the same bytes (no timestamps)
+    document = read_golden(path)
+    assert [cp["step"] for cp in document["checkpoints"]] == [0, 50, 100, 150, 200, 249]
+    code, out, _ = cli(capsys, "compare-golden", str(path))
+    assert code == 0 and "digests: 6 of 6 checkpoints bit-exact" in out
+
+
+def _rewrite(path: Path, edit) -> Path:
+    document = json.loads(gzip.decompress(GOLDEN.read_bytes()))
+    edit(document)
+    path.write_bytes(gzip.compress(json.dumps(document).encode()))
+    return path
+
+
+def test_digest_difference_alone_is_reported_not_failed(capsys, tmp_path):
+    """Another BLAS may round the last bit differently: digests are noted, values within tolerance decide."""
+
+    def edit(document):
+        document["checkpoints"][1]["digests"]["filters"] = "0" * 64
+
+    path = _rewrite(tmp_path / "other-blas.json.gz", edit)
+    code, out, _ = cli(capsys, "compare-golden", str(path), "--steps", "300")
+    assert code == 0
+    assert "digests: 2 of 3 checkpoints bit-exact, first difference at step 100 (values decide" in out
+
+
+def test_value_beyond_tolerance_departs(capsys, tmp_path):
+    def edit(document):
+        document["loss"][7] = document["loss"][7] * (1 + 1e-9)
+
+    path = _rewrite(tmp_path / "edited.json.gz", edit)
+    code, out, _ = cli(capsys, "compare-golden", str(path))
+    assert code == 1 and "first departure: step 7 (epoch 1, step 7 of 1000): loss " in out
+
+
+def _damaged(document):
+    del document["loss"][5]
+
+
+def _other_data(document):
+    document["data"]["train_sha256"] = "0" * 64
+
+
+def _other_format(document):
+    document["format"] = "something-else/9"
+
+
+UNUSABLE = {
+    "missing file": (None, "no such golden record"),
+    "not gzip json": ("garbage", "not a golden record (gzipped JSON expected)"),
+    "other format": (_other_format, "format 'something-else/9', expected 'cnn-parity-golden/1'"),
+    "damaged": (_damaged, "damaged golden record"),
+    "other data": (_other_data, "recorded on other training data"),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE, ids=list(UNUSABLE))
+def test_unusable_golden_is_one_line_and_exit_2(capsys, tmp_path, case):
+    make, message = UNUSABLE[case]
+    path = tmp_path / "golden.json.gz"
+    if make == "garbage":
+        path.write_bytes(b"\x1f\x8b not really gzip")
+    elif make is not None:
+        _rewrite(path, make)
+    code, out, err = cli(capsys, "compare-golden", str(path))
+    assert code == 2 and out == ""
+    assert err.startswith("cnn-parity compare-golden: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_golden_walks_the_data_in_the_experiments_order():
+    """The same seeded per-epoch shuffles as the lockstep experiment (`parity.experiment.epoch_orders`)."""
+    from parity.experiment import epoch_orders
+    from parity.golden import scratch_steps
+
+    images = np.random.default_rng(1).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    labels = np.arange(7)  # one label per image: d_logits = p - onehot is negative only at the label
+    config = GoldenConfig(epochs=2, n_train=7, steps=14)
+    visited = [int(np.argmin(trace.tensors["d_logits"])) for _, trace, _ in scratch_steps(config, images, labels)]
+    assert visited == [int(i) for i in np.concatenate(epoch_orders(7, 2, 0))]

@@ -1,0 +1,105 @@
+"""The self-test: every injected bug is caught and blamed on its own layer; the correct code passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from parity.check import DEFAULT_STEPS
+from parity.cli import main
+from parity.impls.bugs import BUGS, Bug, with_bug
+from parity.impls.loader import load_impl
+from parity.selftest import DEFAULT_BASE, run_bugs
+from scratch.data import load_experiment_data
+
+BY_NAME = {bug.name: bug for bug in BUGS}
+# Where each bug must be caught: the main run, or the one probe that exercises what it breaks.
+CAUGHT_BY = {"pool-odd-edge-shift": "odd-size", "softmax-unshifted-exp": "large-logits"}
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    """The correct code over the default steps and every probe, then each bug until its first divergence."""
+    import torch
+
+    torch.set_num_threads(1)
+    train, _ = load_experiment_data()
+    results = run_bugs(load_impl(str(DEFAULT_BASE)), train.images, train.labels, steps=DEFAULT_STEPS)
+    return {outcome.bug.name if outcome.bug else "clean": outcome for outcome in results}
+
+
+def test_catalogue_is_large_and_covers_every_layer():
+    assert len(BUGS) >= 10 and len(BY_NAME) == len(BUGS)
+    assert {bug.layer for bug in BUGS} == {"Conv3x3", "MaxPool2", "Softmax"}
+    for name in ("flipped-kernel", "chw-flatten", "missing-bias-update", "lr-applied-twice", "softmax-jacobian-sign"):
+        assert name in BY_NAME
+
+
+def test_correct_code_passes_everything(outcomes):
+    clean = outcomes["clean"]
+    assert clean.ok and clean.result.passed
+    assert len(clean.result.main.record.steps) == DEFAULT_STEPS
+    assert [probe.name for probe in clean.result.probes] == ["constant", "large-logits", "odd-size"]
+    assert all(probe.passed for probe in clean.result.probes)
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_bug_is_caught_and_blamed_on_its_layer(outcomes, name):
+    outcome = outcomes[name]
+    failure = outcome.result.first_failure
+    assert failure is not None, f"{name} was not caught"
+    assert failure.layer == BY_NAME[name].layer, failure.explanation()
+    assert failure.name == CAUGHT_BY.get(name, "main"), failure.explanation()
+    assert outcome.ok and outcome.row()["result"] == "OK"
+
+
+@pytest.mark.parametrize(
+    ("name", "tensor", "cause"),
+    [
+        ("pool-last-max", "d_conv_out", "tie-policy difference"),
+        ("pool-swapped-indices", "d_conv_out", "routing error (not a tie policy)"),
+        ("pool-odd-edge-shift", "d_conv_out", "routing error (not a tie policy)"),
+        ("lr-applied-twice", "d_filters", "0.005 x the reference (= lr: applied twice?)"),
+        ("missing-bias-update", "d_logits", "zero: a missing update?"),
+        ("bias-gradient-mean", "d_logits", "1/10 of the reference (a mean?)"),
+        ("float32-conv", "conv_out", "float32 rounding level"),
+        ("softmax-unshifted-exp", "probs", "softmax overflow (non-finite probs)"),
+        ("conv-input-gradient-flipped", "d_image", "implementation mismatch"),
+        ("input-gradient-after-update", "d_pool_out", "implementation mismatch"),
+    ],
+)
+def test_divergence_names_the_tensor_and_cause(outcomes, name, tensor, cause):
+    failure = outcomes[name].result.first_failure
+    assert (failure.tensor, failure.cause()) == (tensor, cause)
+
+
+def test_subtle_bugs_are_invisible_in_the_loss(outcomes):
+    """The point of comparing every tensor: at the step these are caught, the loss still agrees with PyTorch."""
+    for name in ("conv-input-gradient-flipped", "input-gradient-after-update", "pool-last-max", "missing-bias-update"):
+        assert outcomes[name].loss_agrees() == "agrees", name
+
+
+def test_a_bug_that_is_not_caught_fails_the_selftest(capsys):
+    """A patch that changes nothing must show as MISSED, and a selftest with it fails."""
+    train, _ = load_experiment_data()
+    harmless = Bug("no-op", "Conv3x3", "changed nothing", type("NoOp", (), {}))
+    base = load_impl(str(DEFAULT_BASE))
+    assert issubclass(with_bug(base, harmless).classes["Conv3x3"], base.classes["Conv3x3"])
+    (outcome,) = run_bugs(base, train.images, train.labels, bugs=(harmless,), steps=20, clean=False)
+    assert not outcome.caught and not outcome.ok and outcome.row()["result"] == "MISSED"
+
+
+def test_selftest_command(capsys):
+    code = main(["selftest"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert f"PASS: {len(BUGS)} of {len(BUGS)} bugs caught and blamed on the right layer" in out
+    assert "the correct code passes everywhere (no false positive) (exit 0)" in out
+    assert out.count("| OK ") == len(BUGS) + 1
+
+
+def test_selftest_list_and_unknown_bug(capsys):
+    assert main(["selftest", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(bug.name in listing for bug in BUGS)
+    assert main(["selftest", "--bug", "no-such-bug"]) == 2
+    assert "unknown bug no-such-bug" in capsys.readouterr().err

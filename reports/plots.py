@@ -1,0 +1,189 @@
+"""The report's figures, drawn with matplotlib's Agg backend (explicitly: no display, no pyplot global state).
+
+- `loss_plot`: the training loss of both sides over the steps, overlaid (per step, faint; 100-step mean, bold).
+- `error_plot`: log10 of each tensor's max |scratch - reference| over the steps, one panel per tensor group.
+
+Every number drawn comes from the lockstep record (the comparison engine); nothing is recomputed here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from parity.tolerances import tolerance_for
+from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS
+
+if TYPE_CHECKING:  # torch-free at import time: parity.experiment imports the reference (torch)
+    from parity.experiment import ExperimentResult
+
+WINDOW = 100  # the tutorial reports the mean loss of every 100 steps
+MAX_POINTS = 600  # steps are binned (max per bin) beyond this many, so lines stay readable
+GROUPS = (
+    ("forward pass", FORWARD_TENSORS),
+    ("backward pass (gradients)", BACKWARD_TENSORS),
+    ("parameters after the SGD update", PARAMETERS),
+)
+SCRATCH_STYLE = {"color": "tab:blue", "linestyle": "-"}
+REFERENCE_STYLE = {"color": "tab:orange", "linestyle": (0, (4, 3))}
+DPI = 110
+# Red is kept for the first-divergence marker, black for the tolerance line.
+TENSOR_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive")
+
+
+def _save(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    figure.savefig(path, format="png", dpi=DPI)
+
+
+def _steps_per_epoch(result: ExperimentResult) -> int:
+    epochs = max(int(result.config.epochs), 1)
+    return len(result.record.steps) // epochs if len(result.record.steps) % epochs == 0 else 0
+
+
+def _mark_epochs(axes, result: ExperimentResult) -> None:
+    per_epoch = _steps_per_epoch(result)
+    if per_epoch:
+        for boundary in range(per_epoch, len(result.record.steps), per_epoch):
+            axes.axvline(boundary, color="0.6", linewidth=0.8, linestyle=":")
+
+
+def _mark_divergence(axes, result: ExperimentResult) -> None:
+    divergence = result.record.first_divergence
+    if divergence is not None:
+        axes.axvline(
+            divergence.step, color="tab:red", linewidth=1.2, label=f"first divergence (step {divergence.step})"
+        )
+
+
+def _mark_flips(axes, result: ExperimentResult) -> None:
+    """Steps whose near-tie routing flip was explained (and after which scratch was re-synchronised)."""
+    steps = [step.step for step in result.record.steps if step.flipped_windows]
+    for index, step in enumerate(steps):
+        label = f"explained near-tie flip (step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))})"
+        axes.axvline(step, color="0.35", linewidth=1.0, linestyle="--", label=label if index == 0 else None)
+
+
+def _moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over up to `window` steps (shorter at the start); NaN where any value in it is NaN."""
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (cumulative[ends] - cumulative[starts]) / (ends - starts)
+
+
+def loss_plot(result: ExperimentResult, path: Path) -> None:
+    """Training loss of scratch and reference over the steps (trailing 100-step mean), overlaid."""
+    steps = result.record.steps
+    x = np.arange(len(steps))
+    figure = Figure(figsize=(10, 5.5))
+    axes = figure.add_subplot()
+    top = 0.0
+    for side, style in (("scratch", SCRATCH_STYLE), ("reference", REFERENCE_STYLE)):
+        losses = np.array([getattr(s, f"{side}_loss") for s in steps], dtype=np.float64)
+        losses[~np.isfinite(losses)] = np.nan
+        mean = _moving_mean(losses, WINDOW)
+        axes.plot(x, mean, linewidth=2.4 if side == "scratch" else 1.8, label=side, **style)
+        if np.isfinite(mean).any():
+            top = max(top, float(np.nanmax(mean)))
+    _mark_epochs(axes, result)
+    _mark_divergence(axes, result)
+    per_epoch = _steps_per_epoch(result)
+    epochs = result.config.epochs
+    epochs = f", {epochs} epoch{'s' if epochs > 1 else ''} of {per_epoch:,} steps" if per_epoch else ""
+    axes.set_title(f"Training loss, scratch vs PyTorch reference: {result.config.name}{epochs}")
+    axes.set_xlabel("training step (one image per SGD step; dotted lines: epoch boundaries)")
+    axes.set_ylabel(f"cross-entropy loss, mean of the last {WINDOW} steps")
+    axes.set_xlim(0, max(len(steps) - 1, 1))
+    axes.set_ylim(0, 1.1 * top if top > 0 else 1)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper right")
+    test = result.test
+    if test:
+        axes.text(
+            0.01,
+            0.03,
+            "test: "
+            + ";  ".join(
+                f"{side} loss {test[side]['loss']:.4f}, accuracy {100 * test[side]['accuracy']:.1f}%"
+                for side in ("scratch", "reference")
+            ),
+            transform=axes.transAxes,
+            fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9},
+        )
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def _binned_max(steps: np.ndarray, values: np.ndarray, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Max of `values` per bin of steps when there are more than MAX_POINTS steps (NaNs ignored).
+
+    Step 0 is always its own point: it is where a definitional difference (the tie policy) shows alone.
+    """
+    if n_steps <= MAX_POINTS or len(steps) == 0:
+        return steps, values
+    width = int(np.ceil(n_steps / MAX_POINTS))
+    bins = np.where(steps == 0, -1, (steps - 1) // width)
+    edges = np.flatnonzero(np.diff(bins)) + 1
+    groups = np.split(values, edges)
+    maxima = np.array([np.nanmax(g) if np.isfinite(g).any() else np.nan for g in groups])
+    return steps[np.concatenate([[0], edges])], maxima
+
+
+def error_series(result: ExperimentResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each tensor: the steps at which it was compared and its max |Δ| there (from the comparisons)."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for step in result.record.steps:
+        for c in step.comparisons:
+            steps, errors = series.setdefault(c.name, ([], []))
+            steps.append(step.step)
+            errors.append(c.max_abs_error)
+    return {name: (np.array(s), np.array(e, dtype=np.float64)) for name, (s, e) in series.items()}
+
+
+def error_plot(result: ExperimentResult, path: Path) -> None:
+    """log10 max |scratch - reference| of every tensor over the steps, one panel per tensor group."""
+    series = error_series(result)
+    n_steps = len(result.record.steps)
+    figure = Figure(figsize=(10, 10))
+    panels = figure.subplots(len(GROUPS), 1, sharex=True)
+    atol = tolerance_for(result.config.dtype).atol
+    binned = n_steps > MAX_POINTS
+    for axes, (group, names) in zip(panels, GROUPS, strict=True):
+        drawn = 0
+        for color_index, name in enumerate(names):
+            if name not in series:
+                continue
+            steps, errors = _binned_max(*series[name], n_steps)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logs = np.log10(errors)  # exact agreement (0) -> -inf: left as a gap
+            logs[~np.isfinite(logs)] = np.nan
+            color = TENSOR_COLORS[color_index % len(TENSOR_COLORS)]
+            axes.plot(steps, logs, linewidth=0.9, color=color, label=name)
+            if len(steps) and steps[0] == 0:
+                axes.plot(steps[:1], logs[:1], marker="o", markersize=4, color=color)
+            drawn += 1
+        axes.axhline(np.log10(atol), color="black", linewidth=1, linestyle=":", label=f"atol {atol:.0e}")
+        _mark_divergence(axes, result)
+        _mark_flips(axes, result)
+        _mark_epochs(axes, result)
+        axes.set_title(group, fontsize=10, loc="left")
+        axes.set_ylabel("log10 max |Δ|")
+        axes.grid(True, alpha=0.3)
+        if drawn or result.record.first_divergence is not None:
+            axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    bin_note = f" (max over bins of {int(np.ceil(n_steps / MAX_POINTS))} steps)" if binned else ""
+    panels[-1].set_xlabel(f"training step{bin_note}; dots: step 0; gaps: exact agreement (|Δ| = 0)")
+    panels[-1].set_xlim(-0.01 * n_steps, max(n_steps - 1, 1))
+    figure.suptitle(
+        f"Largest |scratch - reference| per tensor: {result.config.name}\n"
+        f"tolerance per element: {tolerance_for(result.config.dtype).describe()}",
+        fontsize=11,
+    )
+    figure.tight_layout()
+    _save(figure, path)

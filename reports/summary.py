@@ -1,0 +1,106 @@
+"""The short summary table (one row per run), shared by the terminal and the top of report.md."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from tabulate import tabulate
+
+from reports.jsondoc import DIVERGED, EXPECTED, NO_DIVERGENCE, PASSED
+
+RESULT_TEXT = {
+    PASSED: "passed",
+    DIVERGED: "DIVERGED",
+    EXPECTED: "expected divergence (demo)",
+    NO_DIVERGENCE: "no divergence (demo)",
+}
+
+
+def number(value: object, spec: str = ".3g") -> str:
+    """A float for a table: `spec`-formatted; non-finite values (or their JSON strings) as written."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)
+
+
+def short_diagnosis(diagnosis: str) -> str:
+    """The diagnosis's leading clause: `tie-policy difference`, `accumulated numerical drift`, ..."""
+    return re.split(r"[:,(]", diagnosis, maxsplit=1)[0].strip()
+
+
+def first_divergence_text(run: dict[str, object]) -> str:
+    """`step 0 d_conv_out (tie-policy difference)`, or `none`."""
+    divergence = run["first_divergence"]
+    if divergence is None:
+        return "none"
+    return f"step {divergence['step']} {divergence['tensor']} ({short_diagnosis(divergence['diagnosis'])})"
+
+
+def accuracy_text(run: dict[str, object]) -> str:
+    """Test accuracy of scratch / reference, or a dash when the run had no test pass."""
+    test = run["test"]
+    if not test:
+        return "-"
+    return " / ".join(f"{100 * test[side]['accuracy']:.1f}%" for side in ("scratch", "reference"))
+
+
+def seconds_text(run: dict[str, object]) -> str:
+    """`scratch / reference / compare` seconds."""
+    seconds = run["seconds"]
+    return " / ".join(f"{seconds.get(part, 0.0):.1f}" for part in ("scratch", "reference", "compare"))
+
+
+def summary_rows(document: dict[str, object]) -> list[dict[str, str]]:
+    """One row per run, in run order."""
+    rows = []
+    for run in document["runs"]:
+        worst = run["worst_step"]
+        flips = run["near_tie_flips"]
+        rows.append(
+            {
+                "run": run["name"],
+                "steps": f"{run['steps']:,}",
+                "result": RESULT_TEXT[run["verdict"]],
+                "worst % of tol": number(worst["percent_of_tolerance"]) if worst else "-",
+                "first divergence": first_divergence_text(run),
+                "near-tie flips": str(flips["windows"]) if flips["windows"] else "0",
+                "test acc scratch / ref": accuracy_text(run),
+                "seconds scratch / ref / compare": seconds_text(run),
+            }
+        )
+    return rows
+
+
+def summary_table(document: dict[str, object], tablefmt: str = "github") -> str:
+    """The summary as a table."""
+    return tabulate(summary_rows(document), headers="keys", tablefmt=tablefmt, disable_numparse=True)
+
+
+def verdict_line(document: dict[str, object]) -> str:
+    """One sentence: do all parity claims hold, and what about the demonstrations."""
+    runs = document["runs"]
+    claims = [run for run in runs if run["role"] == "parity claim"]
+    demos = [run for run in runs if run["role"] == "demonstration"]
+    failed = [run["name"] for run in claims if not run["passed"]]
+    if not claims:
+        head = "NO PARITY CLAIM: no run here claims parity"
+    elif failed:
+        head = f"FAIL: {len(failed)} of {len(claims)} parity claims diverged ({', '.join(failed)})"
+    else:
+        every = {1: "the", 2: "both"}.get(len(claims), f"all {len(claims)}")
+        claim_s, hold_s = ("s", "") if len(claims) > 1 else ("", "s")
+        names = ", ".join(run["name"] for run in claims)
+        head = f"PASS: {every} parity claim{claim_s} hold{hold_s} ({names})"
+    tail = ""
+    diverged_demos = [run["name"] for run in demos if not run["passed"]]
+    if diverged_demos:
+        tail = (
+            f"; the demonstration run{'s' if len(diverged_demos) > 1 else ''} ({', '.join(diverged_demos)}) "
+            "diverged as expected, which does not count against the verdict or the exit code"
+        )
+    elif demos:
+        tail = "; the demonstration runs did not diverge (they are not parity claims either way)"
+    return head + tail
