@@ -30,7 +30,6 @@ import numpy as np
 
 import scratch
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
-from parity.diagnosis import TENSOR_SOURCES
 from parity.impls.adapter import ImplCrash, TutorialSide
 from parity.impls.loader import ImplError, Mapping, TutorialImpl, load_impl
 from parity.lockstep import MODES, Divergence, LockstepRecord, run_lockstep
@@ -118,6 +117,8 @@ class RunResult:
             return div.comparison.problem.split(";")[0]
         if self.note:
             return self.note
+        if div.diagnosis.startswith("routing error"):
+            return "routing error (not a tie policy)"
         if "tie-policy" in div.diagnosis:
             return "tie-policy difference"
         if "non-finite" in div.diagnosis:
@@ -337,8 +338,6 @@ def refine(
 
     Returns the divergence with the longer diagnosis, and a short cause for tables ('' when nothing was found):
 
-    - d_conv_out called a tie-policy difference: true only if every window whose gradient differs is tied in the
-      reference's pool input (and no leftover row or column of an odd input got gradient); else a routing error.
     - one constant factor between the tensors (zero, lr, -1, 1/n): said, with what it usually means.
     - errors at float32 rounding level: said.
     - gradients recovered from the update: said, since a wrong update rule shows there too.
@@ -348,11 +347,6 @@ def refine(
     comparable = isinstance(s, np.ndarray) and isinstance(r, np.ndarray) and s.shape == r.shape
     comparable = comparable and bool(np.all(np.isfinite(s))) and bool(np.all(np.isfinite(r)))
     if comparable:
-        if div.tensor == "d_conv_out" and "tie-policy" in diagnosis and "conv_out" in theirs:
-            routing = _untied_mismatches(s, r, theirs["conv_out"], div.comparison.tolerance)
-            if routing:
-                diagnosis = f"routing error, not a tie policy: {routing} ({TENSOR_SOURCES['d_conv_out'][1]})"
-                short = "routing error (not a tie policy)"
         factor, factor_short = _constant_factor(div.tensor, s, r, lr)
         float32 = "" if factor else _float32_level(s, r)
         extras += [factor, float32]
@@ -360,27 +354,6 @@ def refine(
     extras.append(_recovery_note(div.tensor, ours, theirs))
     extras = [extra for extra in extras if extra]
     return replace(div, diagnosis="; ".join([diagnosis, *extras])), short
-
-
-def _untied_mismatches(ours: np.ndarray, theirs: np.ndarray, pool_input: np.ndarray, tolerance) -> str:
-    """Why a pool-gradient mismatch is not only a tie policy ('' when it is)."""
-    bad = ~(np.abs(ours - theirs) <= tolerance.allowed(theirs))
-    out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
-    edge = bool(bad[2 * out_h :].any() or bad[:, 2 * out_w :].any())
-
-    def corners(x: np.ndarray) -> np.ndarray:  # (H, W, C) -> (H // 2, W // 2, C, 4), row-major within a window
-        return np.stack([x[i : 2 * out_h : 2, j : 2 * out_w : 2] for i in (0, 1) for j in (0, 1)], axis=-1)
-
-    windows = corners(pool_input)
-    tied = np.count_nonzero(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1
-    bad_windows = corners(bad).any(axis=-1)
-    untied = int(np.count_nonzero(bad_windows & ~tied))
-    reasons = []
-    if untied:
-        reasons.append(f"{untied} of the {int(bad_windows.sum())} windows whose gradient differs have a single maximum")
-    if edge:
-        reasons.append("the leftover row/column of the odd-sized input, which no window covers, got gradient")
-    return " and ".join(reasons)
 
 
 def _constant_factor(tensor: str, ours: np.ndarray, theirs: np.ndarray, lr: float) -> tuple[str, str]:

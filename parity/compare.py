@@ -72,7 +72,8 @@ class TensorComparison:
         return (
             f"{verdict}. Greatest error (relative to its allowance) at index {index}: "
             f"scratch {self.scratch_value!r}, reference {self.reference_value!r}, "
-            f"|error| {self.worst_error:.3g} (up to {self.worst_allowed:.3g} allowed, {self.tolerance_used:.3g}x of it; "
+            f"|error| {self.worst_error:.3g} "
+            f"(up to {self.worst_allowed:.3g} allowed, {self.tolerance_used:.3g}x of it; "
             f"{self.dtype} tolerance: {self.tolerance.describe()}). Max abs error {self.max_abs_error:.3g}"
             + (
                 f", max rel error {self.max_rel_error:.3g}, max ULP {self.max_ulp:.3g}, p99 ULP {self.p99_ulp:.3g}."

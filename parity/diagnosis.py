@@ -33,14 +33,24 @@ def diagnose(
     step_comparisons: list[TensorComparison],
     tied_windows: int,
     previous_tolerance_used: float,
+    untied_mismatches: int = 0,
 ) -> tuple[str, str]:
-    """(layer, diagnosis) for the first tensor to exceed tolerance in a step."""
+    """(layer, diagnosis) for the first tensor to exceed tolerance in a step.
+
+    `untied_mismatches`: for a `d_conv_out` failure, how many windows without a tie received a different gradient
+    (see `parity.ties.untied_routing_mismatches`); only when it is 0 is the cause a tie policy.
+    """
     layer, hint = TENSOR_SOURCES.get(failure.name, ("?", "no hint for this tensor"))
     if failure.problem:
         return layer, f"{failure.problem} ({hint})"
     if not math.isfinite(failure.scratch_value):
         return layer, f"non-finite value in scratch ({failure.scratch_value}): overflow, e.g. an unshifted exp; {hint}"
     forward_agrees = all(c.passed for c in step_comparisons if c.name in FORWARD)
+    if failure.name == "d_conv_out" and forward_agrees and untied_mismatches > 0:
+        return layer, (
+            f"routing error, not a tie policy: {untied_mismatches} pool window(s) without a tie sent their gradient "
+            "somewhere other than their maximum while the forward pass agrees"
+        )
     if failure.name == "d_conv_out" and forward_agrees and tied_windows > 0:
         return layer, (
             f"tie-policy difference, not a numerical one: the forward pass agrees, and {tied_windows} pool windows "

@@ -29,8 +29,14 @@ class ExperimentConfig:
 
     @property
     def name(self) -> str:
-        """A short label: `float64 first/stable`."""
-        return f"{self.dtype} {self.tie_policy}/{self.softmax}" + ("" if self.mode == "free" else f" {self.mode}")
+        """A short label: `float64 first/stable`, `float64 first/stable loops`, `float64 examples/x probe:constant`."""
+        if self.impl.startswith("check:"):  # a checked implementation: its own semantics, named by its path
+            base = f"{self.dtype} {self.impl.removeprefix('check:')}"
+        else:
+            base = f"{self.dtype} {self.tie_policy}/{self.softmax}" + (
+                "" if self.impl == "vectorized" else f" {self.impl}"
+            )
+        return base + ("" if self.mode == "free" else f" {self.mode}")
 
     @property
     def expects_parity(self) -> bool:
@@ -84,7 +90,9 @@ class ExperimentResult:
         return self.record.passed
 
 
-def build_sides(config: ExperimentConfig, image_shape: tuple[int, int]) -> tuple[ScratchSide, reference.ReferenceRunner]:
+def build_sides(
+    config: ExperimentConfig, image_shape: tuple[int, int]
+) -> tuple[ScratchSide, reference.ReferenceRunner]:
     """A scratch network from the tutorial's seeded init, and the twin holding the same weights."""
     net = scratch.tutorial_network(
         config.seed,
@@ -155,5 +163,5 @@ def progress_lines(steps: list[StepRecord], epoch: int, every: int = 100) -> lis
 
 def evaluate(side, test: Dataset) -> dict[str, float]:
     """Mean loss and accuracy over `test`, forward only."""
-    results = [side.evaluate(image, int(label)) for image, label in zip(test.images, test.labels)]
+    results = [side.evaluate(image, int(label)) for image, label in zip(test.images, test.labels, strict=True)]
     return {"loss": float(np.mean([r[0] for r in results])), "accuracy": float(np.mean([r[1] for r in results]))}

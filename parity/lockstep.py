@@ -16,7 +16,7 @@ import numpy as np
 
 from parity.compare import TensorComparison, compare
 from parity.diagnosis import diagnose
-from parity.ties import count_tied_windows, near_tie_flips
+from parity.ties import count_tied_windows, near_tie_flips, untied_routing_mismatches
 from parity.tolerances import tolerance_for
 from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS
 
@@ -131,18 +131,16 @@ def run_lockstep(
     record: LockstepRecord | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> LockstepRecord:
-    """Train both sides in lockstep on `images`, comparing every tensor every `stride` steps (loss and params always)."""
+    """Train both sides in lockstep on `images`; every tensor every `stride` steps, loss and parameters always."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if stride < 1:
         raise ValueError(f"stride: expected a positive integer, got {stride}")
     dtype = np.dtype(dtype)
     record = record or LockstepRecord(dtype=dtype.name, mode=mode, stride=stride, lr=lr)
-    for image, label in zip(images, labels):
+    for image, label in zip(images, labels, strict=True):
         step = _lockstep_step(scratch, reference, image, int(label), dtype, lr, len(record.steps), record)
         record.steps.append(step)
-        if record.first_divergence is None and not step.passed:
-            record.first_divergence = _divergence(step, record)
         if on_step is not None:
             on_step(step)
     _detail_pending_worst(record)
@@ -190,6 +188,8 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
     # the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at any step).
     if index == 0 or (not step.passed and record.first_divergence is None):
         _detail(step, scratch_tensors, reference_tensors, dtype)
+    if not step.passed and record.first_divergence is None:
+        record.first_divergence = _divergence(step, record, scratch_tensors, reference_tensors, dtype)
     elif step.tolerance_used > record.worst_tolerance_used:
         names = [c.name for c in step.comparisons]
         record.pending_worst = (step, {n: (scratch_tensors[n].copy(), reference_tensors[n].copy()) for n in names})
@@ -208,8 +208,12 @@ def _detail(step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None
 def _detail_pending_worst(record: LockstepRecord) -> None:
     if record.pending_worst is not None:
         step, tensors = record.pending_worst
-        _detail(step, {n: pair[0] for n, pair in tensors.items()}, {n: pair[1] for n, pair in tensors.items()},
-                np.dtype(record.dtype))
+        _detail(
+            step,
+            {n: pair[0] for n, pair in tensors.items()},
+            {n: pair[1] for n, pair in tensors.items()},
+            np.dtype(record.dtype),
+        )
         record.pending_worst = None
 
 
@@ -236,8 +240,16 @@ def _explain_flips(step: StepRecord, scratch_tensors, reference_tensors, dtype) 
             step.comparisons[by_name[name]] = replace(step.comparisons[by_name[name]], explained=reason)
 
 
-def _divergence(step: StepRecord, record: LockstepRecord) -> Divergence:
+def _divergence(step: StepRecord, record: LockstepRecord, scratch_tensors, reference_tensors, dtype) -> Divergence:
     failure = next(c for c in step.comparisons if not c.ok)
-    previous = record.steps[-2].tolerance_used if len(record.steps) > 1 else 0.0
-    layer, diagnosis = diagnose(failure, step.comparisons, step.tied_windows, previous)
+    previous = record.steps[-1].tolerance_used if record.steps else 0.0  # this step is not appended yet
+    untied = 0
+    if failure.name == "d_conv_out" and not failure.problem:
+        untied = untied_routing_mismatches(
+            reference_tensors["conv_out"],
+            scratch_tensors["d_conv_out"],
+            reference_tensors["d_conv_out"],
+            tolerance_for(dtype),
+        )
+    layer, diagnosis = diagnose(failure, step.comparisons, step.tied_windows, previous, untied)
     return Divergence(step.step, failure.name, layer, failure, step.tied_windows, diagnosis)

@@ -41,9 +41,7 @@ def assert_parity(
     failures = [c for c in comparisons if not c.passed]
     if failures:
         where = f" ({context})" if context else ""
-        raise ParityError(
-            f"first divergence{where}: {failures[0].message()}\n\n{comparison_table(comparisons)}"
-        )
+        raise ParityError(f"first divergence{where}: {failures[0].message()}\n\n{comparison_table(comparisons)}")
     return comparisons
 
 

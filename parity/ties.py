@@ -57,3 +57,21 @@ def near_tie_flips(
     )
     flips = single_route & routed_to_own_max & near_tie & same_amount
     return int(flips.sum()) if flips.all() else -1
+
+
+def untied_routing_mismatches(
+    reference_pool_input: np.ndarray,
+    scratch_d_pool_input: np.ndarray,
+    reference_d_pool_input: np.ndarray,
+    gradient_tolerance: Tolerance,
+) -> int:
+    """How many windows without a tie (or odd-size leftovers) got a different pool input gradient.
+
+    Zero means every mismatch sits in a tied window: a tie-policy difference. More means a routing bug.
+    """
+    bad = ~(np.abs(scratch_d_pool_input - reference_d_pool_input) <= gradient_tolerance.allowed(reference_d_pool_input))
+    out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
+    leftovers = int(np.count_nonzero(bad[2 * out_h :]) + np.count_nonzero(bad[: 2 * out_h, 2 * out_w :]))
+    windows = _windows(reference_pool_input)
+    tied = np.count_nonzero(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1
+    return leftovers + int(np.count_nonzero(_windows(bad).any(axis=-1) & ~tied))

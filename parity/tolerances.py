@@ -34,16 +34,16 @@ TOLERANCES: dict[np.dtype, Tolerance] = {
         atol=1e-12,
         rtol=1e-10,
         reason=(
-            "measured: scratch vs PyTorch agree to <= 5e-15 on every tensor over 3 epochs x 1,000 real MNIST steps; "
-            "~200x headroom for other seeds and BLAS orderings, yet a float32 round-trip anywhere (errors >= 1e-9) fails"
+            "measured over 3 epochs x 1,000 real MNIST steps, seeds 0-3, free-running and teacher-forced: the largest "
+            "error is 4.5e-14 (logits), at most 0.6% of this allowance; a float32 round trip anywhere (>= 1e-9) fails"
         ),
     ),
     np.dtype(np.float32): Tolerance(
         atol=1e-5,
         rtol=1e-5,
         reason=(
-            "measured: <= 2e-6 on every tensor over 3 epochs x 1,000 real MNIST steps (float32 eps is 1.2e-7 and "
-            "3,000 SGD steps accumulate rounding); ~5x headroom, still ~1e4x tighter than any gradient bug we inject"
+            "measured over the same runs: up to 61% of this allowance, on the logits (a 1,352-term float32 dot product "
+            "summed in a different order by NumPy and PyTorch); every injected gradient bug is >= 100x larger"
         ),
     ),
 }

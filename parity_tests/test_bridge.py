@@ -8,14 +8,16 @@ import torch
 
 import reference
 import scratch
-from reference.bridge import dense_weights_to_scratch, dense_weights_to_torch
 from parity.testing import assert_parity
+from reference.bridge import dense_weights_to_scratch, dense_weights_to_torch
 from reference.twin import TutorialTwin
 
 CONFIGS = [
     pytest.param({"dtype": np.float64}, id="float64-tutorial"),
     pytest.param({"dtype": np.float32}, id="float32-tutorial"),
-    pytest.param({"dtype": np.float64, "num_filters": 3, "image_shape": (11, 13), "num_classes": 4}, id="odd-11x13-3f-4c"),
+    pytest.param(
+        {"dtype": np.float64, "num_filters": 3, "image_shape": (11, 13), "num_classes": 4}, id="odd-11x13-3f-4c"
+    ),
     pytest.param({"dtype": np.float32, "num_filters": 5, "image_shape": (7, 7), "num_classes": 2}, id="float32-7x7"),
 ]
 

@@ -101,3 +101,12 @@ def test_skipped_bias_update_is_caught_at_the_biases(tutorial_data, monkeypatch)
     monkeypatch.setattr(scratch.Softmax, "param_names", ("weights",))
     record = short_run(tutorial_data)
     assert first_divergence(record) == (0, "dense_biases", "Softmax")
+
+
+def test_pool_routing_bug_outside_ties_is_not_called_a_tie_policy(tutorial_data, monkeypatch):
+    """Gradients sent to the wrong windows: the forward agrees, ties exist, yet untied windows are wrong too."""
+    correct = scratch.MaxPool2.backward
+    monkeypatch.setattr(scratch.MaxPool2, "backward", lambda self, d_out: correct(self, d_out)[::-1].copy())
+    record = short_run(tutorial_data)
+    assert first_divergence(record) == (0, "d_conv_out", "MaxPool2")
+    assert record.first_divergence.diagnosis.startswith("routing error, not a tie policy")

@@ -237,7 +237,9 @@ def test_idx_round_trip(tmp_path: Path, small: tuple[Dataset, Dataset], gz: bool
 
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
 @pytest.mark.parametrize("split,prefix,which", [("train", "train", 0), ("test", "t10k", 1)], ids=["train", "test"])
-def test_load_idx_dir(tmp_path: Path, small: tuple[Dataset, Dataset], gz: bool, split: str, prefix: str, which: int) -> None:
+def test_load_idx_dir(
+    tmp_path: Path, small: tuple[Dataset, Dataset], gz: bool, split: str, prefix: str, which: int
+) -> None:
     write_split(tmp_path, prefix, small[which], gz)
     data = load_idx_dir(tmp_path, split)
     np.testing.assert_array_equal(data.images, small[which].images)
@@ -282,8 +284,16 @@ DAMAGE = {  # name: (reader, file bytes, phrase)
     "images-empty": (read_idx_images, b"", "truncated header: expected 16 bytes, found 0"),
     "images-header": (read_idx_images, GOOD_IMAGES[:10], "truncated header: expected 16 bytes, found 10"),
     "labels-header": (read_idx_labels, GOOD_LABELS[:6], "truncated header: expected 8 bytes, found 6"),
-    "images-payload": (read_idx_images, GOOD_IMAGES[:-5], "truncated payload: header says 2 x 3 x 4, so expected 40 bytes, found 35"),
-    "labels-payload": (read_idx_labels, GOOD_LABELS[:-1], "truncated payload: header says 2, so expected 10 bytes, found 9"),
+    "images-payload": (
+        read_idx_images,
+        GOOD_IMAGES[:-5],
+        "truncated payload: header says 2 x 3 x 4, so expected 40 bytes, found 35",
+    ),
+    "labels-payload": (
+        read_idx_labels,
+        GOOD_LABELS[:-1],
+        "truncated payload: header says 2, so expected 10 bytes, found 9",
+    ),
     "images-trailing": (read_idx_images, GOOD_IMAGES + b"\0\0\0", "3 trailing extra bytes"),
     "labels-trailing": (read_idx_labels, GOOD_LABELS + b"\0", "1 trailing extra bytes"),
 }
@@ -331,7 +341,10 @@ def test_load_idx_dir_not_a_dir(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "split,present,missing",
-    [("train", "train-labels-idx1-ubyte", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
+    [
+        ("train", "train-labels-idx1-ubyte", "train-images-idx3-ubyte"),
+        ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    ],
     ids=["train-images", "test-labels"],
 )
 def test_load_idx_dir_missing_file(tmp_path: Path, split: str, present: str, missing: str) -> None:

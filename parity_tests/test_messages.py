@@ -54,7 +54,10 @@ def test_shape_and_dtype_are_checked_before_values():
     assert compare("x", scratch[:1], reference).message() == (
         "x: shape mismatch: scratch (1, 3), reference (2, 3); values not compared"
     )
-    assert "dtype mismatch: scratch float32, reference float64" in compare("x", scratch.astype(np.float32), reference).message()
+    assert (
+        "dtype mismatch: scratch float32, reference float64"
+        in compare("x", scratch.astype(np.float32), reference).message()
+    )
 
 
 def test_assert_parity_names_the_first_divergence_and_shows_the_table():

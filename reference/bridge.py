@@ -9,8 +9,14 @@ dense biases (out,)                         dense.bias (out,)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the bridge imports both sides lazily: reference.twin imports nothing from here
+    import scratch
+    from reference.twin import TutorialTwin
 
 
 def filters_to_torch(filters: np.ndarray) -> np.ndarray:
@@ -59,7 +65,7 @@ def torch_dtype(dtype: np.dtype) -> torch.dtype:
     return _TORCH_DTYPES[np.dtype(dtype)]
 
 
-def to_torch(net: "scratch.Network") -> "TutorialTwin":
+def to_torch(net: scratch.Network) -> TutorialTwin:
     """A `TutorialTwin` holding exactly `net`'s weights (same dtype, same values, PyTorch layouts)."""
     from reference.twin import TutorialTwin
 
@@ -74,7 +80,7 @@ def to_torch(net: "scratch.Network") -> "TutorialTwin":
     return twin
 
 
-def load_into_torch(twin: "TutorialTwin", params: dict[str, np.ndarray]) -> None:
+def load_into_torch(twin: TutorialTwin, params: dict[str, np.ndarray]) -> None:
     """Copy scratch-layout parameters into `twin` in place, checking every shape and dtype first."""
     expected = parameters_to_scratch(twin)
     for name, want in expected.items():
@@ -90,7 +96,7 @@ def load_into_torch(twin: "TutorialTwin", params: dict[str, np.ndarray]) -> None
         twin.dense.bias.copy_(torch.from_numpy(params["dense_biases"]))
 
 
-def parameters_to_scratch(twin: "TutorialTwin") -> dict[str, np.ndarray]:
+def parameters_to_scratch(twin: TutorialTwin) -> dict[str, np.ndarray]:
     """The twin's parameters as NumPy copies in scratch layouts, under scratch's parameter names."""
     return {
         "filters": filters_to_scratch(to_numpy(twin.conv.weight), two_d_input=twin.conv.in_channels == 1),
@@ -99,7 +105,7 @@ def parameters_to_scratch(twin: "TutorialTwin") -> dict[str, np.ndarray]:
     }
 
 
-def to_scratch(module: torch.nn.Module, **network_options: object) -> "scratch.Network":
+def to_scratch(module: torch.nn.Module, **network_options: object) -> scratch.Network:
     """A scratch network holding exactly `module`'s weights; refuses a module that is not the tutorial's shape."""
     import scratch
     from reference.twin import TutorialTwin
