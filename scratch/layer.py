@@ -20,7 +20,9 @@ class Layer:
     def update(self, lr: float) -> None:
         """Plain SGD, in place: param -= lr * grad (lr is a Python float, so float32 stays float32)."""
         for name in self.param_names:
-            getattr(self, name)[...] -= lr * self.grads[name]
+            param = getattr(self, name)
+            # In place on the live array. (`param[...] -= g` would also copy the result onto itself afterwards.)
+            param -= lr * self.grads[name]
 
     def backprop(self, d_L_d_out: np.ndarray, learn_rate: float | None = None) -> np.ndarray:
         """The tutorial's interface: backward, then (for layers with weights) the SGD update."""

@@ -18,7 +18,12 @@ TIE_POLICIES = ("first", "all")
 
 
 class MaxPool2(Layer):
-    """Vectorised 2x2 max-pool over the four strided corner views of the input (no copies, no window loop)."""
+    """Vectorised 2x2 max-pool: the four elements of every window side by side, no window loop.
+
+    Forward copies the input once into `(4, out_h, out_w, C)`, element k of each window in plane k (row-major:
+    (0,0), (0,1), (1,0), (1,1)), so every later step is one whole-array operation over a contiguous block;
+    reductions over several strided axes, or four strided corner views, cost two to four times as much here.
+    """
 
     def __init__(self, tie_policy: str = "first") -> None:
         super().__init__()
@@ -32,31 +37,46 @@ class MaxPool2(Layer):
         if x.shape[0] < 2 or x.shape[1] < 2:
             raise ValueError(f"MaxPool2 input: expected at least 2x2, got shape {x.shape}")
         self.last_input = x
-        corners = _corners(x)  # 4 views (out_h, out_w, C): window elements (0,0), (0,1), (1,0), (1,1)
-        out = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
-        self._is_max = [corner == out for corner in corners]
-        self.tied_windows = int(np.count_nonzero(sum(m.view(np.uint8) for m in self._is_max) > 1))
+        windows = _window_planes(x).reshape(4, x.shape[0] // 2, x.shape[1] // 2, x.shape[2])  # a copy
+        out = np.maximum.reduce(windows, axis=0)  # (out_h, out_w, C); NaN propagates, as np.maximum does
+        self._is_max = windows == out  # (4, out_h, out_w, C): which elements equal their window's max
+        # A window is tied when two or more of its elements equal the max (a uint8 count: at most 4).
+        maxima = np.add.reduce(self._is_max, axis=0, dtype=np.uint8)  # (out_h, out_w, C), 1 to 4 (0 if NaN)
+        self.tied_windows = int(np.count_nonzero(maxima > 1))
         return out
 
     def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:
         """Send each window's gradient to its max element(s), by the tie policy."""
-        routes = self._is_max
-        if self.tie_policy == "first":  # a corner wins only if no earlier corner (row-major) was a max
-            taken = routes[0]
-            routes = [routes[0]]
-            for is_max in self._is_max[1:]:
-                routes.append(is_max & ~taken)
-                taken = taken | is_max
-        d_L_d_input = np.zeros(self.last_input.shape, dtype=d_L_d_out.dtype)
-        for d_corner, route in zip(_corners(d_L_d_input), routes):
-            np.multiply(route, d_L_d_out, out=d_corner)
+        routes = self._is_max if self.tie_policy == "all" else _first_only(self._is_max)
+        # (4, out_h, out_w, C): the gradient where routed, 0 elsewhere (bool * float, as before: -0.0 and NaN
+        # products included).
+        d_windows = np.multiply(routes, d_L_d_out)
+        out_h, out_w = routes.shape[1:3]
+        d_L_d_input = np.empty(self.last_input.shape, dtype=d_L_d_out.dtype)
+        _window_planes(d_L_d_input)[...] = d_windows.reshape(2, 2, *d_windows.shape[1:])
+        d_L_d_input[2 * out_h :] = 0  # an odd last row and column, dropped by the pool, get no gradient
+        d_L_d_input[:, 2 * out_w :] = 0
         return d_L_d_input
 
 
-def _corners(x: np.ndarray) -> list[np.ndarray]:
-    """The four strided views x[r::2, c::2] cropped to whole windows (odd sizes floor)."""
-    out_h, out_w = x.shape[0] // 2, x.shape[1] // 2
-    return [x[r : 2 * out_h : 2, c : 2 * out_w : 2] for r in (0, 1) for c in (0, 1)]
+def _window_planes(x: np.ndarray) -> np.ndarray:
+    """A view `(2, 2, out_h, out_w, C)` of `x` cropped to whole windows (odd sizes floor): [r, c, i, j] is
+    x[2i + r, 2j + c]. Splitting an axis never copies, so writing into this view writes into `x`."""
+    out_h, out_w, channels = x.shape[0] // 2, x.shape[1] // 2, x.shape[2]
+    cropped = x[: 2 * out_h, : 2 * out_w]
+    return cropped.reshape(out_h, 2, out_w, 2, channels).transpose(1, 3, 0, 2, 4)
+
+
+def _first_only(is_max: np.ndarray) -> np.ndarray:
+    """PyTorch's rule: of each window's maxima, keep only the first in row-major order (planes 0, 1, 2, 3)."""
+    first = np.empty_like(is_max)
+    first[0] = is_max[0]
+    np.greater(is_max[1], is_max[0], out=first[1])  # for bools, a > b is a and not b
+    taken = is_max[0] | is_max[1]  # windows whose max is already routed
+    np.greater(is_max[2], taken, out=first[2])
+    taken |= is_max[2]
+    np.greater(is_max[3], taken, out=first[3])
+    return first
 
 
 class MaxPool2Loops(MaxPool2):

@@ -45,11 +45,17 @@ class Softmax(Layer):
         self.last_input = x.reshape(-1)  # (input_len,), HWC order
         self.last_totals = self.last_input @ self.weights + self.biases  # (nodes,) logits
         if self.mode == "stable":
-            exp = np.exp(self.last_totals - self.last_totals.max())
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):  # the tutorial's overflow is shown, not warned
-                exp = np.exp(self.last_totals)
-        with np.errstate(invalid="ignore"):
+            # Kept for the network's log-sum-exp loss, which would compute exactly these again.
+            self.last_shifted_totals = self.last_totals
+            self.last_shift = self.last_totals.max()
+            exp = np.exp(self.last_totals - self.last_shift)
+            self.last_exp_sum = np.add.reduce(exp, axis=0)  # np.sum's own reduction, without its ~1 us wrapper
+            # No errstate needed (it costs ~2 us): shifted, every exp is <= 1 and the sum >= 1, so the division
+            # cannot raise; NaN logits give NaN quietly.
+            self.last_probs = exp / self.last_exp_sum
+            return self.last_probs
+        with np.errstate(over="ignore", invalid="ignore"):  # the tutorial's overflow is shown, not warned
+            exp = np.exp(self.last_totals)
             self.last_probs = exp / np.sum(exp, axis=0)
         return self.last_probs
 
@@ -59,7 +65,10 @@ class Softmax(Layer):
 
     def backward_logits(self, d_L_d_totals: np.ndarray) -> np.ndarray:
         """Backward from dL/dlogits: dW = x^T . d, db = d, dx = W . d (with W before any update)."""
-        self.grads = {"weights": np.outer(self.last_input, d_L_d_totals), "biases": d_L_d_totals.copy()}
+        # The outer product x d^T as a (in, 1) @ (1, out) BLAS product: each entry is one rounded product, as in
+        # np.outer, but ~7 us instead of ~15 (np.outer's broadcast loop runs only `out` = 10 elements at a time).
+        d_L_d_w = np.dot(self.last_input[:, np.newaxis], d_L_d_totals[np.newaxis, :])  # (in, out)
+        self.grads = {"weights": d_L_d_w, "biases": d_L_d_totals.copy()}
         self.d_L_d_totals = d_L_d_totals
         return (self.weights @ d_L_d_totals).reshape(self.last_input_shape)
 

@@ -1,0 +1,328 @@
+"""Speed benchmark: the vectorised scratch `train_step` against PyTorch eager and the tutorial's loop code.
+
+Run it (it is a documented command, not a test; it exits 0 whatever the timings, 2 on bad usage or no data):
+
+    python -m parity.benchmark [--steps N] [--repeats R] [--dtype float64]
+
+Every candidate is timed in this one process, round-robin: each round times a block of steps of every
+candidate in turn (the order rotating from round to round), so a slow spell on a noisy machine hits every
+candidate alike. A candidate's time is the median over rounds of its per-step time; its ratio to the vectorised
+step is the median over rounds of the two times' ratio within the round, which also cancels slow drifts in the
+machine's speed. Candidates train per-sample SGD (lr 0.005) on real MNIST digits, each on its own copy of the
+tutorial's initial weights, one thread each:
+
+- scratch vectorised: `scratch.tutorial_network(0, dtype).train_step(image, label, lr)`;
+- PyTorch eager: the same network bridged to its PyTorch twin, a bare step (normalise, cross-entropy,
+  zero_grad, backward, `torch.optim.SGD.step`), with `torch.set_num_threads(1)`;
+- tutorial loops: the tutorial's loop code (`impl="loops"`, tie policy "all", softmax "tutorial"), timed over
+  `steps // 50` steps per round: it is ~100x slower.
+
+Targets (from the issue): the vectorised step at least 3x faster than PyTorch eager and at least 100x faster than
+the loops, in float64. The ratio column is each candidate's time over the vectorised step's.
+
+More sections (further comparisons) can be added: time them with `time_candidates`, turn the times into `Row`s
+and print them with `print_section`, then list the section in `SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+LR = 0.005
+DEFAULT_STEPS = 500
+DEFAULT_REPEATS = 15
+LOOPS_STEP_DIVISOR = 50  # the loop code is ~100x slower: time it over fewer steps per round
+WARMUP_STEPS = 20
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
+
+VECTORISED = "scratch vectorised"
+TORCH = "PyTorch eager"
+LOOPS = "tutorial loops"
+
+StepFn = Callable[[int], None]  # runs training step number i (it picks image i modulo the data)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A speed target: the candidate must take at least `at_least` times the baseline's time per step."""
+
+    at_least: float
+
+    def describe(self) -> str:
+        """The target on the ratio column, e.g. `>= 3x`."""
+        return f">= {self.at_least:g}x"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One candidate's result: median and spread of its per-step time, and how it compares with the baseline."""
+
+    candidate: str
+    seconds: float  # median per step
+    spread: tuple[float, float]  # fastest and slowest round, per step
+    ratio: float  # time per step over the baseline's (above 1: the baseline is faster); see `rows_against`
+    target: Target | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """Whether the target is met; None when the row has no target."""
+        return None if self.target is None else self.ratio >= self.target.at_least
+
+
+def time_candidates(
+    candidates: Mapping[str, StepFn],
+    steps: int | Mapping[str, int],
+    repeats: int,
+    warmup: int = WARMUP_STEPS,
+) -> dict[str, list[float]]:
+    """Seconds per step of each candidate in each of `repeats` rounds, timed round-robin (gc off while timing)."""
+    steps_of = {name: steps[name] if isinstance(steps, Mapping) else steps for name in candidates}
+    names = list(candidates)
+    next_step = dict.fromkeys(names, 0)
+    for name in names:  # warm caches, allocators and lazy initialisation before anything is timed
+        for _ in range(min(warmup, steps_of[name])):
+            candidates[name](next_step[name])
+            next_step[name] += 1
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)  # rotate the order: no candidate always follows the same one
+        for name in names[shift:] + names[:shift]:
+            step, first, count = candidates[name], next_step[name], steps_of[name]
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                started = time.perf_counter()
+                for i in range(first, first + count):
+                    step(i)
+                elapsed = time.perf_counter() - started
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            samples[name].append(elapsed / count)
+            next_step[name] = first + count
+    return samples
+
+
+def median_seconds(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The median per-step time of each candidate."""
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def paired_ratio(samples: Sequence[float], baseline: Sequence[float]) -> float:
+    """The median over rounds of candidate time / baseline time, each pair timed in the same round.
+
+    Pairing cancels what drifts between rounds (another process, CPU frequency), which a ratio of the two
+    medians would not."""
+    return statistics.median(mine / theirs for mine, theirs in zip(samples, baseline, strict=True))
+
+
+def rows_against(
+    samples: Mapping[str, Sequence[float]], baseline: str, targets: Mapping[str, Target] | None = None
+) -> list[Row]:
+    """Table rows from `time_candidates` samples, ratios taken against the `baseline` candidate."""
+    medians = median_seconds(samples)
+    targets = targets or {}
+    return [
+        Row(name, medians[name], (min(values), max(values)), paired_ratio(values, samples[baseline]), targets.get(name))
+        for name, values in samples.items()
+    ]
+
+
+def format_rows(rows: Sequence[Row], baseline: str) -> str:
+    """A plain-text table: candidate, median us/step, spread, ratio to the baseline, target, PASS/FAIL."""
+    from tabulate import tabulate
+
+    table = [
+        [
+            row.candidate,
+            _microseconds(row.seconds),
+            f"{_microseconds(row.spread[0])} - {_microseconds(row.spread[1])}",
+            f"{row.ratio:.2f}x",
+            row.target.describe() if row.target else "-",
+            {None: "-", True: "PASS", False: "FAIL"}[row.passed],
+        ]
+        for row in rows
+    ]
+    headers = ["candidate", "us/step (median)", "fastest - slowest round", f"time / {baseline}", "target", "result"]
+    return tabulate(table, headers=headers, disable_numparse=True, colalign=("left", "right", "right", "right"))
+
+
+def print_section(title: str, rows: Sequence[Row], baseline: str, notes: Sequence[str] = ()) -> None:
+    """Print one section: a title, the table, and any notes."""
+    print(f"\n== {title} ==")
+    print(format_rows(rows, baseline))
+    for note in notes:
+        print(note)
+
+
+def train_step_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> dict[str, StepFn]:
+    """The three training steps, each on its own network built from the tutorial's initialisation (seed 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    import scratch
+    from reference.bridge import to_torch, torch_dtype
+
+    count = len(images)
+    vectorised = scratch.tutorial_network(0, dtype)
+    loops = scratch.tutorial_network(0, dtype, impl="loops", tie_policy="all", softmax="tutorial")
+    twin = to_torch(scratch.tutorial_network(0, dtype))
+    optimizer = torch.optim.SGD(twin.parameters(), lr=LR)
+    tdtype = torch_dtype(dtype)
+    height, width = images.shape[1:]
+
+    def vectorised_step(i: int) -> None:
+        vectorised.train_step(images[i % count], labels[i % count], LR)
+
+    def loops_step(i: int) -> None:
+        loops.train_step(images[i % count], labels[i % count], LR)
+
+    def torch_step(i: int) -> None:
+        x = (torch.from_numpy(images[i % count]).to(tdtype) / 255 - 0.5).reshape(1, 1, height, width)
+        loss = F.cross_entropy(twin(x), torch.tensor([labels[i % count]]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return {VECTORISED: vectorised_step, TORCH: torch_step, LOOPS: loops_step}
+
+
+def train_step_section(args: argparse.Namespace) -> None:
+    """Section 1: per-sample SGD steps of the three implementations, with the issue's targets."""
+    from scratch.data import load_experiment_data
+
+    train, _ = load_experiment_data()
+    labels = [int(label) for label in train.labels]
+    candidates = train_step_candidates(np.dtype(args.dtype), train.images, labels)
+    steps = {VECTORISED: args.steps, TORCH: args.steps, LOOPS: max(1, args.steps // LOOPS_STEP_DIVISOR)}
+    samples = time_candidates(candidates, steps, args.repeats)
+    rows = rows_against(samples, VECTORISED, {TORCH: Target(3), LOOPS: Target(100)})
+    notes = [
+        f"{args.repeats} rounds of {', '.join(f'{count} steps ({name})' for name, count in steps.items())}; "
+        f"dtype {args.dtype}",
+        f"data: {train.source}",
+    ]
+    if args.dtype != "float64":
+        notes.append("note: the issue's targets are set for float64")
+    print_section("train_step: per-sample SGD, batch size 1", rows, VECTORISED, notes)
+
+
+# (title, function) in print order; a later section (e.g. lockstep overhead) appends itself here.
+SECTIONS: list[tuple[str, Callable[[argparse.Namespace], None]]] = [("train_step", train_step_section)]
+
+
+def limit_threads() -> tuple[object | None, str]:
+    """Limit torch and NumPy's BLAS to one thread; returns the threadpoolctl limiter (if any) and what was done."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not a dependency: used when present
+        note = "threadpoolctl not installed: NumPy's BLAS threads are set by OPENBLAS_NUM_THREADS / OMP_NUM_THREADS"
+        return None, note
+    return threadpool_limits(limits=1, user_api="blas"), "NumPy BLAS limited to 1 thread with threadpoolctl"
+
+
+def environment_line() -> str:
+    """Versions, thread counts and the threading environment variables, in one line."""
+    import torch
+
+    blas = _numpy_blas()
+    env = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_ENV_VARS if name in os.environ) or "none set"
+    return (
+        f"numpy {np.__version__} ({blas}), torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPU(s); thread env vars: {env}"
+    )
+
+
+def _numpy_blas() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS threads: unknown without threadpoolctl"
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    for info in threadpool_info():  # the BLAS loaded from numpy's own wheel, not torch's
+        if info.get("user_api") == "blas" and info.get("filepath", "").startswith(numpy_dir + os.sep + "numpy"):
+            return (
+                f"{info.get('internal_api')} {info.get('version')} {info.get('architecture', '')}".strip()
+                + f", {info.get('num_threads')} thread(s)"
+            )
+    return "BLAS: not found by threadpoolctl"
+
+
+def _microseconds(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; bad usage exits 2 with a message (argparse's convention)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m parity.benchmark",
+        description="Time the vectorised scratch train_step against PyTorch eager and the tutorial's loops.",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=DEFAULT_STEPS,
+        help=f"timed steps per round (default {DEFAULT_STEPS}; the loops get 1/{LOOPS_STEP_DIVISOR})",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=DEFAULT_REPEATS,
+        help=f"round-robin rounds; medians are reported (default {DEFAULT_REPEATS})",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="network dtype (default float64; the targets are set for float64)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every section and print its table; 0 whatever the timings (a missed target is reported, not raised).
+
+    2 on bad usage, or when the MNIST digits cannot be loaded (the message says what to install)."""
+    from scratch.data import DataError
+
+    args = parse_args(argv)
+    limiter, thread_note = limit_threads()
+    try:
+        print(environment_line())
+        print(thread_note)
+        for _, section in SECTIONS:
+            section(args)
+    except DataError as error:
+        print(f"python -m parity.benchmark: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
