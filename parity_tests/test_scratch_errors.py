@@ -131,14 +131,6 @@ def test_bad_lr_raises_value_error_naming_lr(lr):
         net.update(lr)
 
 
-# Known bug in scratch/_checks.py `check_dtype`: a spec that np.dtype() cannot parse (TypeError) leaves the
-# sentinel `resolved = None`, and `None in FLOAT_DTYPES` is True because NumPy compares `np.dtype("float64") ==
-# None` as True (None means the default dtype). So garbage silently builds a float64 network. Strict xfail: when
-# check_dtype is fixed these pass, and the marker must go.
-_UNPARSABLE_DTYPE_BUG = pytest.mark.xfail(
-    strict=True, raises=pytest.fail.Exception, reason="check_dtype accepts unparsable dtypes as float64 (bug)"
-)
-
 BAD_DTYPES = [
     pytest.param(np.float16, id="float16"),
     pytest.param(np.int64, id="int64"),
@@ -147,9 +139,10 @@ BAD_DTYPES = [
     pytest.param(object, id="object"),
     pytest.param(bool, id="bool"),
     pytest.param("float16", id="str-float16"),
-    pytest.param("nonsense", id="str-nonsense", marks=_UNPARSABLE_DTYPE_BUG),
-    pytest.param("", id="str-empty", marks=_UNPARSABLE_DTYPE_BUG),
-    pytest.param([np.float32], id="a-list", marks=_UNPARSABLE_DTYPE_BUG),
+    pytest.param("nonsense", id="str-nonsense"),
+    pytest.param(None, id="none"),
+    pytest.param("", id="str-empty"),
+    pytest.param([np.float32], id="a-list"),
 ]
 
 

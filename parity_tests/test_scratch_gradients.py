@@ -314,18 +314,12 @@ def test_property_loops_and_vectorized_agree(
         assert t_vec.tied_windows == t_vec.tensors["pool_out"].size
 
 
-@pytest.mark.xfail(
-    strict=False,  # depends on the BLAS kernel and CPU: seen with OpenBLAS 0.3.31 (SkylakeX kernels)
-    raises=AssertionError,
-    reason="vectorised Conv3x3 with 1 filter (a BLAS gemv) rounds identical patches differently by position",
-)
 @pytest.mark.parametrize("shape", [(4, 5), (8, 7), (12, 13)], ids=["4x5", "8x7", "12x13"])
 def test_single_filter_constant_image_ties_every_window(shape):
     """A constant image gives identical 3x3 patches, so every conv output of a filter should be bit-identical
-    and every pool window tied (the loops spec does this). With num_filters=1 the vectorised conv's
-    `patches @ kernel.T` is a matrix-vector product, and OpenBLAS computes the tail rows with a different
-    summation order: outputs differ by an ulp, ties break by position, and the gradient is routed elsewhere
-    than in the loops spec (and, for parity, possibly elsewhere than in PyTorch).
+    and every pool window tied (the loops spec does this). With num_filters=1 a matrix product would be a BLAS
+    gemv, which rounds tail rows differently (seen with OpenBLAS 0.3.31, SkylakeX): ties would break by position
+    and the gradient would be routed elsewhere. The vectorised conv therefore sums rows itself for one filter.
     """
     vec, loops = network_pair(1, image_shape=shape, num_filters=1, num_classes=2)
     image = np.full(shape, 121, dtype=np.uint8)

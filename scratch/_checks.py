@@ -13,10 +13,11 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def check_dtype(dtype: object) -> np.dtype:
     """Return `dtype` as a NumPy float dtype, or raise if it is not float32/float64."""
     try:
-        resolved = np.dtype(dtype)
+        resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would quietly mean float64
     except TypeError:
         resolved = None
-    if resolved not in FLOAT_DTYPES:
+    # `is None` first: NumPy's dtype == None is True, so `None in FLOAT_DTYPES` would pass.
+    if resolved is None or resolved not in FLOAT_DTYPES:
         raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
     return resolved
 

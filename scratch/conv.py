@@ -65,7 +65,14 @@ class Conv3x3(Layer):
         # (9C, F), made contiguous: OpenBLAS takes ~2 us less than with the transposed view. Same bits for the
         # tutorial's 28x28 digits; in other shapes it may pick another kernel and differ in the last bit or two.
         kernel_columns = np.ascontiguousarray(kernel.reshape(self.num_filters, -1).T)
-        return (self._patches @ kernel_columns).reshape(out_h, out_w, self.num_filters)  # (out_h, out_w, F)
+        if self.num_filters == 1:
+            # A single column makes this a BLAS gemv, which rounds rows differently by position: identical windows
+            # would then differ in the last bit and break the exact ties the pool's tie rule depends on. A row-wise
+            # sum computes every row the same way.
+            out = (self._patches * kernel_columns[:, 0]).sum(axis=1, keepdims=True)
+        else:
+            out = self._patches @ kernel_columns
+        return out.reshape(out_h, out_w, self.num_filters)  # (out_h, out_w, F)
 
     def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:
         """dL/dfilters = windows^T . dL/dout; dL/dinput scatters each window's share back."""

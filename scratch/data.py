@@ -14,11 +14,10 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions

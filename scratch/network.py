@@ -126,6 +126,11 @@ class Network:
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
         """Copy parameters in place; shapes and dtypes must match exactly."""
+        missing = [name for name in self.parameters() if name not in params]
+        if missing:
+            raise ValueError(
+                f"parameters: missing {', '.join(missing)} (expected filters, dense_weights, dense_biases)"
+            )
         for name, current in self.parameters().items():
             new = np.asarray(params[name])
             if new.shape != current.shape or new.dtype != current.dtype:
