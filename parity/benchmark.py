@@ -217,8 +217,67 @@ def train_step_section(args: argparse.Namespace) -> None:
     print_section("train_step: per-sample SGD, batch size 1", rows, VECTORISED, notes)
 
 
-# (title, function) in print order; a later section (e.g. lockstep overhead) appends itself here.
-SECTIONS: list[tuple[str, Callable[[argparse.Namespace], None]]] = [("train_step", train_step_section)]
+BARE = "bare: scratch + PyTorch steps"
+
+
+def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> dict[str, StepFn]:
+    """Training both models bare, against lockstep steps that also hand over and compare every tensor."""
+    from parity.experiment import ScratchSide
+    from parity.lockstep import LockstepRecord, run_lockstep
+    from reference import ReferenceRunner, to_torch
+
+    bare = train_step_candidates(dtype, images, labels)
+    count = len(images)
+
+    def bare_step(i: int) -> None:
+        bare[VECTORISED](i)
+        bare[TORCH](i)
+
+    def lockstep(stride: int) -> StepFn:
+        net = scratch_network(dtype)
+        scratch_side, reference_side = ScratchSide(net), ReferenceRunner(to_torch(net), lr=LR)
+        record = LockstepRecord(dtype=np.dtype(dtype).name, mode="free", stride=stride, lr=LR)
+
+        def step(i: int) -> None:
+            j = i % count
+            run_lockstep(
+                scratch_side, reference_side, images[j : j + 1], labels[j : j + 1], dtype, LR, stride, record=record
+            )
+
+        return step
+
+    return {BARE: bare_step, "lockstep, stride 1": lockstep(1), "lockstep, stride 10": lockstep(10)}
+
+
+def scratch_network(dtype: np.dtype):
+    """The tutorial's network, seed 0."""
+    import scratch
+
+    return scratch.tutorial_network(0, dtype)
+
+
+def lockstep_section(args: argparse.Namespace) -> None:
+    """Section 2: what recording and comparing add to training both models bare (target: at most +30%)."""
+    from scratch.data import load_experiment_data
+
+    train, _ = load_experiment_data()
+    labels = [int(label) for label in train.labels]
+    candidates = lockstep_candidates(np.dtype(args.dtype), train.images, labels)
+    samples = time_candidates(candidates, args.steps, args.repeats)
+    rows = rows_against(samples, BARE)
+    notes = [
+        "target: lockstep at most 1.30x the bare steps (recording and comparing add at most 30%)",
+        *(f"{row.candidate}: +{100 * (row.ratio - 1):.0f}%" for row in rows if row.candidate != BARE),
+        "stride K: every tensor compared every K steps; loss and parameters every step",
+    ]
+    print_section("lockstep: recording and comparing vs training both models bare", rows, BARE, notes)
+
+
+# (title, function) in print order.
+SECTIONS: list[tuple[str, Callable[[argparse.Namespace], None]]] = [
+    ("train_step", train_step_section),
+    ("lockstep", lockstep_section),
+]
 
 
 def limit_threads() -> tuple[object | None, str]:

@@ -116,11 +116,15 @@ def compare(
     problem = _structural_problem(scratch, reference, dtype)
     if problem:
         return _unmatched(name, scratch, reference, dtype, tolerance, problem)
-    abs_error = np.abs(scratch - reference)
-    allowed = tolerance.allowed(reference)
-    share = abs_error / allowed
+    # In place where possible: this runs for ~15 tensors a step, and allocations cost as much as the arithmetic.
+    abs_error = np.asarray(np.subtract(scratch, reference))
+    np.abs(abs_error, out=abs_error)
+    allowed = np.abs(reference)
+    allowed *= tolerance.rtol
+    allowed += tolerance.atol  # = tolerance.allowed(reference)
+    share = np.divide(abs_error, allowed)
     # np.argmax returns the first NaN if there is one: a NaN error is then the worst element, and fails.
-    worst = np.unravel_index(int(np.argmax(share)), share.shape) if share.size else ()
+    worst = np.unravel_index(int(share.argmax()), share.shape) if share.size else ()
     passed = bool(share[worst] <= 1) if share.size else True
     stats = {"max_rel_error": math.nan, "max_ulp": math.nan, "p99_ulp": math.nan, "mismatched": int(not passed)}
     if detail:
