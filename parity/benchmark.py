@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scratch.argtypes import positive_int
+
 LR = 0.005
 DEFAULT_STEPS = 500
 DEFAULT_REPEATS = 15
@@ -330,16 +332,6 @@ def _microseconds(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f}"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line; bad usage exits 2 with a message (argparse's convention)."""
     parser = argparse.ArgumentParser(
@@ -348,13 +340,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_STEPS,
         help=f"timed steps per round (default {DEFAULT_STEPS}; the loops get 1/{LOOPS_STEP_DIVISOR})",
     )
     parser.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_REPEATS,
         help=f"round-robin rounds; medians are reported (default {DEFAULT_REPEATS})",
     )

@@ -34,6 +34,7 @@ from parity.impls.adapter import ImplCrash, TutorialSide
 from parity.impls.loader import ImplError, Mapping, TutorialImpl, load_impl
 from parity.lockstep import MODES, Divergence, LockstepRecord, run_lockstep
 from parity.tolerances import tolerance_for
+from scratch.argtypes import learning_rate, nonnegative_int, positive_int
 
 DEFAULT_STEPS = 200  # the tutorial's loop code (~15 ms a step) and the twin: ~5 s with the probes on 2 cores
 DEFAULT_LR = 0.005  # the tutorial's train(im, label, lr=.005)
@@ -654,37 +655,3 @@ def import_torch(command: str):
 
 
 # --- argument types (shared with parity.golden and parity.selftest) ----------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    value = _integer(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def learning_rate(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.check import nonnegative_int, positive_int
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.tolerances import tolerance_for
+from scratch.argtypes import nonnegative_int, positive_int
 from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS, Network, StepTrace, tutorial_network
 
 FORMAT = "cnn-parity-golden/1"

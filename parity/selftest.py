@@ -25,13 +25,12 @@ from parity.check import (
     CheckResult,
     check_impl,
     import_torch,
-    nonnegative_int,
-    positive_int,
 )
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.impls.bugs import BUGS, Bug, with_bug
 from parity.impls.loader import ImplError, TutorialImpl, load_impl
 from parity.tolerances import tolerance_for
+from scratch.argtypes import nonnegative_int, positive_int
 
 DEFAULT_BASE = Path(__file__).resolve().parent.parent / "examples" / "fixed_cnn"
 

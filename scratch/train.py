@@ -20,12 +20,12 @@ NumPy only: this module never imports torch.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
+from scratch.argtypes import learning_rate, nonnegative_int, positive_int
 from scratch.data import DataError, Dataset, load_experiment_data
 from scratch.maxpool import TIE_POLICIES
 from scratch.network import IMPLEMENTATIONS, Network, tutorial_network
@@ -35,49 +35,19 @@ REPORT_EVERY = 100  # the tutorial prints a progress line every 100 training ste
 DTYPES = ("float32", "float64")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):  # float() accepts 'nan' and 'inf': refuse them here
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the tutorial's experiment by default, every knob of the scratch network exposed."""
     parser = argparse.ArgumentParser(
         prog="python -m scratch.train",
         description="Train the tutorial's CNN (NumPy, from scratch) on real MNIST digits and test it.",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=3, help="passes over the training set (3)")
-    parser.add_argument("--train-size", type=_positive_int, default=1000, help="training digits (1000)")
-    parser.add_argument("--test-size", type=_positive_int, default=1000, help="test digits (1000)")
-    parser.add_argument("--lr", type=_learning_rate, default=0.005, help="SGD learning rate (0.005)")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (3)")
+    parser.add_argument("--train-size", type=positive_int, default=1000, help="training digits (1000)")
+    parser.add_argument("--test-size", type=positive_int, default=1000, help="test digits (1000)")
+    parser.add_argument("--lr", type=learning_rate, default=0.005, help="SGD learning rate (0.005)")
     parser.add_argument(
         "--seed",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         default=0,
         help="seeds the weight init and the per-epoch shuffles (0); the data split itself is fixed",
     )
