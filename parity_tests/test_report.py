@@ -1,7 +1,7 @@
 """`cnn-parity report`: files, schema, determinism, exit codes, one-line errors, atomic writes, the faithful run.
 
 Runs go through `parity.cli.main` in-process, on small real-MNIST experiments (200 train / 100 test, 1 epoch) so
-the whole module takes seconds; the full default run is timed by hand and by `python -m reports.benchmark`.
+the whole module takes seconds; the full default run is timed by hand and by `python -m parity.benchmark`.
 """
 
 from __future__ import annotations

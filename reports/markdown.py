@@ -351,7 +351,7 @@ def _timing(run: dict[str, object]) -> list[str]:
     trained = seconds.get("scratch", 0.0) + seconds.get("reference", 0.0)
     note = (
         f"Recording and comparing took {100 * seconds['compare'] / trained:.0f}% of the time both sides spent "
-        "training here; `python -m reports.benchmark` measures it against training both models bare."
+        "training here; `python -m parity.benchmark` measures it against training both models bare."
         if trained > 0 and "compare" in seconds
         else ""
     )
