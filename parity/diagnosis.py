@@ -31,7 +31,7 @@ FORWARD = ("conv_out", "pool_out", "logits", "probs", "loss")
 def diagnose(
     failure: TensorComparison,
     step_comparisons: list[TensorComparison],
-    tied_windows: int,
+    tied_windows: int | None,
     previous_tolerance_used: float,
     untied_mismatches: int = 0,
 ) -> tuple[str, str]:
@@ -51,7 +51,7 @@ def diagnose(
             f"routing error, not a tie policy: {untied_mismatches} pool window(s) without a tie sent their gradient "
             "somewhere other than their maximum while the forward pass agrees"
         )
-    if failure.name == "d_conv_out" and forward_agrees and tied_windows > 0:
+    if failure.name == "d_conv_out" and forward_agrees and (tied_windows or 0) > 0:
         return layer, (
             f"tie-policy difference, not a numerical one: the forward pass agrees, and {tied_windows} pool windows "
             "are tied this step; PyTorch sends a tied window's gradient to its first maximum (row-major), "

@@ -48,7 +48,7 @@ class StepRecord:
     reference_loss: float
     scratch_correct: bool
     reference_correct: bool
-    tied_windows: int  # tied pool windows in the reference's forward; -1 on steps without a full comparison
+    tied_windows: int | None  # tied pool windows in the reference's forward; None on steps without a full comparison
     comparisons: list[TensorComparison]
     flipped_windows: int = 0  # near-tie routing flips explained this step
 
@@ -71,7 +71,7 @@ class Divergence:
     tensor: str
     layer: str
     comparison: TensorComparison
-    tied_windows: int
+    tied_windows: int | None
     diagnosis: str
 
     def message(self) -> str:
@@ -176,7 +176,7 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
         reference_loss=float(reference_tensors["loss"]),
         scratch_correct=bool(np.argmax(scratch_tensors["probs"]) == label) if "probs" in scratch_tensors else False,
         reference_correct=bool(np.argmax(reference_tensors["logits"]) == label),
-        tied_windows=count_tied_windows(reference_tensors["conv_out"]) if full else -1,  # -1: not counted
+        tied_windows=count_tied_windows(reference_tensors["conv_out"]) if full else None,
         comparisons=comparisons,
     )
     if not step.passed:
