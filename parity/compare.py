@@ -55,7 +55,9 @@ class TensorComparison:
         """The largest |error| / allowance over the elements, as a fraction (1.0 = at the limit; inf for NaN)."""
         if self.problem:
             return math.inf
-        return self.worst_error / self.worst_allowed if self.worst_allowed > 0 else math.inf
+        if not (self.worst_allowed > 0 and math.isfinite(self.worst_allowed)):
+            return 0.0 if self.passed else math.inf
+        return self.worst_error / self.worst_allowed
 
     def message(self) -> str:
         """An assert_close-style explanation: which element, both values, how far off, against what allowance."""
@@ -116,19 +118,25 @@ def compare(
     problem = _structural_problem(scratch, reference, dtype)
     if problem:
         return _unmatched(name, scratch, reference, dtype, tolerance, problem)
+    if reference.size == 0:
+        return _empty(name, reference, dtype, tolerance)
     # In place where possible: this runs for ~15 tensors a step, and allocations cost as much as the arithmetic.
-    abs_error = np.asarray(np.subtract(scratch, reference))
-    np.abs(abs_error, out=abs_error)
-    allowed = np.abs(reference)
-    allowed *= tolerance.rtol
-    allowed += tolerance.atol  # = tolerance.allowed(reference)
-    share = np.divide(abs_error, allowed)
-    # np.argmax returns the first NaN if there is one: a NaN error is then the worst element, and fails.
-    worst = np.unravel_index(int(share.argmax()), share.shape) if share.size else ()
-    passed = bool(share[worst] <= 1) if share.size else True
+    with np.errstate(invalid="ignore"):  # inf - inf and inf / inf give NaN, handled below
+        abs_error = np.asarray(np.subtract(scratch, reference))
+        np.abs(abs_error, out=abs_error)
+        allowed = np.abs(reference)
+        allowed *= tolerance.rtol
+        allowed += tolerance.atol  # = tolerance.allowed(reference)
+        share = np.asarray(np.divide(abs_error, allowed))
+    # np.argmax returns the first NaN if there is one: a NaN share is then the worst element.
+    worst = np.unravel_index(int(share.argmax()), share.shape)
+    if not math.isfinite(share[worst]):  # non-finite values: equal ones match exactly, any other pair fails
+        share = np.where(scratch == reference, 0.0, np.where(np.isnan(share), np.inf, share))
+        worst = np.unravel_index(int(share.argmax()), share.shape)
+    passed = bool(share[worst] <= 1)
     stats = {"max_rel_error": math.nan, "max_ulp": math.nan, "p99_ulp": math.nan, "mismatched": int(not passed)}
     if detail:
-        stats = _detailed_stats(scratch, reference, abs_error, allowed)
+        stats = _detailed_stats(scratch, reference, abs_error, share)
     max_abs = float(abs_error.max(initial=0.0))
     return TensorComparison(
         name=name,
@@ -140,13 +148,13 @@ def compare(
         worst_index=tuple(int(i) for i in worst),
         scratch_value=float(scratch[worst]),
         reference_value=float(reference[worst]),
-        worst_error=math.inf if math.isnan(abs_error[worst]) else float(abs_error[worst]),
+        worst_error=_error_at(abs_error[worst], share[worst]),
         worst_allowed=float(allowed[worst]),
         **stats,
     )
 
 
-def _detailed_stats(scratch, reference, abs_error, allowed) -> dict[str, float | int]:
+def _detailed_stats(scratch, reference, abs_error, share) -> dict[str, float | int]:
     abs_error = np.where(np.isnan(abs_error), np.inf, abs_error)
     ulps = ulp_distance(scratch, reference)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -155,7 +163,7 @@ def _detailed_stats(scratch, reference, abs_error, allowed) -> dict[str, float |
         "max_rel_error": float(rel_error.max(initial=0.0)),
         "max_ulp": float(ulps.max(initial=0.0)),
         "p99_ulp": float(np.quantile(ulps, 0.99, method="higher")) if ulps.size else 0.0,
-        "mismatched": int(np.count_nonzero(~(abs_error <= allowed))),
+        "mismatched": int(np.count_nonzero(~(share <= 1))),  # the same test as `passed`
     }
 
 
@@ -186,6 +194,33 @@ def _structural_problem(scratch: np.ndarray, reference: np.ndarray, dtype: np.dt
             "values not compared (nothing may be cast silently)"
         )
     return ""
+
+
+def _error_at(abs_error: float, share: float) -> float:
+    """The error to report at one element: 0 for equal values (also equal infinities), inf for a NaN error."""
+    if share == 0:
+        return 0.0
+    return math.inf if math.isnan(abs_error) else float(abs_error)
+
+
+def _empty(name, reference, dtype, tolerance) -> TensorComparison:
+    return TensorComparison(
+        name=name,
+        shape=reference.shape,
+        dtype=dtype.name,
+        tolerance=tolerance,
+        max_abs_error=0.0,
+        max_rel_error=0.0,
+        max_ulp=0.0,
+        p99_ulp=0.0,
+        mismatched=0,
+        size=0,
+        worst_index=(),
+        scratch_value=math.nan,
+        reference_value=math.nan,
+        worst_error=0.0,
+        worst_allowed=tolerance.atol,
+    )
 
 
 def _unmatched(name, scratch, reference, dtype, tolerance, problem) -> TensorComparison:

@@ -75,3 +75,28 @@ def untied_routing_mismatches(
     windows = _windows(reference_pool_input)
     tied = np.count_nonzero(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1
     return leftovers + int(np.count_nonzero(_windows(bad).any(axis=-1) & ~tied))
+
+
+def flip_consequences(
+    image: np.ndarray,
+    reference_tensors: dict[str, np.ndarray],
+    flipped_gradient: np.ndarray,
+    lr: float,
+) -> dict[str, np.ndarray]:
+    """What the reference's filter gradient, input gradient and updated filters become with a rerouted pool gradient.
+
+    `flipped_gradient` is scratch's minus the reference's pool input gradient, kept only where they differ beyond
+    tolerance (the flipped windows), shape `(H-2, W-2, F)`. The conv is linear in it, so each rerouted element adds
+    its window of the normalised image to dL/dfilters and its filter to dL/dimage. A tensor of scratch's that agrees
+    with these within tolerance is explained by the flip; one that does not is a bug the flip does not excuse.
+    """
+    dtype = flipped_gradient.dtype
+    x = image.astype(dtype) / dtype.type(255) - dtype.type(0.5)  # the tutorial's normalisation, as both sides do
+    filters_before = reference_tensors["filters"] + dtype.type(lr) * reference_tensors["d_filters"]
+    d_filters = reference_tensors["d_filters"].copy()
+    d_image = reference_tensors["d_image"].copy()
+    for i, j, f in np.argwhere(flipped_gradient != 0):  # a handful of elements: the flipped windows' maxima
+        d_filters[f] += flipped_gradient[i, j, f] * x[i : i + 3, j : j + 3]
+        d_image[i : i + 3, j : j + 3] += flipped_gradient[i, j, f] * filters_before[f]
+    filters = reference_tensors["filters"] - dtype.type(lr) * (d_filters - reference_tensors["d_filters"])
+    return {"d_filters": d_filters, "d_image": d_image, "filters": filters}
