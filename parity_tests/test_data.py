@@ -387,3 +387,19 @@ def test_dataset_validation(case: str) -> None:
 
 def test_data_error_is_value_error() -> None:
     assert issubclass(DataError, ValueError)
+
+
+def test_idx_labels_beyond_ten_classes(tmp_path: Path, small: tuple[Dataset, Dataset]) -> None:
+    labels = small[0].labels.copy()
+    labels[7] = 200
+    write(tmp_path / "train-images-idx3-ubyte", idx_bytes(small[0].images))
+    write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(labels))
+    with raises("train-labels-idx1-ubyte", "label 200 at index 7 is not a class 0..9"):
+        load_idx_dir(tmp_path, "train")
+
+
+def test_idx_images_too_small_for_the_network(tmp_path: Path) -> None:
+    write(tmp_path / "train-images-idx3-ubyte", idx_bytes(np.zeros((5, 3, 3), np.uint8)))
+    write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(np.zeros(5, np.uint8)))
+    with raises("train-images-idx3-ubyte", "images are 3x3", "needs at least 4x4"):
+        load_idx_dir(tmp_path, "train")

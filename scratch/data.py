@@ -20,6 +20,7 @@ import numpy as np
 PathLike = str | os.PathLike
 
 GZIP_MAGIC = b"\x1f\x8b"
+MIN_SIDE = 4  # a 3x3 valid conv then a 2x2 pool leave at least one pooled pixel
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _MAGIC_KINDS = {IDX_IMAGES_MAGIC: "image", IDX_LABELS_MAGIC: "label"}
@@ -236,6 +237,16 @@ def load_idx_dir(directory: PathLike, split: str) -> Dataset:
             f"{len(labels)} labels. Use image and label files from the same download."
         )
     rows, cols = images.shape[1:]
+    if len(labels) and labels.max() >= N_CLASSES:
+        raise DataError(
+            f"{label_path}: label {int(labels.max())} at index {int(labels.argmax())} is not a class 0..{N_CLASSES - 1}."
+            " Is this a 10-class IDX label file (MNIST, Fashion-MNIST)?"
+        )
+    if rows < MIN_SIDE or cols < MIN_SIDE:
+        raise DataError(
+            f"{image_path}: images are {rows}x{cols}; the tutorial network (3x3 conv, then 2x2 pool) needs at least "
+            f"{MIN_SIDE}x{MIN_SIDE}"
+        )
     return Dataset(images, labels, f"IDX {split} files in {directory} ({len(labels):,} images, {rows}x{cols})")
 
 
