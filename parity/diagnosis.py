@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from parity.compare import TensorComparison
+from scratch.network import FORWARD_TENSORS
 
 # Which part of the network produces each named tensor, and what a mismatch there usually means.
 TENSOR_SOURCES: dict[str, tuple[str, str]] = {
@@ -25,8 +26,6 @@ TENSOR_SOURCES: dict[str, tuple[str, str]] = {
     "dense_biases": ("Softmax", "SGD update of the biases: expected biases - lr * dL/dbiases"),
 }
 
-FORWARD = ("conv_out", "pool_out", "logits", "probs", "loss")
-
 
 def diagnose(
     failure: TensorComparison,
@@ -45,7 +44,7 @@ def diagnose(
         return layer, f"{failure.problem} ({hint})"
     if not math.isfinite(failure.scratch_value):
         return layer, f"non-finite value in scratch ({failure.scratch_value}): overflow, e.g. an unshifted exp; {hint}"
-    forward_agrees = all(c.passed for c in step_comparisons if c.name in FORWARD)
+    forward_agrees = all(c.passed for c in step_comparisons if c.name in FORWARD_TENSORS)
     if failure.name == "d_conv_out" and forward_agrees and untied_mismatches > 0:
         return layer, (
             f"routing error, not a tie policy: {untied_mismatches} pool window(s) without a tie sent their gradient "

@@ -9,10 +9,13 @@ from parity.tolerances import Tolerance
 
 def count_tied_windows(pool_input: np.ndarray) -> int:
     """How many (window, channel) pairs of a 2x2/stride-2 pool over `(H, W, C)` have their max more than once."""
-    out_h, out_w = pool_input.shape[0] // 2, pool_input.shape[1] // 2
-    corners = [pool_input[r : 2 * out_h : 2, c : 2 * out_w : 2] for r in (0, 1) for c in (0, 1)]
-    window_max = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
-    return int(np.count_nonzero(sum((corner == window_max).astype(np.uint8) for corner in corners) > 1))
+    windows = _windows(pool_input)
+    return int(np.count_nonzero(np.count_nonzero(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1))
+
+
+def beyond_tolerance(scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> np.ndarray:
+    """Elementwise: is |scratch - reference| out of its allowance (NaN counts as out)?"""
+    return ~(np.abs(scratch - reference) <= tolerance.allowed(reference))
 
 
 def _windows(x: np.ndarray) -> np.ndarray:
@@ -37,7 +40,7 @@ def near_tie_flips(
     no more than the forward tolerance; and the amount routed agrees. An exact tie in both inputs routed elsewhere
     (the tutorial's "all", or a last-max rule) is never a flip.
     """
-    bad = ~(np.abs(scratch_d_pool_input - reference_d_pool_input) <= gradient_tolerance.allowed(reference_d_pool_input))
+    bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
     out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
     if bad[2 * out_h :].any() or bad[:, 2 * out_w :].any():
         return -1  # odd-size leftovers never receive gradient
@@ -69,7 +72,7 @@ def untied_routing_mismatches(
 
     Zero means every mismatch sits in a tied window: a tie-policy difference. More means a routing bug.
     """
-    bad = ~(np.abs(scratch_d_pool_input - reference_d_pool_input) <= gradient_tolerance.allowed(reference_d_pool_input))
+    bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
     out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
     leftovers = int(np.count_nonzero(bad[2 * out_h :]) + np.count_nonzero(bad[: 2 * out_h, 2 * out_w :]))
     windows = _windows(reference_pool_input)
