@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import scratch
 from scratch.argtypes import positive_int
 
 LR = 0.005
@@ -242,7 +243,7 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
         bare[TORCH](i)
 
     def lockstep(stride: int) -> StepFn:
-        net = scratch_network(dtype)
+        net = scratch.tutorial_network(0, dtype)
         scratch_side, reference_side = ScratchSide(net), ReferenceRunner(to_torch(net), lr=LR)
         record = LockstepRecord(dtype=np.dtype(dtype).name, mode="free", stride=stride, lr=LR)
 
@@ -255,13 +256,6 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
         return step
 
     return {BARE: bare_step, "lockstep, stride 1": lockstep(1), "lockstep, stride 10": lockstep(10)}
-
-
-def scratch_network(dtype: np.dtype):
-    """The tutorial's network, seed 0."""
-    import scratch
-
-    return scratch.tutorial_network(0, dtype)
 
 
 def lockstep_section(args: argparse.Namespace) -> None:

@@ -25,11 +25,14 @@ import argparse
 import math
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 import scratch
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
+from parity.compare import TensorComparison
 from parity.impls.adapter import ImplCrash, TutorialSide
 from parity.impls.loader import ImplError, Mapping, TutorialImpl, load_impl
 from parity.lockstep import MODES, Divergence, LockstepRecord, run_lockstep
@@ -567,7 +570,7 @@ def _run_headline(label: str, run: RunResult) -> str:
     )
 
 
-def step_table(comparisons) -> str:
+def step_table(comparisons: list[TensorComparison]) -> str:
     """The engine's per-tensor rows (`TensorComparison.row`), numbers shown to 3 significant digits."""
     from tabulate import tabulate
 
@@ -611,7 +614,7 @@ def verdict_line(result: CheckResult) -> str:
     return f"DIVERGENCE in {names}; first: {where} at step {first.failure_step} of the {run} (exit 1)"
 
 
-def write_check_report(result: CheckResult, out_dir: str, command: str, data_source: str = ""):
+def write_check_report(result: CheckResult, out_dir: str, command: str, data_source: str = "") -> Path:
     """The same report.md / report.json as `cnn-parity report`: one ExperimentResult per run."""
     try:
         from reports.writer import write_report
@@ -645,7 +648,7 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(parts + [f"--out {args.out}"])
 
 
-def import_torch(command: str):
+def import_torch(command: str) -> ModuleType:
     """torch, or a UsageError that says the command needs it (compare-golden and record do not)."""
     try:
         import torch

@@ -161,7 +161,7 @@ def progress_lines(steps: list[StepRecord], epoch: int, every: int = 100) -> lis
     return lines
 
 
-def evaluate(side, test: Dataset) -> dict[str, float]:
+def evaluate(side: ScratchSide | reference.ReferenceRunner, test: Dataset) -> dict[str, float]:
     """Mean loss and accuracy over `test`, forward only."""
     results = [side.evaluate(image, int(label)) for image, label in zip(test.images, test.labels, strict=True)]
     return {"loss": float(np.mean([r[0] for r in results])), "accuracy": float(np.mean([r[1] for r in results]))}

@@ -239,8 +239,8 @@ def load_idx_dir(directory: PathLike, split: str) -> Dataset:
     rows, cols = images.shape[1:]
     if len(labels) and labels.max() >= N_CLASSES:
         raise DataError(
-            f"{label_path}: label {int(labels.max())} at index {int(labels.argmax())} is not a class 0..{N_CLASSES - 1}."
-            " Is this a 10-class IDX label file (MNIST, Fashion-MNIST)?"
+            f"{label_path}: label {int(labels.max())} at index {int(labels.argmax())} "
+            f"is not a class 0..{N_CLASSES - 1}. Is this a 10-class IDX label file (MNIST, Fashion-MNIST)?"
         )
     if rows < MIN_SIDE or cols < MIN_SIDE:
         raise DataError(
