@@ -3,6 +3,13 @@
 Modes:
 - "free": each side trains on its own weights; errors accumulate, so this measures drift.
 - "teacher": before each step the scratch side is reset to the reference's weights; this measures one-step error.
+
+Stride K: every tensor is compared every K steps; logits, loss, d_dense_biases and d_filters every step.
+Comparing all ~41k elements costs about as much as the training step itself, so between full comparisons only the
+small tensors are compared. Nothing is lost in locating a failure: both sides' weights are kept from the last step
+verified in full, and when a comparison fails (or the run ends) every step since then is replayed with every tensor
+compared (NumPy and torch on the CPU are deterministic). The first divergence is named at its exact step and tensor,
+as with K = 1.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from parity.compare import TensorComparison, compare
+from parity.compare import TensorComparison, Workspace, compare, compare_many
 from parity.diagnosis import diagnose
 from parity.ties import (
     beyond_tolerance,
@@ -28,13 +35,19 @@ from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS
 
 STEP_TENSORS = FORWARD_TENSORS + BACKWARD_TENSORS
 TENSOR_ORDER = STEP_TENSORS + PARAMETERS  # parameters are compared after the update
-ALWAYS_COMPARED = ("loss",) + PARAMETERS  # compared every step, whatever the stride
+# Compared every step, whatever the stride: small, and computed by a bare training step anyway. d_filters is the
+# one that sees a pool gradient routed to another element (a near-tie flip) at the step it happens.
+ALWAYS_COMPARED = ("logits", "loss", "d_dense_biases", "d_filters")
 # Tensors that depend on which element a pool window routed its gradient to. After a proven flip each of them must
 # equal the reference's value recomputed with the rerouted gradient (`ties.flip_consequences`). A flip legitimately
 # moves the filters off the reference's trajectory (by lr x the rerouted gradient, which can exceed float32
 # tolerance), so after an explained flip a free-running run re-synchronises scratch to the reference's weights.
 ROUTING_DEPENDENT = ("d_conv_out", "d_filters", "d_image", "filters")
 MODES = ("free", "teacher")
+# `cnn-parity report`'s default stride: every tensor every 10 steps keeps recording and comparing within +30% of
+# training both models bare (the lockstep section of `python -m parity.benchmark`); at stride 1, comparing all ~41k
+# elements of every step costs about +60%.
+DEFAULT_REPORT_STRIDE = 10
 
 
 class Side(Protocol):
@@ -55,9 +68,10 @@ class StepRecord:
     reference_loss: float
     scratch_correct: bool
     reference_correct: bool
-    tied_windows: int | None  # tied pool windows in the reference's forward; None on steps without a full comparison
+    tied_windows: int | None  # tied pool windows in the reference's forward; None unless the step is detailed
     comparisons: list[TensorComparison]
     flipped_windows: int = 0  # near-tie routing flips explained this step
+    full: bool = True  # every tensor compared; False on a strided step (only `ALWAYS_COMPARED`)
 
     @property
     def passed(self) -> bool:
@@ -101,7 +115,10 @@ class LockstepRecord:
     worst_tolerance_used: float = 0.0
     resynced_steps: list[int] = field(default_factory=list)  # steps after which scratch took the reference's weights
     pending_worst: tuple[StepRecord, dict] | None = field(default=None, repr=False)  # detailed when the run ends
-    reference_weights: dict | None = field(default=None, repr=False)  # the reference's weights after the last step
+    replayed_steps: int = 0  # steps re-run in full to locate a failure or close the run (strided runs)
+    # Strided steps that failed but passed when replayed from the same weights: a side is not deterministic (or the
+    # replay did not restore its state), so nothing can be located; the run does not pass.
+    unreproduced_failures: list[int] = field(default_factory=list)
 
     @property
     def flipped_windows(self) -> int:
@@ -111,7 +128,7 @@ class LockstepRecord:
     @property
     def passed(self) -> bool:
         """True when no tensor exceeded tolerance at any step (proven near-tie flips aside)."""
-        return self.first_divergence is None
+        return self.first_divergence is None and not self.unreproduced_failures
 
     def max_abs_error(self) -> dict[str, float]:
         """The largest absolute error of each tensor over the run (explained near-tie flips aside)."""
@@ -139,23 +156,128 @@ def run_lockstep(
     record: LockstepRecord | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> LockstepRecord:
-    """Train both sides in lockstep on `images`; every tensor every `stride` steps, loss and parameters always."""
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    if stride < 1:
-        raise ValueError(f"stride: expected a positive integer, got {stride}")
-    dtype = np.dtype(dtype)
-    record = record or LockstepRecord(dtype=dtype.name, mode=mode, stride=stride, lr=lr)
+    """Train both sides in lockstep on `images`: every tensor every `stride` steps, `ALWAYS_COMPARED` every step."""
+    lockstep = Lockstep(scratch, reference, dtype, lr, stride, mode, record)
     for image, label in zip(images, labels, strict=True):
-        step = _lockstep_step(scratch, reference, image, int(label), dtype, lr, len(record.steps), record)
-        record.steps.append(step)
+        step = lockstep.step(image, int(label))
         if on_step is not None:
             on_step(step)
-    _detail_pending_worst(record)
-    return record
+    return lockstep.finish()
 
 
-def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -> StepRecord:
+class Lockstep:
+    """Two sides stepped together one image at a time; `record` holds everything measured so far."""
+
+    def __init__(
+        self,
+        scratch: Side,
+        reference: Side,
+        dtype: object,
+        lr: float = 0.005,
+        stride: int = 1,
+        mode: str = "free",
+        record: LockstepRecord | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if stride < 1:
+            raise ValueError(f"stride: expected a positive integer, got {stride}")
+        self.scratch, self.reference = scratch, reference
+        self.dtype, self.lr = np.dtype(dtype), lr
+        self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr)
+        self.workspace = Workspace()
+        self._checkpoint: _Checkpoint | None = None  # strided runs: the state after the last step verified in full
+
+    def step(self, image: np.ndarray, label: int) -> StepRecord:
+        """Train both sides on one image, compare, and append the step to the record.
+
+        In a strided run a failure replays the steps since the last full comparison; the step returned is then the
+        replayed one."""
+        record = self.record
+        index = len(record.steps)
+        full = index % record.stride == 0
+        if record.stride > 1 and self._checkpoint is None and record.first_divergence is None:
+            self._checkpoint = _Checkpoint.take(self)
+        step = _lockstep_step(self, image, label, index, full)
+        record.steps.append(step)
+        if self._checkpoint is not None:
+            self._checkpoint.unverified.append((image, label))
+            if not step.passed and (len(self._checkpoint.unverified) > 1 or not full):
+                return self._replay_to_locate(index)
+            if full:  # verified (or, when it failed, located): the next step starts from a new checkpoint
+                self._checkpoint = None
+        return step
+
+    def finish(self) -> LockstepRecord:
+        """The record, with its last steps verified in full and full statistics for its worst step."""
+        if self._checkpoint is not None:
+            self._replay_in_full()
+        _detail_pending_worst(self.record)
+        return self.record
+
+    def _replay_to_locate(self, failed_step: int) -> StepRecord:
+        """Replay in full after a failure; a failure that does not come back is recorded (the run then fails)."""
+        first_replayed = self._checkpoint.steps
+        step = self._replay_in_full()
+        replayed = self.record.steps[first_replayed:]
+        if self.record.first_divergence is None and not any(s.flipped_windows for s in replayed):
+            self.record.unreproduced_failures.append(failed_step)
+        return step
+
+    def _replay_in_full(self) -> StepRecord:
+        """Restore both sides to the checkpoint and re-run every step since, comparing every tensor."""
+        checkpoint, self._checkpoint = self._checkpoint, None
+        checkpoint.restore(self)
+        for image, label in checkpoint.unverified:
+            self.record.steps.append(_lockstep_step(self, image, label, len(self.record.steps), full=True))
+            self.record.replayed_steps += 1
+        return self.record.steps[-1]
+
+
+@dataclass
+class _Checkpoint:
+    """Both sides' weights and the record's state before a run of strided steps, and the steps taken since."""
+
+    scratch_weights: dict[str, np.ndarray]
+    reference_weights: dict[str, np.ndarray]
+    steps: int
+    worst_tolerance_used: float
+    pending_worst: tuple[StepRecord, dict] | None
+    resynced_steps: int
+    unverified: list[tuple[np.ndarray, int]] = field(default_factory=list)  # (image, label) of each step since
+
+    @classmethod
+    def take(cls, lockstep: Lockstep) -> _Checkpoint:
+        """The state now (weights copied: the sides update theirs in place)."""
+        record = lockstep.record
+        return cls(
+            scratch_weights={name: np.array(value) for name, value in lockstep.scratch.parameters().items()},
+            reference_weights={name: np.array(value) for name, value in lockstep.reference.parameters().items()},
+            steps=len(record.steps),
+            worst_tolerance_used=record.worst_tolerance_used,
+            pending_worst=record.pending_worst,
+            resynced_steps=len(record.resynced_steps),
+        )
+
+    def restore(self, lockstep: Lockstep) -> None:
+        """Put both sides and the record back as they were when the checkpoint was taken."""
+        record = lockstep.record
+        lockstep.scratch.load_parameters(self.scratch_weights)
+        lockstep.reference.load_parameters(self.reference_weights)
+        del record.steps[self.steps :]
+        del record.resynced_steps[self.resynced_steps :]
+        record.first_divergence = None  # checkpoints are only taken before the first divergence
+        record.worst_tolerance_used, record.pending_worst = self.worst_tolerance_used, self.pending_worst
+
+
+def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
+    scratch, reference, record, dtype, lr = (
+        lockstep.scratch,
+        lockstep.reference,
+        lockstep.record,
+        lockstep.dtype,
+        lockstep.lr,
+    )
     timer = time.perf_counter
     if record.mode == "teacher":
         scratch.load_parameters(reference.parameters())
@@ -164,37 +286,32 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
     scratch.update(lr)
     record.seconds["scratch"] += timer() - started
     started = timer()
-    full = index % record.stride == 0
     reference_tensors = _reference_step(reference, image, label, lr, full)
     record.seconds["reference"] += timer() - started
     started = timer()
     # Parameters are compared right after both updates, before the next step changes them.
-    scratch_tensors = {**scratch_tensors, **scratch.parameters()}
+    if full:
+        scratch_tensors = {**scratch_tensors, **scratch.parameters()}
     record.missing_tensors = tuple(name for name in TENSOR_ORDER if name not in scratch_tensors)
-    comparisons = _cheap_comparisons(scratch_tensors, reference_tensors, full, dtype)
-    if not full and not all(c.passed for c in comparisons) and record.reference_weights is not None:
-        # A step between strided full comparisons failed: redo the reference's step in full from its weights before
-        # the step (torch on the CPU is deterministic), so the failure is localised as on a full step.
-        reference.load_parameters(record.reference_weights)
-        full, reference_tensors = True, _reference_step(reference, image, label, lr, full=True)
-        comparisons = _cheap_comparisons(scratch_tensors, reference_tensors, full, dtype)
-    record.reference_weights = {name: reference_tensors[name] for name in PARAMETERS}  # copies: the next start
+    names = [name for name in (TENSOR_ORDER if full else ALWAYS_COMPARED) if name in scratch_tensors]
     step = StepRecord(
         step=index,
         scratch_loss=float(scratch_tensors["loss"]),
         reference_loss=float(reference_tensors["loss"]),
         scratch_correct=bool(np.argmax(scratch_tensors["probs"]) == label) if "probs" in scratch_tensors else False,
         reference_correct=bool(np.argmax(reference_tensors["logits"]) == label),
-        tied_windows=count_tied_windows(reference_tensors["conv_out"]) if full else None,
-        comparisons=comparisons,
+        tied_windows=None,  # counted by `_detail`, for the steps a report shows
+        comparisons=compare_many(names, scratch_tensors, reference_tensors, dtype, workspace=lockstep.workspace),
+        full=full,
     )
     if not step.passed:
         _explain_flips(step, scratch_tensors, reference_tensors, dtype, image, lr)
         if step.flipped_windows and step.passed:
             scratch.load_parameters(reference.parameters())
             record.resynced_steps.append(index)
-    # Full statistics (ULPs, relative error) only for the steps a report shows: the first, the first failure, and
-    # the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at any step).
+    # Full statistics (ULPs, relative error, tied windows) only for the steps a report shows: the first, the first
+    # failure, and the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at
+    # any step).
     if index == 0 or (not step.passed and record.first_divergence is None):
         _detail(step, scratch_tensors, reference_tensors, dtype)
     if not step.passed and record.first_divergence is None:
@@ -208,18 +325,19 @@ def _lockstep_step(scratch, reference, image, label, dtype, lr, index, record) -
 
 
 def _reference_step(reference, image, label, lr, full) -> dict[str, np.ndarray]:
-    """One reference step; between strided full comparisons it runs bare (no activation gradients)."""
-    tensors = reference.forward_backward(image, label) if full else reference.forward_backward(image, label, False)
+    """One reference step; between strided full comparisons it runs bare (logits and loss only)."""
+    if not full:
+        tensors = reference.forward_backward(image, label, False)
+        reference.update(lr)
+        return tensors
+    tensors = reference.forward_backward(image, label)
     reference.update(lr)
     return {**tensors, **reference.parameters()}
 
 
-def _cheap_comparisons(scratch_tensors, reference_tensors, full, dtype) -> list[TensorComparison]:
-    names = [name for name in (TENSOR_ORDER if full else ALWAYS_COMPARED) if name in scratch_tensors]
-    return [compare(n, scratch_tensors[n], reference_tensors[n], dtype, detail=False) for n in names]
-
-
 def _detail(step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:
+    if "conv_out" in reference_tensors and "conv_out" in (c.name for c in step.comparisons):
+        step.tied_windows = count_tied_windows(reference_tensors["conv_out"])
     step.comparisons = [
         replace(compare(c.name, scratch_tensors[c.name], reference_tensors[c.name], dtype), explained=c.explained)
         for c in step.comparisons

@@ -32,9 +32,11 @@ def test_teacher_forced_conv_is_bit_exact(run_tutorial):
     assert max(c.max_abs_error for step in record.steps for c in step.comparisons if c.name == "conv_out") == 0.0
 
 
-def test_stride_still_checks_loss_and_parameters_every_step(run_tutorial):
+def test_stride_checks_the_small_tensors_every_step_and_ends_on_a_full_comparison(run_tutorial):
     record = run_tutorial(ExperimentConfig(dtype="float64", epochs=1, stride=10)).record
     assert [len(step.comparisons) for step in record.steps[:11]] == [15] + [4] * 9 + [15]
+    assert [len(step.comparisons) for step in record.steps[-10:]] == [15] * 10  # 991-999 replayed in full at the end
+    assert record.replayed_steps == 9
     assert_lockstep(record)
 
 

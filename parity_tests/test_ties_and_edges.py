@@ -118,23 +118,74 @@ def test_the_float32_run_explains_its_one_flip_and_resyncs(run_tutorial):
     assert explained[0] == "d_conv_out" and set(explained) <= {"d_conv_out", "d_filters", "d_image", "filters"}
 
 
-def test_a_failure_between_strided_comparisons_is_localised_by_a_full_rerun(tutorial_data, monkeypatch):
-    """Stride 5: step 3 compares only loss and parameters; its failure is redone in full and named exactly."""
+def test_a_failure_between_strided_comparisons_is_localised_by_a_full_replay(tutorial_data, monkeypatch):
+    """Stride 5: step 3 compares only logits and loss; the wrong bias shows in step 4's logits, and the replay of
+    steps 1-4 in full names step 3's update exactly."""
     train, _ = tutorial_data
     net = scratch.tutorial_network(0)
-    correct = scratch.Softmax.update
-    calls = []
+    correct_update, correct_step = scratch.Softmax.update, ScratchSide.forward_backward
+    current = []
 
-    def biases_wrong_at_step_3(self, lr):
-        calls.append(lr)
-        correct(self, lr)
-        if len(calls) == 4:
+    def remember_image(self, image, label):
+        current[:] = [image]
+        return correct_step(self, image, label)
+
+    def biases_wrong_at_step_3(self, lr):  # a bug that depends on the input, so a replay meets it again
+        correct_update(self, lr)
+        if np.array_equal(current[0], train.images[3]):
             self.biases[0] += 1e-6
 
+    monkeypatch.setattr(ScratchSide, "forward_backward", remember_image)
     monkeypatch.setattr(scratch.Softmax, "update", biases_wrong_at_step_3)
     runner = reference.ReferenceRunner(reference.to_torch(net))
     record = run_lockstep(ScratchSide(net), runner, train.images[:6], train.labels[:6], np.float64, stride=5)
     divergence = record.first_divergence
     assert (divergence.step, divergence.tensor, divergence.layer) == (3, "dense_biases", "Softmax")
-    assert len(record.steps[3].comparisons) == 15  # every tensor, from the full rerun
+    assert len(record.steps[3].comparisons) == 15  # every tensor, from the full replay
     assert all(c.passed for c in record.steps[3].comparisons if c.name != "dense_biases")
+    assert [len(step.comparisons) for step in record.steps] == [15] * 6  # steps 5 (full) and 6 after the divergence
+    assert record.replayed_steps == 4
+
+
+def test_a_full_comparison_that_fails_replays_the_strided_steps_before_it(tutorial_data, monkeypatch):
+    """Stride 5: d_image (compared only on full steps) is wrong for digits 3 and 5. Step 5 fails; the replay of
+    steps 1-5 in full names step 3, where it started."""
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    correct_step = ScratchSide.forward_backward
+
+    def d_image_wrong_for_digits_3_and_5(self, image, label):
+        tensors = correct_step(self, image, label)
+        if any(np.array_equal(image, train.images[i]) for i in (3, 5)):
+            tensors = {**tensors, "d_image": tensors["d_image"] + 1e-6}
+        return tensors
+
+    monkeypatch.setattr(ScratchSide, "forward_backward", d_image_wrong_for_digits_3_and_5)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    record = run_lockstep(ScratchSide(net), runner, train.images[:8], train.labels[:8], np.float64, stride=5)
+    divergence = record.first_divergence
+    assert (divergence.step, divergence.tensor) == (3, "d_image")
+    assert record.replayed_steps == 5
+    assert [len(step.comparisons) for step in record.steps] == [15] * 6 + [4, 4]  # no replays after the divergence
+
+
+def test_a_strided_failure_that_a_replay_does_not_reproduce_fails_the_run(tutorial_data, monkeypatch):
+    """A side that is wrong only the first time it sees digit 3 cannot be located: the replay passes. That is
+    recorded, and the run does not pass (nothing is hidden by the replay)."""
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    correct_update = scratch.Softmax.update
+    calls = []
+
+    def biases_wrong_on_the_fourth_update_only(self, lr):
+        calls.append(lr)
+        correct_update(self, lr)
+        if len(calls) == 4:
+            self.biases[0] += 1e-6
+
+    monkeypatch.setattr(scratch.Softmax, "update", biases_wrong_on_the_fourth_update_only)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    record = run_lockstep(ScratchSide(net), runner, train.images[:6], train.labels[:6], np.float64, stride=5)
+    assert record.first_divergence is None
+    assert record.unreproduced_failures == [4]  # step 3's wrong bias shows in step 4's logits
+    assert not record.passed

@@ -42,14 +42,18 @@ def dense_weights_to_torch(weights: np.ndarray, pooled_shape: tuple[int, int, in
 
 
 def dense_weights_to_scratch(weight: np.ndarray, pooled_shape: tuple[int, int, int]) -> np.ndarray:
-    """PyTorch `(out, in)` with NCHW-flattened columns -> scratch `(in, out)` with HWC-flattened rows."""
+    """PyTorch `(out, in)` with NCHW-flattened columns -> a new scratch `(in, out)` array, HWC-flattened rows."""
     height, width, channels = pooled_shape
-    return weight.reshape(-1, channels, height, width).transpose(2, 3, 1, 0).reshape(-1, weight.shape[0])
+    outputs = weight.shape[0]
+    scratch = np.empty((height * width * channels, outputs), weight.dtype)  # (in, out), rows in (i, j, f) order
+    by_position = weight.reshape(outputs, channels, height, width).transpose(2, 3, 1, 0)  # (H, W, F, out) view
+    np.copyto(scratch.reshape(height, width, channels, outputs), by_position)
+    return scratch
 
 
-def nchw_to_hwc(activation: torch.Tensor) -> np.ndarray:
-    """A `(1, C, H, W)` PyTorch activation (or its gradient) -> scratch `(H, W, C)`."""
-    return activation.detach()[0].permute(1, 2, 0).numpy()
+def nchw_to_hwc(activation: np.ndarray) -> np.ndarray:
+    """A `(1, C, H, W)` PyTorch activation (or its gradient), as NumPy -> a scratch `(H, W, C)` view."""
+    return activation[0].transpose(1, 2, 0)
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -96,12 +100,26 @@ def load_into_torch(twin: TutorialTwin, params: dict[str, np.ndarray]) -> None:
         twin.dense.bias.copy_(torch.from_numpy(params["dense_biases"]))
 
 
-def parameters_to_scratch(twin: TutorialTwin) -> dict[str, np.ndarray]:
-    """The twin's parameters as NumPy copies in scratch layouts, under scratch's parameter names."""
+def parameter_views(twin: TutorialTwin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NumPy views (no copies) of the twin's conv weight, dense weight and dense bias, in PyTorch layouts.
+
+    They follow the live values: `torch.optim.SGD` and `load_into_torch` change the parameters in place.
+    """
+    return tuple(parameter.detach().numpy() for parameter in (twin.conv.weight, twin.dense.weight, twin.dense.bias))
+
+
+def parameters_to_scratch(
+    twin: TutorialTwin, views: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """The twin's parameters as NumPy copies in scratch layouts, under scratch's parameter names.
+
+    `views` are the twin's `parameter_views`, when the caller keeps them (saves a few torch calls per step).
+    """
+    filters, dense_weights, dense_biases = views or parameter_views(twin)
     return {
-        "filters": filters_to_scratch(to_numpy(twin.conv.weight), two_d_input=twin.conv.in_channels == 1),
-        "dense_weights": dense_weights_to_scratch(to_numpy(twin.dense.weight), twin.pooled_shape),
-        "dense_biases": to_numpy(twin.dense.bias),
+        "filters": filters_to_scratch(filters, two_d_input=twin.conv.in_channels == 1).copy(),
+        "dense_weights": dense_weights_to_scratch(dense_weights, twin.pooled_shape),  # a new array
+        "dense_biases": dense_biases.copy(),
     }
 
 

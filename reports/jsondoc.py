@@ -55,6 +55,8 @@ def run_entry(result: ExperimentResult, *, claim: bool, slug: str, plots: dict[s
         "softmax": config.softmax,
         "mode": config.mode,
         "stride": config.stride,
+        "replayed_steps": record.replayed_steps,
+        "unreproduced_failures": list(record.unreproduced_failures),
         "config": config.as_dict(),
         "steps": len(record.steps),
         "passed": record.passed,
@@ -102,7 +104,12 @@ def worst_step_entry(step: StepRecord) -> dict[str, object]:
     """The step that used the largest share of tolerance, and the tensor that used it."""
     counted = [c for c in step.comparisons if not c.explained]
     tensor = max(counted, key=lambda c: c.tolerance_used).name if counted else None
-    return {"step": step.step, "percent_of_tolerance": percent(step.tolerance_used), "tensor": tensor}
+    return {
+        "step": step.step,
+        "percent_of_tolerance": percent(step.tolerance_used),
+        "tensor": tensor,
+        "every_tensor_compared": step.full,
+    }
 
 
 def tolerance_entries() -> dict[str, dict[str, object]]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from tabulate import tabulate
 
 from parity.compare import TensorComparison
+from parity.lockstep import ALWAYS_COMPARED
 from reports.jsondoc import EXPECTED
 from reports.summary import number, summary_table, verdict_line
 from scratch.network import FORWARD_TENSORS
@@ -149,7 +150,9 @@ def _run_description(run: dict[str, object]) -> str:
     stride = (
         "every tensor compared at every step"
         if run["stride"] == 1
-        else f"loss and parameters compared every step, every tensor every {run['stride']} steps"
+        else f"every tensor compared every {run['stride']} steps and {', '.join(ALWAYS_COMPARED)} at every step; "
+        f"a failure replays the steps since the last full comparison with every tensor compared, so the first "
+        f"divergence is exact ({run['replayed_steps']:,} steps replayed)"
     )
     role = (
         "a **parity claim**: it fails the verdict (and the exit code) if any tensor leaves tolerance"
@@ -183,6 +186,13 @@ def _run_section(run: dict[str, object], result: ExperimentResult) -> list[str]:
     ):
         parts.append(FAITHFUL_EXPLANATION + " " + _faithful_evidence(run, result))
     parts.append(_flips(run))
+    if run["unreproduced_failures"]:
+        steps = ", ".join(map(str, run["unreproduced_failures"]))
+        parts.append(
+            f"**Not reproducible:** step(s) {steps} failed, then passed when replayed in full from the same weights. "
+            "One side is not deterministic, so no divergence can be located; the run does not pass. "
+            "Rerun with `--stride 1` to compare every tensor at the step itself."
+        )
     if record.missing_tensors:
         parts.append(
             f"Not compared (scratch produced no such tensor): {', '.join(f'`{n}`' for n in record.missing_tensors)}."
@@ -196,10 +206,10 @@ def _run_section(run: dict[str, object], result: ExperimentResult) -> list[str]:
         shown.add(record.steps[0].step)
     worst = record.worst_step()
     if worst is not None and worst.step not in shown:
-        parts += [
-            f"### Worst step (step {worst.step}, {number(100 * worst.tolerance_used)}% of tolerance)",
-            comparison_table(worst.comparisons),
-        ]
+        parts.append(f"### Worst step (step {worst.step}, {number(100 * worst.tolerance_used)}% of tolerance)")
+        if not worst.full:
+            parts.append(f"A strided step: only {', '.join(f'`{n}`' for n in ALWAYS_COMPARED)} are compared on it.")
+        parts.append(comparison_table(worst.comparisons))
         shown.add(worst.step)
     elif worst is not None:
         parts.append(f"The worst step is the first step ({number(100 * worst.tolerance_used)}% of tolerance).")
@@ -239,6 +249,8 @@ def _step(record, index: int) -> list[TensorComparison]:
 def _outcome(run: dict[str, object], result: ExperimentResult) -> str:
     steps = f"{run['steps']:,} steps"
     divergence = result.record.first_divergence
+    if divergence is None and run["unreproduced_failures"]:
+        return "**Failed**: a failure could not be reproduced (see below)."
     if divergence is None:
         worst = run["worst_step"]
         used = f"; the worst step used {number(worst['percent_of_tolerance'])}% of the tolerance" if worst else ""

@@ -35,7 +35,8 @@ def first_divergence_text(run: dict[str, object]) -> str:
     """`step 0 d_conv_out (tie-policy difference)`, or `none`."""
     divergence = run["first_divergence"]
     if divergence is None:
-        return "none"
+        unreproduced = run.get("unreproduced_failures")
+        return f"not reproducible (step {unreproduced[0]})" if unreproduced else "none"
     return f"step {divergence['step']} {divergence['tensor']} ({short_diagnosis(divergence['diagnosis'])})"
 
 
