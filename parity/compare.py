@@ -228,7 +228,7 @@ def _compare_batched(pairs, dtype, tolerance, workspace) -> dict[str, TensorComp
             worst_index=index,
             scratch_value=float(scratch[index]),
             reference_value=float(reference[index]),
-            worst_error=error,  # finite share: error is 0 exactly when the share is
+            worst_error=0.0 if error_share == 0 else error,  # as `_error_at` (a custom tolerance can round it)
             worst_allowed=allowance,
         )
     return results
@@ -257,7 +257,7 @@ def _shares(
     """From `scratch - reference` and `|reference|` (both changed in place into |error| and its allowance), the
     share of the allowance each element uses. The one place this arithmetic is written: both paths round alike."""
     # In place: allocations cost as much as the arithmetic here.
-    with np.errstate(invalid="ignore"):  # inf / inf gives NaN, handled by the callers
+    with np.errstate(invalid="ignore", over="ignore"):  # inf / inf: NaN, for the callers; an inf allowance is fine
         np.abs(abs_error, out=abs_error)
         allowed *= tolerance.rtol
         allowed += tolerance.atol  # = tolerance.allowed(reference)

@@ -9,7 +9,7 @@ import numpy as np
 
 import reference
 import scratch
-from parity.lockstep import LockstepRecord, StepRecord, run_lockstep
+from parity.lockstep import Lockstep, LockstepRecord, StepRecord
 from scratch.data import Dataset
 
 
@@ -119,23 +119,17 @@ def run_experiment(
 ) -> ExperimentResult:
     """Train both sides in lockstep for `config.epochs`, then test both on `test`."""
     scratch_side, reference_side = build_sides(config, train.images.shape[1:])
-    record = LockstepRecord(dtype=config.dtype, mode=config.mode, stride=config.stride, lr=config.lr)
-    result = ExperimentResult(config, record)
-    for epoch, order in enumerate(epoch_orders(len(train), config.epochs, config.seed)):
-        first = len(record.steps)
-        run_lockstep(
-            scratch_side,
-            reference_side,
-            train.images[order],
-            train.labels[order],
-            config.dtype,
-            lr=config.lr,
-            stride=config.stride,
-            mode=config.mode,
-            record=record,
-            on_step=on_step,
-        )
-        result.progress += progress_lines(record.steps[first:], epoch)
+    lockstep = Lockstep(scratch_side, reference_side, config.dtype, config.lr, config.stride, config.mode)
+    result = ExperimentResult(config, lockstep.record)
+    orders = epoch_orders(len(train), config.epochs, config.seed)
+    for order in orders:
+        for image, label in zip(train.images[order], train.labels[order], strict=True):
+            step = lockstep.step(image, int(label))
+            if on_step is not None:
+                on_step(step)
+    steps = lockstep.finish().steps  # final: a strided run may have replayed its last steps
+    for epoch in range(len(orders)):
+        result.progress += progress_lines(steps[epoch * len(train) : (epoch + 1) * len(train)], epoch)
     result.test = {
         "scratch": evaluate(scratch_side, test),
         "reference": evaluate(reference_side, test),

@@ -38,6 +38,9 @@ TENSOR_ORDER = STEP_TENSORS + PARAMETERS  # parameters are compared after the up
 # Compared every step, whatever the stride: small, and computed by a bare training step anyway. d_filters is the
 # one that sees a pool gradient routed to another element (a near-tie flip) at the step it happens.
 ALWAYS_COMPARED = ("logits", "loss", "d_dense_biases", "d_filters")
+# Teacher-forced runs also compare the parameters every step: scratch is reset to the reference's weights before each
+# step, so a wrong update would otherwise be erased before any later comparison could see it.
+TEACHER_ALWAYS_COMPARED = ALWAYS_COMPARED + PARAMETERS
 # Tensors that depend on which element a pool window routed its gradient to. After a proven flip each of them must
 # equal the reference's value recomputed with the rerouted gradient (`ties.flip_consequences`). A flip legitimately
 # moves the filters off the reference's trajectory (by lr x the rerouted gradient, which can exceed float32
@@ -110,7 +113,9 @@ class LockstepRecord:
     lr: float
     steps: list[StepRecord] = field(default_factory=list)
     first_divergence: Divergence | None = None
-    seconds: dict[str, float] = field(default_factory=lambda: {"scratch": 0.0, "reference": 0.0, "compare": 0.0})
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"scratch": 0.0, "reference": 0.0, "compare": 0.0, "replay": 0.0}
+    )
     missing_tensors: tuple[str, ...] = ()
     worst_tolerance_used: float = 0.0
     resynced_steps: list[int] = field(default_factory=list)  # steps after which scratch took the reference's weights
@@ -201,7 +206,7 @@ class Lockstep:
         step = _lockstep_step(self, image, label, index, full)
         record.steps.append(step)
         if self._checkpoint is not None:
-            self._checkpoint.unverified.append((image, label))
+            self._checkpoint.unverified.append((np.array(image), label))  # a copy: callers may reuse the buffer
             if not step.passed and (len(self._checkpoint.unverified) > 1 or not full):
                 return self._replay_to_locate(index)
             if full:  # verified (or, when it failed, located): the next step starts from a new checkpoint
@@ -228,9 +233,13 @@ class Lockstep:
         """Restore both sides to the checkpoint and re-run every step since, comparing every tensor."""
         checkpoint, self._checkpoint = self._checkpoint, None
         checkpoint.restore(self)
+        seconds, started = self.record.seconds, dict(self.record.seconds)
         for image, label in checkpoint.unverified:
             self.record.steps.append(_lockstep_step(self, image, label, len(self.record.steps), full=True))
             self.record.replayed_steps += 1
+        # Replays are timed apart: the per-part times stay those of each step's first run.
+        seconds["replay"] += sum(seconds[part] - started[part] for part in started if part != "replay")
+        seconds.update({part: value for part, value in started.items() if part != "replay"})
         return self.record.steps[-1]
 
 
@@ -285,15 +294,18 @@ def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
     scratch_tensors = scratch.forward_backward(image, label)
     scratch.update(lr)
     record.seconds["scratch"] += timer() - started
+    cheap = TEACHER_ALWAYS_COMPARED if record.mode == "teacher" else ALWAYS_COMPARED
+    with_parameters = full or record.mode == "teacher"
     started = timer()
-    reference_tensors = _reference_step(reference, image, label, lr, full)
+    reference_tensors = _reference_step(reference, image, label, lr, full, with_parameters)
     record.seconds["reference"] += timer() - started
     started = timer()
     # Parameters are compared right after both updates, before the next step changes them.
-    if full:
+    if with_parameters:
         scratch_tensors = {**scratch_tensors, **scratch.parameters()}
-    record.missing_tensors = tuple(name for name in TENSOR_ORDER if name not in scratch_tensors)
-    names = [name for name in (TENSOR_ORDER if full else ALWAYS_COMPARED) if name in scratch_tensors]
+    if full:
+        record.missing_tensors = tuple(name for name in TENSOR_ORDER if name not in scratch_tensors)
+    names = [name for name in (TENSOR_ORDER if full else cheap) if name in scratch_tensors]
     step = StepRecord(
         step=index,
         scratch_loss=float(scratch_tensors["loss"]),
@@ -324,15 +336,11 @@ def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
     return step
 
 
-def _reference_step(reference, image, label, lr, full) -> dict[str, np.ndarray]:
-    """One reference step; between strided full comparisons it runs bare (logits and loss only)."""
-    if not full:
-        tensors = reference.forward_backward(image, label, False)
-        reference.update(lr)
-        return tensors
-    tensors = reference.forward_backward(image, label)
+def _reference_step(reference, image, label, lr, full, with_parameters) -> dict[str, np.ndarray]:
+    """One reference step; between strided full comparisons it runs bare (only the small tensors)."""
+    tensors = reference.forward_backward(image, label) if full else reference.forward_backward(image, label, False)
     reference.update(lr)
-    return {**tensors, **reference.parameters()}
+    return {**tensors, **reference.parameters()} if with_parameters else tensors
 
 
 def _detail(step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parity.compare import Workspace, compare, compare_many
-from parity.tolerances import tolerance_for
+from parity.tolerances import Tolerance, tolerance_for
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -114,3 +114,17 @@ def test_the_batch_catches_a_single_wrong_element_among_many(dtype):
     assert first.passed and last.passed and not middle.passed
     assert middle.worst_index == (700, 3)
     assert "mismatched elements" in middle.message() and "(700, 3)" in middle.message()
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "scratch", "reference"),
+    [
+        (Tolerance(atol=10.0, rtol=0.0, reason="test"), [5e-324], [0.0]),  # the share underflows to 0; the error does not
+        (Tolerance(atol=0.0, rtol=1e10, reason="test"), [1e300], [1.1e300]),  # the allowance overflows to inf
+    ],
+    ids=["share-underflows", "allowance-overflows"],
+)
+def test_custom_tolerances_at_the_edges_of_float_range(tolerance, scratch, reference):
+    scratch, reference = {"x": np.array(scratch)}, {"x": np.array(reference)}
+    batched = compare_many(["x"], scratch, reference, np.float64, tolerance)
+    assert_same(batched, [compare("x", scratch["x"], reference["x"], np.float64, tolerance, detail=False)])

@@ -189,3 +189,43 @@ def test_a_strided_failure_that_a_replay_does_not_reproduce_fails_the_run(tutori
     assert record.first_divergence is None
     assert record.unreproduced_failures == [4]  # step 3's wrong bias shows in step 4's logits
     assert not record.passed
+
+
+def test_teacher_forced_strided_runs_still_compare_every_update(tutorial_data, monkeypatch):
+    """Teacher forcing resets scratch to the reference's weights before each step, so a wrong update on a strided
+    step would be erased unseen: teacher runs compare the parameters at every step."""
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    correct_update, correct_step = scratch.Softmax.update, ScratchSide.forward_backward
+    current = []
+
+    def remember_image(self, image, label):
+        current[:] = [image]
+        return correct_step(self, image, label)
+
+    def weights_wrong_at_step_13(self, lr):
+        correct_update(self, lr)
+        if np.array_equal(current[0], train.images[13]):
+            self.weights[0, 0] += 1e-3
+
+    monkeypatch.setattr(ScratchSide, "forward_backward", remember_image)
+    monkeypatch.setattr(scratch.Softmax, "update", weights_wrong_at_step_13)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    record = run_lockstep(
+        ScratchSide(net), runner, train.images[:20], train.labels[:20], np.float64, stride=10, mode="teacher"
+    )
+    assert (record.first_divergence.step, record.first_divergence.tensor) == (13, "dense_weights")
+
+
+def test_a_strided_run_that_diverged_still_knows_which_tensors_scratch_has(run_tutorial):
+    """After the first divergence nothing is replayed, so the last steps stay strided; that is no missing tensor."""
+    result = run_tutorial(ExperimentConfig(dtype="float64", tie_policy="all", softmax="tutorial", epochs=1, stride=10))
+    assert result.record.first_divergence.step == 0
+    assert not result.record.steps[-1].full
+    assert result.record.missing_tensors == ()
+    assert result.record.replayed_steps == 0
+
+
+def test_replays_are_timed_apart(run_tutorial):
+    record = run_tutorial(ExperimentConfig(dtype="float64", epochs=1, stride=10)).record
+    assert record.replayed_steps == 9 and record.seconds["replay"] > 0

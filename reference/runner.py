@@ -87,6 +87,8 @@ class ReferenceRunner:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         self.optimizer.step()
+        for parameter in self._parameters:  # the recorded gradients are views of these: no later backward may add
+            parameter.grad = None
 
     @torch.no_grad()
     def evaluate(self, image: np.ndarray, label: int) -> tuple[float, bool]:

@@ -354,7 +354,8 @@ def _timing(run: dict[str, object]) -> list[str]:
     what = {
         "scratch": "scratch forward + backward + update",
         "reference": "PyTorch forward + backward + SGD step (and handing its tensors over)",
-        "compare": "recording and comparing every tensor",
+        "compare": "recording and comparing",
+        "replay": "replaying strided steps in full (to locate a failure, or to close the run)",
     }
     rows = [
         {"part": what.get(part, part), "seconds": f"{value:.2f}", "ms per step": f"{1000 * value / steps:.3f}"}
