@@ -119,7 +119,7 @@ def test_the_batch_catches_a_single_wrong_element_among_many(dtype):
 @pytest.mark.parametrize(
     ("tolerance", "scratch", "reference"),
     [
-        (Tolerance(atol=10.0, rtol=0.0, reason="test"), [5e-324], [0.0]),  # the share underflows to 0; the error does not
+        (Tolerance(atol=10.0, rtol=0.0, reason="test"), [5e-324], [0.0]),  # the share underflows to 0, not the error
         (Tolerance(atol=0.0, rtol=1e10, reason="test"), [1e300], [1.1e300]),  # the allowance overflows to inf
     ],
     ids=["share-underflows", "allowance-overflows"],
