@@ -38,9 +38,6 @@ TENSOR_ORDER = STEP_TENSORS + PARAMETERS  # parameters are compared after the up
 # Compared every step, whatever the stride: small, and computed by a bare training step anyway. d_filters is the
 # one that sees a pool gradient routed to another element (a near-tie flip) at the step it happens.
 ALWAYS_COMPARED = ("logits", "loss", "d_dense_biases", "d_filters")
-# Teacher-forced runs also compare the parameters every step: scratch is reset to the reference's weights before each
-# step, so a wrong update would otherwise be erased before any later comparison could see it.
-TEACHER_ALWAYS_COMPARED = ALWAYS_COMPARED + PARAMETERS
 # Tensors that depend on which element a pool window routed its gradient to. After a proven flip each of them must
 # equal the reference's value recomputed with the rerouted gradient (`ties.flip_consequences`). A flip legitimately
 # moves the filters off the reference's trajectory (by lr x the rerouted gradient, which can exceed float32
@@ -51,6 +48,13 @@ MODES = ("free", "teacher")
 # training both models bare (the lockstep section of `python -m parity.benchmark`); at stride 1, comparing all ~41k
 # elements of every step costs about +60%.
 DEFAULT_REPORT_STRIDE = 10
+
+
+def always_compared(mode: str) -> tuple[str, ...]:
+    """The tensors compared at every step of a run in `mode`, whatever the stride."""
+    # Teacher forcing resets scratch to the reference's weights before each step, so a wrong update would be erased
+    # before any later comparison could see it: the parameters are compared at every step too.
+    return ALWAYS_COMPARED + PARAMETERS if mode == "teacher" else ALWAYS_COMPARED
 
 
 class Side(Protocol):
@@ -74,7 +78,7 @@ class StepRecord:
     tied_windows: int | None  # tied pool windows in the reference's forward; None unless the step is detailed
     comparisons: list[TensorComparison]
     flipped_windows: int = 0  # near-tie routing flips explained this step
-    full: bool = True  # every tensor compared; False on a strided step (only `ALWAYS_COMPARED`)
+    full: bool = True  # every tensor compared; False on a strided step (only `always_compared(mode)`)
 
     @property
     def passed(self) -> bool:
@@ -161,7 +165,7 @@ def run_lockstep(
     record: LockstepRecord | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> LockstepRecord:
-    """Train both sides in lockstep on `images`: every tensor every `stride` steps, `ALWAYS_COMPARED` every step."""
+    """Train both sides in lockstep on `images`: every tensor every `stride` steps, `always_compared` every step."""
     lockstep = Lockstep(scratch, reference, dtype, lr, stride, mode, record)
     for image, label in zip(images, labels, strict=True):
         step = lockstep.step(image, int(label))
@@ -294,8 +298,8 @@ def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
     scratch_tensors = scratch.forward_backward(image, label)
     scratch.update(lr)
     record.seconds["scratch"] += timer() - started
-    cheap = TEACHER_ALWAYS_COMPARED if record.mode == "teacher" else ALWAYS_COMPARED
-    with_parameters = full or record.mode == "teacher"
+    compared = TENSOR_ORDER if full else always_compared(record.mode)
+    with_parameters = any(name in compared for name in PARAMETERS)
     started = timer()
     reference_tensors = _reference_step(reference, image, label, lr, full, with_parameters)
     record.seconds["reference"] += timer() - started
@@ -305,7 +309,7 @@ def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
         scratch_tensors = {**scratch_tensors, **scratch.parameters()}
     if full:
         record.missing_tensors = tuple(name for name in TENSOR_ORDER if name not in scratch_tensors)
-    names = [name for name in (TENSOR_ORDER if full else cheap) if name in scratch_tensors]
+    names = [name for name in compared if name in scratch_tensors]
     step = StepRecord(
         step=index,
         scratch_loss=float(scratch_tensors["loss"]),

@@ -118,25 +118,31 @@ def test_the_float32_run_explains_its_one_flip_and_resyncs(run_tutorial):
     assert explained[0] == "d_conv_out" and set(explained) <= {"d_conv_out", "d_filters", "d_image", "filters"}
 
 
+def break_softmax_update_on(monkeypatch, image: np.ndarray, parameter: str, index, amount: float) -> None:
+    """Make scratch's Softmax update add `amount` to `parameter[index]` after the correct update, on the step that
+    trains on `image`: a bug that depends on the input, so a replay meets it again."""
+    correct_update, correct_step = scratch.Softmax.update, ScratchSide.forward_backward
+    current = []
+
+    def remember_image(self, step_image, label):
+        current[:] = [step_image]
+        return correct_step(self, step_image, label)
+
+    def wrong_update(self, lr):
+        correct_update(self, lr)
+        if np.array_equal(current[0], image):
+            getattr(self, parameter)[index] += amount
+
+    monkeypatch.setattr(ScratchSide, "forward_backward", remember_image)
+    monkeypatch.setattr(scratch.Softmax, "update", wrong_update)
+
+
 def test_a_failure_between_strided_comparisons_is_localised_by_a_full_replay(tutorial_data, monkeypatch):
     """Stride 5: step 3 compares only logits and loss; the wrong bias shows in step 4's logits, and the replay of
     steps 1-4 in full names step 3's update exactly."""
     train, _ = tutorial_data
     net = scratch.tutorial_network(0)
-    correct_update, correct_step = scratch.Softmax.update, ScratchSide.forward_backward
-    current = []
-
-    def remember_image(self, image, label):
-        current[:] = [image]
-        return correct_step(self, image, label)
-
-    def biases_wrong_at_step_3(self, lr):  # a bug that depends on the input, so a replay meets it again
-        correct_update(self, lr)
-        if np.array_equal(current[0], train.images[3]):
-            self.biases[0] += 1e-6
-
-    monkeypatch.setattr(ScratchSide, "forward_backward", remember_image)
-    monkeypatch.setattr(scratch.Softmax, "update", biases_wrong_at_step_3)
+    break_softmax_update_on(monkeypatch, train.images[3], "biases", 0, 1e-6)
     runner = reference.ReferenceRunner(reference.to_torch(net))
     record = run_lockstep(ScratchSide(net), runner, train.images[:6], train.labels[:6], np.float64, stride=5)
     divergence = record.first_divergence
@@ -196,20 +202,7 @@ def test_teacher_forced_strided_runs_still_compare_every_update(tutorial_data, m
     step would be erased unseen: teacher runs compare the parameters at every step."""
     train, _ = tutorial_data
     net = scratch.tutorial_network(0)
-    correct_update, correct_step = scratch.Softmax.update, ScratchSide.forward_backward
-    current = []
-
-    def remember_image(self, image, label):
-        current[:] = [image]
-        return correct_step(self, image, label)
-
-    def weights_wrong_at_step_13(self, lr):
-        correct_update(self, lr)
-        if np.array_equal(current[0], train.images[13]):
-            self.weights[0, 0] += 1e-3
-
-    monkeypatch.setattr(ScratchSide, "forward_backward", remember_image)
-    monkeypatch.setattr(scratch.Softmax, "update", weights_wrong_at_step_13)
+    break_softmax_update_on(monkeypatch, train.images[13], "weights", (0, 0), 1e-3)
     runner = reference.ReferenceRunner(reference.to_torch(net))
     record = run_lockstep(
         ScratchSide(net), runner, train.images[:20], train.labels[:20], np.float64, stride=10, mode="teacher"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from tabulate import tabulate
 
 from parity.compare import TensorComparison
-from parity.lockstep import ALWAYS_COMPARED
+from parity.lockstep import always_compared
 from reports.jsondoc import EXPECTED
 from reports.summary import number, summary_table, verdict_line
 from scratch.network import FORWARD_TENSORS
@@ -147,10 +147,11 @@ def _run_description(run: dict[str, object]) -> str:
         else f"teacher-forced: before each of {steps:,} steps scratch takes the reference's weights, so each step's "
         "error is measured alone"
     )
+    small = ", ".join(always_compared(run["mode"]))
     stride = (
         "every tensor compared at every step"
         if run["stride"] == 1
-        else f"every tensor compared every {run['stride']} steps and {', '.join(ALWAYS_COMPARED)} at every step; "
+        else f"every tensor compared every {run['stride']} steps and {small} at every step; "
         f"a failure replays the steps since the last full comparison with every tensor compared, so the first "
         f"divergence is exact ({run['replayed_steps']:,} steps replayed)"
     )
@@ -208,7 +209,8 @@ def _run_section(run: dict[str, object], result: ExperimentResult) -> list[str]:
     if worst is not None and worst.step not in shown:
         parts.append(f"### Worst step (step {worst.step}, {number(100 * worst.tolerance_used)}% of tolerance)")
         if not worst.full:
-            parts.append(f"A strided step: only {', '.join(f'`{n}`' for n in ALWAYS_COMPARED)} are compared on it.")
+            compared = ", ".join(f"`{c.name}`" for c in worst.comparisons)
+            parts.append(f"A strided step: only {compared} are compared on it.")
         parts.append(comparison_table(worst.comparisons))
         shown.add(worst.step)
     elif worst is not None:
