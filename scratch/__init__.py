@@ -1,35 +1,37 @@
-"""The tutorial CNN from scratch in NumPy: every tensor named, PyTorch semantics by default.
+"""Sequential CNNs from scratch in NumPy, built from a spec: every tensor named, PyTorch semantics by default.
 
 `import scratch` imports NumPy only, never torch, and runs nothing.
 """
 
-from scratch.conv import Conv3x3, Conv3x3Loops
-from scratch.maxpool import TIE_POLICIES, MaxPool2, MaxPool2Loops
-from scratch.network import (
-    BACKWARD_TENSORS,
-    FORWARD_TENSORS,
-    IMPLEMENTATIONS,
-    PARAMETERS,
-    Network,
-    StepTrace,
-    tutorial_network,
-)
-from scratch.softmax import SOFTMAX_MODES, Softmax, SoftmaxLoops
+from scratch.conv import Conv, ConvLoops
+from scratch.dense import Dense, DenseLoops
+from scratch.loss import SOFTMAX_MODES, SoftmaxCrossEntropy
+from scratch.maxpool import TIE_POLICIES, MaxPool, MaxPoolLoops
+from scratch.network import IMPLEMENTATIONS, LAYER_CLASSES, Network, StepTrace, build_network, tutorial_network
+from scratch.relu import ReLU, ReLULoops
+from scratch.spec import DEFAULT_SPEC, LayerSpec, NetworkSpec, TensorInfo, parse_spec
 
 __all__ = [
-    "BACKWARD_TENSORS",
-    "Conv3x3",
-    "Conv3x3Loops",
-    "FORWARD_TENSORS",
+    "Conv",
+    "ConvLoops",
+    "DEFAULT_SPEC",
+    "Dense",
+    "DenseLoops",
     "IMPLEMENTATIONS",
-    "MaxPool2",
-    "MaxPool2Loops",
+    "LAYER_CLASSES",
+    "LayerSpec",
+    "MaxPool",
+    "MaxPoolLoops",
     "Network",
-    "PARAMETERS",
+    "NetworkSpec",
+    "ReLU",
+    "ReLULoops",
     "SOFTMAX_MODES",
-    "Softmax",
-    "SoftmaxLoops",
+    "SoftmaxCrossEntropy",
     "StepTrace",
     "TIE_POLICIES",
+    "TensorInfo",
+    "build_network",
+    "parse_spec",
     "tutorial_network",
 ]

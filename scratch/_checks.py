@@ -59,6 +59,36 @@ def check_image(value: object, shape: tuple[int, int]) -> np.ndarray:
     return value
 
 
+def check_images(value: object, shape: tuple[int, int]) -> np.ndarray:
+    """Check raw images, one `shape` image or an `(N, *shape)` batch; returns the batch `(N, H, W)`."""
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        return check_image(value, shape)[np.newaxis]
+    if not isinstance(value, np.ndarray) or value.ndim != 3 or value.shape[1:] != tuple(shape) or not len(value):
+        got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
+        raise ValueError(f"image: expected shape {tuple(shape)} or a batch (N, {shape[0]}, {shape[1]}), got {got}")
+    return check_image(value, value.shape)
+
+
+def check_labels(value: object, num_classes: int, images: object) -> np.ndarray:
+    """Check the labels of `images`: one integer for one image, else one per image; returns them as `(N,)` ints."""
+    batch = images.shape[0] if isinstance(images, np.ndarray) and images.ndim == 3 else None
+    if batch is None:
+        return np.array([check_label(value, num_classes)])
+    labels = np.asarray(value)
+    if labels.shape != (batch,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels: expected {batch} integer classes for a batch of {batch} images, got {value!r}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels: expected classes in 0..{num_classes - 1}, got range [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def check_seed(value: object) -> int:
+    """Check a seed: a non-negative integer."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def check_label(value: object, num_classes: int) -> int:
     """Check a class label: an integer in 0..num_classes-1."""
     if type(value) is int and 0 <= value < num_classes:  # the usual case, without the numbers.Integral ABC check

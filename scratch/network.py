@@ -1,7 +1,7 @@
-"""The tutorial network: image -> Conv3x3 -> MaxPool2 -> Softmax, trained by per-sample SGD.
+"""The network built from a spec: layers in order, then softmax cross-entropy; every tensor of a step named.
 
-Every tensor the parity engine compares is produced here under one name (see `FORWARD_TENSORS`,
-`BACKWARD_TENSORS`, `PARAMETERS`), in the scratch layouts: HWC activations, `(in, out)` dense weights.
+`build_network("conv3x8,pool2,dense10")` is the tutorial. A step's tensors are named by `scratch.spec` and come in
+the scratch layouts: NHWC activations with the batch first, `(in, out)` dense weights, `(F, K, K[, C])` filters.
 """
 
 from __future__ import annotations
@@ -10,98 +10,94 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scratch._checks import check_choice, check_dtype, check_image, check_label, check_lr
-from scratch.conv import Conv3x3, Conv3x3Loops
-from scratch.maxpool import MaxPool2, MaxPool2Loops
-from scratch.softmax import Softmax, SoftmaxLoops
+from scratch._checks import check_choice, check_dtype, check_images, check_labels, check_lr, check_seed
+from scratch.conv import Conv, ConvLoops
+from scratch.dense import Dense, DenseLoops
+from scratch.layer import Layer
+from scratch.loss import SoftmaxCrossEntropy
+from scratch.maxpool import MaxPool, MaxPoolLoops
+from scratch.relu import ReLU, ReLULoops
+from scratch.spec import DEFAULT_SPEC, LayerSpec, NetworkSpec, parse_spec
 
-# Forward-then-backward order: the order in which a divergence is looked for.
-FORWARD_TENSORS = ("conv_out", "pool_out", "logits", "probs", "loss")
-BACKWARD_TENSORS = (
-    "d_logits",
-    "d_dense_weights",
-    "d_dense_biases",
-    "d_pool_out",
-    "d_conv_out",
-    "d_filters",
-    "d_image",
-)
-PARAMETERS = ("filters", "dense_weights", "dense_biases")
 IMPLEMENTATIONS = ("vectorized", "loops")
-_LAYER_CLASSES = {"vectorized": (Conv3x3, MaxPool2, Softmax), "loops": (Conv3x3Loops, MaxPool2Loops, SoftmaxLoops)}
+# One class per layer kind and implementation: adding a kind is one line here.
+LAYER_CLASSES: dict[str, dict[str, type[Layer]]] = {
+    "vectorized": {"conv": Conv, "relu": ReLU, "pool": MaxPool, "dense": Dense},
+    "loops": {"conv": ConvLoops, "relu": ReLULoops, "pool": MaxPoolLoops, "dense": DenseLoops},
+}
 
 
 @dataclass
 class StepTrace:
-    """One forward + backward pass: every named tensor, plus the number of tied pool windows."""
+    """One forward + backward pass: every named tensor in spec order, the tied windows per pool, the hits."""
 
     tensors: dict[str, np.ndarray]
-    tied_windows: int
-    correct: bool
+    tied_windows: dict[str, int]
+    correct: int  # how many samples of the batch the network classified right
 
     @property
     def loss(self) -> float:
-        """The cross-entropy loss of the step."""
+        """The mean cross-entropy loss of the step."""
         return float(self.tensors["loss"])
 
 
 class Network:
-    """Conv3x3 -> MaxPool2 -> Softmax with the tutorial's training step; backward is separate from update."""
+    """Layers from a spec, then the loss; backward is separate from the SGD update."""
 
-    def __init__(self, conv: Conv3x3, pool: MaxPool2, softmax: Softmax, image_shape: tuple[int, int]) -> None:
-        self.conv, self.pool, self.softmax = conv, pool, softmax
-        self.layers = [conv, pool, softmax]
-        self.image_shape = tuple(image_shape)
-        self.dtype = conv.filters.dtype
-        self.num_classes = softmax.biases.shape[0]
+    def __init__(self, spec: NetworkSpec, layers: list[Layer], loss: SoftmaxCrossEntropy, dtype: np.dtype) -> None:
+        self.spec, self.layers, self.loss, self.dtype = spec, layers, loss, np.dtype(dtype)
+        self.image_shape = spec.image_shape
+        self.num_classes = spec.num_classes
+        self._named = list(zip(spec.layers, layers, strict=True))
 
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        """The tutorial's `image / 255 - 0.5`, computed in the network's dtype."""
-        check_image(image, self.image_shape)
-        x = image.astype(self.dtype)  # a new array: the two steps below work in place on it
+    def layer(self, name: str) -> Layer:
+        """The layer object called `name` (`conv1`, `pool1`, ...)."""
+        return dict((layer_spec.name, layer) for layer_spec, layer in self._named)[name]
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """The tutorial's `image / 255 - 0.5` in the network's dtype, as an `(N, H, W, 1)` batch."""
+        images = check_images(images, self.image_shape)
+        x = images.astype(self.dtype)  # a new array: the two steps below work in place on it
         x /= self.dtype.type(255)
         x -= self.dtype.type(0.5)
-        return x
+        return x.reshape(*x.shape, 1)
 
-    def forward(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities for one raw image."""
-        out = self.conv.forward(self.normalize(image))
-        out = self.pool.forward(out)
-        return self.softmax.forward(out)
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """The logits `(N, classes)` of raw images `(H, W)` or `(N, H, W)`."""
+        out = self.normalize(images)
+        for layer in self.layers:
+            out = layer.forward(out)
+        return out
 
-    def evaluate(self, image: np.ndarray, label: int) -> tuple[float, bool]:
-        """Loss and correctness of one image, without backward."""
-        label = check_label(label, self.num_classes)
-        probs = self.forward(image)
-        return float(self._loss(label)), bool(np.argmax(probs) == label)
+    def evaluate(self, images: np.ndarray, labels: object) -> tuple[float, int]:
+        """Mean loss and the number classified right, without backward."""
+        labels = check_labels(labels, self.num_classes, images)
+        probs, loss = self.loss.forward(self.logits(images), labels)
+        return float(loss), int(np.count_nonzero(probs.argmax(axis=1) == labels))
 
-    def forward_backward(self, image: np.ndarray, label: int) -> StepTrace:
-        """Run forward and backward for one image; every named tensor in the trace, no weight moved."""
-        label = check_label(label, self.num_classes)
-        x = self.normalize(image)
-        conv_out = self.conv.forward(x)  # (H-2, W-2, F)
-        pool_out = self.pool.forward(conv_out)  # ((H-2)//2, (W-2)//2, F)
-        probs = self.softmax.forward(pool_out)  # (classes,)
-        loss = self._loss(label)
-        d_pool_out = self._backward_softmax(probs, label)
-        d_conv_out = self.pool.backward(d_pool_out)
-        d_image = self.conv.backward(d_conv_out)
-        tensors = {
-            "conv_out": conv_out,
-            "pool_out": pool_out,
-            "logits": self.softmax.last_totals,
-            "probs": probs,
-            "loss": loss,
-            "d_logits": self.softmax.d_L_d_totals,
-            "d_dense_weights": self.softmax.grads["weights"],
-            "d_dense_biases": self.softmax.grads["biases"],
-            "d_pool_out": d_pool_out,
-            "d_conv_out": d_conv_out,
-            "d_filters": self.conv.grads["filters"],
-            # dL/d(normalised image); dL/d(raw pixel) is this / 255.
-            "d_image": d_image,
-        }
-        return StepTrace(tensors, self.pool.tied_windows, bool(probs.argmax() == label))
+    def forward_backward(self, images: np.ndarray, labels: object) -> StepTrace:
+        """Forward and backward on one image or a batch; every named tensor in the trace, no weight moved."""
+        labels = check_labels(labels, self.num_classes, images)
+        tensors: dict[str, np.ndarray] = {}
+        out = self.normalize(images)
+        inputs = []
+        for layer_spec, layer in self._named:
+            inputs.append(out)
+            out = layer.forward(out)
+            tensors[f"{layer_spec.name}.out"] = out
+        probs, loss = self.loss.forward(out, labels)
+        tensors["probs"], tensors["loss"] = probs, loss
+        gradient = self.loss.backward()
+        tensors[f"{self.spec.layers[-1].name}.d_out"] = gradient
+        for layer_spec, layer in reversed(self._named):
+            gradient = layer.backward(gradient)
+            for param, _ in layer_spec.params:
+                tensors[f"{layer_spec.name}.d_{param}"] = layer.grads[param]
+            # dL/d(normalised image) for the first layer; dL/d(raw pixel) is this / 255.
+            tensors[f"{layer_spec.name}.d_in"] = gradient
+        ordered = {name: tensors[name] for name in self.spec.tensor_names if name in tensors}
+        ties = {spec.name: layer.tied_windows for spec, layer in self._named if spec.kind == "pool"}
+        return StepTrace(ordered, ties, int(np.count_nonzero(probs.argmax(axis=1) == labels)))
 
     def update(self, lr: float) -> None:
         """Apply SGD to every layer from the gradients of the last backward."""
@@ -109,59 +105,70 @@ class Network:
         for layer in self.layers:
             layer.update(lr)
 
-    def train_step(self, image: np.ndarray, label: int, lr: float = 0.005) -> tuple[float, bool]:
-        """One SGD step on one image; returns (loss, correct). Bad input raises before any weight moves."""
+    def train_step(self, images: np.ndarray, labels: object, lr: float = 0.005) -> tuple[float, int]:
+        """One SGD step on one image or a batch; (mean loss, number right). Bad input raises before any update."""
         lr = check_lr(lr)
-        trace = self.forward_backward(image, label)
+        trace = self.forward_backward(images, labels)
         self.update(lr)
         return trace.loss, trace.correct
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Live parameter arrays under their parity names (`filters`, `dense_weights`, `dense_biases`)."""
+        """Live parameter arrays under their spec names (`conv1.filters`, `dense1.weights`, ...)."""
         return {
-            "filters": self.conv.filters,
-            "dense_weights": self.softmax.weights,
-            "dense_biases": self.softmax.biases,
+            f"{layer_spec.name}.{param}": getattr(layer, param)
+            for layer_spec, layer in self._named
+            for param, _ in layer_spec.params
         }
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
-        """Copy parameters in place; shapes and dtypes must match exactly."""
-        missing = [name for name in self.parameters() if name not in params]
+        """Copy parameters in place; every name must be there, shapes and dtypes must match exactly."""
+        current = self.parameters()
+        missing = [name for name in current if name not in params]
         if missing:
-            raise ValueError(
-                f"parameters: missing {', '.join(missing)} (expected filters, dense_weights, dense_biases)"
-            )
-        for name, current in self.parameters().items():
-            new = np.asarray(params[name])
-            if new.shape != current.shape or new.dtype != current.dtype:
-                raise ValueError(f"{name}: expected shape {current.shape} {current.dtype}, got {new.shape} {new.dtype}")
-        for name, current in self.parameters().items():
-            current[...] = params[name]
+            raise ValueError(f"parameters: missing {', '.join(missing)} (expected {', '.join(current)})")
+        for name, array in current.items():
+            new = params[name]
+            if not isinstance(new, np.ndarray) or new.shape != array.shape or new.dtype != array.dtype:
+                got = f"{new.shape} {new.dtype}" if isinstance(new, np.ndarray) else type(new).__name__
+                raise ValueError(f"{name}: expected shape {array.shape} {array.dtype}, got {got}")
+        for name, array in current.items():
+            array[...] = params[name]
 
-    def _loss(self, label: int) -> np.ndarray:
-        if self.softmax.mode == "tutorial":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return -np.log(self.softmax.last_probs[label])
-        # Log-sum-exp, no overflow: max + log(sum(exp(logits - max))). The softmax forward computed that shift and
-        # sum already (the same operations on the same values: the same result, ~2 us sooner); they are reused
-        # only if they belong to these very logits.
-        softmax, logits = self.softmax, self.softmax.last_totals
-        if getattr(softmax, "last_shifted_totals", None) is logits:
-            shift, exp_sum = softmax.last_shift, softmax.last_exp_sum
-        else:
-            shift = logits.max()
-            exp_sum = np.sum(np.exp(logits - shift))
-        return shift + np.log(exp_sum) - logits[label]
 
-    def _backward_softmax(self, probs: np.ndarray, label: int) -> np.ndarray:
-        if self.softmax.mode == "tutorial":
-            gradient = np.zeros(self.num_classes, dtype=self.dtype)
-            with np.errstate(divide="ignore"):
-                gradient[label] = -1 / probs[label]
-            return self.softmax.backward(gradient)
-        d_L_d_logits = probs.copy()
-        d_L_d_logits[label] -= 1  # d(cross-entropy)/dlogits = p - onehot
-        return self.softmax.backward_logits(d_L_d_logits)
+def build_network(
+    spec: str | NetworkSpec = DEFAULT_SPEC,
+    seed: int = 0,
+    dtype: object = np.float64,
+    image_shape: tuple[int, int] = (28, 28),
+    tie_policy: str = "first",
+    softmax: str = "stable",
+    impl: str = "vectorized",
+    num_classes: int = 10,
+) -> Network:
+    """Build the network `spec` describes, initialised from one seeded Generator in layer order.
+
+    The tutorial's initialisation, generalised: conv filters randn / (K*K), dense weights randn / fan_in, zero biases.
+    """
+    dtype = check_dtype(dtype)
+    seed = check_seed(seed)
+    impl = check_choice("impl", impl, IMPLEMENTATIONS)
+    if not isinstance(spec, NetworkSpec):
+        spec = parse_spec(spec, image_shape, num_classes)
+    elif tuple(image_shape) != spec.image_shape and image_shape != (28, 28):
+        raise ValueError(f"image_shape: {image_shape} given, but the spec was parsed for {spec.image_shape}")
+    rng = np.random.default_rng(seed)
+    layers = [_build_layer(layer, LAYER_CLASSES[impl][layer.kind], rng, dtype, tie_policy) for layer in spec.layers]
+    return Network(spec, layers, SoftmaxCrossEntropy(softmax), dtype)
+
+
+def _build_layer(layer: LayerSpec, cls: type[Layer], rng: np.random.Generator, dtype, tie_policy) -> Layer:
+    if layer.kind == "conv":
+        return cls(layer.kernel, layer.units, layer.in_shape[2], layer.bias, rng=rng, dtype=dtype)
+    if layer.kind == "pool":
+        return cls(layer.kernel, tie_policy=tie_policy)
+    if layer.kind == "dense":
+        return cls(layer.fan_in, layer.units, rng=rng, dtype=dtype)
+    return cls()
 
 
 def tutorial_network(
@@ -175,18 +182,10 @@ def tutorial_network(
     softmax: str = "stable",
     impl: str = "vectorized",
 ) -> Network:
-    """Build the tutorial's CNN with its initialisation (filters randn/9, weights randn/input_len, zero biases)."""
-    dtype = check_dtype(dtype)
-    impl = check_choice("impl", impl, IMPLEMENTATIONS)
-    height, width = image_shape
-    if height < 4 or width < 4:
-        raise ValueError(f"image_shape: expected at least 4x4 (3x3 conv then 2x2 pool), got {image_shape}")
-    if num_filters < 1 or num_classes < 2:
-        raise ValueError(f"expected num_filters >= 1 and num_classes >= 2, got {num_filters}, {num_classes}")
-    conv_cls, pool_cls, softmax_cls = _LAYER_CLASSES[impl]
-    rng = np.random.default_rng(seed)
-    conv = conv_cls(num_filters, rng=rng, dtype=dtype)
-    pool = pool_cls(tie_policy=tie_policy)
-    pooled = ((height - 2) // 2) * ((width - 2) // 2) * num_filters
-    dense = softmax_cls(pooled, num_classes, rng=rng, dtype=dtype, mode=softmax)
-    return Network(conv, pool, dense, (height, width))
+    """The tutorial's CNN: exactly `build_network("conv3x{num_filters},pool2,dense{num_classes}")`."""
+    if type(num_filters) is not int or num_filters < 1:
+        raise ValueError(f"num_filters: expected a positive integer, got {num_filters!r}")
+    if type(num_classes) is not int or num_classes < 2:
+        raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
+    spec = f"conv3x{num_filters},pool2,dense{num_classes}"
+    return build_network(spec, seed, dtype, image_shape, tie_policy, softmax, impl, num_classes)
