@@ -1,4 +1,5 @@
-"""The tutorial experiment in lockstep: epochs of seeded shuffles, the tutorial's progress lines, the test pass."""
+"""The lockstep experiment on any spec: epochs of seeded shuffles in batches, the tutorial's progress lines, the
+test pass."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import numpy as np
 import reference
 import scratch
 from parity.lockstep import Lockstep, LockstepRecord, StepRecord
-from scratch.data import Dataset
+from scratch.data import Dataset, batches, epoch_orders
+from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One lockstep run of the tutorial experiment."""
+    """One lockstep run of the experiment (the tutorial's by default)."""
 
+    arch: str = DEFAULT_SPEC
+    batch_size: int = 1
     dtype: str = "float64"
     tie_policy: str = "first"
     softmax: str = "stable"
@@ -36,7 +40,10 @@ class ExperimentConfig:
             base = f"{self.dtype} {self.tie_policy}/{self.softmax}" + (
                 "" if self.impl == "vectorized" else f" {self.impl}"
             )
-        return base + ("" if self.mode == "free" else f" {self.mode}")
+        shape = ("" if self.arch == DEFAULT_SPEC else f" {self.arch}") + (
+            "" if self.batch_size == 1 else f" batch {self.batch_size}"
+        )
+        return base + shape + ("" if self.mode == "free" else f" {self.mode}")
 
     @property
     def expects_parity(self) -> bool:
@@ -54,9 +61,9 @@ class ScratchSide:
     def __init__(self, net: scratch.Network) -> None:
         self.net = net
 
-    def forward_backward(self, image: np.ndarray, label: int) -> dict[str, np.ndarray]:
-        """Every named tensor of one step."""
-        return self.net.forward_backward(image, label).tensors
+    def forward_backward(self, images: np.ndarray, labels: np.ndarray, names=None) -> dict[str, np.ndarray]:
+        """Every named tensor of one step (a training step computes them all anyway)."""
+        return self.net.forward_backward(images, labels).tensors
 
     def update(self, lr: float) -> None:
         """SGD on every layer."""
@@ -70,9 +77,9 @@ class ScratchSide:
         """Copy parameters in."""
         self.net.load_parameters(params)
 
-    def evaluate(self, image: np.ndarray, label: int) -> tuple[float, bool]:
-        """Loss and correctness without backward."""
-        return self.net.evaluate(image, label)
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+        """Mean loss and the number right, without backward."""
+        return self.net.evaluate(images, labels)
 
 
 @dataclass
@@ -92,23 +99,18 @@ class ExperimentResult:
 
 def build_sides(
     config: ExperimentConfig, image_shape: tuple[int, int]
-) -> tuple[ScratchSide, reference.ReferenceRunner]:
-    """A scratch network from the tutorial's seeded init, and the twin holding the same weights."""
-    net = scratch.tutorial_network(
+) -> tuple[NetworkSpec, ScratchSide, reference.ReferenceRunner]:
+    """The spec, a scratch network from its seeded init, and the twin holding the same weights."""
+    spec = parse_spec(config.arch, tuple(image_shape))
+    net = scratch.build_network(
+        spec,
         config.seed,
         np.dtype(config.dtype),
-        image_shape=image_shape,
         tie_policy=config.tie_policy,
         softmax=config.softmax,
         impl=config.impl,
     )
-    return ScratchSide(net), reference.ReferenceRunner(reference.to_torch(net), lr=config.lr)
-
-
-def epoch_orders(n_train: int, epochs: int, seed: int) -> list[np.ndarray]:
-    """The tutorial reshuffles every epoch; here from one seeded Generator, shared by both sides."""
-    rng = np.random.default_rng(seed)
-    return [rng.permutation(n_train) for _ in range(epochs)]
+    return spec, ScratchSide(net), reference.ReferenceRunner(reference.to_torch(net), lr=config.lr)
 
 
 def run_experiment(
@@ -118,18 +120,19 @@ def run_experiment(
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> ExperimentResult:
     """Train both sides in lockstep for `config.epochs`, then test both on `test`."""
-    scratch_side, reference_side = build_sides(config, train.images.shape[1:])
-    lockstep = Lockstep(scratch_side, reference_side, config.dtype, config.lr, config.stride, config.mode)
+    spec, scratch_side, reference_side = build_sides(config, train.images.shape[1:])
+    lockstep = Lockstep(scratch_side, reference_side, spec, config.dtype, config.lr, config.stride, config.mode)
     result = ExperimentResult(config, lockstep.record)
-    orders = epoch_orders(len(train), config.epochs, config.seed)
-    for order in orders:
-        for image, label in zip(train.images[order], train.labels[order], strict=True):
-            step = lockstep.step(image, int(label))
+    for order in epoch_orders(len(train), config.epochs, config.seed):
+        for index in batches(order, config.batch_size):
+            step = lockstep.step(train.images[index], train.labels[index])
             if on_step is not None:
                 on_step(step)
     steps = lockstep.finish().steps  # final: a strided run may have replayed its last steps
-    for epoch in range(len(orders)):
-        result.progress += progress_lines(steps[epoch * len(train) : (epoch + 1) * len(train)], epoch)
+    per_epoch = -(-len(train) // config.batch_size)  # ceil(n / B) steps
+    for epoch in range(config.epochs):
+        epoch_steps = steps[epoch * per_epoch : (epoch + 1) * per_epoch]
+        result.progress += progress_lines(epoch_steps, epoch)
     result.test = {
         "scratch": evaluate(scratch_side, test),
         "reference": evaluate(reference_side, test),
@@ -142,14 +145,15 @@ def progress_lines(steps: list[StepRecord], epoch: int, every: int = 100) -> lis
     lines = []
     for end in range(every, len(steps) + 1, every):
         window = steps[end - every : end]
+        samples = sum(s.samples for s in window)
         lines.append(
             {
                 "epoch": epoch + 1,
                 "step": end,
                 "scratch_loss": float(np.mean([s.scratch_loss for s in window])),
-                "scratch_accuracy": 100 * float(np.mean([s.scratch_correct for s in window])),
+                "scratch_accuracy": 100 * sum(s.scratch_correct for s in window) / samples,
                 "reference_loss": float(np.mean([s.reference_loss for s in window])),
-                "reference_accuracy": 100 * float(np.mean([s.reference_correct for s in window])),
+                "reference_accuracy": 100 * sum(s.reference_correct for s in window) / samples,
             }
         )
     return lines
@@ -158,4 +162,4 @@ def progress_lines(steps: list[StepRecord], epoch: int, every: int = 100) -> lis
 def evaluate(side: ScratchSide | reference.ReferenceRunner, test: Dataset) -> dict[str, float]:
     """Mean loss and accuracy over `test`, forward only."""
     results = [side.evaluate(image, int(label)) for image, label in zip(test.images, test.labels, strict=True)]
-    return {"loss": float(np.mean([r[0] for r in results])), "accuracy": float(np.mean([r[1] for r in results]))}
+    return {"loss": float(np.mean([r[0] for r in results])), "accuracy": float(np.mean([r[1] > 0 for r in results]))}

@@ -1,11 +1,10 @@
-"""Lockstep training: both sides step on the same image with the same lr, and every named tensor is compared.
+"""Lockstep training: both sides step on the same batch with the same lr, and every named tensor is compared.
 
 Modes:
 - "free": each side trains on its own weights; errors accumulate, so this measures drift.
 - "teacher": before each step the scratch side is reset to the reference's weights; this measures one-step error.
 
-Stride K: every tensor is compared every K steps; logits, loss, d_dense_biases and d_filters every step.
-Comparing all ~41k elements costs about as much as the training step itself, so between full comparisons only the
+Stride K: every tensor is compared every K steps; `always_compared` ones (small) every step. Comparing every element costs about as much as the training step itself, so between full comparisons only the
 small tensors are compared. Nothing is lost in locating a failure: both sides' weights are kept from the last step
 verified in full, and when a comparison fails (or the run ends) every step since then is replayed with every tensor
 compared (NumPy and torch on the CPU are deterministic). The first divergence is named at its exact step and tensor,
@@ -15,7 +14,7 @@ as with K = 1.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -23,44 +22,45 @@ import numpy as np
 
 from parity.compare import TensorComparison, Workspace, compare, compare_many
 from parity.diagnosis import diagnose
-from parity.ties import (
-    beyond_tolerance,
-    count_tied_windows,
-    flip_consequences,
-    near_tie_flips,
-    untied_routing_mismatches,
-)
+from parity.flips import explain_flips
+from parity.ties import count_tied_windows, untied_routing_mismatches
 from parity.tolerances import tolerance_for
-from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS
+from scratch.spec import NetworkSpec
 
-STEP_TENSORS = FORWARD_TENSORS + BACKWARD_TENSORS
-TENSOR_ORDER = STEP_TENSORS + PARAMETERS  # parameters are compared after the update
-# Compared every step, whatever the stride: small, and computed by a bare training step anyway. d_filters is the
-# one that sees a pool gradient routed to another element (a near-tie flip) at the step it happens.
-ALWAYS_COMPARED = ("logits", "loss", "d_dense_biases", "d_filters")
-# Tensors that depend on which element a pool window routed its gradient to. After a proven flip each of them must
-# equal the reference's value recomputed with the rerouted gradient (`ties.flip_consequences`). A flip legitimately
-# moves the filters off the reference's trajectory (by lr x the rerouted gradient, which can exceed float32
-# tolerance), so after an explained flip a free-running run re-synchronises scratch to the reference's weights.
-ROUTING_DEPENDENT = ("d_conv_out", "d_filters", "d_image", "filters")
 MODES = ("free", "teacher")
 # `cnn-parity report`'s default stride: every tensor every 10 steps keeps recording and comparing within +30% of
-# training both models bare (the lockstep section of `python -m parity.benchmark`); at stride 1, comparing all ~41k
-# elements of every step costs about +60%.
+# training both models bare (the lockstep section of `python -m parity.benchmark`); at stride 1, comparing every
+# element of every step costs about +60%.
 DEFAULT_REPORT_STRIDE = 10
 
 
-def always_compared(mode: str) -> tuple[str, ...]:
-    """The tensors compared at every step of a run in `mode`, whatever the stride."""
+def always_compared(spec: NetworkSpec, mode: str) -> tuple[str, ...]:
+    """The tensors compared at every step of a run in `mode`, whatever the stride.
+
+    The logits, the loss and every parameter gradient but the dense weights': small, and computed by a bare
+    training step anyway. The conv filter gradients are where a pool gradient routed to another element (a near-tie
+    flip) shows at the step it happens.
+    """
+    names = [f"{spec.layers[-1].name}.out", "loss"]
+    names += [
+        info.name
+        for info in spec.tensors
+        if info.role == "d_param" and not (info.kind == "dense" and info.param == "weights")
+    ]
     # Teacher forcing resets scratch to the reference's weights before each step, so a wrong update would be erased
     # before any later comparison could see it: the parameters are compared at every step too.
-    return ALWAYS_COMPARED + PARAMETERS if mode == "teacher" else ALWAYS_COMPARED
+    return tuple(names) + (spec.parameter_names if mode == "teacher" else ())
 
 
 class Side(Protocol):
-    """One implementation in a lockstep run (scratch, the reference, or a user's code behind an adapter)."""
+    """One implementation in a lockstep run (scratch, the reference, or a user's code behind an adapter).
 
-    def forward_backward(self, image: np.ndarray, label: int) -> dict[str, np.ndarray]: ...
+    Tensors and parameters are named by the run's spec, in scratch layouts; `names`, when given, are the tensors
+    wanted this step (a side may return more)."""
+
+    def forward_backward(
+        self, images: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
     def update(self, lr: float) -> None: ...
     def parameters(self) -> dict[str, np.ndarray]: ...
     def load_parameters(self, params: dict[str, np.ndarray]) -> None: ...
@@ -73,12 +73,13 @@ class StepRecord:
     step: int
     scratch_loss: float
     reference_loss: float
-    scratch_correct: bool
-    reference_correct: bool
-    tied_windows: int | None  # tied pool windows in the reference's forward; None unless the step is detailed
+    scratch_correct: int  # samples of the batch classified right
+    reference_correct: int
+    tied_windows: int | None  # tied pool windows (all pools) in the reference's forward; None unless detailed
     comparisons: list[TensorComparison]
     flipped_windows: int = 0  # near-tie routing flips explained this step
-    full: bool = True  # every tensor compared; False on a strided step (only `always_compared(mode)`)
+    full: bool = True  # every tensor compared; False on a strided step (only `always_compared`)
+    samples: int = 1  # images in the step's batch
 
     @property
     def passed(self) -> bool:
@@ -115,6 +116,7 @@ class LockstepRecord:
     mode: str
     stride: int
     lr: float
+    spec: NetworkSpec
     steps: list[StepRecord] = field(default_factory=list)
     first_divergence: Divergence | None = None
     seconds: dict[str, float] = field(
@@ -140,13 +142,13 @@ class LockstepRecord:
         return self.first_divergence is None and not self.unreproduced_failures
 
     def max_abs_error(self) -> dict[str, float]:
-        """The largest absolute error of each tensor over the run (explained near-tie flips aside)."""
+        """The largest absolute error of each compared tensor over the run (explained near-tie flips aside)."""
         worst: dict[str, float] = {}
         for step in self.steps:
             for c in step.comparisons:
                 if not c.explained:
                     worst[c.name] = max(worst.get(c.name, 0.0), c.max_abs_error)
-        return {name: worst[name] for name in TENSOR_ORDER if name in worst}
+        return {name: worst[name] for name in self.spec.tensor_names if name in worst}
 
     def worst_step(self) -> StepRecord | None:
         """The step that used the largest share of tolerance (the first such step on a tie)."""
@@ -156,8 +158,8 @@ class LockstepRecord:
 def run_lockstep(
     scratch: Side,
     reference: Side,
-    images: Sequence[np.ndarray],
-    labels: Sequence[int],
+    spec: NetworkSpec,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
     dtype: object,
     lr: float = 0.005,
     stride: int = 1,
@@ -165,22 +167,31 @@ def run_lockstep(
     record: LockstepRecord | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> LockstepRecord:
-    """Train both sides in lockstep on `images`: every tensor every `stride` steps, `always_compared` every step."""
-    lockstep = Lockstep(scratch, reference, dtype, lr, stride, mode, record)
-    for image, label in zip(images, labels, strict=True):
-        step = lockstep.step(image, int(label))
+    """Train both sides in lockstep on `(images, labels)` batches: every tensor every `stride` steps."""
+    lockstep = Lockstep(scratch, reference, spec, dtype, lr, stride, mode, record)
+    for images, labels in batches:
+        step = lockstep.step(images, labels)
         if on_step is not None:
             on_step(step)
     return lockstep.finish()
 
 
+def as_batch(images: np.ndarray, labels: object) -> tuple[np.ndarray, np.ndarray]:
+    """One image `(H, W)` and its label, or a batch `(N, H, W)` and its labels, as a batch and an int array."""
+    images = np.asarray(images)
+    if images.ndim == 2:
+        return images[np.newaxis], np.array([int(labels)])
+    return images, np.asarray(labels).reshape(-1)
+
+
 class Lockstep:
-    """Two sides stepped together one image at a time; `record` holds everything measured so far."""
+    """Two sides stepped together one batch at a time; `record` holds everything measured so far."""
 
     def __init__(
         self,
         scratch: Side,
         reference: Side,
+        spec: NetworkSpec,
         dtype: object,
         lr: float = 0.005,
         stride: int = 1,
@@ -191,26 +202,28 @@ class Lockstep:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if stride < 1:
             raise ValueError(f"stride: expected a positive integer, got {stride}")
-        self.scratch, self.reference = scratch, reference
+        self.scratch, self.reference, self.spec = scratch, reference, spec
         self.dtype, self.lr = np.dtype(dtype), lr
-        self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr)
+        self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr, spec=spec)
         self.workspace = Workspace()
+        self.always = always_compared(spec, mode)
         self._checkpoint: _Checkpoint | None = None  # strided runs: the state after the last step verified in full
 
-    def step(self, image: np.ndarray, label: int) -> StepRecord:
-        """Train both sides on one image, compare, and append the step to the record.
+    def step(self, images: np.ndarray, labels: object) -> StepRecord:
+        """Train both sides on one image or batch, compare, and append the step to the record.
 
         In a strided run a failure replays the steps since the last full comparison; the step returned is then the
         replayed one."""
+        images, labels = as_batch(images, labels)
         record = self.record
         index = len(record.steps)
         full = index % record.stride == 0
         if record.stride > 1 and self._checkpoint is None and record.first_divergence is None:
             self._checkpoint = _Checkpoint.take(self)
-        step = _lockstep_step(self, image, label, index, full)
+        step = _lockstep_step(self, images, labels, index, full)
         record.steps.append(step)
         if self._checkpoint is not None:
-            self._checkpoint.unverified.append((np.array(image), label))  # a copy: callers may reuse the buffer
+            self._checkpoint.unverified.append((images.copy(), labels.copy()))  # callers may reuse the buffers
             if not step.passed and (len(self._checkpoint.unverified) > 1 or not full):
                 return self._replay_to_locate(index)
             if full:  # verified (or, when it failed, located): the next step starts from a new checkpoint
@@ -238,8 +251,8 @@ class Lockstep:
         checkpoint, self._checkpoint = self._checkpoint, None
         checkpoint.restore(self)
         seconds, started = self.record.seconds, dict(self.record.seconds)
-        for image, label in checkpoint.unverified:
-            self.record.steps.append(_lockstep_step(self, image, label, len(self.record.steps), full=True))
+        for images, labels in checkpoint.unverified:
+            self.record.steps.append(_lockstep_step(self, images, labels, len(self.record.steps), full=True))
             self.record.replayed_steps += 1
         # Replays are timed apart: the per-part times stay those of each step's first run.
         seconds["replay"] += sum(seconds[part] - started[part] for part in started if part != "replay")
@@ -257,7 +270,7 @@ class _Checkpoint:
     worst_tolerance_used: float
     pending_worst: tuple[StepRecord, dict] | None
     resynced_steps: int
-    unverified: list[tuple[np.ndarray, int]] = field(default_factory=list)  # (image, label) of each step since
+    unverified: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (images, labels) of each step
 
     @classmethod
     def take(cls, lockstep: Lockstep) -> _Checkpoint:
@@ -283,45 +296,51 @@ class _Checkpoint:
         record.worst_tolerance_used, record.pending_worst = self.worst_tolerance_used, self.pending_worst
 
 
-def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
-    scratch, reference, record, dtype, lr = (
+def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecord:
+    scratch, reference, record, dtype, lr, spec = (
         lockstep.scratch,
         lockstep.reference,
         lockstep.record,
         lockstep.dtype,
         lockstep.lr,
+        lockstep.spec,
     )
     timer = time.perf_counter
     if record.mode == "teacher":
         scratch.load_parameters(reference.parameters())
+    compared = spec.tensor_names if full else lockstep.always
+    wanted = [name for name in compared if spec.tensor(name).role != "param"]
+    with_parameters = len(wanted) < len(compared)
     started = timer()
-    scratch_tensors = scratch.forward_backward(image, label)
+    scratch_tensors = scratch.forward_backward(images, labels, wanted)
     scratch.update(lr)
     record.seconds["scratch"] += timer() - started
-    compared = TENSOR_ORDER if full else always_compared(record.mode)
-    with_parameters = any(name in compared for name in PARAMETERS)
     started = timer()
-    reference_tensors = _reference_step(reference, image, label, lr, full, with_parameters)
+    reference_tensors = reference.forward_backward(images, labels, None if full else wanted)
+    reference.update(lr)
+    if with_parameters:  # compared right after both updates, before the next step changes them
+        reference_tensors.update(reference.parameters())
     record.seconds["reference"] += timer() - started
     started = timer()
-    # Parameters are compared right after both updates, before the next step changes them.
     if with_parameters:
         scratch_tensors = {**scratch_tensors, **scratch.parameters()}
-    if full:
-        record.missing_tensors = tuple(name for name in TENSOR_ORDER if name not in scratch_tensors)
+    if index == 0:
+        record.missing_tensors = tuple(name for name in spec.tensor_names if name not in scratch_tensors)
     names = [name for name in compared if name in scratch_tensors]
+    logits = f"{spec.layers[-1].name}.out"
     step = StepRecord(
         step=index,
         scratch_loss=float(scratch_tensors["loss"]),
         reference_loss=float(reference_tensors["loss"]),
-        scratch_correct=bool(np.argmax(scratch_tensors["probs"]) == label) if "probs" in scratch_tensors else False,
-        reference_correct=bool(np.argmax(reference_tensors["logits"]) == label),
+        scratch_correct=_correct(scratch_tensors.get(logits), labels),
+        reference_correct=_correct(reference_tensors[logits], labels),
         tied_windows=None,  # counted by `_detail`, for the steps a report shows
         comparisons=compare_many(names, scratch_tensors, reference_tensors, dtype, workspace=lockstep.workspace),
         full=full,
+        samples=len(labels),
     )
     if not step.passed:
-        _explain_flips(step, scratch_tensors, reference_tensors, dtype, image, lr)
+        explain_flips(spec, step, scratch_tensors, reference_tensors, dtype, images, lr)
         if step.flipped_windows and step.passed:
             scratch.load_parameters(reference.parameters())
             record.resynced_steps.append(index)
@@ -329,9 +348,9 @@ def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
     # failure, and the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at
     # any step).
     if index == 0 or (not step.passed and record.first_divergence is None):
-        _detail(step, scratch_tensors, reference_tensors, dtype)
+        _detail(spec, step, scratch_tensors, reference_tensors, dtype)
     if not step.passed and record.first_divergence is None:
-        record.first_divergence = _divergence(step, record, scratch_tensors, reference_tensors, dtype)
+        record.first_divergence = _divergence(spec, step, record, scratch_tensors, reference_tensors, dtype)
     elif step.tolerance_used > record.worst_tolerance_used:
         names = [c.name for c in step.comparisons]
         record.pending_worst = (step, {n: (scratch_tensors[n].copy(), reference_tensors[n].copy()) for n in names})
@@ -340,16 +359,30 @@ def _lockstep_step(lockstep: Lockstep, image, label, index, full) -> StepRecord:
     return step
 
 
-def _reference_step(reference, image, label, lr, full, with_parameters) -> dict[str, np.ndarray]:
-    """One reference step; between strided full comparisons it runs bare (only the small tensors)."""
-    tensors = reference.forward_backward(image, label) if full else reference.forward_backward(image, label, False)
-    reference.update(lr)
-    return {**tensors, **reference.parameters()} if with_parameters else tensors
+def _correct(logits: np.ndarray | None, labels: np.ndarray) -> int:
+    return 0 if logits is None else int(np.count_nonzero(np.argmax(logits, axis=-1) == labels))
 
 
-def _detail(step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:
-    if "conv_out" in reference_tensors and "conv_out" in (c.name for c in step.comparisons):
-        step.tied_windows = count_tied_windows(reference_tensors["conv_out"])
+def pool_input(spec: NetworkSpec, pool: str, tensors: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The input of pool layer `pool` as the trace names it: the previous layer's output (None if not there)."""
+    position = [layer.name for layer in spec.layers].index(pool)
+    return tensors.get(f"{spec.layers[position - 1].name}.out") if position else None
+
+
+def _tied_windows(spec: NetworkSpec, tensors: dict[str, np.ndarray]) -> int | None:
+    counts = []
+    for layer in spec.layers:
+        if layer.kind == "pool":
+            inputs = pool_input(spec, layer.name, tensors)
+            if inputs is None:
+                return None
+            counts.append(count_tied_windows(inputs, layer.kernel))
+    return sum(counts)
+
+
+def _detail(spec: NetworkSpec, step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:
+    if step.full:
+        step.tied_windows = _tied_windows(spec, reference_tensors)
     step.comparisons = [
         replace(compare(c.name, scratch_tensors[c.name], reference_tensors[c.name], dtype), explained=c.explained)
         for c in step.comparisons
@@ -360,6 +393,7 @@ def _detail_pending_worst(record: LockstepRecord) -> None:
     if record.pending_worst is not None:
         step, tensors = record.pending_worst
         _detail(
+            record.spec,
             step,
             {n: pair[0] for n, pair in tensors.items()},
             {n: pair[1] for n, pair in tensors.items()},
@@ -368,48 +402,18 @@ def _detail_pending_worst(record: LockstepRecord) -> None:
         record.pending_worst = None
 
 
-def _explain_flips(step: StepRecord, scratch_tensors, reference_tensors, dtype, image, lr) -> None:
-    """Mark a routing difference caused only by rounding at a near-tie as explained, with the evidence."""
-    by_name = {c.name: i for i, c in enumerate(step.comparisons)}
-    if "d_conv_out" not in by_name or step.comparisons[by_name["d_conv_out"]].passed:
-        return
-    tolerance = tolerance_for(dtype)
-    flips = near_tie_flips(
-        scratch_tensors["conv_out"],
-        reference_tensors["conv_out"],
-        scratch_tensors["d_conv_out"],
-        reference_tensors["d_conv_out"],
-        tolerance,
-        tolerance,
-    )
-    if flips <= 0:
-        return
-    # Only the pool gradient was proven; its consequences downstream are recomputed and must match too.
-    d_conv_out_delta = scratch_tensors["d_conv_out"] - reference_tensors["d_conv_out"]
-    beyond = beyond_tolerance(scratch_tensors["d_conv_out"], reference_tensors["d_conv_out"], tolerance)
-    expected = flip_consequences(image, reference_tensors, np.where(beyond, d_conv_out_delta, 0), lr)
-    reason = f"near-tie flip in {flips} pool window(s): rounding reordered two maxima within forward tolerance"
-    explained = {"d_conv_out": step.comparisons[by_name["d_conv_out"]]}
-    for name in ROUTING_DEPENDENT[1:]:
-        if name in by_name and not step.comparisons[by_name[name]].passed:
-            if name not in scratch_tensors or not compare(name, scratch_tensors[name], expected[name], dtype).passed:
-                return  # a failure the flip does not account for: left unexplained, so the step fails
-            explained[name] = step.comparisons[by_name[name]]
-    step.flipped_windows = flips
-    for name, comparison in explained.items():
-        step.comparisons[by_name[name]] = replace(comparison, explained=reason)
-
-
-def _divergence(step: StepRecord, record: LockstepRecord, scratch_tensors, reference_tensors, dtype) -> Divergence:
+def _divergence(spec, step: StepRecord, record: LockstepRecord, scratch_tensors, reference_tensors, dtype) -> Divergence:
     failure = next(c for c in step.comparisons if not c.ok)
+    info = spec.tensor(failure.name)
     previous = record.steps[-1].tolerance_used if record.steps else 0.0  # this step is not appended yet
-    untied = 0
-    if failure.name == "d_conv_out" and not failure.problem:
-        untied = untied_routing_mismatches(
-            reference_tensors["conv_out"],
-            scratch_tensors["d_conv_out"],
-            reference_tensors["d_conv_out"],
-            tolerance_for(dtype),
-        )
-    layer, diagnosis = diagnose(failure, step.comparisons, step.tied_windows, previous, untied)
-    return Divergence(step.step, failure.name, layer, failure, step.tied_windows, diagnosis)
+    untied, tied = 0, step.tied_windows
+    if info.kind == "pool" and info.role == "d_in" and not failure.problem:
+        layer = spec.layer(info.layer)
+        inputs = pool_input(spec, info.layer, reference_tensors)
+        if inputs is not None:
+            tied = count_tied_windows(inputs, layer.kernel)
+            untied = untied_routing_mismatches(
+                layer.kernel, inputs, scratch_tensors[failure.name], reference_tensors[failure.name], tolerance_for(dtype)
+            )
+    diagnosis = diagnose(info, failure, step.comparisons, spec, tied, previous, untied)
+    return Divergence(step.step, failure.name, info.layer, failure, tied, diagnosis)

@@ -1,4 +1,9 @@
-"""Counting tied 2x2 pool windows, from the reference's own pool input (independent of the code under test)."""
+"""What the engine knows about max-pools: tied windows, near-tie flips, routing errors, for any K x K pool at any
+position (its input is whatever the trace names as the output of the layer before it).
+
+Every function takes NHWC activations with the batch first, from the reference's own tensors where it can, so a
+count never depends on the code under test.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,24 @@ import numpy as np
 from parity.tolerances import Tolerance
 
 
-def count_tied_windows(pool_input: np.ndarray) -> int:
-    """How many (window, channel) pairs of a 2x2/stride-2 pool over `(H, W, C)` have their max more than once."""
-    windows = _windows(pool_input)
-    return int(np.count_nonzero(np.count_nonzero(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1))
+def windows(x: np.ndarray, size: int) -> np.ndarray:
+    """`(N, H, W, C)` -> `(N, H//K, W//K, C, K*K)`, window elements in row-major order (odd sizes floor)."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = height // size, width // size
+    cropped = x[:, : size * out_h, : size * out_w]
+    grouped = cropped.reshape(batch, out_h, size, out_w, size, channels).transpose(0, 1, 3, 5, 2, 4)
+    return grouped.reshape(batch, out_h, out_w, channels, size * size)
+
+
+def tied(pool_input: np.ndarray, size: int) -> np.ndarray:
+    """Per window and channel: is its max there more than once? `(N, H//K, W//K, C)`."""
+    elements = windows(pool_input, size)
+    return np.count_nonzero(elements == elements.max(axis=-1, keepdims=True), axis=-1) > 1
+
+
+def count_tied_windows(pool_input: np.ndarray, size: int) -> int:
+    """How many (window, channel) pairs of a K x K/stride-K pool over `(N, H, W, C)` have their max more than once."""
+    return int(np.count_nonzero(tied(pool_input, size)))
 
 
 def beyond_tolerance(scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> np.ndarray:
@@ -18,13 +37,14 @@ def beyond_tolerance(scratch: np.ndarray, reference: np.ndarray, tolerance: Tole
     return ~(np.abs(scratch - reference) <= tolerance.allowed(reference))
 
 
-def _windows(x: np.ndarray) -> np.ndarray:
-    """`(H, W, C)` -> `(H//2, W//2, C, 4)`, window elements in row-major order (odd sizes floor)."""
-    out_h, out_w = x.shape[0] // 2, x.shape[1] // 2
-    return np.stack([x[r : 2 * out_h : 2, c : 2 * out_w : 2] for r in (0, 1) for c in (0, 1)], axis=-1)
+def _leftovers(mask: np.ndarray, size: int) -> int:
+    """How many flagged elements lie in the rows and columns a K x K pool drops."""
+    out_h, out_w = mask.shape[1] // size, mask.shape[2] // size
+    return int(np.count_nonzero(mask[:, size * out_h :]) + np.count_nonzero(mask[:, : size * out_h, size * out_w :]))
 
 
 def near_tie_flips(
+    size: int,
     scratch_pool_input: np.ndarray,
     reference_pool_input: np.ndarray,
     scratch_d_pool_input: np.ndarray,
@@ -41,14 +61,14 @@ def near_tie_flips(
     (the tutorial's "all", or a last-max rule) is never a flip.
     """
     bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
-    out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
-    if bad[2 * out_h :].any() or bad[:, 2 * out_w :].any():
-        return -1  # odd-size leftovers never receive gradient
-    bad_windows = _windows(bad).any(axis=-1)
+    if _leftovers(bad, size):
+        return -1  # leftover rows and columns never receive gradient
+    bad_windows = windows(bad, size).any(axis=-1)
     if not bad_windows.any():
         return 0
-    ref_in, own_in = _windows(reference_pool_input)[bad_windows], _windows(scratch_pool_input)[bad_windows]
-    ref_d, own_d = _windows(reference_d_pool_input)[bad_windows], _windows(scratch_d_pool_input)[bad_windows]
+    ref_in, own_in = windows(reference_pool_input, size)[bad_windows], windows(scratch_pool_input, size)[bad_windows]
+    ref_d = windows(reference_d_pool_input, size)[bad_windows]
+    own_d = windows(scratch_d_pool_input, size)[bad_windows]
     rows = np.arange(len(ref_in))
     ref_route, own_route = ref_in.argmax(axis=-1), own_in.argmax(axis=-1)  # first maximum, as PyTorch
     single_route = np.count_nonzero(own_d, axis=-1) <= 1
@@ -63,43 +83,16 @@ def near_tie_flips(
 
 
 def untied_routing_mismatches(
+    size: int,
     reference_pool_input: np.ndarray,
     scratch_d_pool_input: np.ndarray,
     reference_d_pool_input: np.ndarray,
     gradient_tolerance: Tolerance,
 ) -> int:
-    """How many windows without a tie (or odd-size leftovers) got a different pool input gradient.
+    """How many windows without a tie (or leftover elements) got a different pool input gradient.
 
     Zero means every mismatch sits in a tied window: a tie-policy difference. More means a routing bug.
     """
     bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
-    out_h, out_w = bad.shape[0] // 2, bad.shape[1] // 2
-    leftovers = int(np.count_nonzero(bad[2 * out_h :]) + np.count_nonzero(bad[: 2 * out_h, 2 * out_w :]))
-    windows = _windows(reference_pool_input)
-    tied = np.count_nonzero(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1
-    return leftovers + int(np.count_nonzero(_windows(bad).any(axis=-1) & ~tied))
-
-
-def flip_consequences(
-    image: np.ndarray,
-    reference_tensors: dict[str, np.ndarray],
-    flipped_gradient: np.ndarray,
-    lr: float,
-) -> dict[str, np.ndarray]:
-    """What the reference's filter gradient, input gradient and updated filters become with a rerouted pool gradient.
-
-    `flipped_gradient` is scratch's minus the reference's pool input gradient, kept only where they differ beyond
-    tolerance (the flipped windows), shape `(H-2, W-2, F)`. The conv is linear in it, so each rerouted element adds
-    its window of the normalised image to dL/dfilters and its filter to dL/dimage. A tensor of scratch's that agrees
-    with these within tolerance is explained by the flip; one that does not is a bug the flip does not excuse.
-    """
-    dtype = flipped_gradient.dtype
-    x = image.astype(dtype) / dtype.type(255) - dtype.type(0.5)  # the tutorial's normalisation, as both sides do
-    filters_before = reference_tensors["filters"] + dtype.type(lr) * reference_tensors["d_filters"]
-    d_filters = reference_tensors["d_filters"].copy()
-    d_image = reference_tensors["d_image"].copy()
-    for i, j, f in np.argwhere(flipped_gradient != 0):  # a handful of elements: the flipped windows' maxima
-        d_filters[f] += flipped_gradient[i, j, f] * x[i : i + 3, j : j + 3]
-        d_image[i : i + 3, j : j + 3] += flipped_gradient[i, j, f] * filters_before[f]
-    filters = reference_tensors["filters"] - dtype.type(lr) * (d_filters - reference_tensors["d_filters"])
-    return {"d_filters": d_filters, "d_image": d_image, "filters": filters}
+    untied = ~tied(reference_pool_input, size)
+    return _leftovers(bad, size) + int(np.count_nonzero(windows(bad, size).any(axis=-1) & untied))

@@ -38,3 +38,14 @@ def _integer(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def network_spec(text: str) -> str:
+    """argparse type: a network spec whose items parse (`conv3x8,pool2,dense10`); shapes are checked against the
+    data's image size when the network is built."""
+    from scratch.spec import parse_spec
+
+    try:
+        return parse_spec(text, image_shape=(4096, 4096)).text
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace(" (input 4096x4096x1)", "")) from None

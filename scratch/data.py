@@ -7,6 +7,8 @@ touched, so the scratch network's data path stays independent of the reference.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import gzip
 import importlib.util
 import io
@@ -299,3 +301,21 @@ def load_experiment_data(
     # A different seed for test, so the two orders are not the same permutation.
     test = _shuffled_head(load_idx_dir(data_dir, "test"), n_test, seed + 1, "n_test")
     return train, test
+
+
+def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
+    """One permutation of the training set per epoch, all from one Generator seeded with `seed`, made lazily.
+
+    The one source of training orders: `python -m scratch.train`, the lockstep experiment, golden records and
+    `check` all train in these orders, so their runs line up. Each order indexes the original training set (the
+    tutorial shuffles the already-shuffled arrays instead: an equally uniform, different sequence).
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        yield rng.permutation(n_train)
+
+
+def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """`order` cut into batches of `batch_size` indices; the last partial batch is trained on as it is."""
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]

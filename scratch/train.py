@@ -25,11 +25,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scratch.argtypes import learning_rate, nonnegative_int, positive_int
-from scratch.data import DataError, Dataset, load_experiment_data
+from scratch.argtypes import learning_rate, network_spec, nonnegative_int, positive_int
+from scratch.data import DataError, Dataset, batches, epoch_orders, load_experiment_data
+from scratch.loss import SOFTMAX_MODES
 from scratch.maxpool import TIE_POLICIES
-from scratch.network import IMPLEMENTATIONS, Network, tutorial_network
-from scratch.softmax import SOFTMAX_MODES
+from scratch.network import IMPLEMENTATIONS, Network, build_network
+from scratch.spec import DEFAULT_SPEC
 
 REPORT_EVERY = 100  # the tutorial prints a progress line every 100 training steps
 DTYPES = ("float32", "float64")
@@ -69,23 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="stable",
         help="'stable' log-sum-exp softmax or the 'tutorial' unshifted exp with its -1/p gradient",
     )
+    parser.add_argument(
+        "--arch", type=network_spec, default=DEFAULT_SPEC, help=f"network spec ({DEFAULT_SPEC}, the tutorial's)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="images per SGD step (1: the tutorial's per-sample SGD)"
+    )
     parser.add_argument("--impl", choices=IMPLEMENTATIONS, default="vectorized", help="layer code (vectorized)")
     return parser
 
 
-def epoch_orders(n_train: int, epochs: int, seed: int) -> list[np.ndarray]:
-    """One permutation of the training set per epoch, all from one Generator seeded with `seed`.
-
-    The same orders as `parity.experiment.epoch_orders`, so this script's run is the scratch side of the
-    lockstep experiment with the same options. Each order indexes the original training set; the tutorial
-    shuffles the already-shuffled arrays instead, which gives an equally uniform (but different) sequence.
-    """
-    rng = np.random.default_rng(seed)
-    return [rng.permutation(n_train) for _ in range(epochs)]
-
-
-def train_epoch(net: Network, train: Dataset, order: np.ndarray, lr: float, out=None) -> None:
-    """One epoch of per-sample SGD in `order`, printing the tutorial's progress line every 100 steps.
+def train_epoch(net: Network, train: Dataset, order: np.ndarray, lr: float, out=None, batch_size: int = 1) -> None:
+    """One epoch of SGD in `order` (per sample by default), printing the tutorial's progress line every 100 steps.
 
     The tutorial's printed code tests `if i > 0 and i % 100 == 99` *before* training step i, so its
     "[Step 100]" line averages only 99 steps (divided by 100) and the last step of an epoch is never reported.
@@ -93,24 +89,27 @@ def train_epoch(net: Network, train: Dataset, order: np.ndarray, lr: float, out=
     (1-based, N = 100, 200, ..., the last whole hundred of the epoch) and covers exactly steps N-99..N.
     A trailing partial window (train sizes that are not a multiple of 100) is not reported, as in the tutorial.
     Accuracy is the number correct in the window as a percentage, printed with `%d%%` like the tutorial.
+    With batches, a step is one batch: the line averages the steps' mean losses, and the accuracy counts samples.
     """
     out = sys.stdout if out is None else out
     loss_sum = 0.0
     num_correct = 0
-    for i, index in enumerate(order):
-        loss, correct = net.train_step(train.images[index], int(train.labels[index]), lr)
+    num_samples = 0
+    for i, index in enumerate(batches(order, batch_size)):
+        loss, correct = net.train_step(train.images[index], train.labels[index], lr)
         loss_sum += loss
-        num_correct += int(correct)
+        num_correct += correct
+        num_samples += len(index)
         if (i + 1) % REPORT_EVERY == 0:
             # The tutorial's '[Step %d] Past 100 steps: Average Loss %.3f | Accuracy: %d%%'.
-            accuracy = 100 * num_correct // REPORT_EVERY
+            accuracy = 100 * num_correct // num_samples
             print(
                 f"[Step {i + 1}] Past {REPORT_EVERY} steps: Average Loss {loss_sum / REPORT_EVERY:.3f} | "
                 f"Accuracy: {accuracy:d}%",
                 file=out,
             )
             loss_sum = 0.0
-            num_correct = 0
+            num_correct = num_samples = 0
 
 
 def evaluate_set(net: Network, test_set: Dataset) -> tuple[float, float]:
@@ -133,7 +132,8 @@ def run(args: argparse.Namespace, out=None) -> tuple[float, float]:
             f"train images are {train.images.shape[1:]} but test images are {test_set.images.shape[1:]}; "
             "use train and test files from the same dataset"
         )
-    net = tutorial_network(
+    net = build_network(
+        args.arch,
         args.seed,
         np.dtype(args.dtype),
         image_shape=train.images.shape[1:],
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, out=None) -> tuple[float, float]:
     print("MNIST CNN initialized!", file=out)
     for epoch, order in enumerate(epoch_orders(len(train), args.epochs, args.seed)):
         print(f"--- Epoch {epoch + 1} ---", file=out)
-        train_epoch(net, train, order, args.lr, out)
+        train_epoch(net, train, order, args.lr, out, args.batch_size)
     # The tutorial's code prints "\n--- Testing the CNN ---"; its published output shows no blank line.
     # We follow the published output.
     print("--- Testing the CNN ---", file=out)
