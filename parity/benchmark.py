@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import scratch
-from parity.lockstep import ALWAYS_COMPARED, DEFAULT_REPORT_STRIDE
+from parity.lockstep import DEFAULT_REPORT_STRIDE, always_compared
 from scratch.argtypes import positive_int
 
 LR = 0.005
@@ -247,7 +247,7 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
 
     def lockstep(stride: int) -> StepFn:
         net = scratch.tutorial_network(0, dtype)
-        run = Lockstep(ScratchSide(net), ReferenceRunner(to_torch(net), lr=LR), dtype, LR, stride)
+        run = Lockstep(ScratchSide(net), ReferenceRunner(to_torch(net), lr=LR), net.spec, dtype, LR, stride)
 
         def step(i: int) -> None:
             run.step(images[i % count], labels[i % count])
@@ -270,16 +270,70 @@ def lockstep_section(args: argparse.Namespace) -> None:
         "target (the report's default stride): lockstep at most 1.30x the bare steps "
         "(recording and comparing add at most 30%)",
         *(f"{row.candidate}: +{100 * (row.ratio - 1):.0f}%" for row in rows if row.candidate != BARE),
-        f"stride K: every tensor compared every K steps; {', '.join(ALWAYS_COMPARED)} at every step",
+        f"stride K: every tensor compared every K steps; "
+        f"{', '.join(always_compared(scratch.parse_spec(), 'free'))} at every step",
         "stride 1 has no target: comparing all ~41k elements of a step costs about as much as the step itself",
     ]
     print_section("lockstep: recording and comparing vs training both models bare", rows, BARE, notes)
+
+
+DEEP_SPEC = "conv5x16,relu,pool2,conv3x32,relu,pool2,dense10"
+DEEP_BATCH = 32
+DEEP_SCRATCH = f"scratch vectorised, deep spec, batch {DEEP_BATCH}"
+DEEP_TORCH = f"PyTorch eager, deep spec, batch {DEEP_BATCH}"
+
+
+def deep_candidates(dtype: np.dtype, images: np.ndarray, labels: np.ndarray) -> dict[str, StepFn]:
+    """Mini-batch SGD steps of the deep spec, scratch against its PyTorch twin, from the same initial weights."""
+    import torch
+    import torch.nn.functional as F
+
+    from reference.bridge import to_torch, torch_dtype
+
+    net = scratch.build_network(DEEP_SPEC, 0, dtype)
+    twin = to_torch(scratch.build_network(DEEP_SPEC, 0, dtype))
+    optimizer = torch.optim.SGD(twin.parameters(), lr=LR)
+    tdtype = torch_dtype(dtype)
+    batches = len(images) // DEEP_BATCH
+
+    def batch(i: int) -> slice:
+        start = (i % batches) * DEEP_BATCH
+        return slice(start, start + DEEP_BATCH)
+
+    def scratch_step(i: int) -> None:
+        net.train_step(images[batch(i)], labels[batch(i)], LR)
+
+    def torch_step(i: int) -> None:
+        x = (torch.from_numpy(images[batch(i)]).to(tdtype) / 255 - 0.5).unsqueeze(1)
+        loss = F.cross_entropy(twin(x), torch.from_numpy(labels[batch(i)]).long())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return {DEEP_SCRATCH: scratch_step, DEEP_TORCH: torch_step}
+
+
+def deep_section(args: argparse.Namespace) -> None:
+    """Section 3: the deep spec at batch 32, scratch against PyTorch eager at the same batch."""
+    from scratch.data import load_experiment_data
+
+    train, _ = load_experiment_data()
+    candidates = deep_candidates(np.dtype(args.dtype), train.images, train.labels.astype(np.int64))
+    steps = max(1, args.steps // 10)  # a batch of 32 through two convs costs ~10 tutorial steps
+    samples = time_candidates(candidates, steps, args.repeats, warmup=3)
+    rows = rows_against(samples, DEEP_SCRATCH)
+    notes = [
+        f"{args.repeats} rounds of {steps} steps; dtype {args.dtype}; spec {DEEP_SPEC}",
+        f"PyTorch eager / scratch: {rows[1].ratio:.2f}x (above 1: scratch is faster)",
+    ]
+    print_section(f"deep spec: mini-batch SGD, batch size {DEEP_BATCH}", rows, DEEP_SCRATCH, notes)
 
 
 # (title, function) in print order.
 SECTIONS: list[tuple[str, Callable[[argparse.Namespace], None]]] = [
     ("train_step", train_step_section),
     ("lockstep", lockstep_section),
+    ("deep", deep_section),
 ]
 
 
