@@ -15,7 +15,7 @@ import numpy as np
 
 import scratch
 from parity.compare import compare
-from parity.ties import beyond_tolerance, near_tie_flips
+from parity.ties import beyond_tolerance, near_tie_flips, routed_elsewhere
 from parity.tolerances import tolerance_for
 from scratch.spec import NetworkSpec
 
@@ -28,11 +28,14 @@ def explain_flips(spec: NetworkSpec, step, scratch_tensors, reference_tensors, d
     for position in reversed(positions):  # the deepest pool first: its flips reach every layer before it
         pool = spec.layers[position]
         name = f"{pool.name}.d_in"
-        if name not in by_name or step.comparisons[by_name[name]].passed or position == 0:
+        upstream = {info.name for info in spec.tensors if info.layer in {layer.name for layer in spec.layers[:position]}}
+        failing = [c.name for c in step.comparisons if not c.ok and (c.name == name or c.name in upstream)]
+        if name not in by_name or not failing or position == 0:
             continue
         inputs = f"{spec.layers[position - 1].name}.out"
         if inputs not in scratch_tensors or inputs not in reference_tensors:
             return
+        elsewhere = routed_elsewhere(scratch_tensors[name], reference_tensors[name])
         flips = near_tie_flips(
             pool.kernel,
             scratch_tensors[inputs],
@@ -41,16 +44,18 @@ def explain_flips(spec: NetworkSpec, step, scratch_tensors, reference_tensors, d
             reference_tensors[name],
             tolerance,
             tolerance,
+            rerouted=elsewhere,
         )
         if flips <= 0:
             return
         delta = scratch_tensors[name] - reference_tensors[name]
-        rerouted = np.where(beyond_tolerance(scratch_tensors[name], reference_tensors[name], tolerance), delta, 0)
+        beyond = beyond_tolerance(scratch_tensors[name], reference_tensors[name], tolerance)
+        rerouted = np.where(beyond | elsewhere, delta, 0)
         expected = upstream_consequences(spec, position, rerouted, reference_tensors, images, lr)
         if expected is None:
             return
         reason = f"near-tie flip in {flips} pool window(s) of {pool.name}: rounding reordered two maxima within forward tolerance"
-        explained = [name]
+        explained = [name] if not step.comparisons[by_name[name]].ok else []
         for upstream, value in expected.items():
             if upstream in by_name and not step.comparisons[by_name[upstream]].ok:
                 if upstream not in scratch_tensors or not compare(upstream, scratch_tensors[upstream], value, dtype).passed:

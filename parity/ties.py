@@ -51,16 +51,19 @@ def near_tie_flips(
     reference_d_pool_input: np.ndarray,
     forward_tolerance: Tolerance,
     gradient_tolerance: Tolerance,
+    rerouted: np.ndarray | None = None,
 ) -> int:
     """Count windows whose gradient went elsewhere only because rounding reordered two near-equal maxima.
 
-    Returns that count when it explains every out-of-tolerance element of the pool's input gradient, else -1.
+    Returns that count when it explains every out-of-tolerance element of the pool's input gradient (or, given
+    `rerouted`, every element flagged there), else -1.
     A window is such a flip when: scratch routed its whole gradient to one element, the first maximum of scratch's
     *own* pool input; the reference routed it to its first maximum; the two candidates differ in the reference by
     no more than the forward tolerance; and the amount routed agrees. An exact tie in both inputs routed elsewhere
     (the tutorial's "all", or a last-max rule) is never a flip.
     """
     bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
+    bad = bad if rerouted is None else bad | rerouted
     if _leftovers(bad, size):
         return -1  # leftover rows and columns never receive gradient
     bad_windows = windows(bad, size).any(axis=-1)
@@ -80,6 +83,12 @@ def near_tie_flips(
     )
     flips = single_route & routed_to_own_max & near_tie & same_amount
     return int(flips.sum()) if flips.all() else -1
+
+
+def routed_elsewhere(scratch_d_pool_input: np.ndarray, reference_d_pool_input: np.ndarray) -> np.ndarray:
+    """Elementwise: did exactly one side route gradient here? A flip of a gradient smaller than the tolerance leaves
+    the pool's input gradient within tolerance, yet its sum over a conv's windows upstream may not be."""
+    return (scratch_d_pool_input != 0) != (reference_d_pool_input != 0)
 
 
 def untied_routing_mismatches(

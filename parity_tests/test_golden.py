@@ -14,7 +14,8 @@ import pytest
 import scratch.conv
 import scratch.network
 from parity.cli import main
-from parity.golden import DEFAULT_PATH, FORMAT, SAMPLED, GoldenConfig, read_golden
+from parity.golden import DEFAULT_PATH, FORMAT, GoldenConfig, read_golden
+from scratch.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "parity_tests" / "golden" / "tutorial-float64-seed0.json.gz"
@@ -30,9 +31,9 @@ def test_repository_golden_is_the_default_tutorial_run_and_small():
     assert DEFAULT_PATH == GOLDEN  # `cnn-parity record` with no options rewrites this file
     document = read_golden(GOLDEN)
     assert document["format"] == FORMAT
-    assert document["config"] == GoldenConfig()  # float64, seed 0, first/stable, 3 epochs x 1,000, every 100
+    assert document["config"] == GoldenConfig()  # the tutorial spec, batch 1, float64, seed 0, 3 epochs x 1,000
     assert len(document["loss"]) == 3000 and len(document["checkpoints"]) == 31
-    assert set(document["sample_indices"]) == set(SAMPLED)
+    assert list(document["sample_indices"]) == list(parse_spec().tensor_names)  # every tensor, in spec order
     assert {"python", "numpy", "platform"} <= set(document["environment"])
     assert GOLDEN.stat().st_size < 200 * 1024
 
@@ -65,7 +66,7 @@ def _perturb_update_at(monkeypatch, at_step: int, factor: float) -> None:
 
 @pytest.mark.parametrize(
     ("at_step", "departs_at", "what"),
-    [(1234, 1235, "loss"), (1200, 1200, "filters[")],
+    [(1234, 1235, "loss"), (1200, 1200, "conv1.filters[")],
     ids=["between-checkpoints-shows-in-next-loss", "at-a-checkpoint-shows-in-the-parameters"],
 )
 def test_changed_learning_rate_is_caught_at_the_right_step(capsys, monkeypatch, at_step, departs_at, what):
@@ -78,11 +79,11 @@ def test_changed_learning_rate_is_caught_at_the_right_step(capsys, monkeypatch, 
 
 def test_changed_layer_is_caught_at_step_zero(capsys, monkeypatch):
     """A conv whose output moves by one part in 1e9 (far below anything a loss curve shows) departs at step 0."""
-    forward = scratch.conv.Conv3x3.forward
-    monkeypatch.setattr(scratch.conv.Conv3x3, "forward", lambda self, x: forward(self, x) * (1 + 1e-9))
+    forward = scratch.conv.Conv.forward
+    monkeypatch.setattr(scratch.conv.Conv, "forward", lambda self, x: forward(self, x) * (1 + 1e-9))
     code, out, _ = cli(capsys, "compare-golden", str(GOLDEN), "--steps", "50")
     assert code == 1
-    assert "first departure: step 0 (epoch 1, step 0 of 1000): conv_out[" in out
+    assert "first departure: step 0 (epoch 1, step 0 of 1000): conv1.out[" in out
 
 
 def test_record_then_compare_round_trip(capsys, tmp_path):
@@ -106,13 +107,16 @@ def _rewrite(path: Path, edit) -> Path:
 
 
 def test_digest_difference_alone_is_reported_not_failed(capsys, tmp_path):
-    """Another BLAS may round the last bit differently: digests are noted, values within tolerance decide."""
+    """Another BLAS may round the last bit differently: digests are noted, values within tolerance decide.
 
-    def edit(document):
-        document["checkpoints"][1]["digests"]["filters"] = "0" * 64
-
-    path = _rewrite(tmp_path / "other-blas.json.gz", edit)
-    code, out, _ = cli(capsys, "compare-golden", str(path), "--steps", "300")
+    Step 0's digests are edited on a copy of a record made here, so the count does not depend on this machine's
+    BLAS kernel (an OPENBLAS_CORETYPE override already rounds the shipped record's later steps differently)."""
+    path = tmp_path / "here.json.gz"
+    cli(capsys, "record", "--out", str(path), "--steps", "300")
+    document = json.loads(gzip.decompress(path.read_bytes()))
+    document["checkpoints"][1]["digests"]["conv1.filters"] = "0" * 64
+    path.write_bytes(gzip.compress(json.dumps(document).encode()))
+    code, out, _ = cli(capsys, "compare-golden", str(path), "--steps", "250")  # checkpoints 0, 100, 200
     assert code == 0
     assert "digests: 2 of 3 checkpoints bit-exact, first difference at step 100 (values decide" in out
 
@@ -141,7 +145,7 @@ def _other_format(document):
 UNUSABLE = {
     "missing file": (None, "no such golden record"),
     "not gzip json": ("garbage", "not a golden record (gzipped JSON expected)"),
-    "other format": (_other_format, "format 'something-else/9', expected 'cnn-parity-golden/1'"),
+    "other format": (_other_format, "format 'something-else/9', expected 'cnn-parity-golden/2'"),
     "damaged": (_damaged, "damaged golden record"),
     "other data": (_other_data, "recorded on other training data"),
 }
@@ -162,12 +166,33 @@ def test_unusable_golden_is_one_line_and_exit_2(capsys, tmp_path, case):
 
 
 def test_golden_walks_the_data_in_the_experiments_order():
-    """The same seeded per-epoch shuffles as the lockstep experiment (`parity.experiment.epoch_orders`)."""
-    from parity.experiment import epoch_orders
+    """The same seeded per-epoch shuffles as the lockstep experiment (`scratch.data.epoch_orders`)."""
     from parity.golden import scratch_steps
+    from scratch.data import epoch_orders
 
     images = np.random.default_rng(1).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     labels = np.arange(7)  # one label per image: d_logits = p - onehot is negative only at the label
     config = GoldenConfig(epochs=2, n_train=7, steps=14)
-    visited = [int(np.argmin(trace.tensors["d_logits"])) for _, trace, _ in scratch_steps(config, images, labels)]
-    assert visited == [int(i) for i in np.concatenate(epoch_orders(7, 2, 0))]
+    visited = [int(np.argmin(trace.tensors["dense1.d_out"])) for _, trace, _ in scratch_steps(config, images, labels)]
+    assert visited == [int(i) for i in np.concatenate(list(epoch_orders(7, 2, 0)))]
+
+
+def test_record_and_compare_a_deep_spec_in_batches(capsys, tmp_path):
+    """`record --arch --batch-size` stores the spec and batch size; `compare-golden` reruns exactly that."""
+    path = tmp_path / "deep.json.gz"
+    arch = "conv3x4b,relu,pool2,dense16,relu,dense10"
+    code, out, _ = cli(capsys, "record", "--out", str(path), "--arch", arch, "--batch-size", "8", "--epochs", "1")
+    assert code == 0 and f"recorded 125 scratch steps ({arch}, batch 8" in out
+    document = read_golden(path)
+    assert (document["config"].arch, document["config"].batch_size, document["config"].steps) == (arch, 8, 125)
+    assert list(document["sample_indices"]) == list(parse_spec(arch).tensor_names)
+    code, out, _ = cli(capsys, "compare-golden", str(path))
+    assert code == 0 and "MATCHES the golden record over 125 steps" in out
+
+
+def test_record_refuses_a_bad_spec(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error: exit 2, one error line
+        cli(capsys, "record", "--out", str(tmp_path / "x.json.gz"), "--arch", "conv3x8,pool2,dense9")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not (tmp_path / "x.json.gz").exists()
+    assert err.splitlines()[-1].startswith("cnn-parity record: error: argument --arch: network spec") and "dense9" in err
