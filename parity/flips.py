@@ -35,7 +35,7 @@ def explain_flips(spec: NetworkSpec, step, scratch_tensors, reference_tensors, d
         inputs = f"{spec.layers[position - 1].name}.out"
         if inputs not in scratch_tensors or inputs not in reference_tensors:
             return
-        elsewhere = routed_elsewhere(scratch_tensors[name], reference_tensors[name])
+        elsewhere = routed_elsewhere(pool.kernel, scratch_tensors[name], reference_tensors[name])
         flips = near_tie_flips(
             pool.kernel,
             scratch_tensors[inputs],

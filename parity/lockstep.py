@@ -332,7 +332,7 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         step=index,
         scratch_loss=float(scratch_tensors["loss"]),
         reference_loss=float(reference_tensors["loss"]),
-        scratch_correct=_correct(scratch_tensors.get(logits), labels),
+        scratch_correct=_correct(scratch_tensors.get(logits, scratch_tensors.get("probs")), labels),
         reference_correct=_correct(reference_tensors[logits], labels),
         tied_windows=None,  # counted by `_detail`, for the steps a report shows
         comparisons=compare_many(names, scratch_tensors, reference_tensors, dtype, workspace=lockstep.workspace),
@@ -359,8 +359,9 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     return step
 
 
-def _correct(logits: np.ndarray | None, labels: np.ndarray) -> int:
-    return 0 if logits is None else int(np.count_nonzero(np.argmax(logits, axis=-1) == labels))
+def _correct(scores: np.ndarray | None, labels: np.ndarray) -> int:
+    """Samples whose largest logit (or probability, for code that keeps no logits) is the label's."""
+    return 0 if scores is None else int(np.count_nonzero(np.argmax(scores, axis=-1) == labels))
 
 
 def pool_input(spec: NetworkSpec, pool: str, tensors: dict[str, np.ndarray]) -> np.ndarray | None:

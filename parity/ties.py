@@ -85,10 +85,20 @@ def near_tie_flips(
     return int(flips.sum()) if flips.all() else -1
 
 
-def routed_elsewhere(scratch_d_pool_input: np.ndarray, reference_d_pool_input: np.ndarray) -> np.ndarray:
-    """Elementwise: did exactly one side route gradient here? A flip of a gradient smaller than the tolerance leaves
-    the pool's input gradient within tolerance, yet its sum over a conv's windows upstream may not be."""
-    return (scratch_d_pool_input != 0) != (reference_d_pool_input != 0)
+def routed_elsewhere(size: int, scratch_d_pool_input: np.ndarray, reference_d_pool_input: np.ndarray) -> np.ndarray:
+    """Elementwise: did exactly one side route gradient here, in a window where both sides routed some? A flip of a
+    gradient smaller than the tolerance leaves the pool's input gradient within tolerance, yet its sum over a conv's
+    windows upstream may not be. (A window one side gives no gradient at all differs in amount, not in routing.)"""
+    own, ref = scratch_d_pool_input != 0, reference_d_pool_input != 0
+    batch, height, width, channels = own.shape
+    out_h, out_w = height // size, width // size
+    both = windows(own, size).any(axis=-1) & windows(ref, size).any(axis=-1)  # (N, oh, ow, C)
+    differs = (own != ref)[:, : size * out_h, : size * out_w].reshape(batch, out_h, size, out_w, size, channels)
+    mask = np.zeros_like(own)  # leftover rows and columns: never routed by either side
+    mask[:, : size * out_h, : size * out_w] = (differs & both[:, :, None, :, None]).reshape(
+        batch, size * out_h, size * out_w, channels
+    )
+    return mask
 
 
 def untied_routing_mismatches(
