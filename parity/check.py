@@ -1,9 +1,11 @@
 """`cnn-parity check --impl PATH`: check code written to the tutorial's interface, tensor by tensor, against PyTorch.
 
 The implementation (`Conv3x3`, `MaxPool2`, `Softmax` with `forward` and `backprop`, weights in `filters`,
-`weights`, `biases`, as in the seed tutorial) gets the same initial weights as the PyTorch twin and is driven
-exactly as the tutorial's `train()` drives it (see `parity.impls.adapter`), in lockstep with the twin on real
-MNIST; the lockstep engine compares every tensor it can see at every step and names the first divergence.
+`weights`, `biases`, as in the seed tutorial) is the spec `conv3x8,pool2,dense10`: `Conv3x3` is `conv1`, `MaxPool2`
+`pool1`, `Softmax` `dense1` and the softmax of the loss. It gets the same initial weights as the PyTorch twin of
+that spec and is driven exactly as the tutorial's `train()` drives it (see `parity.impls.adapter`), in lockstep with
+the twin on real MNIST; the lockstep engine compares every tensor it can see, under the spec's names
+(`conv1.out`, `pool1.d_in`, ...), at every step and names the first divergence.
 Then edge probes, each a short lockstep run from the same seeded weights:
 
 - constant images: every 2x2 pool window is tied, so any tie policy other than PyTorch's first-maximum shows;
@@ -22,7 +24,7 @@ Nothing here imports torch at module level (the CLI imports every command module
 from __future__ import annotations
 
 import argparse
-import math
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,31 +35,36 @@ import numpy as np
 import scratch
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.compare import TensorComparison
-from parity.impls.adapter import ImplCrash, TutorialSide
+from parity.impls.adapter import ImplCrash, TutorialSide, tutorial_spec
 from parity.impls.loader import ImplError, Mapping, TutorialImpl, load_impl
-from parity.lockstep import MODES, Divergence, LockstepRecord, run_lockstep
+from parity.lockstep import MODES, Divergence, Lockstep, LockstepRecord
 from parity.tolerances import tolerance_for
 from scratch.argtypes import learning_rate, nonnegative_int, positive_int
+from scratch.data import epoch_orders
+from scratch.spec import NetworkSpec
 
 DEFAULT_STEPS = 200  # the tutorial's loop code (~15 ms a step) and the twin: ~5 s with the probes on 2 cores
 DEFAULT_LR = 0.005  # the tutorial's train(im, label, lr=.005)
 PROBES = ("constant", "large-logits", "odd-size")
 LARGE_LOGIT_SHIFT = 800.0  # exp(800) overflows float64 (max ~709.78)
 PROBE_IMAGES = 20  # the probes draw from the first 20 digits of the training order
-TUTORIAL_SHAPES = {  # for the message when an implementation's tensors do not fit the tutorial's layout
-    "conv_out": "(h - 2, w - 2, num_filters), HWC",
-    "pool_out": "(h // 2, w // 2, num_filters), HWC",
+# For the message when an implementation's tensors do not fit the tutorial's layout: the user's per-sample shapes
+# (the engine's tensors carry a leading batch axis of 1 that the adapter adds).
+TUTORIAL_SHAPES = {
+    "conv1.out": "(h - 2, w - 2, num_filters), HWC",
+    "pool1.out": "(h // 2, w // 2, num_filters), HWC",
+    "dense1.out": "(nodes,)",
     "probs": "(nodes,)",
-    "d_pool_out": "the pool output's shape (h // 2, w // 2, num_filters)",
-    "d_conv_out": "the conv output's shape (h - 2, w - 2, num_filters)",
-    "d_image": "the image's shape (h, w)",
-    "d_filters": "(num_filters, 3, 3)",
-    "d_dense_weights": "(input_len, nodes)",
-    "d_dense_biases": "(nodes,)",
-    "d_logits": "(nodes,)",
+    "dense1.d_in": "the pool output's shape (h // 2, w // 2, num_filters)",
+    "pool1.d_in": "the conv output's shape (h - 2, w - 2, num_filters)",
+    "conv1.d_in": "the image's shape (h, w)",
+    "conv1.d_filters": "(num_filters, 3, 3)",
+    "dense1.d_weights": "(input_len, nodes)",
+    "dense1.d_biases": "(nodes,)",
+    "dense1.d_out": "(nodes,)",
 }
 # Where the adapter obtained a tensor by arithmetic rather than seeing it: a divergence there says so.
-RECOVERED = ("d_logits", "d_dense_weights", "d_dense_biases", "d_filters")
+RECOVERED = ("dense1.d_out", "dense1.d_weights", "dense1.d_biases", "conv1.d_filters")
 
 
 @dataclass
@@ -71,6 +78,7 @@ class RunResult:
     image_shape: tuple[int, int]
     record: LockstepRecord
     provenance: dict[str, str] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # tensor -> the user's `Class.member` it comes out of
     crash: ImplCrash | None = None
     crash_step: int | None = None
     seconds: float = 0.0
@@ -83,7 +91,7 @@ class RunResult:
 
     @property
     def layer(self) -> str | None:
-        """The layer blamed for the first failure (None when the run passed)."""
+        """The spec layer blamed for the first failure (`conv1`, `pool1`, `dense1`, `loss`; None when it passed)."""
         if self.crash is not None:
             return self.crash.layer
         return self.record.first_divergence.layer if self.record.first_divergence else None
@@ -126,7 +134,7 @@ class RunResult:
         if "tie-policy" in div.diagnosis:
             return "tie-policy difference"
         if "non-finite" in div.diagnosis:
-            return f"{'softmax' if div.layer == 'Softmax' else div.layer} overflow (non-finite {div.tensor})"
+            return f"{'softmax' if div.layer == 'loss' else div.layer} overflow (non-finite {div.tensor})"
         if "drift" in div.diagnosis:
             return "accumulated numerical drift"
         return "implementation mismatch"
@@ -187,26 +195,15 @@ def check_impl(
     be constructed with the tutorial's arguments or hold wrongly shaped weights.
     """
     images, labels = _training_order(train_images, train_labels, max(steps, PROBE_IMAGES), seed)
-    shape = train_images.shape[1:]
-    initial = scratch.tutorial_network(seed, np.float64, image_shape=shape).parameters()
-    main = _lockstep(
-        impl,
-        "main",
-        f"{steps} real MNIST steps",
-        images[:steps],
-        labels[:steps],
-        initial,
-        shape,
-        lr,
-        mode,
-        seed,
-        stop_at_first,
-    )
+    spec = tutorial_spec(train_images.shape[1:])
+    initial = _initial_parameters(spec, seed)
+    title = f"{steps} real MNIST steps"
+    main = _lockstep(impl, spec, "main", title, images[:steps], labels[:steps], initial, lr, mode, seed, stop_at_first)
     result = CheckResult(impl, main, [], data_source, seed, mode)
     if stop_at_first and not main.passed:
         return result
     for probe in probes:
-        run = _probe(probe, impl, images, labels, seed, lr, mode, stop_at_first)
+        run = _probe(probe, impl, spec, images, labels, seed, lr, mode, stop_at_first)
         result.probes.append(run)
         if stop_at_first and not run.passed:
             break
@@ -214,30 +211,32 @@ def check_impl(
 
 
 def _training_order(images: np.ndarray, labels: np.ndarray, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `steps` indices of per-epoch seeded shuffles (the same orders as `parity.experiment.epoch_orders`)."""
-    rng = np.random.default_rng(seed)
-    epochs = math.ceil(steps / len(labels))
-    order = np.concatenate([rng.permutation(len(labels)) for _ in range(epochs)])[:steps]
-    return images[order], labels[order]
+    """The first `steps` indices of the seeded epoch orders (`scratch.data.epoch_orders`, as every run trains)."""
+    epochs = -(-steps // len(labels))  # ceil
+    order = np.fromiter(itertools.chain.from_iterable(epoch_orders(len(labels), epochs, seed)), dtype=np.intp)
+    return images[order[:steps]], labels[order[:steps]]
 
 
-def _probe(name, impl, images, labels, seed, lr, mode, stop_at_first) -> RunResult:
-    shape = images.shape[1:]
-    initial = scratch.tutorial_network(seed, np.float64, image_shape=shape).parameters()
+def _initial_parameters(spec: NetworkSpec, seed: int) -> dict[str, np.ndarray]:
+    """The scratch network's seeded initial weights for `spec`, by spec name (what both sides start from)."""
+    return {name: value.copy() for name, value in scratch.build_network(spec, seed, np.float64).parameters().items()}
+
+
+def _probe(name, impl, spec, images, labels, seed, lr, mode, stop_at_first) -> RunResult:
+    initial = _initial_parameters(spec, seed)
     if name == "constant":
-        constant = np.stack([np.full(shape, value, dtype=np.uint8) for value in (0, 128, 255)])
+        constant = np.stack([np.full(spec.image_shape, value, dtype=np.uint8) for value in (0, 128, 255)])
         title = "constant images (0, 128, 255): every pool window tied"
-        return _lockstep(
-            impl, name, title, constant, np.array([0, 1, 2]), initial, shape, lr, mode, seed, stop_at_first
-        )
+        return _lockstep(impl, spec, name, title, constant, np.array([0, 1, 2]), initial, lr, mode, seed, stop_at_first)
     if name == "large-logits":
         chosen, weights = large_logit_weights(initial, images, labels, seed)
-        initial["dense_weights"] = weights
+        initial["dense1.weights"] = weights
         title = f"large logits: every logit raised by >= {LARGE_LOGIT_SHIFT:g} (probabilities unchanged; exp overflows)"
         return _lockstep(
-            impl, name, title, images[chosen], labels[chosen], initial, shape, lr, mode, seed, stop_at_first
+            impl, spec, name, title, images[chosen], labels[chosen], initial, lr, mode, seed, stop_at_first
         )
     if name == "odd-size":
+        shape = spec.image_shape
         odd = tuple(size - 1 if size % 2 == 0 else size - 2 for size in shape)  # 28 -> 27: conv 25, pool floors to 12
         height, width = odd
         slack = np.array(shape) - np.array(odd) + 1  # how far each crop may be offset, per dimension
@@ -245,12 +244,15 @@ def _probe(name, impl, images, labels, seed, lr, mode, stop_at_first) -> RunResu
         crops = np.stack(
             [image[r : r + height, c : c + width] for image, (r, c) in zip(images[:PROBE_IMAGES], offsets, strict=True)]
         )  # a random crop of each digit
-        initial = scratch.tutorial_network(seed, np.float64, image_shape=odd).parameters()
-        pooled = initial["dense_weights"].shape[0]
+        odd_spec = tutorial_spec(odd, spec.layer("conv1").units, spec.num_classes)
+        initial = _initial_parameters(odd_spec, seed)
+        pooled = initial["dense1.weights"].shape[0]
         title = (
             f"odd image size: {height}x{width} crops, pool {height - 2} -> {(height - 2) // 2}, Softmax({pooled}, 10)"
         )
-        return _lockstep(impl, name, title, crops, labels[:PROBE_IMAGES], initial, odd, lr, mode, seed, stop_at_first)
+        return _lockstep(
+            impl, odd_spec, name, title, crops, labels[:PROBE_IMAGES], initial, lr, mode, seed, stop_at_first
+        )
     raise ValueError(f"unknown probe {name!r}: expected one of {PROBES}")
 
 
@@ -263,14 +265,11 @@ def large_logit_weights(initial, images, labels, seed, count: int = 3) -> tuple[
     shift over the chosen images is LARGE_LOGIT_SHIFT; |w| ~ k stays small (~4), so gradients recovered from the
     update stay exact to ~eps * k / lr ~ 1e-13 (a bias of 800 would give ~2e-11 at lr 0.005, over the atol).
     """
-    net = scratch.tutorial_network(seed, np.float64, image_shape=images.shape[1:])
+    spec = tutorial_spec(images.shape[1:], initial["conv1.filters"].shape[0], initial["dense1.biases"].shape[0])
+    net = scratch.build_network(spec, seed, np.float64)
     net.load_parameters(initial)
-    pooled = np.stack(
-        [
-            net.forward_backward(image, int(label)).tensors["pool_out"]
-            for image, label in zip(images[:PROBE_IMAGES], labels[:PROBE_IMAGES], strict=True)
-        ]
-    )
+    # One forward + backward of the first images as a batch (no update): only their pool outputs are read.
+    pooled = net.forward_backward(images[:PROBE_IMAGES], labels[:PROBE_IMAGES]).tensors["pool1.out"]  # (n, H, W, C)
     sums = pooled.sum(axis=(1, 2))  # (n, channels): S_f per image
     direction = np.where(sums.sum(axis=0) >= 0, 1.0, -1.0)
     shift = sums @ direction  # each image's logit shift per unit k
@@ -279,26 +278,25 @@ def large_logit_weights(initial, images, labels, seed, count: int = 3) -> tuple[
         raise ValueError("no image gives a positive logit shift for the large-logit probe")
     k = LARGE_LOGIT_SHIFT / shift[chosen].min()
     height, width, channels = pooled.shape[1:]
-    weights = initial["dense_weights"].reshape(height, width, channels, -1) + (k * direction)[:, np.newaxis]
-    return chosen, weights.reshape(initial["dense_weights"].shape)
+    weights = initial["dense1.weights"].reshape(height, width, channels, -1) + (k * direction)[:, np.newaxis]
+    return chosen, weights.reshape(initial["dense1.weights"].shape)
 
 
-def _lockstep(impl, name, title, images, labels, initial, image_shape, lr, mode, seed, stop_at_first) -> RunResult:
+def _lockstep(impl, spec, name, title, images, labels, initial, lr, mode, seed, stop_at_first) -> RunResult:
     """Step the implementation and the twin together one image at a time (so a crash or a stop is exact)."""
     import reference  # torch: only when a check actually runs
 
-    side = _Recording(TutorialSide(impl, initial, image_shape, lr))
-    net = scratch.tutorial_network(seed, np.float64, image_shape=image_shape)
+    side = _Recording(TutorialSide(impl, initial, spec.image_shape, lr))
+    net = scratch.build_network(spec, seed, np.float64)
     net.load_parameters(initial)
     twin = _Recording(reference.ReferenceRunner(reference.to_torch(net), lr=lr))
-    record = LockstepRecord(dtype="float64", mode=mode, stride=1, lr=lr)
-    run = RunResult(name, title, len(labels), lr, tuple(image_shape), record)
+    lockstep = Lockstep(side, twin, spec, np.float64, lr, stride=1, mode=mode)
+    record = lockstep.record
+    run = RunResult(name, title, len(labels), lr, tuple(spec.image_shape), record)
     started = time.perf_counter()
     for index in range(len(labels)):
         try:
-            run_lockstep(
-                side, twin, images[index : index + 1], labels[index : index + 1], np.float64, lr, 1, mode, record
-            )
+            lockstep.step(images[index : index + 1], labels[index : index + 1])
         except ImplCrash as crash:
             run.crash, run.crash_step = crash, index
             break
@@ -306,7 +304,9 @@ def _lockstep(impl, name, title, images, labels, initial, image_shape, lr, mode,
             record.first_divergence, run.note = refine(record.first_divergence, side.tensors(), twin.tensors(), lr)
             if stop_at_first:
                 break
+    lockstep.finish()
     run.provenance = side.side.provenance()
+    run.origins = {tensor: side.side.origin(tensor) for tensor in spec.tensor_names}
     run.seconds = time.perf_counter() - started
     return run
 
@@ -317,8 +317,8 @@ class _Recording:
     def __init__(self, side) -> None:
         self.side, self.last = side, {}
 
-    def forward_backward(self, image, label):
-        self.last = self.side.forward_backward(image, label)
+    def forward_backward(self, images, labels, names=None):
+        self.last = self.side.forward_backward(images, labels, names)
         return self.last
 
     def update(self, lr):
@@ -361,7 +361,7 @@ def refine(
 
 
 def _constant_factor(tensor: str, ours: np.ndarray, theirs: np.ndarray, lr: float) -> tuple[str, str]:
-    """('d_filters is 0.005 x the reference's ... (= lr: ...)', short) when one factor explains every element."""
+    """('conv1.d_filters is 0.005 x the reference's ... (= lr: ...)', short) when one factor explains every element."""
     norm = float(np.linalg.norm(theirs))
     if norm == 0:
         return "", ""
@@ -401,8 +401,8 @@ def _recovery_note(tensor: str, ours: dict[str, np.ndarray], theirs: dict[str, n
     """What a divergence in a recovered gradient can mean, since it was read off the weight update."""
     if tensor not in RECOVERED:
         return ""
-    if tensor == "d_logits":
-        mine, reference = ours.get("d_dense_weights"), theirs.get("d_dense_weights")
+    if tensor == "dense1.d_out":
+        mine, reference = ours.get("dense1.d_weights"), theirs.get("dense1.d_weights")
         weights_agree = (
             mine is not None
             and mine.shape == reference.shape
@@ -410,11 +410,11 @@ def _recovery_note(tensor: str, ours: dict[str, np.ndarray], theirs: dict[str, n
         )
         if weights_agree:
             return (
-                "d_logits is recovered from the bias update, and the weight gradient agrees, so dL/dlogits itself "
-                "is right: the bias gradient or its update is wrong"
+                "dense1.d_out is recovered from the bias update, and the weight gradient agrees, so dL/dlogits "
+                "itself is right: the bias gradient or its update is wrong"
             )
         return (
-            "d_logits is recovered from the bias update, and the weight gradient disagrees too, so dL/dlogits "
+            "dense1.d_out is recovered from the bias update, and the weight gradient disagrees too, so dL/dlogits "
             "itself is wrong: check the softmax Jacobian and the initial gradient"
         )
     return (
@@ -431,7 +431,8 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         "--impl",
         required=True,
         metavar="PATH",
-        help="a directory of .py files, a .py file, or a module name holding Conv3x3, MaxPool2 and Softmax",
+        help="a directory of .py files, a .py file, or a module name holding Conv3x3, MaxPool2 and Softmax "
+        "(checked as the spec conv3x8,pool2,dense10: conv1, pool1, dense1)",
     )
     parser.add_argument(
         "--map",
@@ -508,7 +509,8 @@ def run_check(args: argparse.Namespace) -> int:
     if div is not None and div.step == 0 and div.comparison.problem.startswith("shape mismatch"):
         problem = div.comparison.problem.split(";")[0]
         raise UsageError(
-            f"{impl.label}: wrong shape on the first step: {div.tensor} ({div.layer}) "
+            f"{impl.label}: wrong shape on the first step: {div.tensor} ({div.layer}, from "
+            f"{result.main.origins.get(div.tensor, div.layer)}) "
             f"{problem.replace('scratch', 'yours', 1).replace('reference', 'the twin', 1)}; "
             f"the tutorial's interface gives {TUTORIAL_SHAPES.get(div.tensor, 'the reference shape')}"
         )
@@ -529,6 +531,8 @@ def render(result: CheckResult, seconds: float | None = None) -> str:
         f"cnn-parity check {impl.label}",
         f"  classes:   {impl.describe()}"
         + (f"; names mapped: {impl.mapping.describe()}" if impl.mapping.names else ""),
+        f"  checked as {main.record.spec.text}: Conv3x3 is conv1, MaxPool2 pool1, Softmax dense1 and the loss's "
+        "softmax; tensors carry a batch axis of 1",
         f"  driven as the tutorial's train(): lr {main.lr:g}, float64, {result.mode}-running, weights from seed "
         f"{result.seed} shared with the PyTorch twin",
         f"  data:      {main.steps_planned} steps of {result.data_source or 'real MNIST'}",
@@ -564,8 +568,9 @@ def _run_headline(label: str, run: RunResult) -> str:
     if run.record.first_divergence is None:
         return f"{label}: CRASHED at step {run.crash_step} of {run.steps_planned}"
     div = run.record.first_divergence
+    origin = f" from {run.origins[div.tensor]}" if div.tensor in run.origins else ""
     return (
-        f"{label}: DIVERGED at step {div.step}, {div.layer} {div.tensor} "
+        f"{label}: DIVERGED at step {div.step}, {div.layer} {div.tensor}{origin} "
         f"({run.failing_steps} of {len(run.record.steps)} steps out of tolerance)"
     )
 
@@ -625,7 +630,15 @@ def write_check_report(result: CheckResult, out_dir: str, command: str, data_sou
     results = []
     for run in result.runs:
         impl = f"check:{result.impl.label}" + ("" if run.name == "main" else f" probe:{run.name}")
-        config = ExperimentConfig(dtype="float64", impl=impl, epochs=1, lr=run.lr, seed=result.seed, mode=result.mode)
+        config = ExperimentConfig(
+            arch=run.record.spec.text,
+            dtype="float64",
+            impl=impl,
+            epochs=1,
+            lr=run.lr,
+            seed=result.seed,
+            mode=result.mode,
+        )
         results.append(ExperimentResult(config, run.record, progress=progress_lines(run.record.steps, 0)))
     title = f"cnn-parity check: {result.impl.label}"
     return write_report(out_dir, results, title=title, command=command, data_source=data_source)

@@ -4,7 +4,8 @@ The correct tutorial-interface implementation in examples/fixed_cnn (first-max p
 a conv that returns its input gradient) is checked as it is, and then once per bug in `parity.impls.bugs`, each a
 small patch of one layer. It passes when the correct code shows parity over the default steps and every edge
 probe (no false positive), and every bug is caught, by the main run or a probe, with its first divergence blamed
-on the layer the bug is in. The "loss" column shows whether the loss alone would have noticed at that step.
+on the spec layer the bug is in (`conv1` for `Conv3x3`, `pool1` for `MaxPool2`, `dense1` for `Softmax`, `loss` for
+the softmax it computes). The "loss" column shows whether the loss alone would have noticed at that step.
 Exit 0 when all of that holds, 1 otherwise.
 """
 
@@ -50,13 +51,13 @@ class Outcome:
 
     @property
     def blamed(self) -> str | None:
-        """The layer the check blamed first."""
+        """The spec layer the check blamed first."""
         failure = self.result.first_failure
         return failure.layer if failure else None
 
     @property
     def ok(self) -> bool:
-        """Correct code passes; a bug is caught and blamed on its own layer."""
+        """Correct code passes; a bug is caught and blamed on its own spec layer."""
         if self.bug is None:
             return self.result.passed
         return self.caught and self.blamed == self.bug.layer
@@ -81,7 +82,7 @@ class Outcome:
             first = f"step {failure.failure_step}{tensor}: {failure.cause()}"
         return {
             "bug": self.bug.name if self.bug else "(none: the correct code)",
-            "injected in": self.bug.layer if self.bug else "-",
+            "injected in": f"{self.bug.layer} ({self.bug.cls})" if self.bug else "-",
             "caught by": where,
             "first divergence": first,
             "blamed": self.blamed or "-",
@@ -146,7 +147,7 @@ def run_selftest(args: argparse.Namespace) -> int:
     """Run the self-test and print one row per bug; exit 0 when every bug is caught and blamed right."""
     if args.list:
         for bug in BUGS:
-            print(f"{bug.name:30} {bug.layer:9} {bug.mistake}")
+            print(f"{bug.name:30} {bug.layer:7} {bug.cls:9} {bug.mistake}")
         return EXIT_PARITY
     known = {bug.name: bug for bug in BUGS}
     unknown = [name for name in args.bug if name not in known]
@@ -191,7 +192,7 @@ def render(base: TutorialImpl, outcomes: list[Outcome], steps: int, seconds: flo
         "",
         "What each bug is (the mistake a person made):",
     ]
-    lines += [f"  {o.bug.name}: {o.bug.mistake} ({o.bug.layer})" for o in outcomes if o.bug]
+    lines += [f"  {o.bug.name}: {o.bug.mistake} ({o.bug.layer}, in {o.bug.cls})" for o in outcomes if o.bug]
     bugs = [o for o in outcomes if o.bug]
     clean = next((o for o in outcomes if o.bug is None), None)
     caught = sum(o.ok for o in bugs)

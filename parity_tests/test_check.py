@@ -16,7 +16,7 @@ import pytest
 import scratch
 from parity.check import large_logit_weights
 from parity.cli import main
-from parity.impls.adapter import _recovered
+from parity.impls.adapter import TutorialSide, _recovered, tutorial_spec
 from parity.impls.loader import ImplError, Mapping, load_impl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,19 +44,23 @@ def tutorial_report(tmp_path_factory):
 def test_tutorial_code_diverges_at_the_pool_gradient_by_tie_policy(tutorial_report):
     code, out, err, _ = tutorial_report
     assert code == 1 and err == ""
-    assert "Main run: DIVERGED at step 0, MaxPool2 d_conv_out (200 of 200 steps out of tolerance)" in out
-    assert "first divergence: step 0, MaxPool2 d_conv_out: tie-policy difference, not a numerical one" in out
-    assert "missing:   d_image (Conv3x3.backprop returned None)" in out
-    assert "DIVERGENCE in main run, constant, large-logits, odd-size; first: MaxPool2 d_conv_out at step 0" in out
+    assert "checked as conv3x8,pool2,dense10: Conv3x3 is conv1, MaxPool2 pool1, Softmax dense1" in out
+    assert (
+        "Main run: DIVERGED at step 0, pool1 pool1.d_in from MaxPool2.backprop (200 of 200 steps out of tolerance)"
+        in out
+    )
+    assert "first divergence: step 0, pool1 pool1.d_in: tie-policy difference, not a numerical one" in out
+    assert "missing:   conv1.d_in (Conv3x3.backprop returned None)" in out
+    assert "DIVERGENCE in main run, constant, large-logits, odd-size; first: pool1 pool1.d_in at step 0" in out
 
 
 def test_tutorial_code_overflows_under_large_logits(tutorial_report):
     _, out, _, _ = tutorial_report
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.strip().startswith("| ")}
     assert "DIVERGED" in rows["large-logits"]
-    assert "step 0, Softmax probs: softmax overflow (non-finite probs)" in rows["large-logits"]
+    assert "step 0, loss probs: softmax overflow (non-finite probs)" in rows["large-logits"]
     assert "non-finite value in scratch (nan): overflow" in out
-    assert "step 0, MaxPool2 d_conv_out: tie-policy difference" in rows["constant"]
+    assert "step 0, pool1 pool1.d_in: tie-policy difference" in rows["constant"]
     assert "DIVERGED" in rows["odd-size"]
 
 
@@ -68,11 +72,12 @@ def test_tutorial_report_is_the_report_commands_format(tutorial_report):
     main_run, *probes = document["runs"]
     assert main_run["config"]["impl"] == f"check:{TUTORIAL}" and main_run["steps"] == 200
     first = main_run["first_divergence"]
-    assert (first["step"], first["layer"], first["tensor"]) == (0, "MaxPool2", "d_conv_out")
+    assert main_run["config"]["arch"] == "conv3x8,pool2,dense10"
+    assert (first["step"], first["layer"], first["tensor"]) == (0, "pool1", "pool1.d_in")
     assert "tie-policy" in first["diagnosis"]
-    assert main_run["missing_tensors"] == ["d_image"]
+    assert main_run["missing_tensors"] == ["conv1.d_in"]
     overflow = next(run for run in probes if run["config"]["impl"].endswith("probe:large-logits"))
-    assert (overflow["first_divergence"]["tensor"], overflow["first_divergence"]["layer"]) == ("probs", "Softmax")
+    assert (overflow["first_divergence"]["tensor"], overflow["first_divergence"]["layer"]) == ("probs", "loss")
     assert not document["passed"]
 
 
@@ -82,7 +87,8 @@ def test_corrected_code_passes_every_step_and_probe(capsys):
     assert "Main run: PARITY over 200 steps" in out
     assert out.count("| PARITY   |") == 3
     assert "PARITY: the main run and 3 edge probes agree with PyTorch tensor by tensor (exit 0)" in out
-    assert "seen:      conv_out, pool_out, logits, probs, d_pool_out, d_conv_out, d_image;" in out
+    assert "seen:      conv1.out, pool1.out, dense1.out, probs, dense1.d_in, pool1.d_in, conv1.d_in;" in out
+    assert "recovered: dense1.d_out, dense1.d_weights, dense1.d_biases, conv1.d_filters from the in-place" in out
 
 
 RENAMED = {"class Conv3x3": "class Convolution", "class Softmax": "class Dense", "self.weights": "self.W"}
@@ -232,6 +238,35 @@ def test_recovered_gradient_error_is_within_the_documented_bound():
     assert eps / 2 * 8.0 / 0.005 < 1e-12 / 5
 
 
+def test_adapter_is_a_lockstep_side_under_the_spec_names():
+    """The tutorial interface is conv3x8,pool2,dense10: the adapter hands back scratch's names, layouts and shapes."""
+    spec = tutorial_spec()
+    assert spec.text == "conv3x8,pool2,dense10"
+    net = scratch.build_network(spec, 0, np.float64)
+    initial = {name: value.copy() for name, value in net.parameters().items()}
+    side = TutorialSide(load_impl(str(FIXED)), initial, (28, 28), 0.005)
+    assert side.spec == spec
+    assert list(side.parameters()) == list(spec.parameter_names)
+    image = np.random.default_rng(0).integers(0, 256, (1, 28, 28)).astype(np.uint8)
+    ours = side.forward_backward(image, np.array([3]))
+    theirs = net.forward_backward(image, np.array([3])).tensors
+    assert list(ours) == [name for name in spec.tensor_names if name in ours] == list(theirs)
+    for name, value in theirs.items():
+        assert ours[name].shape == value.shape, name  # the batch axis of 1 included: conv1.d_in is (1, 28, 28, 1)
+        np.testing.assert_allclose(ours[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+    side.update(0.005)  # backprop already updated: a no-op, at the same lr only
+    with pytest.raises(ValueError, match="differs from the lr"):
+        side.update(0.1)
+    net.update(0.005)
+    for name, value in net.parameters().items():
+        np.testing.assert_allclose(side.parameters()[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+    side.load_parameters(initial)
+    assert all(np.array_equal(side.parameters()[name], initial[name]) for name in initial)
+    assert side.origin("pool1.d_in") == "MaxPool2.backprop" and side.origin("probs") == "Softmax.forward"
+    with pytest.raises(ValueError, match="one image at a time"):
+        side.forward_backward(np.zeros((2, 28, 28), dtype=np.uint8), np.array([0, 1]))
+
+
 def test_large_logit_probe_raises_logits_but_not_probabilities():
     net = scratch.tutorial_network(0, np.float64)
     initial = net.parameters()
@@ -239,11 +274,11 @@ def test_large_logit_probe_raises_logits_but_not_probabilities():
     labels = np.arange(20) % 10
     chosen, weights = large_logit_weights({k: v.copy() for k, v in initial.items()}, images, labels, seed=0)
     shifted = scratch.tutorial_network(0, np.float64)
-    shifted.load_parameters({**initial, "dense_weights": weights})
+    shifted.load_parameters({**initial, "dense1.weights": weights})
     for index in chosen:
         before = net.forward_backward(images[index], int(labels[index])).tensors
         after = shifted.forward_backward(images[index], int(labels[index])).tensors
-        assert after["logits"].min() >= 800 - 1
+        assert after["dense1.out"].shape == (1, 10) and after["dense1.out"].min() >= 800 - 1
         np.testing.assert_allclose(after["probs"], before["probs"], rtol=1e-9, atol=1e-12)
     assert np.abs(weights).max() < 20  # small weights: the recovered gradients stay exact (see the adapter)
 

@@ -29,7 +29,9 @@ def outcomes():
 
 def test_catalogue_is_large_and_covers_every_layer():
     assert len(BUGS) >= 10 and len(BY_NAME) == len(BUGS)
-    assert {bug.layer for bug in BUGS} == {"Conv3x3", "MaxPool2", "Softmax"}
+    assert {bug.cls for bug in BUGS} == {"Conv3x3", "MaxPool2", "Softmax"}
+    # Spec layers: the tutorial's Softmax is dense1 and the softmax of the loss.
+    assert {bug.layer for bug in BUGS} == {"conv1", "pool1", "dense1", "loss"}
     for name in ("flipped-kernel", "chw-flatten", "missing-bias-update", "lr-applied-twice", "softmax-jacobian-sign"):
         assert name in BY_NAME
 
@@ -55,16 +57,16 @@ def test_bug_is_caught_and_blamed_on_its_layer(outcomes, name):
 @pytest.mark.parametrize(
     ("name", "tensor", "cause"),
     [
-        ("pool-last-max", "d_conv_out", "tie-policy difference"),
-        ("pool-swapped-indices", "d_conv_out", "routing error (not a tie policy)"),
-        ("pool-odd-edge-shift", "d_conv_out", "routing error (not a tie policy)"),
-        ("lr-applied-twice", "d_filters", "0.005 x the reference (= lr: applied twice?)"),
-        ("missing-bias-update", "d_logits", "zero: a missing update?"),
-        ("bias-gradient-mean", "d_logits", "1/10 of the reference (a mean?)"),
-        ("float32-conv", "conv_out", "float32 rounding level"),
+        ("pool-last-max", "pool1.d_in", "tie-policy difference"),
+        ("pool-swapped-indices", "pool1.d_in", "routing error (not a tie policy)"),
+        ("pool-odd-edge-shift", "pool1.d_in", "routing error (not a tie policy)"),
+        ("lr-applied-twice", "conv1.d_filters", "0.005 x the reference (= lr: applied twice?)"),
+        ("missing-bias-update", "dense1.d_out", "zero: a missing update?"),
+        ("bias-gradient-mean", "dense1.d_out", "1/10 of the reference (a mean?)"),
+        ("float32-conv", "conv1.out", "float32 rounding level"),
         ("softmax-unshifted-exp", "probs", "softmax overflow (non-finite probs)"),
-        ("conv-input-gradient-flipped", "d_image", "implementation mismatch"),
-        ("input-gradient-after-update", "d_pool_out", "implementation mismatch"),
+        ("conv-input-gradient-flipped", "conv1.d_in", "implementation mismatch"),
+        ("input-gradient-after-update", "dense1.d_in", "implementation mismatch"),
     ],
 )
 def test_divergence_names_the_tensor_and_cause(outcomes, name, tensor, cause):
@@ -81,7 +83,7 @@ def test_subtle_bugs_are_invisible_in_the_loss(outcomes):
 def test_a_bug_that_is_not_caught_fails_the_selftest(capsys):
     """A patch that changes nothing must show as MISSED, and a selftest with it fails."""
     train, _ = load_experiment_data()
-    harmless = Bug("no-op", "Conv3x3", "changed nothing", type("NoOp", (), {}))
+    harmless = Bug("no-op", "conv1", "changed nothing", type("NoOp", (), {}))
     base = load_impl(str(DEFAULT_BASE))
     assert issubclass(with_bug(base, harmless).classes["Conv3x3"], base.classes["Conv3x3"])
     (outcome,) = run_bugs(base, train.images, train.labels, bugs=(harmless,), steps=20, clean=False)

@@ -1,19 +1,22 @@
 """`TutorialSide`: drive tutorial-interface layers exactly as the tutorial's `train()` does, for the lockstep engine.
 
-One step, as in the tutorial::
+The tutorial's classes are the spec `conv3x{F},pool2,dense{classes}` (`tutorial_spec`): `Conv3x3` is `conv1`,
+`MaxPool2` is `pool1`, and `Softmax` is `dense1` followed by the softmax of the loss. One step, as in the tutorial::
 
     out = conv.forward((image / 255) - 0.5); out = pool.forward(out); out = softmax.forward(out)
     loss = -np.log(out[label]); gradient = np.zeros(10); gradient[label] = -1 / out[label]
     gradient = softmax.backprop(gradient, lr); gradient = pool.backprop(gradient)
     gradient = conv.backprop(gradient, lr)
 
-What the engine gets, in scratch's names and layouts (the tutorial's own layouts: HWC, weights (in, out)):
-- seen directly: `conv_out`, `pool_out`, `probs` (forward return values), `d_pool_out`, `d_conv_out` (backprop
-  return values), `d_image` (the conv's return value: dL/d(normalised image), what scratch and the reference
-  call `d_image`; missing when it returns None, as the tutorial's does), `logits` (`Softmax.last_totals`, when cached);
+The user's code is per sample (HWC activations, weights (in, out), as scratch keeps them); this adapter is the one
+place that adds the batch axis of 1 the engine's scratch layouts have (and takes it off the images). What the
+engine gets, under the spec's names:
+- seen directly: `conv1.out`, `pool1.out`, `probs` (forward return values), `dense1.d_in`, `pool1.d_in` (backprop
+  return values), `conv1.d_in` (the conv's return value: dL/d(normalised image), shaped `(1, H, W, 1)`; missing
+  when it returns None, as the tutorial's does), `dense1.out` (`Softmax.last_totals`, when cached);
 - computed as `train()` does: `loss` = -log(out[label]);
-- recovered from the in-place SGD update: `d_filters`, `d_dense_weights`, `d_dense_biases` = (before - after) / lr,
-  and `d_logits` = the recovered bias gradient (dL/dbiases = dL/dlogits).
+- recovered from the in-place SGD update: `conv1.d_filters`, `dense1.d_weights`, `dense1.d_biases` =
+  (before - after) / lr, and `dense1.d_out` = the recovered bias gradient (dL/dbiases = dL/dlogits).
 
 Recovery precision: `after = fl(before - fl(lr * g))`, so `(before - after) / lr` is off by at most half an ulp of
 `after` divided by lr, plus ~2 eps relative: |error| <= eps/2 * |w| / lr + 2 eps |g|. For float64 at lr 0.005 that
@@ -26,29 +29,71 @@ Because the update happens inside `backprop`, `update(lr)` is a no-op that only 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from parity.impls.loader import ImplError, TutorialImpl
+from scratch.spec import NetworkSpec, parse_spec
 
-PARAMETER_ATTRIBUTES = {  # scratch's parameter name -> (layer, tutorial attribute)
-    "filters": ("Conv3x3", "filters"),
-    "dense_weights": ("Softmax", "weights"),
-    "dense_biases": ("Softmax", "biases"),
+# The spec layer each tutorial class implements, and back; the softmax of the loss (`probs`, layer `loss`) is
+# computed by the user's Softmax too.
+SPEC_LAYER = {"Conv3x3": "conv1", "MaxPool2": "pool1", "Softmax": "dense1"}
+TUTORIAL_CLASS = {"conv1": "Conv3x3", "pool1": "MaxPool2", "dense1": "Softmax", "loss": "Softmax"}
+PARAMETER_ATTRIBUTES = {  # spec parameter name -> (tutorial class, its attribute)
+    "conv1.filters": ("Conv3x3", "filters"),
+    "dense1.weights": ("Softmax", "weights"),
+    "dense1.biases": ("Softmax", "biases"),
 }
-LAYOUTS = {"filters": "(num_filters, 3, 3)", "dense_weights": "(input_len, nodes)", "dense_biases": "(nodes,)"}
-GRADIENT_OF = {"filters": "d_filters", "dense_weights": "d_dense_weights", "dense_biases": "d_dense_biases"}
+LAYOUTS = {"conv1.filters": "(num_filters, 3, 3)", "dense1.weights": "(input_len, nodes)", "dense1.biases": "(nodes,)"}
+GRADIENT_OF = {
+    "conv1.filters": "conv1.d_filters",
+    "dense1.weights": "dense1.d_weights",
+    "dense1.biases": "dense1.d_biases",
+}
+# The tutorial member each tensor comes out of (mapped to the user's names in `TutorialSide.origin`).
+ORIGIN = {
+    "conv1.out": "Conv3x3.forward",
+    "pool1.out": "MaxPool2.forward",
+    "dense1.out": "Softmax.last_totals",
+    "probs": "Softmax.forward",
+    "loss": "Softmax.forward",
+    "dense1.d_out": "Softmax.backprop",
+    "dense1.d_weights": "Softmax.backprop",
+    "dense1.d_biases": "Softmax.backprop",
+    "dense1.d_in": "Softmax.backprop",
+    "pool1.d_in": "MaxPool2.backprop",
+    "conv1.d_filters": "Conv3x3.backprop",
+    "conv1.d_in": "Conv3x3.backprop",
+    "conv1.filters": "Conv3x3.backprop",
+    "dense1.weights": "Softmax.backprop",
+    "dense1.biases": "Softmax.backprop",
+}
+
+
+def tutorial_spec(image_shape: tuple[int, int] = (28, 28), num_filters: int = 8, num_classes: int = 10) -> NetworkSpec:
+    """The spec the tutorial's three classes implement: `conv3x{num_filters},pool2,dense{num_classes}`."""
+    return parse_spec(f"conv3x{num_filters},pool2,dense{num_classes}", tuple(image_shape), num_classes)
 
 
 class ImplCrash(Exception):
-    """The user's code raised (or returned something unusable) during a step; one line, layer and method named."""
+    """The user's code raised (or returned something unusable) during a step; one line, class and method named.
 
-    def __init__(self, layer: str, method: str, message: str) -> None:
-        super().__init__(f"{layer}.{method}: {message}")
-        self.layer, self.method, self.detail = layer, method, message
+    `cls` is the tutorial class (`Softmax`), `layer` the spec layer it implements (`dense1`), which a crash blames.
+    """
+
+    def __init__(self, cls: str, method: str, message: str) -> None:
+        super().__init__(f"{cls}.{method}: {message}")
+        self.cls, self.method, self.detail = cls, method, message
+        self.layer = SPEC_LAYER[cls]
 
 
 class TutorialSide:
-    """A lockstep `Side` around fresh instances of a `TutorialImpl`'s classes, holding `initial`'s weights."""
+    """A lockstep `Side` around fresh instances of a `TutorialImpl`'s classes, holding `initial`'s weights.
+
+    `initial` is keyed by spec parameter name; the spec (`self.spec`) is `tutorial_spec` with the number of
+    filters and classes of those arrays.
+    """
 
     def __init__(
         self,
@@ -58,8 +103,9 @@ class TutorialSide:
         lr: float,
     ) -> None:
         self.impl, self.lr, self.image_shape = impl, float(lr), tuple(image_shape)
-        self.num_filters = num_filters = initial["filters"].shape[0]
-        input_len, self.num_classes = initial["dense_weights"].shape
+        self.num_filters = num_filters = initial["conv1.filters"].shape[0]
+        input_len, self.num_classes = initial["dense1.weights"].shape
+        self.spec = tutorial_spec(self.image_shape, num_filters, self.num_classes)
         state = np.random.get_state()  # the tutorial's constructors draw from the global RNG: leave it as it was
         try:
             self.conv = self._construct("Conv3x3", num_filters)
@@ -75,8 +121,20 @@ class TutorialSide:
 
     # --- the lockstep Side interface ---------------------------------------------------------------
 
-    def forward_backward(self, image: np.ndarray, label: int) -> dict[str, np.ndarray]:
-        """One tutorial `train()` step; every tensor it exposes, gradients recovered from the update."""
+    def forward_backward(
+        self, images: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """One tutorial `train()` step on a batch of one: every tensor it exposes (whatever `names` asks for),
+        gradients recovered from the update, in scratch layouts with the batch axis."""
+        images, labels = np.asarray(images), np.asarray(labels).reshape(-1)
+        if images.ndim == 2:
+            images = images[np.newaxis]
+        if images.shape[0] != 1 or labels.shape != (1,):
+            raise ValueError(
+                f"the tutorial's train() steps one image at a time: expected images (1, H, W) and labels (1,), "
+                f"got {images.shape} and {labels.shape}"
+            )
+        image, label = images[0], int(labels[0])
         before = self.parameters()
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
             x = (image / 255) - 0.5
@@ -102,28 +160,30 @@ class TutorialSide:
                 gradient = self._checked("Conv3x3", "backprop", gradient, x.shape, "the image's shape, or None")
             after = self.parameters()
             tensors = {
-                "conv_out": conv_out,
-                "pool_out": pool_out,
-                "probs": probs,
+                "conv1.out": conv_out[np.newaxis],
+                "pool1.out": pool_out[np.newaxis],
+                "probs": probs[np.newaxis],
                 "loss": np.asarray(loss, dtype=np.float64),
-                "d_pool_out": d_pool_out,
-                "d_conv_out": d_conv_out,
+                "dense1.d_in": d_pool_out[np.newaxis],
+                "pool1.d_in": d_conv_out[np.newaxis],
             }
             for name, gradient_name in GRADIENT_OF.items():
                 tensors[gradient_name] = _recovered(before[name], after[name], self.lr)
-        tensors["d_logits"] = tensors["d_dense_biases"].copy()
+        biases = tensors["dense1.d_biases"]
+        # dL/dlogits of a batch of one is the bias gradient; a shape the update changed is left for the comparison.
+        tensors["dense1.d_out"] = biases[np.newaxis].copy() if biases.ndim == 1 else biases.copy()
         self.missing = {}
         if isinstance(logits, np.ndarray) and logits.shape == (self.num_classes,):
-            tensors["logits"] = logits.copy()
+            tensors["dense1.out"] = logits[np.newaxis].copy()
         else:
-            self.missing["logits"] = (
+            self.missing["dense1.out"] = (
                 f"{self._name('Softmax')} caches no {self._name('Softmax.last_totals')} of shape ({self.num_classes},)"
             )
         if gradient is None:
-            self.missing["d_image"] = f"{self._name('Conv3x3')}.{self._name('Conv3x3.backprop')} returned None"
+            self.missing["conv1.d_in"] = f"{self._name('Conv3x3')}.{self._name('Conv3x3.backprop')} returned None"
         else:
-            tensors["d_image"] = gradient
-        return tensors
+            tensors["conv1.d_in"] = gradient.reshape(1, height, width, 1)
+        return {name: tensors[name] for name in self.spec.tensor_names if name in tensors}
 
     def update(self, lr: float) -> None:
         """No-op: the tutorial's `backprop` already applied SGD at the same lr (checked)."""
@@ -131,40 +191,47 @@ class TutorialSide:
             raise ValueError(f"lr {lr} differs from the lr {self.lr} this side passes to backprop")
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Copies of the live parameters, under scratch's names."""
+        """Copies of the live parameters, under the spec's names."""
         return {
             name: _copy(getattr(self.layers[layer], self._name(f"{layer}.{attribute}")))
             for name, (layer, attribute) in PARAMETER_ATTRIBUTES.items()
         }
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
-        """Set each parameter attribute to a copy of `params[name]`."""
+        """Set each parameter attribute to a copy of `params[name]` (spec names)."""
         for name, (layer, attribute) in PARAMETER_ATTRIBUTES.items():
             setattr(self.layers[layer], self._name(f"{layer}.{attribute}"), np.array(params[name], copy=True))
 
     # --- provenance, for reports ----------------------------------------------------------------------
 
+    def origin(self, tensor: str) -> str:
+        """The user's class and member a tensor comes out of, in the user's names: `MaxPool2.backprop`."""
+        key = ORIGIN[tensor]
+        return f"{self._name(key.split('.')[0])}.{self._name(key)}"
+
     def provenance(self) -> dict[str, str]:
-        """How each tensor was obtained from the implementation (or why it was not)."""
+        """How each tensor was obtained from the implementation (or why it was not), in spec order."""
         c, p, s = (self._name(layer) for layer in ("Conv3x3", "MaxPool2", "Softmax"))
         how = {
-            "conv_out": f"{c}.{self._name('Conv3x3.forward')} return value",
-            "pool_out": f"{p}.{self._name('MaxPool2.forward')} return value",
-            "logits": f"{s}.{self._name('Softmax.last_totals')} (cached by forward)",
-            "probs": f"{s}.{self._name('Softmax.forward')} return value",
+            "conv1.out": f"{self.origin('conv1.out')} return value",
+            "pool1.out": f"{self.origin('pool1.out')} return value",
+            "dense1.out": f"{self.origin('dense1.out')} (cached by forward)",
+            "probs": f"{self.origin('probs')} return value",
             "loss": "-log(probs[label]), as train() computes it",
-            "d_logits": "recovered from the bias update: dL/dlogits = dL/dbiases = (before - after) / lr",
-            "d_dense_weights": f"recovered from the update of {s}.{self._name('Softmax.weights')}: "
+            "dense1.d_out": "recovered from the bias update: dL/dlogits = dL/dbiases = (before - after) / lr",
+            "dense1.d_weights": f"recovered from the update of {s}.{self._name('Softmax.weights')}: "
             "(before - after) / lr",
-            "d_dense_biases": f"recovered from the update of {s}.{self._name('Softmax.biases')}: (before - after) / lr",
-            "d_pool_out": f"{s}.{self._name('Softmax.backprop')} return value",
-            "d_conv_out": f"{p}.{self._name('MaxPool2.backprop')} return value",
-            "d_filters": f"recovered from the update of {c}.{self._name('Conv3x3.filters')}: (before - after) / lr",
-            "d_image": f"{c}.{self._name('Conv3x3.backprop')} return value (dL/d normalised image)",
+            "dense1.d_biases": f"recovered from the update of {s}.{self._name('Softmax.biases')}: "
+            "(before - after) / lr",
+            "dense1.d_in": f"{s}.{self._name('Softmax.backprop')} return value",
+            "pool1.d_in": f"{p}.{self._name('MaxPool2.backprop')} return value",
+            "conv1.d_filters": f"recovered from the update of {c}.{self._name('Conv3x3.filters')}: "
+            "(before - after) / lr",
+            "conv1.d_in": f"{c}.{self._name('Conv3x3.backprop')} return value (dL/d normalised image)",
         }
         for name, why in self.missing.items():
             how[name] = f"not compared: {why}"
-        return how
+        return {name: how[name] for name in self.spec.tensor_names if name in how}
 
     # --- helpers ----------------------------------------------------------------------------------------
 

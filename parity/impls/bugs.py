@@ -1,9 +1,10 @@
 """Realistic bugs for the self-test, each a small patch over the correct tutorial-interface code in examples/fixed_cnn.
 
-A patch is a mixin class that overrides one or two methods of one layer (the line that differs from the correct
-code is marked `# BUG:`); `with_bug` puts it in front of that layer's correct class. Each bug says which layer
-holds the mistake and what a real person would have done to make it; the self-test passes when `cnn-parity
-check` catches every one and blames that layer. Some are loud (a flipped kernel breaks the forward pass at
+A patch is a mixin class that overrides one or two methods of one tutorial class (the line that differs from the
+correct code is marked `# BUG:`); `with_bug` puts it in front of that class. Each bug says which spec layer holds
+the mistake (`conv1` is `Conv3x3`, `pool1` is `MaxPool2`, `dense1` is `Softmax`'s dense part and `loss` its
+softmax, see `parity.impls.adapter`) and what a real person would have done to make it; the self-test passes when
+`cnn-parity check` catches every one and blames that layer. Some are loud (a flipped kernel breaks the forward pass at
 step 0), some are invisible in the loss (the conv's input gradient is never used to train anything), and two
 only show under an edge probe (an unshifted softmax, an odd-size pool edge).
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parity.impls.adapter import TUTORIAL_CLASS
 from parity.impls.loader import TutorialImpl
 
 
@@ -25,21 +27,26 @@ class Bug:
     """One injected bug: where it is, what a person did to write it, and the patch."""
 
     name: str
-    layer: str  # "Conv3x3", "MaxPool2" or "Softmax": the layer whose code is wrong
+    layer: str  # "conv1", "pool1", "dense1" or "loss": the spec layer whose code is wrong (and the check must blame)
     mistake: str  # one sentence: what a real person would have done wrong
-    patch: type  # a mixin overriding methods of that layer's correct class
+    patch: type  # a mixin overriding methods of the correct class that implements that layer
+
+    @property
+    def cls(self) -> str:
+        """The tutorial class the patch goes in front of: `Conv3x3`, `MaxPool2` or `Softmax`."""
+        return TUTORIAL_CLASS[self.layer]
 
 
 def with_bug(base: TutorialImpl, bug: Bug) -> TutorialImpl:
-    """`base` with `bug.patch` in front of the class of `bug.layer`."""
-    correct = base.classes[bug.layer]
+    """`base` with `bug.patch` in front of the class that implements `bug.layer`."""
+    correct = base.classes[bug.cls]
     buggy = type(f"{correct.__name__}_{bug.name.replace('-', '_')}", (bug.patch, correct), {})
     return TutorialImpl(
-        {**base.classes, bug.layer: buggy}, f"{base.label} + {bug.name}", dict(base.sources), base.mapping
+        {**base.classes, bug.cls: buggy}, f"{base.label} + {bug.name}", dict(base.sources), base.mapping
     )
 
 
-# --- Conv3x3 ---------------------------------------------------------------------------------------------------
+# --- Conv3x3 (conv1) --------------------------------------------------------------------------------------------------
 
 
 class _FlippedKernel:
@@ -96,7 +103,7 @@ class _InputGradientFlipped:
         return d_L_d_input
 
 
-# --- MaxPool2 --------------------------------------------------------------------------------------------------
+# --- MaxPool2 (pool1) -------------------------------------------------------------------------------------------------
 
 
 class _LastMax:
@@ -134,7 +141,7 @@ class _SwappedIndices:
         return d_L_d_input
 
 
-# --- Softmax ---------------------------------------------------------------------------------------------------
+# --- Softmax (dense1, and the softmax of the loss) --------------------------------------------------------------------
 
 
 class _TransposedWeightGradient:
@@ -225,61 +232,61 @@ class _UnshiftedExp:
 
 
 BUGS: tuple[Bug, ...] = (
-    Bug("flipped-kernel", "Conv3x3", "implemented a textbook convolution, flipping the kernel", _FlippedKernel),
+    Bug("flipped-kernel", "conv1", "implemented a textbook convolution, flipping the kernel", _FlippedKernel),
     Bug(
         "lr-applied-twice",
-        "Conv3x3",
+        "conv1",
         "scaled the filter gradient by the learning rate, then updated with lr again",
         _LrAppliedTwice,
     ),
-    Bug("float32-conv", "Conv3x3", "ran the convolution in float32 for speed and cast the result back", _Float32Conv),
+    Bug("float32-conv", "conv1", "ran the convolution in float32 for speed and cast the result back", _Float32Conv),
     Bug(
         "conv-loop-off-by-one",
-        "Conv3x3",
+        "conv1",
         "wrote range(h - 3) for the regions, leaving the last output row and column zero",
         _LoopOffByOne,
     ),
     Bug(
         "conv-input-gradient-flipped",
-        "Conv3x3",
+        "conv1",
         "flipped the kernel for the input gradient of a cross-correlation",
         _InputGradientFlipped,
     ),
     Bug(
         "pool-last-max",
-        "MaxPool2",
+        "pool1",
         "kept the running max with >=, so a tied window routes to its last maximum",
         _LastMax,
     ),
     Bug(
         "pool-odd-edge-shift",
-        "MaxPool2",
+        "pool1",
         "wrote the windows back aligned to the far edge, shifting an odd input's gradient",
         _OddEdgeShift,
     ),
-    Bug("pool-swapped-indices", "MaxPool2", "swapped i and j when writing the gradient back", _SwappedIndices),
+    Bug("pool-swapped-indices", "pool1", "swapped i and j when writing the gradient back", _SwappedIndices),
     Bug(
         "transposed-weight-gradient",
-        "Softmax",
+        "dense1",
         "reshaped a (nodes, input_len) gradient instead of transposing it",
         _TransposedWeightGradient,
     ),
-    Bug("chw-flatten", "Softmax", "flattened channel-first as PyTorch does, against HWC-ordered weights", _ChwFlatten),
-    Bug("missing-bias-update", "Softmax", "forgot the bias update", _MissingBiasUpdate),
+    Bug("chw-flatten", "dense1", "flattened channel-first as PyTorch does, against HWC-ordered weights", _ChwFlatten),
+    Bug("missing-bias-update", "dense1", "forgot the bias update", _MissingBiasUpdate),
     Bug(
-        "softmax-jacobian-sign", "Softmax", "dropped the minus sign of the off-diagonal softmax Jacobian", _JacobianSign
+        "softmax-jacobian-sign", "dense1", "dropped the minus sign of the off-diagonal softmax Jacobian", _JacobianSign
     ),
     Bug(
         "input-gradient-after-update",
-        "Softmax",
+        "dense1",
         "computed the input gradient with the already-updated weights",
         _InputGradientAfterUpdate,
     ),
     Bug(
         "bias-gradient-mean",
-        "Softmax",
+        "dense1",
         "divided the bias gradient by the number of classes, like a batch mean",
         _BiasGradientMean,
     ),
-    Bug("softmax-unshifted-exp", "Softmax", "removed the max-subtraction from the softmax as a no-op", _UnshiftedExp),
+    Bug("softmax-unshifted-exp", "loss", "removed the max-subtraction from the softmax as a no-op", _UnshiftedExp),
 )
