@@ -10,7 +10,11 @@ from scratch.data import DataError
 
 # subcommand -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "report": ("reports.command", "run the tutorial experiment in lockstep and write report.md, report.json, plots"),
+    "report": (
+        "reports.command",
+        "run the lockstep experiment on a network spec (the tutorial's by default) and write report.md, "
+        "report.json, plots",
+    ),
     "check": ("parity.check", "check a tutorial-style implementation tensor by tensor against PyTorch"),
     "record": ("parity.golden", "write a golden record of the default scratch run"),
     "compare-golden": ("parity.golden", "rerun scratch alone and compare it with a golden record (no torch)"),

@@ -7,12 +7,25 @@ from collections.abc import Iterable
 import numpy as np
 
 from parity.compare import TensorComparison, compare
-from parity.lockstep import TENSOR_ORDER, LockstepRecord
+from parity.lockstep import LockstepRecord
 from parity.tables import comparison_table
+from scratch.spec import NetworkSpec
 
 
 class ParityError(AssertionError):
     """A scratch tensor is out of tolerance; the message explains which element, how far, against what."""
+
+
+def compared_names(
+    reference: dict[str, np.ndarray], names: Iterable[str] | None = None, spec: NetworkSpec | None = None
+) -> list[str]:
+    """The tensors to compare: `names` as given; else the spec's tensors the reference has, in the spec's order
+    (forward, loss, backward, parameters); else the reference's own order."""
+    if names is not None:
+        return list(names)
+    if spec is not None:
+        return [name for name in spec.tensor_names if name in reference]
+    return list(reference)
 
 
 def compare_tensors(
@@ -20,9 +33,10 @@ def compare_tensors(
     reference: dict[str, np.ndarray],
     dtype: object,
     names: Iterable[str] | None = None,
+    spec: NetworkSpec | None = None,
 ) -> list[TensorComparison]:
-    """Compare every named tensor present on both sides, in forward-then-backward order."""
-    names = [n for n in TENSOR_ORDER if n in reference] if names is None else list(names)
+    """Compare every named tensor (default: every reference tensor, see `compared_names`) against scratch's."""
+    names = compared_names(reference, names, spec)
     missing = [n for n in names if n not in scratch]
     if missing:
         raise ParityError(f"scratch produced no {', '.join(missing)}")
@@ -35,9 +49,10 @@ def assert_parity(
     dtype: object,
     names: Iterable[str] | None = None,
     context: str = "",
+    spec: NetworkSpec | None = None,
 ) -> list[TensorComparison]:
     """Assert every named tensor matches; on failure, name the first one to diverge and show the whole table."""
-    comparisons = compare_tensors(scratch, reference, dtype, names)
+    comparisons = compare_tensors(scratch, reference, dtype, names, spec)
     failures = [c for c in comparisons if not c.passed]
     if failures:
         where = f" ({context})" if context else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from parity.experiment import ExperimentConfig, ExperimentResult, run_experiment
@@ -18,9 +20,15 @@ def tutorial_data() -> tuple[Dataset, Dataset]:
 
 @pytest.fixture(scope="session")
 def run_tutorial(tutorial_data):
-    """Run (once per session) the lockstep tutorial experiment for a config."""
+    """Run (once per session) the lockstep experiment of a config on the tutorial's data.
 
-    def run(config: ExperimentConfig) -> ExperimentResult:
+    `run(config)`, or `run(arch=..., batch_size=..., dtype=...)` for the default config with those fields changed
+    (or `run(config, batch_size=4)`); any spec fits the tutorial's 28x28 digits. The cache is keyed by the whole
+    config, architecture and batch size included, so two specs never share a result.
+    """
+
+    def run(config: ExperimentConfig | None = None, **fields: object) -> ExperimentResult:
+        config = dataclasses.replace(config or ExperimentConfig(), **fields)
         if config not in _EXPERIMENTS:
             _EXPERIMENTS[config] = run_experiment(config, *tutorial_data)
         return _EXPERIMENTS[config]

@@ -7,8 +7,9 @@ import pytest
 
 from parity.compare import compare
 from parity.tables import comparison_table
-from parity.testing import ParityError, assert_parity
+from parity.testing import ParityError, assert_parity, compare_tensors
 from parity.tolerances import TOLERANCES, tolerance_for
+from scratch.spec import parse_spec
 
 
 def perturbed(delta: float = 1e-9, dtype=np.float64):
@@ -19,9 +20,10 @@ def perturbed(delta: float = 1e-9, dtype=np.float64):
 
 
 def test_mismatch_message_names_element_values_error_and_allowance():
-    comparison = compare("d_filters", *perturbed())
+    comparison = compare("conv1.d_filters", *perturbed())
     assert comparison.message() == (
-        "d_filters: mismatched elements: 1 / 6 (16.7%). Greatest error (relative to its allowance) at index (1, 2): "
+        "conv1.d_filters: mismatched elements: 1 / 6 (16.7%). "
+        "Greatest error (relative to its allowance) at index (1, 2): "
         "scratch 0.625000001, reference 0.625, |error| 1e-09 (up to 6.35e-11 allowed, 15.7x of it; "
         "float64 tolerance: atol 1e-12 + rtol 1e-10*|reference|). Max abs error 1e-09, max rel error 1.6e-09, "
         "max ULP 9.01e+06, p99 ULP 9.01e+06."
@@ -29,11 +31,11 @@ def test_mismatch_message_names_element_values_error_and_allowance():
 
 
 def test_table_row_carries_the_same_numbers():
-    row = compare("d_filters", *perturbed()).row()
-    assert row["tensor"] == "d_filters" and row["shape"] == "2x3" and row["worst index"] == "(1, 2)"
+    row = compare("conv1.d_filters", *perturbed()).row()
+    assert row["tensor"] == "conv1.d_filters" and row["shape"] == "2x3" and row["worst index"] == "(1, 2)"
     assert row["result"] == "FAIL"
     assert row["% of tol"] == pytest.approx(100 * 1e-9 / 6.35e-11, rel=1e-2)
-    assert "| d_filters | 2x3     |" in comparison_table([compare("d_filters", *perturbed())])
+    assert "| conv1.d_filters | 2x3     |" in comparison_table([compare("conv1.d_filters", *perturbed())])
 
 
 def test_passing_message():
@@ -67,6 +69,19 @@ def test_assert_parity_names_the_first_divergence_and_shows_the_table():
     text = str(error.value)
     assert text.startswith("first divergence: b: mismatched elements: 1 / 6")
     assert "| a        | 2x3     |" in text and "| FAIL     |" in text
+
+
+def test_compared_names_come_from_the_reference_or_the_spec_not_a_fixed_list():
+    spec = parse_spec("conv3x4,relu,pool2,dense10")
+    value = np.zeros(3)
+    # A deep spec's tensors, handed over out of order and with one the spec does not make.
+    reference = {name: value for name in ("relu1.d_in", "conv1.out", "extra", "relu1.out")}
+    scratch = dict(reference)
+    assert [c.name for c in compare_tensors(scratch, reference, np.float64)] == list(reference)
+    by_spec = [c.name for c in compare_tensors(scratch, reference, np.float64, spec=spec)]
+    assert by_spec == ["conv1.out", "relu1.out", "relu1.d_in"]  # the spec's order: forward, then backward
+    with pytest.raises(ParityError, match="scratch produced no relu1.out"):
+        compare_tensors({"conv1.out": value}, reference, np.float64, spec=spec)
 
 
 def test_every_tolerance_has_a_reason_and_float64_beats_assert_close_defaults():

@@ -14,17 +14,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from parity import cli
 from parity.experiment import ExperimentConfig, run_experiment
-from reports import jsondoc, writer
+from reports import jsondoc, markdown, writer
 from reports.suite import write_suite_report
 from scratch.data import load_experiment_data
+from scratch.spec import DEFAULT_SPEC, parse_spec
 
 SMALL = ["--train-size", "200", "--test-size", "100", "--epochs", "1"]
 TINY = ["--train-size", "50", "--test-size", "10", "--epochs", "1", "--dtypes", "float64", "--no-faithful"]
-RUN_KEYS = {"dtype", "tie_policy", "steps", "passed", "first_divergence", "max_abs_error", "test", "seconds"}
+DEEP = "conv3x4,relu,pool2,dense10"  # a ReLU between the conv and the pool: names and shapes the tutorial lacks
+RUN_KEYS = {
+    "architecture",
+    "batch_size",
+    "dtype",
+    "tie_policy",
+    "steps",
+    "passed",
+    "first_divergence",
+    "max_abs_error",
+    "percent_of_tolerance",
+    "test",
+    "seconds",
+}
 
 
 @pytest.fixture
@@ -75,7 +90,7 @@ def test_writes_markdown_json_and_plots(small_report):
 
 def test_json_schema(small_report):
     document = _load(small_report[2])
-    assert document["schema"] == jsondoc.SCHEMA == "cnn-parity/report/v1"
+    assert document["schema"] == jsondoc.SCHEMA == "cnn-parity/report/v2"
     assert {"schema", "environment", "runs", "passed", "tolerances"} <= set(document)
     assert {"python", "numpy", "torch", "torch_threads", "git_commit", "numpy_blas"} <= set(document["environment"])
     assert document["environment"]["torch_threads"] == 1
@@ -89,7 +104,7 @@ def test_json_schema(small_report):
         assert run["steps"] == 200
         assert set(run["test"]) == {"scratch", "reference"}
         assert set(run["test"]["scratch"]) == {"loss", "accuracy"}
-        assert set(run["max_abs_error"]) >= {"conv_out", "d_conv_out", "filters", "loss"}
+        assert set(run["max_abs_error"]) >= {"conv1.out", "pool1.d_in", "conv1.filters", "loss"}
         assert len(run["progress"]) == 2  # the tutorial's line every 100 steps
         assert set(run["plots"]) == {"loss", "errors"}
     for name in ("float64 first/stable", "float32 first/stable"):
@@ -105,7 +120,7 @@ def test_faithful_run_diverges_at_step_0_by_tie_policy_and_does_not_fail(small_r
     assert faithful["role"] == "demonstration" and faithful["verdict"] == "expected divergence"
     assert not faithful["passed"] and not faithful["fails_exit_code"]
     assert {"step", "tensor", "abs_error", "allowed", "diagnosis"} <= set(divergence)
-    assert (divergence["step"], divergence["tensor"], divergence["layer"]) == (0, "d_conv_out", "MaxPool2")
+    assert (divergence["step"], divergence["tensor"], divergence["layer"]) == (0, "pool1.d_in", "pool1")
     assert divergence["diagnosis"].startswith("tie-policy difference")
     assert divergence["abs_error"] > divergence["allowed"]
     assert "expected divergence" in stdout
@@ -119,6 +134,7 @@ def test_markdown_holds_the_tables(small_report):
     assert markdown.startswith("# ") and "**Verdict - PASS" in markdown
     for heading in (
         "## Summary",
+        "## Architecture",
         "## What each run is",
         "## Tolerances",
         "## Environment",
@@ -130,8 +146,10 @@ def test_markdown_holds_the_tables(small_report):
     ):
         assert heading in markdown, heading
     # The engine's per-tensor rows, as a GitHub table, with the pipe in "max |Δ|" escaped.
-    assert "| tensor " in markdown and "max \\|Δ\\|" in markdown and "| d_conv_out " in markdown
+    assert "| tensor " in markdown and "max \\|Δ\\|" in markdown and "| pool1.d_in " in markdown
     assert "| float64 | 1e-12 " in markdown  # the tolerance table
+    assert "| conv1   | conv3x8     | 26x26x8        |" in markdown  # the architecture, with each layer's output
+    assert "| max % of tol " in markdown  # the share of its allowance each tensor used
     assert "![training loss, both sides](loss-float64-first-stable.png)" in markdown
     # Every table is well formed: each of its lines has as many (unescaped) column separators as its header.
     tables, current = [], []
@@ -151,6 +169,98 @@ def test_terminal_summary(small_report):
     assert "float64 first/stable" in stdout and "first divergence" in stdout
     assert "PASS: both parity claims hold" in stdout
     assert str(out / "report.md") in stdout
+
+
+def test_markdown_renders_from_the_json_alone(small_report):
+    out = small_report[2]
+    assert markdown.render_file(out / "report.json") == (out / "report.md").read_text(encoding="utf-8")
+    assert markdown.main([str(out / "report.json")]) == 0
+
+
+def test_markdown_refuses_another_schema(tmp_path, capsys):
+    old = tmp_path / "report.json"
+    old.write_text(json.dumps({"schema": "cnn-parity/report/v1", "runs": []}))
+    with pytest.raises(ValueError, match="not a report.json of schema 'cnn-parity/report/v2'"):
+        markdown.render_file(old)
+    assert markdown.main([str(old)]) == 2
+    assert "schema 'cnn-parity/report/v1'" in capsys.readouterr().err
+
+
+# --- any spec, any batch size ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deep_report(tmp_path_factory):
+    """The default runs on DEEP, in batches of 4: (exit code, stdout, out dir)."""
+    out = tmp_path_factory.mktemp("deep") / "report"
+    stdout = io.StringIO()
+    args = ["--arch", DEEP, "--batch-size", "4", "--train-size", "48", "--test-size", "10", "--epochs", "1"]
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
+        patch.setattr(cli, "COMMANDS", {"report": cli.COMMANDS["report"]})
+        code = cli.main(["report", "--out", str(out), *args])
+    return code, stdout.getvalue(), out
+
+
+def test_deep_arch_report_names_every_tensor_of_every_layer(deep_report):
+    code, stdout, out = deep_report
+    spec = parse_spec(DEEP)
+    document = _load(out)
+    assert code == 0 and document["schema"] == "cnn-parity/report/v2"
+    assert [run["name"] for run in document["runs"]] == [
+        f"float64 first/stable {DEEP} batch 4",
+        f"float32 first/stable {DEEP} batch 4",
+        f"float64 all/tutorial {DEEP} batch 4",
+    ]
+    for run in document["runs"]:
+        assert run["architecture"] == DEEP and run["batch_size"] == 4
+        assert run["config"]["arch"] == DEEP and run["config"]["batch_size"] == 4
+        assert run["steps"] == 12  # 48 images in batches of 4
+        assert list(run["max_abs_error"]) == list(spec.tensor_names)  # every tensor, in comparison order
+        assert "relu1.out" in run["max_abs_error"] and "relu1.d_in" in run["max_abs_error"]
+        assert list(run["percent_of_tolerance"]) == list(spec.tensor_names)
+        assert [layer["output_shape"] for layer in run["layers"]] == ["28x28x1", "26x26x4", "26x26x4", "13x13x4", "10"]
+        assert run["always_compared"] == ["dense1.out", "loss", "dense1.d_biases", "conv1.d_filters"]
+    claims = _runs(document)
+    assert claims[f"float64 first/stable {DEEP} batch 4"]["passed"]
+    assert claims[f"float32 first/stable {DEEP} batch 4"]["passed"]
+    divergence = claims[f"float64 all/tutorial {DEEP} batch 4"]["first_divergence"]
+    assert (divergence["step"], divergence["tensor"], divergence["layer"]) == (0, "pool1.d_in", "pool1")
+    assert divergence["diagnosis"].startswith("tie-policy difference")
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert f"`{DEEP}` on 28x28 images, batches of 4" in text
+    assert "| relu1   | relu        | 26x26x4        |" in text
+    assert "| relu1.d_in " in text and "batches of 4 images per SGD step" in text
+    assert "back into `relu1`, so `pool1.d_in` differs" in text  # the faithful explanation, in this spec's names
+    assert "--arch conv3x4,relu,pool2,dense10 --batch-size 4" in text  # the command that reproduces it
+    assert markdown.render_file(out / "report.json") == text
+
+
+def test_a_spec_without_a_pool_has_no_tie_policy_demonstration(report_cli, tmp_path):
+    out = tmp_path / "nopool"
+    args = ["--train-size", "20", "--test-size", "10", "--epochs", "1", "--dtypes", "float64"]
+    assert report_cli("--out", str(out), "--arch", "conv3x4, relu ,dense10", *args) == 0
+    (run,) = _load(out)["runs"]  # no --no-faithful, yet no faithful run: there is no pool to tie
+    assert run["architecture"] == "conv3x4,relu,dense10" and run["passed"]
+    assert set(run["max_abs_error"]) == set(parse_spec("conv3x4,relu,dense10").tensor_names)
+    assert "the tie policy plays no part" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_report_of_two_architectures_shows_each(tiny_results, tmp_path):
+    results, (train, test) = tiny_results
+    deep = run_experiment(ExperimentConfig(arch=DEEP, batch_size=3, epochs=1), train, test)
+    path = writer.write_report(tmp_path / "two", [results[0], deep], title="two", command="test")
+    text = path.read_text(encoding="utf-8")
+    assert f"`{DEFAULT_SPEC}` on 28x28 images, batches of 1 - **float64 first/stable**" in text
+    assert f"`{DEEP}` on 28x28 images, batches of 3 - **float64 first/stable {DEEP} batch 3**" in text
+    assert [run["steps"] for run in _load(tmp_path / "two")["runs"]] == [30, 10]
+
+
+def test_suite_cache_is_keyed_by_arch_and_batch_size(run_tutorial):
+    tutorial = ExperimentConfig(epochs=1, stride=10)
+    deep = run_tutorial(tutorial, arch=DEEP, batch_size=50)
+    assert deep is run_tutorial(ExperimentConfig(arch=DEEP, batch_size=50, epochs=1, stride=10))
+    assert (deep.config.arch, deep.config.batch_size, len(deep.record.steps)) == (DEEP, 50, 20)
+    assert deep.record.spec.text == DEEP and deep.passed
 
 
 # --- determinism -----------------------------------------------------------------------------------------------
@@ -177,7 +287,7 @@ def test_tie_policy_all_for_the_parity_runs_exits_1(report_cli, tmp_path, capsys
     assert report_cli("--out", str(out), *TINY, "--tie-policy", "all") == 1
     run = _load(out)["runs"][0]
     assert run["role"] == "parity claim" and run["verdict"] == "diverged" and run["fails_exit_code"]
-    assert run["first_divergence"]["tensor"] == "d_conv_out"
+    assert run["first_divergence"]["tensor"] == "pool1.d_in"
     assert "FAIL: 1 of 1 parity claims diverged" in capsys.readouterr().out
     assert "**Verdict - FAIL" in (out / "report.md").read_text(encoding="utf-8")
 
@@ -195,6 +305,12 @@ def test_tie_policy_all_for_the_parity_runs_exits_1(report_cli, tmp_path, capsys
         (["--tie-policy", "last"], "--tie-policy must be one of first, all"),
         (["--mode", "batch"], "--mode must be one of free, teacher"),
         (["--data-dir", "/nonexistent/mnist"], "--data-dir /nonexistent/mnist does not exist"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer, got '0'"),
+        (["--arch", "conv3x8,poo2,dense10"], "--arch: network spec item 2 'poo2' (input 26x26x8): unknown item"),
+        (["--arch", "conv30x8,dense10"], "--arch: network spec item 1 'conv30x8' (input 28x28x1): a 30x30 conv"),
+        (["--arch", "conv3x8,dense10,pool2"], "item 3 'pool2' (input 10): a pool needs an image-shaped"),
+        (["--arch", "conv3x8,pool2,dense5"], "must end in dense10"),
+        (["--arch", ""], "--arch: network spec item 1 '' (input 28x28x1): empty item"),
         (["--train-size", "4500", "--test-size", "1000"], "only 5,000 images available"),
     ],
 )
@@ -207,6 +323,40 @@ def test_bad_options_exit_2_with_one_line(report_cli, tmp_path, capsys, args, me
     assert len(lines) == 1 and lines[0].startswith("cnn-parity report: error: "), captured.err
     assert message in lines[0]
     assert "Traceback" not in captured.err
+    assert not out.exists()
+
+
+def _idx_dir(path: Path, side: int, count: int = 20) -> Path:
+    """MNIST-style IDX files of `count` random `side` x `side` digits per split."""
+    rng = np.random.default_rng(0)
+    path.mkdir()
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, size=(count, side, side), dtype=np.uint8)
+        header = b"".join(n.to_bytes(4, "big") for n in (0x803, count, side, side))
+        (path / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        labels = (np.arange(count) % 10).astype(np.uint8)
+        header = b"".join(n.to_bytes(4, "big") for n in (0x801, count))
+        (path / f"{prefix}-labels-idx1-ubyte").write_bytes(header + labels.tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [
+        # The items are checked before the data is read, without shapes (the data's size is not known yet) ...
+        ("conv3x4,poo2,dense10", "--arch: network spec item 2 'poo2': unknown item"),
+        # ... and the shapes once it is, against its own image size.
+        ("conv3x4,pool2,conv9x4,dense10", "--arch: network spec item 3 'conv9x4' (input 7x7x4): a 9x9 conv"),
+    ],
+)
+def test_bad_arch_with_a_data_dir_is_checked_against_its_images(report_cli, tmp_path, capsys, arch, message):
+    data = _idx_dir(tmp_path / "idx", side=16)
+    out = tmp_path / "never"
+    sizes = ["--train-size", "10", "--test-size", "10"]
+    assert report_cli("--out", str(out), "--data-dir", str(data), "--arch", arch, *sizes) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnn-parity report: error: "), lines
+    assert message in lines[0] and "4096" not in lines[0] and "409" not in lines[0]
     assert not out.exists()
 
 
@@ -230,8 +380,9 @@ def test_help_lists_the_options(report_cli, capsys):
     help_text = capsys.readouterr().out
     for option in ("--out", "--epochs", "--train-size", "--test-size", "--seed", "--dtypes", "--tie-policy"):
         assert option in help_text
-    for option in ("--data-dir", "--stride", "--mode", "--no-faithful"):
+    for option in ("--data-dir", "--stride", "--mode", "--no-faithful", "--arch", "--batch-size"):
         assert option in help_text
+    assert DEFAULT_SPEC in help_text
 
 
 def test_command_module_imports_without_torch():

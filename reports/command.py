@@ -1,10 +1,11 @@
-"""`cnn-parity report`: the tutorial experiment in lockstep (scratch vs PyTorch), written up as a report.
+"""`cnn-parity report`: the lockstep experiment (scratch vs PyTorch) on any network spec, written up as a report.
 
 Runs, on real MNIST offline, the tutorial's experiment (1,000 train / 1,000 test digits, 3 epochs, lr 0.005, seeded
-shuffles) for each dtype with PyTorch's tie rule, plus a tutorial-faithful run (tie policy "all", the tutorial's
-softmax) that shows where and why the tutorial's own code departs from PyTorch. Writes DIR/report.md,
-DIR/report.json and PNG plots atomically, prints a summary, and exits 0 when every parity claim holds, 1 when one
-fails, 2 on bad usage or input.
+shuffles) on `--arch` (default the tutorial's `conv3x8,pool2,dense10`) in batches of `--batch-size` (default 1, as
+the tutorial) for each dtype with PyTorch's tie rule, plus, when the spec has a max-pool, a tutorial-faithful run
+(tie policy "all", the tutorial's softmax) that shows where and why the tutorial's own code departs from PyTorch.
+Writes DIR/report.md, DIR/report.json and PNG plots atomically, prints a summary, and exits 0 when every parity
+claim holds, 1 when one fails, 2 on bad usage or input.
 
 This module is imported by `cnn-parity --help` and by torch-free commands: torch, the reference and the
 experiment are imported only inside `run`.
@@ -13,15 +14,18 @@ experiment are imported only inside `run`.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from parity.lockstep import DEFAULT_REPORT_STRIDE
+from parity.lockstep import DEFAULT_REPORT_STRIDE, always_compared
+from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
 DEFAULT_OUT = "reports/latest"
+MNIST_SHAPE = (28, 28)  # the bundled digits' size: a spec is checked against it before any data is read
 DTYPES = ("float64", "float32")
 TIE_POLICIES = ("first", "all")
 MODES = ("free", "teacher")
@@ -29,9 +33,24 @@ TITLE = "cnn-parity report: the tutorial CNN, scratch vs PyTorch, tensor by tens
 PROGRESS_DELAY_S = 2.0  # the progress bar appears only for runs longer than this
 
 
+def title(arch: str = DEFAULT_SPEC) -> str:
+    """The report's title: the tutorial CNN's, or the spec's for another architecture."""
+    return TITLE if arch == DEFAULT_SPEC else TITLE.replace("the tutorial CNN", f"the CNN {arch}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `cnn-parity report`. Values are checked in `run`, so a bad one gives one clear line."""
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory ({DEFAULT_OUT})")
+    parser.add_argument(
+        "--arch",
+        default=DEFAULT_SPEC,
+        metavar="SPEC",
+        help="the network, comma-separated conv{K}x{F}[b], relu, pool{K}, dense{N}, ending in dense10 "
+        f"({DEFAULT_SPEC}, the tutorial's)",
+    )
+    parser.add_argument(
+        "--batch-size", default="1", metavar="B", help="images per SGD step (1, the tutorial's); the last may be short"
+    )
     parser.add_argument("--epochs", default="3", metavar="N", help="passes over the training set (3)")
     parser.add_argument("--train-size", default="1000", metavar="N", help="training digits (1000)")
     parser.add_argument("--test-size", default="1000", metavar="N", help="test digits (1000)")
@@ -60,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stride",
         default=str(DEFAULT_REPORT_STRIDE),
         metavar="K",
-        help="compare every tensor every K steps, the small ones (logits, loss, d_dense_biases, d_filters) at every "
-        f"step; a failure is replayed in full from the last full comparison, so it is still named exactly "
+        help="compare every tensor every K steps, the small ones (the logits, the loss and the parameter gradients "
+        f"but the dense weights'; for the tutorial {', '.join(always_compared(parse_spec(), 'free'))}) at every "
+        "step; a failure is replayed in full from the last full comparison, so it is still named exactly "
         f"({DEFAULT_REPORT_STRIDE}; 1 compares every tensor at every step)",
     )
     parser.add_argument(
@@ -79,6 +99,8 @@ class Options:
     """The checked options."""
 
     out: Path
+    arch: str  # the spec text, canonical (as `NetworkSpec.text`)
+    batch_size: int
     epochs: int
     train_size: int
     test_size: int
@@ -95,6 +117,10 @@ class Options:
         parts = [
             "cnn-parity",
             "report",
+            "--arch",
+            self.arch,
+            "--batch-size",
+            str(self.batch_size),
             "--epochs",
             str(self.epochs),
             "--train-size",
@@ -143,6 +169,23 @@ def _usage(message: str) -> Exception:
     return UsageError(message)
 
 
+def check_arch(text: object, image_shape: tuple[int, int] | None = MNIST_SHAPE) -> NetworkSpec | str:
+    """The spec of `--arch` on images of `image_shape` (its canonical text when the shape is not known yet: None),
+    or UsageError naming the bad item and the shape at that point."""
+    if image_shape is None:  # --data-dir: its image size is known once read; the items' syntax can be checked now
+        from scratch.argtypes import network_spec
+
+        try:
+            return network_spec(str(text))
+        except argparse.ArgumentTypeError as error:
+            # The shapes in its message are those of a stand-in image, not the data's: leave them out.
+            raise _usage(f"--arch: {re.sub(r' [(]input [0-9x]+[)]', '', str(error))}") from None
+    try:
+        return parse_spec(str(text), tuple(image_shape))
+    except ValueError as error:
+        raise _usage(f"--arch: {error}") from None
+
+
 def check_options(args: argparse.Namespace) -> Options:
     """Turn the raw option strings into checked values, or raise UsageError naming the option."""
     dtypes = tuple(part.strip() for part in str(args.dtypes).split(","))
@@ -157,8 +200,11 @@ def check_options(args: argparse.Namespace) -> Options:
         if not data_dir.is_dir():
             what = "does not exist" if not data_dir.exists() else "is not a directory"
             raise _usage(f"--data-dir {args.data_dir} {what}; pass the folder holding the MNIST IDX files")
+    arch = check_arch(args.arch, MNIST_SHAPE if data_dir is None else None)
     return Options(
         out=Path(args.out),
+        arch=arch if isinstance(arch, str) else arch.text,
+        batch_size=_integer("--batch-size", args.batch_size, 1),
         epochs=_integer("--epochs", args.epochs, 1),
         train_size=_integer("--train-size", args.train_size, 1),
         test_size=_integer("--test-size", args.test_size, 1),
@@ -172,14 +218,28 @@ def check_options(args: argparse.Namespace) -> Options:
     )
 
 
+def has_pool(arch: str) -> bool:
+    """Whether the spec has a max-pool layer (the shapes do not matter here, so any large image will do)."""
+    return any(layer.kind == "pool" for layer in parse_spec(arch, image_shape=(4096, 4096)).layers)
+
+
 def configs(options: Options):
-    """The parity runs (one per dtype), then the tutorial-faithful demonstration; and the set of demonstrations."""
+    """The parity runs (one per dtype), then the tutorial-faithful demonstration; and the set of demonstrations.
+
+    The demonstration shows the tutorial's max-pool tie rule at work, so a spec without a pool has none."""
     from parity.experiment import ExperimentConfig
 
-    common = {"epochs": options.epochs, "seed": options.seed, "stride": options.stride, "mode": options.mode}
+    common = {
+        "arch": options.arch,
+        "batch_size": options.batch_size,
+        "epochs": options.epochs,
+        "seed": options.seed,
+        "stride": options.stride,
+        "mode": options.mode,
+    }
     runs = [ExperimentConfig(dtype=dtype, tie_policy=options.tie_policy, **common) for dtype in options.dtypes]
     demonstrations = set()
-    if options.faithful:
+    if options.faithful and has_pool(options.arch):
         faithful = ExperimentConfig(dtype="float64", tie_policy="all", softmax="tutorial", **common)
         runs.append(faithful)
         demonstrations.add(faithful)
@@ -206,20 +266,23 @@ def run(args: argparse.Namespace) -> int:
         from scratch.data import DataError
 
         raise DataError(f"train images are {train.images.shape[1:]} but test images {test.images.shape[1:]}")
+    check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batch-size-1 ops: more threads only add sync cost (and nondeterminism)
+    # Small ops (a tutorial step is one image): more threads mostly add sync cost, and a fixed count keeps the
+    # reference's reductions in one order from run to run.
+    torch.set_num_threads(1)
     try:
         started = time.perf_counter()
         results = []
-        total = len(runs) * options.epochs * len(train)
+        total = len(runs) * options.epochs * -(-len(train) // options.batch_size)  # ceil(n / B) steps per epoch
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
             for config in runs:
                 bar.set_description(config.name, refresh=False)
                 results.append(run_experiment(config, train, test, on_step=lambda _step: bar.update()))
         document = build_document(
             results,
-            title=TITLE,
+            title=title(options.arch),
             command=options.command_line(),
             data_source=f"{train.source}; {test.source}",
             demonstrations=demonstrations,

@@ -1,4 +1,8 @@
-"""report.json: a versioned document a CI can diff.
+"""report.json: a versioned document a CI can diff, and the only input report.md is rendered from.
+
+Each run records its architecture (the spec text, its layers with their output shapes), its batch size, the
+largest error and share of tolerance of every compared tensor (spec names), and the comparison rows of the steps
+report.md shows, so a saved report.json re-renders the same report.md (`reports.markdown.render`).
 
 Everything but `environment` (top level) and each run's `seconds` is a function of the runs' configurations and
 data, so two runs with the same seed give the same document once those two keys are dropped (`stable_part`).
@@ -14,13 +18,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from parity.lockstep import always_compared
 from parity.tolerances import TOLERANCES
 
 if TYPE_CHECKING:  # torch-free at import time: parity.experiment imports the reference (torch)
+    from parity.compare import TensorComparison
     from parity.experiment import ExperimentResult
-    from parity.lockstep import StepRecord
+    from parity.lockstep import LockstepRecord, StepRecord
 
-SCHEMA = "cnn-parity/report/v1"
+# v2: spec-named tensors and layers, `architecture`/`batch_size`/`layers` per run, per-tensor share of tolerance,
+# the shown steps' comparison rows (report.md renders from the document alone).
+SCHEMA = "cnn-parity/report/v2"
 VOLATILE_RUN_KEYS = ("seconds",)  # per run: timings differ from run to run
 VOLATILE_KEYS = ("environment",)  # top level: versions, threads, commit, time of day
 
@@ -44,17 +52,24 @@ def percent(fraction: float) -> float:
 def run_entry(result: ExperimentResult, *, claim: bool, slug: str, plots: dict[str, str]) -> dict[str, object]:
     """One run: what it was, whether it held, where it first diverged, its largest errors, progress, test, time."""
     config, record = result.config, result.record
+    spec = record.spec  # the run's own spec: a checked implementation's record carries the one it was run on
     worst = record.worst_step()
     divergence = record.first_divergence
     return {
         "name": config.name,
         "slug": slug,
         "role": "parity claim" if claim else "demonstration",
+        "architecture": spec.text,
+        "batch_size": config.batch_size,
+        "image_shape": list(spec.image_shape),
+        "num_classes": spec.num_classes,
+        "layers": layer_entries(record),
         "dtype": config.dtype,
         "tie_policy": config.tie_policy,
         "softmax": config.softmax,
         "mode": config.mode,
         "stride": config.stride,
+        "always_compared": list(always_compared(spec, config.mode)),
         "replayed_steps": record.replayed_steps,
         "unreproduced_failures": list(record.unreproduced_failures),
         "config": config.as_dict(),
@@ -64,7 +79,10 @@ def run_entry(result: ExperimentResult, *, claim: bool, slug: str, plots: dict[s
         "fails_exit_code": claim and not record.passed,
         "first_divergence": None if divergence is None else divergence_entry(divergence),
         "max_abs_error": record.max_abs_error(),
+        "percent_of_tolerance": percent_of_tolerance(record),
+        "max_abs_error_at": max_abs_error_at(record),
         "worst_step": None if worst is None else worst_step_entry(worst),
+        "shown_steps": shown_steps(record),
         "near_tie_flips": {
             "windows": record.flipped_windows,
             "steps": [step.step for step in record.steps if step.flipped_windows],
@@ -76,6 +94,72 @@ def run_entry(result: ExperimentResult, *, claim: bool, slug: str, plots: dict[s
         "plots": plots,
         "seconds": dict(record.seconds),
     }
+
+
+def layer_entries(record: LockstepRecord) -> list[dict[str, object]]:
+    """The architecture as `spec.describe()` gives it (the image, then each layer with its output shape)."""
+    kinds = {layer.name: layer.kind for layer in record.spec.layers}
+    return [
+        {"layer": name, "kind": kinds.get(name, "image"), "item": item, "output_shape": shape}
+        for name, item, shape in record.spec.describe()
+    ]
+
+
+def percent_of_tolerance(record: LockstepRecord) -> dict[str, float]:
+    """The largest share of its tolerance each compared tensor used over the run (explained near-tie flips aside)."""
+    worst: dict[str, float] = {}
+    for step in record.steps:
+        for c in step.comparisons:
+            if not c.explained:
+                worst[c.name] = max(worst.get(c.name, 0.0), percent(c.tolerance_used))
+    return {name: worst[name] for name in record.spec.tensor_names if name in worst}
+
+
+def max_abs_error_at(record: LockstepRecord) -> dict[str, dict[str, object]]:
+    """Where each tensor's largest |Δ| (`max_abs_error`) was first reached, and whether that step was an
+    explained near-tie flip."""
+    largest = record.max_abs_error()
+    where: dict[str, dict[str, object]] = {}
+    for step in record.steps:
+        for c in step.comparisons:
+            if c.name not in where and c.max_abs_error == largest.get(c.name):
+                where[c.name] = {"step": step.step, "explained": bool(c.explained)}
+    return {name: where[name] for name in largest if name in where}
+
+
+def step_entry(step: StepRecord) -> dict[str, object]:
+    """One step as report.md shows it: whether it compared every tensor, its tie count, the engine's rows."""
+    return {
+        "step": step.step,
+        "every_tensor_compared": step.full,
+        "percent_of_tolerance": percent(step.tolerance_used),
+        "tied_windows": step.tied_windows,
+        "rows": comparison_rows(step.comparisons),
+    }
+
+
+def comparison_rows(comparisons: Sequence[TensorComparison]) -> list[dict[str, object]]:
+    """The comparison engine's own table rows (`TensorComparison.row()`): the numbers the assertion messages use."""
+    return [c.row() for c in comparisons]
+
+
+def shown_steps(record: LockstepRecord) -> dict[str, dict[str, object]]:
+    """The steps report.md tabulates: the first, the worst and the first failing one (each once, first name wins)."""
+    shown: dict[str, dict[str, object]] = {}
+    seen: set[int] = set()
+    worst = record.worst_step()
+    divergence = record.first_divergence
+    by_number = {step.step: step for step in record.steps}
+    candidates = [
+        ("first", record.steps[0] if record.steps else None),
+        ("worst", worst),
+        ("first_failing", None if divergence is None else by_number.get(divergence.step)),
+    ]
+    for key, step in candidates:
+        if step is not None and step.step not in seen:
+            shown[key] = step_entry(step)
+            seen.add(step.step)
+    return shown
 
 
 def divergence_entry(divergence) -> dict[str, object]:

@@ -1,26 +1,25 @@
 """report.md: GitHub markdown that explains itself (verdict first, then what each run is, then the evidence).
 
-Per-tensor tables are the comparison engine's own rows (`TensorComparison.row()`, the numbers the pytest assertion
-messages use); this module only formats them.
+It is rendered from the report.json document alone (`render(document)`), so a saved report.json re-renders the
+same report.md: `python -m reports.markdown DIR/report.json`. Per-tensor tables are the comparison engine's own rows
+(`TensorComparison.row()`, the numbers the pytest assertion messages use), stored in the document; this module only
+formats them. Tensor and layer names are the run's spec names (`conv1.out`, `pool1.d_in`, `dense1`).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from tabulate import tabulate
 
-from parity.compare import TensorComparison
-from parity.lockstep import always_compared
-from reports.jsondoc import EXPECTED
+from reports.jsondoc import EXPECTED, SCHEMA
 from reports.summary import number, summary_table, verdict_line
-from scratch.network import FORWARD_TENSORS
-
-if TYPE_CHECKING:  # torch-free at import time: parity.experiment imports the reference (torch)
-    from parity.experiment import ExperimentResult
-    from parity.lockstep import StepRecord
+from scratch.spec import NetworkSpec, parse_spec
 
 ENVIRONMENT_LABELS = {
     "python": "Python",
@@ -45,12 +44,12 @@ ENVIRONMENT_LABELS = {
 PLOT_CAPTIONS = {"loss": "training loss, both sides", "errors": "log10 max |Δ| per tensor over the steps"}
 
 TIE_POLICY_TEXT = {
-    "first": "a tied 2x2 max-pool window sends its gradient to its first maximum (row-major), as PyTorch does",
+    "first": "a tied max-pool window sends its gradient to its first maximum (row-major), as PyTorch does",
     "all": (
-        "a tied 2x2 max-pool window sends its gradient to every element equal to the maximum, "
-        "as the tutorial's code does"
+        "a tied max-pool window sends its gradient to every element equal to the maximum, as the tutorial's code does"
     ),
 }
+NO_POOL_TEXT = "no max-pool layer, so the tie policy plays no part"
 SOFTMAX_TEXT = {
     "stable": "softmax cross-entropy by log-sum-exp with the `p - onehot` gradient, as PyTorch computes it",
     "tutorial": (
@@ -59,25 +58,16 @@ SOFTMAX_TEXT = {
     ),
 }
 
-FAITHFUL_EXPLANATION = (
-    "**Why the tutorial's own code departs from PyTorch.** The tutorial's `MaxPool2.backprop` copies the gradient to "
-    "*every* pixel that equals its window's maximum, while PyTorch's `max_pool2d` backward gives it to the *first* "
-    "maximum only. MNIST digits sit on a blank background: wherever a 3x3 filter sees only blank pixels its output "
-    "is the same number, so many 2x2 pool windows hold that number four times - a tie. The forward pass is "
-    "unaffected (the max is the max), but in a tied window the tutorial sends up to four times the gradient back "
-    "into the convolution, so `d_conv_out` differs from the very first step, and with it `d_filters`, `d_image` "
-    "and the updated filters. That is a difference of definition, not of arithmetic: it is not a scratch bug, and "
-    "no tolerance could or should absorb it."
-)
-
 FLIP_EXPLANATION = (
-    "In float32, rounding occasionally makes two almost-equal values of a 2x2 pool window swap order, so scratch "
+    "In float32, rounding occasionally makes two almost-equal values of a pool window swap order, so scratch "
     "and PyTorch send that window's gradient to different elements - both are a maximum to within rounding. The "
     "engine proves each such flip (the two candidates differ by no more than the forward tolerance, the amount "
     "routed agrees, and the flip explains every out-of-tolerance element), marks the affected tensors EXPLAINED "
     "rather than FAIL, and then re-synchronises scratch to the reference's weights, so the run goes on measuring "
     "rounding error rather than the consequences of one legitimate routing choice."
 )
+
+STEP_HEADINGS = {"first": "First step", "worst": "Worst step", "first_failing": "First failing step"}
 
 
 def table(rows: Sequence[dict[str, object]], spec: str = ".3g") -> str:
@@ -96,13 +86,23 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|")
 
 
-def comparison_table(comparisons: Iterable[TensorComparison]) -> str:
-    """The engine's per-tensor rows (max abs, max rel, ULPs, % of tolerance, result)."""
-    return table([c.row() for c in comparisons])
+def comparison_table(rows: Sequence[dict[str, object]]) -> str:
+    """The engine's per-tensor rows (max abs, max rel, ULPs, % of tolerance, result), as stored in report.json."""
+    return table(rows)
 
 
-def render(document: dict[str, object], results: Sequence[ExperimentResult]) -> str:
-    """The whole report."""
+@functools.lru_cache(maxsize=32)
+def _parsed(text: str, image_shape: tuple[int, int], num_classes: int) -> NetworkSpec:
+    return parse_spec(text, image_shape, num_classes)
+
+
+def run_spec(run: dict[str, object]) -> NetworkSpec:
+    """The run's network spec, re-parsed from what report.json records (its text, image shape, classes)."""
+    return _parsed(str(run["architecture"]), tuple(run["image_shape"]), int(run["num_classes"]))
+
+
+def render(document: dict[str, object]) -> str:
+    """The whole report, from the report.json document alone."""
     parts = [
         f"# {document['title']}",
         f"**Verdict - {verdict_line(document)}.**",
@@ -112,6 +112,8 @@ def render(document: dict[str, object], results: Sequence[ExperimentResult]) -> 
         "_worst % of tol_: the largest share of its tolerance any element of any tensor used at any step "
         "(100% = at the limit; explained near-tie flips excluded). _seconds_: time spent in each side's "
         "forward + backward + update, and in recording and comparing.",
+        "## Architecture",
+        *_architectures(document["runs"]),
         "## What each run is",
         "\n".join(_run_description(run) for run in document["runs"]),
         "## Tolerances",
@@ -127,15 +129,55 @@ def render(document: dict[str, object], results: Sequence[ExperimentResult]) -> 
         "## Environment",
         _environment_table(document["environment"]),
     ]
-    for run, result in zip(document["runs"], results, strict=True):
-        parts += _run_section(run, result)
+    for run in document["runs"]:
+        parts += _run_section(run)
     parts += [
         "## Files",
         "`report.json` holds these results in the versioned schema "
         f"`{document['schema']}`; apart from `environment` and each run's `seconds`, it is identical for "
-        "identical options and seed.",
+        "identical options and seed. This file is rendered from it alone: `python -m reports.markdown report.json` "
+        "writes it again.",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def render_file(path: str | Path) -> str:
+    """report.md for a saved report.json; ValueError for a file of another schema."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        found = document.get("schema") if isinstance(document, dict) else None
+        raise ValueError(f"{path}: not a report.json of schema {SCHEMA!r} (schema {found!r})")
+    return render(document)
+
+
+def _architectures(runs: Sequence[dict[str, object]]) -> list[str]:
+    """One layer table per distinct architecture (a report usually has one), naming the runs that use it."""
+    groups: dict[tuple[str, tuple[int, ...]], list[dict[str, object]]] = {}
+    for run in runs:
+        groups.setdefault((run["architecture"], tuple(run["image_shape"])), []).append(run)
+    parts = []
+    for (text, image_shape), members in groups.items():
+        names = "" if len(groups) == 1 else " - " + ", ".join(f"**{run['name']}**" for run in members)
+        batch_sizes = sorted({run["batch_size"] for run in members})
+        batches = " or ".join(map(str, batch_sizes))
+        parts.append(
+            f"`{text}` on {'x'.join(map(str, image_shape))} images, batches of {batches}{names}. Each layer's "
+            "output per sample (height x width x channels; a dense layer's units), as the spec gives it "
+            "(`NetworkSpec.describe()`); the tensors compared are named after these layers:"
+        )
+        parts.append(
+            table(
+                [
+                    {"layer": layer["layer"], "spec item": layer["item"] or "-", "output shape": layer["output_shape"]}
+                    for layer in members[0]["layers"]
+                ]
+            )
+        )
+    return parts
+
+
+def _has_pool(run: dict[str, object]) -> bool:
+    return any(layer["kind"] == "pool" for layer in run["layers"])
 
 
 def _run_description(run: dict[str, object]) -> str:
@@ -147,7 +189,7 @@ def _run_description(run: dict[str, object]) -> str:
         else f"teacher-forced: before each of {steps:,} steps scratch takes the reference's weights, so each step's "
         "error is measured alone"
     )
-    small = ", ".join(always_compared(run["mode"]))
+    small = ", ".join(f"`{name}`" for name in run["always_compared"])
     stride = (
         "every tensor compared at every step"
         if run["stride"] == 1
@@ -160,9 +202,12 @@ def _run_description(run: dict[str, object]) -> str:
         if run["role"] == "parity claim"
         else "a **demonstration**, expected to diverge; it never fails the verdict or the exit code"
     )
+    ties = TIE_POLICY_TEXT.get(run["tie_policy"], run["tie_policy"]) if _has_pool(run) else NO_POOL_TEXT
+    batch = (
+        "one image per SGD step" if run["batch_size"] == 1 else f"batches of {run['batch_size']} images per SGD step"
+    )
     return (
-        f"- **{run['name']}** - {role}. {run['dtype']}; "
-        f"{TIE_POLICY_TEXT.get(run['tie_policy'], run['tie_policy'])}; "
+        f"- **{run['name']}** - {role}. `{run['architecture']}`, {batch}; {run['dtype']}; {ties}; "
         f"{SOFTMAX_TEXT.get(run['softmax'], run['softmax'])}; {mode}; {stride}. "
         f"{config['epochs']} epoch(s), lr {config['lr']}, seed {config['seed']}, {config['impl']} layers."
     )
@@ -177,15 +222,18 @@ def _environment_table(environment: dict[str, object]) -> str:
     return table(rows)
 
 
-def _run_section(run: dict[str, object], result: ExperimentResult) -> list[str]:
-    record = result.record
-    parts = [f"## Run: {run['name']} ({run['role']})", _outcome(run, result)]
-    if (
-        run["verdict"] == EXPECTED
-        and run["first_divergence"]["tensor"] == "d_conv_out"
-        and ("tie-policy" in run["first_divergence"]["diagnosis"])
-    ):
-        parts.append(FAITHFUL_EXPLANATION + " " + _faithful_evidence(run, result))
+def _is_tie_policy_divergence(run: dict[str, object]) -> bool:
+    divergence = run["first_divergence"]
+    if run["verdict"] != EXPECTED or divergence is None or "tie-policy" not in divergence["diagnosis"]:
+        return False
+    kinds = {layer["layer"]: layer["kind"] for layer in run["layers"]}
+    return kinds.get(divergence["layer"]) == "pool" and divergence["tensor"] == f"{divergence['layer']}.d_in"
+
+
+def _run_section(run: dict[str, object]) -> list[str]:
+    parts = [f"## Run: {run['name']} ({run['role']})", _outcome(run)]
+    if _is_tie_policy_divergence(run):
+        parts.append(_faithful_explanation(run) + " " + _faithful_evidence(run))
     parts.append(_flips(run))
     if run["unreproduced_failures"]:
         steps = ", ".join(map(str, run["unreproduced_failures"]))
@@ -194,33 +242,34 @@ def _run_section(run: dict[str, object], result: ExperimentResult) -> list[str]:
             "One side is not deterministic, so no divergence can be located; the run does not pass. "
             "Rerun with `--stride 1` to compare every tensor at the step itself."
         )
-    if record.missing_tensors:
+    if run["missing_tensors"]:
         parts.append(
-            f"Not compared (scratch produced no such tensor): {', '.join(f'`{n}`' for n in record.missing_tensors)}."
+            f"Not compared (scratch produced no such tensor): {', '.join(f'`{n}`' for n in run['missing_tensors'])}."
         )
     plots = run["plots"]
     if plots:
         parts += ["### Plots"] + [f"![{PLOT_CAPTIONS.get(kind, kind)}]({name})" for kind, name in plots.items()]
-    shown: set[int] = set()
-    if record.steps:
-        parts += [f"### First step (step {record.steps[0].step})", comparison_table(record.steps[0].comparisons)]
-        shown.add(record.steps[0].step)
-    worst = record.worst_step()
-    if worst is not None and worst.step not in shown:
-        parts.append(f"### Worst step (step {worst.step}, {number(100 * worst.tolerance_used)}% of tolerance)")
-        if not worst.full:
-            compared = ", ".join(f"`{c.name}`" for c in worst.comparisons)
+    shown = run["shown_steps"]
+    if "first" in shown:
+        parts += [f"### First step (step {shown['first']['step']})", comparison_table(shown["first"]["rows"])]
+    worst = run["worst_step"]
+    if "worst" in shown:
+        step = shown["worst"]
+        parts.append(f"### Worst step (step {step['step']}, {number(step['percent_of_tolerance'])}% of tolerance)")
+        if not step["every_tensor_compared"]:
+            compared = ", ".join(f"`{row['tensor']}`" for row in step["rows"])
             parts.append(f"A strided step: only {compared} are compared on it.")
-        parts.append(comparison_table(worst.comparisons))
-        shown.add(worst.step)
+        parts.append(comparison_table(step["rows"]))
     elif worst is not None:
-        parts.append(f"The worst step is the first step ({number(100 * worst.tolerance_used)}% of tolerance).")
-    divergence = record.first_divergence
-    if divergence is not None and divergence.step not in shown:
-        parts += [f"### First failing step (step {divergence.step})", comparison_table(_step(record, divergence.step))]
+        parts.append(f"The worst step is the first step ({number(worst['percent_of_tolerance'])}% of tolerance).")
+    if "first_failing" in shown:
+        step = shown["first_failing"]
+        parts += [f"### First failing step (step {step['step']})", comparison_table(step["rows"])]
     parts += [
         "### Largest |Δ| of each tensor over the run",
-        _largest_table(run, result),
+        "Every tensor of every layer, in comparison order (forward, loss, backward, parameters after the update); "
+        "_max % of tol_ is the largest share of its allowance any of its elements used at any step.",
+        _largest_table(run),
     ]
     parts += _progress(run)
     parts += _test(run)
@@ -228,29 +277,26 @@ def _run_section(run: dict[str, object], result: ExperimentResult) -> list[str]:
     return parts
 
 
-def _largest_table(run: dict[str, object], result: ExperimentResult) -> str:
-    """The record's largest |Δ| per tensor, with the step it came from (and whether that step was an explained flip)."""
-    where: dict[str, tuple[int, str]] = {}
-    largest = run["max_abs_error"]
-    for step in result.record.steps:
-        for c in step.comparisons:
-            if c.name not in where and c.max_abs_error == largest.get(c.name):
-                where[c.name] = (step.step, "explained near-tie flip" if c.explained else "")
+def _largest_table(run: dict[str, object]) -> str:
+    """The largest |Δ| and share of tolerance per tensor, with the step the |Δ| came from."""
     rows = []
-    for name, value in largest.items():
-        step, note = where.get(name, ("?", ""))
-        rows.append({"tensor": name, "max |Δ| over all steps": value, "at step": step, "note": note})
+    for name, value in run["max_abs_error"].items():
+        where = run["max_abs_error_at"].get(name, {})
+        rows.append(
+            {
+                "tensor": name,
+                "max |Δ| over all steps": value,
+                "max % of tol": run["percent_of_tolerance"].get(name, "-"),
+                "at step": where.get("step", "?"),
+                "note": "explained near-tie flip" if where.get("explained") else "",
+            }
+        )
     return table(rows)
 
 
-def _step(record, index: int) -> list[TensorComparison]:
-    step: StepRecord = record.steps[index]
-    return step.comparisons
-
-
-def _outcome(run: dict[str, object], result: ExperimentResult) -> str:
+def _outcome(run: dict[str, object]) -> str:
     steps = f"{run['steps']:,} steps"
-    divergence = result.record.first_divergence
+    divergence = run["first_divergence"]
     if divergence is None and run["unreproduced_failures"]:
         return "**Failed**: a failure could not be reproduced (see below)."
     if divergence is None:
@@ -261,22 +307,54 @@ def _outcome(run: dict[str, object], result: ExperimentResult) -> str:
         head = "**Diverged** (this parity claim fails the verdict and the exit code)"
     else:
         head = "**Diverged, as expected** (a demonstration: this does not fail the verdict or the exit code)"
-    return f"{head}. First divergence: {divergence.message()}"
+    return f"{head}. First divergence: {divergence['message']}"
 
 
-def _faithful_evidence(run: dict[str, object], result: ExperimentResult) -> str:
-    first = result.record.steps[0]
-    agreeing = [c for c in first.comparisons if c.name in FORWARD_TENSORS + ("d_logits",) and c.passed]
-    failing = [c.name for c in first.comparisons if not c.passed]
+def _faithful_explanation(run: dict[str, object]) -> str:
+    """Why a tie-policy divergence at a pool's input gradient is one of definition, in the run's own names."""
+    spec = run_spec(run)
+    divergence = run["first_divergence"]
+    pool = spec.layer(divergence["layer"])
+    index = [layer.name for layer in spec.layers].index(pool.name)
+    below = f"`{spec.layers[index - 1].name}`" if index > 0 else "the image"
+    names = spec.tensor_names
+    later = [
+        f"`{info.name}`" for info in spec.tensors[names.index(divergence["tensor"]) + 1 :] if info.phase == "backward"
+    ]
+    k = pool.kernel
+    return (
+        "**Why the tutorial's own code departs from PyTorch.** The tutorial's max-pool backward copies the gradient "
+        "to *every* pixel that equals its window's maximum, while PyTorch's `max_pool2d` backward gives it to the "
+        "*first* maximum only. MNIST digits sit on a blank background: wherever a filter sees only blank pixels its "
+        f"output is the same number, so many {k}x{k} windows of `{pool.name}` hold that number several times - a "
+        "tie. The forward pass is unaffected (the max is the max), but in a tied window the tutorial sends up to "
+        f"{k * k} times the gradient back into {below}, so `{divergence['tensor']}` differs from the very first "
+        "step, and with it "
+        + (f"{', '.join(later)} and " if later else "")
+        + "the updated parameters. That is a difference of definition, not of arithmetic: it is not a scratch bug, "
+        "and no tolerance could or should absorb it."
+    )
+
+
+def _faithful_evidence(run: dict[str, object]) -> str:
+    spec = run_spec(run)
+    first = run["shown_steps"].get("first")
+    if first is None:
+        return ""
+    early = {info.name for info in spec.tensors if info.phase == "forward" or info.role == "d_out"}
+    agreeing = [row["tensor"] for row in first["rows"] if row["tensor"] in early and row["result"] == "PASS"]
+    failing = [row["tensor"] for row in first["rows"] if row["result"] == "FAIL"]
+    tied = first["tied_windows"]
     sentence = (
-        f"Here, at step 0, {first.tied_windows:,} pool windows were tied; "
+        f"Here, at step {first['step']}, "
+        + (f"{tied:,} pool windows were tied; " if tied is not None else "")
         + (
-            f"{', '.join(f'`{c.name}`' for c in agreeing)} agreed within tolerance (the tutorial's softmax "
+            f"{', '.join(f'`{name}`' for name in agreeing)} agreed within tolerance (the tutorial's softmax "
             "rounds differently but stays within the float tolerance there), "
             if agreeing
             else ""
         )
-        + f"while {', '.join(f'`{n}`' for n in failing)} did not."
+        + f"while {', '.join(f'`{name}`' for name in failing)} did not."
     )
     test = run["test"]
     if test:
@@ -371,3 +449,21 @@ def _timing(run: dict[str, object]) -> list[str]:
         else ""
     )
     return ["### Time", table(rows)] + ([note] if note else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m reports.markdown DIR/report.json`: print the report.md that report.json renders to."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m reports.markdown REPORT_JSON", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.write(render_file(argv[0]))
+    except (OSError, ValueError) as error:
+        print(f"reports.markdown: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

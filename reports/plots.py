@@ -1,7 +1,8 @@
 """The report's figures, drawn with matplotlib's Agg backend (explicitly: no display, no pyplot global state).
 
 - `loss_plot`: the training loss of both sides over the steps, overlaid (per step, faint; 100-step mean, bold).
-- `error_plot`: log10 of each tensor's max |scratch - reference| over the steps, one panel per tensor group.
+- `error_plot`: log10 of each tensor's max |scratch - reference| over the steps, one panel per phase of a step
+  (forward, backward, parameters after the update), with the run's own spec-named tensors.
 
 Every number drawn comes from the lockstep record (the comparison engine); nothing is recomputed here.
 """
@@ -16,21 +17,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from parity.tolerances import tolerance_for
-from scratch.network import BACKWARD_TENSORS, FORWARD_TENSORS, PARAMETERS
 
 if TYPE_CHECKING:  # torch-free at import time: parity.experiment imports the reference (torch)
     from parity.experiment import ExperimentResult
 
 WINDOW = 100  # the tutorial reports the mean loss of every 100 steps
 MAX_POINTS = 600  # steps are binned (max per bin) beyond this many, so lines stay readable
-GROUPS = (
-    ("forward pass", FORWARD_TENSORS),
-    ("backward pass (gradients)", BACKWARD_TENSORS),
-    ("parameters after the SGD update", PARAMETERS),
+GROUPS = (  # (phase of `TensorInfo`, panel title)
+    ("forward", "forward pass"),
+    ("backward", "backward pass (gradients)"),
+    ("update", "parameters after the SGD update"),
 )
+# Beyond the colors, a deep spec's tensors are told apart by line style.
+TENSOR_STYLES = ("-", "--", "-.")
 SCRATCH_STYLE = {"color": "tab:blue", "linestyle": "-"}
 REFERENCE_STYLE = {"color": "tab:orange", "linestyle": (0, (4, 3))}
 DPI = 110
+MAX_LISTED_FLIPS = 5  # flip steps named one by one in a legend
 # Red is kept for the first-divergence marker, black for the tolerance line.
 TENSOR_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive")
 
@@ -63,9 +66,20 @@ def _mark_divergence(axes, result: ExperimentResult) -> None:
 def _mark_flips(axes, result: ExperimentResult) -> None:
     """Steps whose near-tie routing flip was explained (and after which scratch was re-synchronised)."""
     steps = [step.step for step in result.record.steps if step.flipped_windows]
-    for index, step in enumerate(steps):
+    if len(steps) > MAX_LISTED_FLIPS:  # a legend entry listing hundreds of steps would push the panels off the page
+        label = f"explained near-tie flips ({len(steps):,} steps, {steps[0]} to {steps[-1]})"
+    else:
         label = f"explained near-tie flip (step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))})"
-        axes.axvline(step, color="0.35", linewidth=1.0, linestyle="--", label=label if index == 0 else None)
+    many = len(steps) > MAX_LISTED_FLIPS  # then faint, so the error lines stay visible through them
+    for index, step in enumerate(steps):
+        axes.axvline(
+            step,
+            color="0.35",
+            linewidth=0.5 if many else 1.0,
+            alpha=0.35 if many else 1.0,
+            linestyle="--",
+            label=label if index == 0 else None,
+        )
 
 
 def _moving_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -95,9 +109,14 @@ def loss_plot(result: ExperimentResult, path: Path) -> None:
     per_epoch = _steps_per_epoch(result)
     epochs = result.config.epochs
     epochs = f", {epochs} epoch{'s' if epochs > 1 else ''} of {per_epoch:,} steps" if per_epoch else ""
-    axes.set_title(f"Training loss, scratch vs PyTorch reference: {result.config.name}{epochs}")
-    axes.set_xlabel("training step (one image per SGD step; dotted lines: epoch boundaries)")
-    axes.set_ylabel(f"cross-entropy loss, mean of the last {WINDOW} steps")
+    axes.set_title(
+        f"Training loss, scratch vs PyTorch reference: {result.config.name}{epochs}\n{result.record.spec.text}"
+    )
+    batch = result.config.batch_size
+    per_step = "one image" if batch == 1 else f"a batch of {batch} images"
+    axes.set_xlabel(f"training step ({per_step} per SGD step; dotted lines: epoch boundaries)")
+    mean_of = "" if batch == 1 else " (each step: its batch's mean)"
+    axes.set_ylabel(f"cross-entropy loss{mean_of}, mean of the last {WINDOW} steps")
     axes.set_xlim(0, max(len(steps) - 1, 1))
     axes.set_ylim(0, 1.1 * top if top > 0 else 1)
     axes.grid(True, alpha=0.3)
@@ -146,15 +165,22 @@ def error_series(result: ExperimentResult) -> dict[str, tuple[np.ndarray, np.nda
     return {name: (np.array(s), np.array(e, dtype=np.float64)) for name, (s, e) in series.items()}
 
 
+def tensor_groups(result: ExperimentResult) -> list[tuple[str, list[str]]]:
+    """(panel title, tensor names in comparison order) per phase of a step, from the run's spec."""
+    tensors = result.record.spec.tensors
+    return [(title, [info.name for info in tensors if info.phase == phase]) for phase, title in GROUPS]
+
+
 def error_plot(result: ExperimentResult, path: Path) -> None:
-    """log10 max |scratch - reference| of every tensor over the steps, one panel per tensor group."""
+    """log10 max |scratch - reference| of every tensor over the steps, one panel per phase of a step."""
     series = error_series(result)
     n_steps = len(result.record.steps)
+    groups = tensor_groups(result)
     figure = Figure(figsize=(10, 10))
     panels = figure.subplots(len(GROUPS), 1, sharex=True)
     atol = tolerance_for(result.config.dtype).atol
     binned = n_steps > MAX_POINTS
-    for axes, (group, names) in zip(panels, GROUPS, strict=True):
+    for axes, (group, names) in zip(panels, groups, strict=True):
         drawn = 0
         for color_index, name in enumerate(names):
             if name not in series:
@@ -164,7 +190,8 @@ def error_plot(result: ExperimentResult, path: Path) -> None:
                 logs = np.log10(errors)  # exact agreement (0) -> -inf: left as a gap
             logs[~np.isfinite(logs)] = np.nan
             color = TENSOR_COLORS[color_index % len(TENSOR_COLORS)]
-            axes.plot(steps, logs, linewidth=0.9, color=color, label=name)
+            style = TENSOR_STYLES[(color_index // len(TENSOR_COLORS)) % len(TENSOR_STYLES)]
+            axes.plot(steps, logs, linewidth=0.9, color=color, linestyle=style, label=name)
             if len(steps) and steps[0] == 0:
                 axes.plot(steps[:1], logs[:1], marker="o", markersize=4, color=color)
             drawn += 1
@@ -181,7 +208,7 @@ def error_plot(result: ExperimentResult, path: Path) -> None:
     panels[-1].set_xlabel(f"training step{bin_note}; dots: step 0; gaps: exact agreement (|Δ| = 0)")
     panels[-1].set_xlim(-0.01 * n_steps, max(n_steps - 1, 1))
     figure.suptitle(
-        f"Largest |scratch - reference| per tensor: {result.config.name}\n"
+        f"Largest |scratch - reference| per tensor: {result.config.name} ({result.record.spec.text})\n"
         f"tolerance per element: {tolerance_for(result.config.dtype).describe()}",
         fontsize=11,
     )

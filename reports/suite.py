@@ -10,12 +10,15 @@ from pathlib import Path
 from parity.experiment import ExperimentConfig, ExperimentResult, run_experiment
 from reports.command import TITLE, Options, configs
 from reports.writer import write_report
+from scratch.spec import DEFAULT_SPEC
 
 
 def default_configs() -> tuple[list[ExperimentConfig], set[ExperimentConfig]]:
     """The runs of a plain `cnn-parity report`, and which of them are demonstrations."""
     options = Options(
         out=Path("unused"),
+        arch=DEFAULT_SPEC,
+        batch_size=1,
         epochs=3,
         train_size=1000,
         test_size=1000,

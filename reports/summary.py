@@ -32,7 +32,7 @@ def short_diagnosis(diagnosis: str) -> str:
 
 
 def first_divergence_text(run: dict[str, object]) -> str:
-    """`step 0 d_conv_out (tie-policy difference)`, or `none`."""
+    """`step 0 pool1.d_in (tie-policy difference)`, or `none`."""
     divergence = run["first_divergence"]
     if divergence is None:
         unreproduced = run.get("unreproduced_failures")

@@ -128,8 +128,10 @@ def write_document(
             for kind, name in run["plots"].items():
                 draw = {"loss": plots.loss_plot, "errors": plots.error_plot}[kind]
                 draw(result, staging / name)
-        _write_text(staging / REPORT_JSON, jsondoc.to_json(document))
-        _write_text(staging / REPORT_MD, markdown.render(document, results))
+        text = jsondoc.to_json(document)
+        _write_text(staging / REPORT_JSON, text)
+        # Rendered from the JSON text itself, so a saved report.json re-renders exactly this report.md.
+        _write_text(staging / REPORT_MD, markdown.render(json.loads(text)))
         _make_visible(staging)
         _move_into_place(staging, out_dir)
     finally:
