@@ -28,7 +28,9 @@ def explain_flips(spec: NetworkSpec, step, scratch_tensors, reference_tensors, d
     for position in reversed(positions):  # the deepest pool first: its flips reach every layer before it
         pool = spec.layers[position]
         name = f"{pool.name}.d_in"
-        upstream = {info.name for info in spec.tensors if info.layer in {layer.name for layer in spec.layers[:position]}}
+        upstream = {
+            info.name for info in spec.tensors if info.layer in {layer.name for layer in spec.layers[:position]}
+        }
         failing = [c.name for c in step.comparisons if not c.ok and (c.name == name or c.name in upstream)]
         if name not in by_name or not failing or position == 0:
             continue
@@ -54,11 +56,17 @@ def explain_flips(spec: NetworkSpec, step, scratch_tensors, reference_tensors, d
         expected = upstream_consequences(spec, position, rerouted, reference_tensors, images, lr)
         if expected is None:
             return
-        reason = f"near-tie flip in {flips} pool window(s) of {pool.name}: rounding reordered two maxima within forward tolerance"
+        reason = (
+            f"near-tie flip in {flips} pool window(s) of {pool.name}: "
+            "rounding reordered two maxima within forward tolerance"
+        )
         explained = [name] if not step.comparisons[by_name[name]].ok else []
         for upstream, value in expected.items():
             if upstream in by_name and not step.comparisons[by_name[upstream]].ok:
-                if upstream not in scratch_tensors or not compare(upstream, scratch_tensors[upstream], value, dtype).passed:
+                if (
+                    upstream not in scratch_tensors
+                    or not compare(upstream, scratch_tensors[upstream], value, dtype).passed
+                ):
                     return  # a failure the flip does not account for: left unexplained, so the step fails
                 explained.append(upstream)
         step.flipped_windows += flips
@@ -75,7 +83,10 @@ def upstream_consequences(spec: NetworkSpec, position: int, gradient, reference_
     params_before = {}
     for layer in spec.layers[:position]:
         for param, _ in layer.params:
-            after, grad = reference_tensors.get(f"{layer.name}.{param}"), reference_tensors.get(f"{layer.name}.d_{param}")
+            after, grad = (
+                reference_tensors.get(f"{layer.name}.{param}"),
+                reference_tensors.get(f"{layer.name}.d_{param}"),
+            )
             if after is None or grad is None:
                 return None
             params_before[f"{layer.name}.{param}"] = after + dtype.type(lr) * grad
@@ -93,5 +104,7 @@ def upstream_consequences(spec: NetworkSpec, position: int, gradient, reference_
         for param, _ in layer_spec.params:
             extra = layer.grads[param]
             expected[f"{layer_spec.name}.d_{param}"] = reference_tensors[f"{layer_spec.name}.d_{param}"] + extra
-            expected[f"{layer_spec.name}.{param}"] = reference_tensors[f"{layer_spec.name}.{param}"] - dtype.type(lr) * extra
+            expected[f"{layer_spec.name}.{param}"] = (
+                reference_tensors[f"{layer_spec.name}.{param}"] - dtype.type(lr) * extra
+            )
     return expected

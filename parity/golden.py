@@ -242,7 +242,8 @@ class Departure:
         """`step 1235 (epoch 2, image 235): loss 0.41 vs golden 0.40, |error| 1e-2 > 1.1e-11 allowed`."""
         epoch, within = divmod(self.step, config.steps_per_epoch)
         return (
-            f"step {self.step} (epoch {epoch + 1}, step {within} of {config.steps_per_epoch}): {self.what} {self.value!r} "
+            f"step {self.step} (epoch {epoch + 1}, step {within} of {config.steps_per_epoch}): "
+            f"{self.what} {self.value!r} "
             f"vs golden {self.golden!r}, |error| {self.error:.3g} > {self.allowed:.3g} allowed"
         )
 
@@ -352,7 +353,9 @@ def run_record(args: argparse.Namespace) -> int:
         raise UsageError(f"--arch: {error}") from None
     total = args.epochs * config.steps_per_epoch
     if args.steps is not None and args.steps > total:
-        raise UsageError(f"--steps {args.steps}: the run has only {args.epochs} x {config.steps_per_epoch} = {total} steps")
+        raise UsageError(
+            f"--steps {args.steps}: the run has only {args.epochs} x {config.steps_per_epoch} = {total} steps"
+        )
     config = replace(config, steps=args.steps or total, every=args.every)
     started = time.perf_counter()
     document = record_golden(config, train.images, train.labels, train.source)

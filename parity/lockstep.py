@@ -4,8 +4,9 @@ Modes:
 - "free": each side trains on its own weights; errors accumulate, so this measures drift.
 - "teacher": before each step the scratch side is reset to the reference's weights; this measures one-step error.
 
-Stride K: every tensor is compared every K steps; `always_compared` ones (small) every step. Comparing every element costs about as much as the training step itself, so between full comparisons only the
-small tensors are compared. Nothing is lost in locating a failure: both sides' weights are kept from the last step
+Stride K: every tensor is compared every K steps, the small `always_compared` ones every step. Comparing every
+element costs about as much as the training step itself, so between full comparisons only the small tensors are
+compared. Nothing is lost in locating a failure: both sides' weights are kept from the last step
 verified in full, and when a comparison fails (or the run ends) every step since then is replayed with every tensor
 compared (NumPy and torch on the CPU are deterministic). The first divergence is named at its exact step and tensor,
 as with K = 1.
@@ -403,7 +404,9 @@ def _detail_pending_worst(record: LockstepRecord) -> None:
         record.pending_worst = None
 
 
-def _divergence(spec, step: StepRecord, record: LockstepRecord, scratch_tensors, reference_tensors, dtype) -> Divergence:
+def _divergence(
+    spec, step: StepRecord, record: LockstepRecord, scratch_tensors, reference_tensors, dtype
+) -> Divergence:
     failure = next(c for c in step.comparisons if not c.ok)
     info = spec.tensor(failure.name)
     previous = record.steps[-1].tolerance_used if record.steps else 0.0  # this step is not appended yet
@@ -414,7 +417,11 @@ def _divergence(spec, step: StepRecord, record: LockstepRecord, scratch_tensors,
         if inputs is not None:
             tied = count_tied_windows(inputs, layer.kernel)
             untied = untied_routing_mismatches(
-                layer.kernel, inputs, scratch_tensors[failure.name], reference_tensors[failure.name], tolerance_for(dtype)
+                layer.kernel,
+                inputs,
+                scratch_tensors[failure.name],
+                reference_tensors[failure.name],
+                tolerance_for(dtype),
             )
     diagnosis = diagnose(info, failure, step.comparisons, spec, tied, previous, untied)
     return Divergence(step.step, failure.name, info.layer, failure, tied, diagnosis)

@@ -14,7 +14,6 @@ experiment are imported only inside `run`.
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import sys
 import time
@@ -178,8 +177,7 @@ def check_arch(text: object, image_shape: tuple[int, int] | None = MNIST_SHAPE) 
         try:
             return network_spec(str(text))
         except argparse.ArgumentTypeError as error:
-            # The shapes in its message are those of a stand-in image, not the data's: leave them out.
-            raise _usage(f"--arch: {re.sub(r' [(]input [0-9x]+[)]', '', str(error))}") from None
+            raise _usage(f"--arch: {error}") from None
     try:
         return parse_spec(str(text), tuple(image_shape))
     except ValueError as error:

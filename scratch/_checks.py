@@ -78,7 +78,8 @@ def check_labels(value: object, num_classes: int, images: object) -> np.ndarray:
     if labels.shape != (batch,) or labels.dtype.kind not in "iu":
         raise ValueError(f"labels: expected {batch} integer classes for a batch of {batch} images, got {value!r}")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels: expected classes in 0..{num_classes - 1}, got range [{labels.min()}, {labels.max()}]")
+        low, high = labels.min(), labels.max()
+        raise ValueError(f"labels: expected classes in 0..{num_classes - 1}, got range [{low}, {high}]")
     return labels
 
 

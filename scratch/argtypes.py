@@ -41,11 +41,11 @@ def _integer(text: str) -> int:
 
 
 def network_spec(text: str) -> str:
-    """argparse type: a network spec whose items parse (`conv3x8,pool2,dense10`); shapes are checked against the
-    data's image size when the network is built."""
-    from scratch.spec import parse_spec
+    """argparse type: a network spec whose items are all known (`conv3x8,pool2,dense10`); shapes are checked
+    against the data's image size when the network is built."""
+    from scratch.spec import check_items
 
     try:
-        return parse_spec(text, image_shape=(4096, 4096)).text
+        return check_items(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).replace(" (input 4096x4096x1)", "")) from None
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -7,13 +7,12 @@ touched, so the scratch network's data path stays independent of the reference.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import gzip
 import importlib.util
 import io
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -124,8 +124,6 @@ def parse_spec(text: str = DEFAULT_SPEC, image_shape: tuple[int, int] = (28, 28)
     if type(num_classes) is not int or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
     items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise ValueError(f"network spec {text!r}: empty item; expected comma-separated {_ITEM_FORMS}")
     shape: tuple[int, ...] = (*image_shape, 1)
     counts = dict.fromkeys(KINDS, 0)
     layers = []
@@ -142,9 +140,34 @@ def parse_spec(text: str = DEFAULT_SPEC, image_shape: tuple[int, int] = (28, 28)
     return NetworkSpec(",".join(items), tuple(layers), image_shape, num_classes)
 
 
+def check_items(text: str, num_classes: int = 10) -> str:
+    """Check a spec's items without shapes (for a command line, before the image size is known): every item known,
+    every K, F and N at least 1, the last a dense of `num_classes`. Returns the canonical text; ValueError naming
+    the item otherwise. `parse_spec` checks the shapes once the image size is known."""
+    if not isinstance(text, str):
+        raise ValueError(f"network spec: expected text such as {DEFAULT_SPEC!r}, got {type(text).__name__}")
+    items = [item.strip() for item in text.split(",")]
+    for position, item in enumerate(items, start=1):
+        where = f"network spec item {position} {item!r}"
+        match = _ITEM.fullmatch(item)
+        if match is None:
+            raise ValueError(f"{where}: {'empty' if not item else 'unknown'} item; expected one of {_ITEM_FORMS}")
+        for what, group in (("K", "conv_k"), ("F", "filters"), ("K", "pool_k"), ("units", "units")):
+            if match[group] is not None:
+                _at_least(where, what, int(match[group]), 1)
+    if not items[-1].startswith("dense") or items[-1] != f"dense{num_classes}":
+        raise ValueError(
+            f"network spec {text!r}: must end in dense{num_classes} (the logits of {num_classes} classes, followed by "
+            f"softmax cross-entropy); it ends in {items[-1]!r}"
+        )
+    return ",".join(items)
+
+
 def _parse_item(item: str, position: int, shape: tuple[int, ...], counts: dict[str, int]) -> LayerSpec:
     """One item, at `shape` (the output of what precedes it)."""
     where = f"network spec item {position} {item!r} (input {_shape_text(shape)})"
+    if not item:  # `conv3x8,,dense10`, a trailing comma, or no text at all
+        raise ValueError(f"{where}: empty item; expected comma-separated {_ITEM_FORMS}")
     match = _ITEM.fullmatch(item)
     if match is None:
         raise ValueError(f"{where}: unknown item; expected one of {_ITEM_FORMS}")
@@ -187,7 +210,9 @@ def _tensor_infos(layers: tuple[LayerSpec, ...]) -> tuple[TensorInfo, ...]:
     for layer in reversed(layers):
         backward += [TensorInfo(f"{layer.name}.d_{p}", layer.name, layer.kind, "d_param", p) for p, _ in layer.params]
         backward.append(TensorInfo(f"{layer.name}.d_in", layer.name, layer.kind, "d_in"))
-    update = [TensorInfo(f"{layer.name}.{p}", layer.name, layer.kind, "param", p) for layer in layers for p, _ in layer.params]
+    update = [
+        TensorInfo(f"{layer.name}.{p}", layer.name, layer.kind, "param", p) for layer in layers for p, _ in layer.params
+    ]
     return tuple(forward + loss + backward + update)
 
 
