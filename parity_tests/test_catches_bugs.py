@@ -1,6 +1,12 @@
-"""Each kind of parity check can fail: deliberately wrong implementations are caught, at the right tensor and layer."""
+"""Each kind of parity check can fail: deliberately wrong implementations are caught, at the right tensor and layer.
+
+The tutorial's network (`conv3x8,pool2,dense10`, one image a step) and a deep one (two convs, relus and pools,
+small batches): a bug injected into one layer kind is named at that layer, in spec names.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -9,23 +15,52 @@ import torch
 import reference
 import scratch
 from parity.experiment import ScratchSide
-from parity.lockstep import LockstepRecord, run_lockstep
+from parity.lockstep import Lockstep, LockstepRecord, run_lockstep
 from parity.testing import ParityError, assert_lockstep, assert_parity
-from scratch.conv import Conv3x3
+from reference.layouts import DenseLayout
+from scratch.conv import Conv
+from scratch.dense import Dense
+from scratch.loss import SoftmaxCrossEntropy
+from scratch.maxpool import MaxPool, first_only
+from scratch.relu import ReLU
+
+# Two convs, two relus, two pools: every layer kind at a position where its bug cannot hide behind another layer's.
+DEEP_SPEC = "conv3x4,relu,pool2,conv3x6,relu,pool2,dense10"
 
 
 def short_run(tutorial_data, dtype=np.float64, steps: int = 5, **options) -> LockstepRecord:
-    """A few lockstep steps on real digits from the tutorial's init."""
+    """A few lockstep steps, one real digit each, from the tutorial's init."""
     train, _ = tutorial_data
     net = scratch.tutorial_network(0, dtype, **options)
     runner = reference.ReferenceRunner(reference.to_torch(net))
-    return run_lockstep(ScratchSide(net), runner, train.images[:steps], train.labels[:steps], dtype)
+    batches = zip(train.images[:steps], train.labels[:steps], strict=True)
+    return run_lockstep(ScratchSide(net), runner, net.spec, batches, dtype)
+
+
+def deep_run(tutorial_data, patch: Callable[[scratch.Network], None] | None = None, steps: int = 3, batch: int = 4):
+    """A few lockstep steps of `DEEP_SPEC` on batches of real digits; `patch(net)` injects a bug once it is built."""
+    train, _ = tutorial_data
+    net = scratch.build_network(DEEP_SPEC, 0, np.float64)
+    runner = reference.ReferenceRunner(reference.to_torch(net))  # built before the patch: same weights on both sides
+    if patch is not None:
+        patch(net)
+    lockstep = Lockstep(ScratchSide(net), runner, net.spec, np.float64)
+    for start in range(0, steps * batch, batch):
+        lockstep.step(train.images[start : start + batch], train.labels[start : start + batch])
+    return lockstep.finish()
 
 
 def first_divergence(record: LockstepRecord) -> tuple[int, str, str]:
+    """(step, tensor, layer) of the first divergence; fails when nothing was caught."""
     divergence = record.first_divergence
     assert divergence is not None, "the injected bug was not caught"
     return divergence.step, divergence.tensor, divergence.layer
+
+
+def only_in(net: scratch.Network, name: str, method: Callable, wrong: Callable) -> Callable:
+    """`method` for every layer but `name`, where `wrong` runs instead: a bug in one layer of a kind."""
+    target = net.layer(name)
+    return lambda self, *args: (wrong if self is target else method)(self, *args)
 
 
 def test_the_unmodified_network_passes(tutorial_data):
@@ -33,39 +68,39 @@ def test_the_unmodified_network_passes(tutorial_data):
 
 
 def test_wrong_filter_gradient_is_caught_at_d_filters(tutorial_data, monkeypatch):
-    correct = Conv3x3.backward
+    correct = Conv.backward
 
     def transposed_kernel_gradient(self, d_L_d_out):
         d_input = correct(self, d_L_d_out)
         self.grads["filters"] = self.grads["filters"].transpose(0, 2, 1).copy()  # swapped kernel axes
         return d_input
 
-    monkeypatch.setattr(Conv3x3, "backward", transposed_kernel_gradient)
+    monkeypatch.setattr(Conv, "backward", transposed_kernel_gradient)
     record = short_run(tutorial_data)
-    assert first_divergence(record) == (0, "d_filters", "Conv3x3")
-    assert "implementation mismatch in Conv3x3" in record.first_divergence.diagnosis
+    assert first_divergence(record) == (0, "conv1.d_filters", "conv1")
+    assert "implementation mismatch in conv1" in record.first_divergence.diagnosis
 
 
 def test_transposed_dense_weight_in_the_bridge_is_caught_at_the_logits(tutorial_data, monkeypatch):
     """The classic bridge bug: `.T` alone, forgetting that PyTorch flattens NCHW and the tutorial HWC."""
-    monkeypatch.setattr(reference.bridge, "dense_weights_to_torch", lambda weights, pooled_shape: weights.T)
+    monkeypatch.setattr(DenseLayout, "param_to_torch", lambda self, name, value: value if name == "biases" else value.T)
     record = short_run(tutorial_data)
-    assert first_divergence(record) == (0, "logits", "Softmax")
+    assert first_divergence(record) == (0, "dense1.out", "dense1")
     assert "HWC flatten order" in record.first_divergence.diagnosis
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_tutorial_tie_policy_is_caught_and_named(tutorial_data, dtype):
     record = short_run(tutorial_data, dtype, tie_policy="all")
-    assert first_divergence(record) == (0, "d_conv_out", "MaxPool2")
+    assert first_divergence(record) == (0, "pool1.d_in", "pool1")
     assert "tie-policy difference" in record.first_divergence.diagnosis
 
 
 def test_float32_downcast_inside_a_float64_conv_is_caught(tutorial_data, monkeypatch):
-    correct = Conv3x3.forward
-    monkeypatch.setattr(Conv3x3, "forward", lambda self, x: correct(self, x).astype(np.float32).astype(np.float64))
+    correct = Conv.forward
+    monkeypatch.setattr(Conv, "forward", lambda self, x: correct(self, x).astype(np.float32).astype(np.float64))
     record = short_run(tutorial_data)
-    assert first_divergence(record) == (0, "conv_out", "Conv3x3")
+    assert first_divergence(record) == (0, "conv1.out", "conv1")
     assert record.first_divergence.comparison.max_abs_error < 1e-6  # small: PyTorch's default tolerance misses it
 
 
@@ -73,40 +108,133 @@ def test_float32_downcast_is_missed_by_assert_close_defaults_but_not_by_ours(tut
     """Why the tolerance table exists: torch.testing.assert_close's float64 defaults let this bug through."""
     train, _ = tutorial_data
     net = scratch.tutorial_network(0)
-    correct = Conv3x3.forward
-    monkeypatch.setattr(Conv3x3, "forward", lambda self, x: correct(self, x).astype(np.float32).astype(np.float64))
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    correct = Conv.forward
+    monkeypatch.setattr(Conv, "forward", lambda self, x: correct(self, x).astype(np.float32).astype(np.float64))
     scratch_side = net.forward_backward(train.images[0], int(train.labels[0])).tensors
-    reference_side = reference.ReferenceRunner(reference.to_torch(net)).forward_backward(
-        train.images[0], int(train.labels[0])
+    reference_side = runner.forward_backward(train.images[0], int(train.labels[0]))
+    torch.testing.assert_close(
+        torch.from_numpy(scratch_side["conv1.out"]), torch.from_numpy(np.ascontiguousarray(reference_side["conv1.out"]))
     )
-    torch.testing.assert_close(torch.from_numpy(scratch_side["conv_out"]), torch.from_numpy(reference_side["conv_out"]))
-    with pytest.raises(ParityError, match="first divergence: conv_out: mismatched elements"):
-        assert_parity(scratch_side, reference_side, np.float64, names=["conv_out"])
+    with pytest.raises(ParityError, match="first divergence: conv1.out: mismatched elements"):
+        assert_parity(scratch_side, reference_side, np.float64, names=["conv1.out"])
 
 
 def test_float32_rounding_of_the_filter_update_is_caught_after_one_step(tutorial_data, monkeypatch):
     """A float32 round trip in the SGD update alone: the forward and gradients agree, the parameters do not."""
-    correct = Conv3x3.update
+    correct = Conv.update
 
     def rounded_update(self, lr):
         correct(self, lr)
         self.filters[...] = self.filters.astype(np.float32)
 
-    monkeypatch.setattr(Conv3x3, "update", rounded_update)
+    monkeypatch.setattr(Conv, "update", rounded_update)
     record = short_run(tutorial_data)
-    assert first_divergence(record) == (0, "filters", "Conv3x3")
+    assert first_divergence(record) == (0, "conv1.filters", "conv1")
 
 
 def test_skipped_bias_update_is_caught_at_the_biases(tutorial_data, monkeypatch):
-    monkeypatch.setattr(scratch.Softmax, "param_names", ("weights",))
+    monkeypatch.setattr(Dense, "param_names", ("weights",))
     record = short_run(tutorial_data)
-    assert first_divergence(record) == (0, "dense_biases", "Softmax")
+    assert first_divergence(record) == (0, "dense1.biases", "dense1")
 
 
 def test_pool_routing_bug_outside_ties_is_not_called_a_tie_policy(tutorial_data, monkeypatch):
     """Gradients sent to the wrong windows: the forward agrees, ties exist, yet untied windows are wrong too."""
-    correct = scratch.MaxPool2.backward
-    monkeypatch.setattr(scratch.MaxPool2, "backward", lambda self, d_out: correct(self, d_out)[::-1].copy())
+    correct = MaxPool.backward
+    monkeypatch.setattr(MaxPool, "backward", lambda self, d_out: correct(self, d_out)[:, ::-1].copy())  # rows reversed
     record = short_run(tutorial_data)
-    assert first_divergence(record) == (0, "d_conv_out", "MaxPool2")
+    assert first_divergence(record) == (0, "pool1.d_in", "pool1")
     assert record.first_divergence.diagnosis.startswith("routing error, not a tie policy")
+
+
+# --- a bug in each layer kind of a deep network, named at its layer -----------------------------------------------
+
+
+def test_the_unmodified_deep_network_passes(tutorial_data):
+    """The baseline for the injected bugs below: without them, the deep network keeps parity on these steps."""
+    record = deep_run(tutorial_data)
+    assert_lockstep(record)
+    assert [step.samples for step in record.steps] == [4, 4, 4]
+
+
+def test_a_wrong_filter_gradient_in_the_second_conv_only_is_blamed_on_it(tutorial_data, monkeypatch):
+    correct = Conv.backward
+
+    def transposed_kernel_gradient(self, d_L_d_out):
+        d_input = correct(self, d_L_d_out)
+        self.grads["filters"] = self.grads["filters"].transpose(0, 2, 1, 3).copy()  # (F, K, K, C): kernel axes swapped
+        return d_input
+
+    def patch(net):
+        monkeypatch.setattr(Conv, "backward", only_in(net, "conv2", correct, transposed_kernel_gradient))
+
+    record = deep_run(tutorial_data, patch)
+    assert first_divergence(record) == (0, "conv2.d_filters", "conv2")
+    assert "implementation mismatch in conv2 (conv)" in record.first_divergence.diagnosis
+    assert all(c.passed for c in record.steps[0].comparisons if c.name.startswith("conv1.d_"))  # conv1 is right
+
+
+def test_a_relu_passing_gradient_where_its_input_is_not_positive_is_caught_at_the_deepest_relu(
+    tutorial_data, monkeypatch
+):
+    """Every ReLU is wrong; backward runs deepest first, so relu2's input gradient is the first to differ."""
+    monkeypatch.setattr(ReLU, "backward", lambda self, d_L_d_out: d_L_d_out)
+    record = deep_run(tutorial_data)
+    assert first_divergence(record) == (0, "relu2.d_in", "relu2")
+    assert "implementation mismatch in relu2 (relu)" in record.first_divergence.diagnosis
+    assert "where the input is positive" in record.first_divergence.diagnosis
+
+
+CORRECT_POOL_BACKWARD = MaxPool.backward  # taken at import, before any test patches it
+
+
+def last_max_backward(self, d_L_d_out):
+    """MaxPool's backward with each window's gradient sent to its LAST maximum (row-major): a tie rule of its own."""
+    is_max, policy = self._is_max, self.tie_policy
+    # The routing masks are planes in row-major window order: the first maximum of the reversed planes is the last.
+    self._is_max, self.tie_policy = first_only(is_max[::-1])[::-1], "all"
+    try:
+        return CORRECT_POOL_BACKWARD(self, d_L_d_out)
+    finally:
+        self._is_max, self.tie_policy = is_max, policy
+
+
+def rows_reversed_backward(self, d_L_d_out):
+    """MaxPool's backward with its rows reversed: gradients in the wrong windows, tied or not."""
+    return CORRECT_POOL_BACKWARD(self, d_L_d_out)[:, ::-1].copy()
+
+
+@pytest.mark.parametrize(
+    ("wrong", "diagnosis"),
+    [(last_max_backward, "tie-policy difference"), (rows_reversed_backward, "routing error, not a tie policy")],
+    ids=["last-max", "rows-reversed"],
+)
+def test_a_pool_bug_in_the_second_pool_only_is_blamed_on_it_and_told_apart(
+    tutorial_data, monkeypatch, wrong, diagnosis
+):
+    """After a relu most pool windows tie at 0: last-max routing differs only there (a tie rule), reversed rows
+    differ in untied windows too (a routing bug)."""
+
+    def patch(net):
+        monkeypatch.setattr(MaxPool, "backward", only_in(net, "pool2", CORRECT_POOL_BACKWARD, wrong))
+
+    record = deep_run(tutorial_data, patch)
+    assert first_divergence(record) == (0, "pool2.d_in", "pool2")
+    assert record.first_divergence.diagnosis.startswith(diagnosis)
+    assert record.first_divergence.tied_windows > 0
+
+
+def test_a_skipped_dense_bias_update_is_caught_at_the_biases(tutorial_data, monkeypatch):
+    monkeypatch.setattr(Dense, "param_names", ("weights",))
+    record = deep_run(tutorial_data)
+    assert first_divergence(record) == (0, "dense1.biases", "dense1")
+    assert "SGD update" in record.first_divergence.diagnosis
+
+
+def test_a_softmax_gradient_of_the_wrong_sign_is_caught_at_the_logits_gradient(tutorial_data, monkeypatch):
+    correct = SoftmaxCrossEntropy.backward
+    monkeypatch.setattr(SoftmaxCrossEntropy, "backward", lambda self: -correct(self))
+    record = deep_run(tutorial_data)
+    assert first_divergence(record) == (0, "dense1.d_out", "dense1")
+    assert "gradient w.r.t. logits" in record.first_divergence.diagnosis
