@@ -38,6 +38,7 @@ from parity.compare import TensorComparison
 from parity.impls.adapter import ImplCrash, TutorialSide, tutorial_spec
 from parity.impls.loader import ImplError, Mapping, TutorialImpl, load_impl
 from parity.lockstep import MODES, Divergence, Lockstep, LockstepRecord
+from parity.tables import text_table
 from parity.tolerances import tolerance_for
 from scratch.argtypes import learning_rate, nonnegative_int, positive_int
 from scratch.data import epoch_orders
@@ -577,16 +578,11 @@ def _run_headline(label: str, run: RunResult) -> str:
 
 def step_table(comparisons: list[TensorComparison]) -> str:
     """The engine's per-tensor rows (`TensorComparison.row`), numbers shown to 3 significant digits."""
-    from tabulate import tabulate
-
-    rows = [{k: f"{v:.3g}" if isinstance(v, float) else v for k, v in c.row().items()} for c in comparisons]
-    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+    return text_table([c.row() for c in comparisons])
 
 
 def probe_table(probes: list[RunResult]) -> str:
     """One row per probe: what it does, how many steps, the verdict and the first divergence."""
-    from tabulate import tabulate
-
     rows = []
     for probe in probes:
         first = ""
@@ -603,7 +599,7 @@ def probe_table(probes: list[RunResult]) -> str:
                 "first divergence": first,
             }
         )
-    return tabulate(rows, headers="keys", tablefmt="github", disable_numparse=True)
+    return text_table(rows)
 
 
 def verdict_line(result: CheckResult) -> str:

@@ -30,6 +30,7 @@ from parity.check import (
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.impls.bugs import BUGS, Bug, with_bug
 from parity.impls.loader import ImplError, TutorialImpl, load_impl
+from parity.tables import text_table
 from parity.tolerances import tolerance_for
 from scratch.argtypes import nonnegative_int, positive_int
 
@@ -181,14 +182,13 @@ def _shown(path: str) -> str:
 
 def render(base: TutorialImpl, outcomes: list[Outcome], steps: int, seconds: float) -> str:
     """The self-test table, each bug's mistake, and the verdict."""
-    from tabulate import tabulate
 
     lines = [
         f"cnn-parity selftest: {len(outcomes) - (outcomes[0].bug is None)} bugs injected into {base.label}, "
         f"each checked like `cnn-parity check` ({steps} real MNIST steps, then the edge probes {', '.join(PROBES)}; "
         "a bug's run stops at its first divergence)",
         "",
-        tabulate([o.row() for o in outcomes], headers="keys", tablefmt="github", disable_numparse=True),
+        text_table([o.row() for o in outcomes]),
         "",
         "What each bug is (the mistake a person made):",
     ]

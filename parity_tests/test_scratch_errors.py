@@ -7,7 +7,7 @@ import pytest
 from scratch_helpers import assert_parameters_equal, first_train_digits, snapshot
 
 import scratch
-from scratch import Conv3x3, MaxPool2, Softmax
+from scratch import Conv, Dense, MaxPool, SoftmaxCrossEntropy
 
 
 def _image(shape=(28, 28), dtype=np.uint8, fill=100):
@@ -44,11 +44,11 @@ BAD_IMAGES = {
 
 
 @pytest.mark.parametrize("image", BAD_IMAGES.values(), ids=BAD_IMAGES.keys())
-@pytest.mark.parametrize("call", ["forward", "forward_backward", "train_step", "evaluate"])
+@pytest.mark.parametrize("call", ["logits", "forward_backward", "train_step", "evaluate"])
 def test_bad_image_raises_value_error_naming_image(image, call):
     net = scratch.tutorial_network(0)
     method = getattr(net, call)
-    args = (image,) if call == "forward" else (image, 3)
+    args = (image,) if call == "logits" else (image, 3)
     with pytest.raises(ValueError, match=r"^image: "):
         method(*args)
 
@@ -56,9 +56,13 @@ def test_bad_image_raises_value_error_naming_image(image, call):
 def test_image_shape_follows_the_network():
     """A network built for 11x13 wants 11x13 images and says so."""
     net = scratch.tutorial_network(0, image_shape=(11, 13))
-    net.forward(_image((11, 13)))
+    net.logits(_image((11, 13)))
     with pytest.raises(ValueError, match=r"image: expected shape \(11, 13\), got \(28, 28\)"):
-        net.forward(_image())
+        net.logits(_image())
+    with pytest.raises(
+        ValueError, match=r"image: expected shape \(11, 13\) or a batch \(N, 11, 13\), got \(2, 28, 28\)"
+    ):
+        net.logits(np.zeros((2, 28, 28), dtype=np.uint8))
 
 
 @pytest.mark.parametrize(
@@ -67,8 +71,8 @@ def test_image_shape_follows_the_network():
     ids=["uint8-255", "int64-0", "float32-254.9"],
 )
 def test_valid_raw_pixels_are_accepted(image):
-    probs = scratch.tutorial_network(0).forward(image)
-    assert probs.shape == (10,) and abs(probs.sum() - 1) < 1e-12
+    probs = scratch.tutorial_network(0).forward_backward(image, 0).tensors["probs"]
+    assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-12
 
 
 BAD_LABELS = {
@@ -95,7 +99,7 @@ def test_bad_label_raises_value_error_naming_label(label, call):
 @pytest.mark.parametrize("label", [0, 9, np.int64(4), np.uint8(7)], ids=["0", "9", "int64", "uint8"])
 def test_valid_labels_are_accepted(label):
     loss, correct = scratch.tutorial_network(0).evaluate(_image(), label)
-    assert np.isfinite(loss) and isinstance(correct, bool)
+    assert np.isfinite(loss) and type(correct) is int and correct in (0, 1)
 
 
 def test_label_range_follows_num_classes():
@@ -103,6 +107,35 @@ def test_label_range_follows_num_classes():
     net.evaluate(_image(), 2)
     with pytest.raises(ValueError, match=r"label: expected a class in 0\.\.2, got 3"):
         net.evaluate(_image(), 3)
+
+
+BAD_BATCHES = {
+    "empty-batch": (np.zeros((0, 28, 28), dtype=np.uint8), np.zeros(0, dtype=np.int64), r"^image: expected shape"),
+    "batch-wrong-shape": (np.zeros((2, 28, 27), dtype=np.uint8), np.array([1, 2]), r"^image: expected shape"),
+    "batch-4d": (np.zeros((2, 28, 28, 1), dtype=np.uint8), np.array([1, 2]), r"^image: expected shape"),
+    "batch-nan-pixel": (np.stack([_with_pixel(1.0), _with_pixel(np.nan)]), np.array([1, 2]), r"^image: contains NaN"),
+    "batch-pixel-above-255": (np.stack([_with_pixel(1.0), _with_pixel(256.0)]), np.array([1, 2]), r"^image: "),
+    "labels-too-few": (np.zeros((3, 28, 28), dtype=np.uint8), np.array([1, 2]), r"^labels: expected 3 integer"),
+    "labels-int-for-batch": (np.zeros((2, 28, 28), dtype=np.uint8), 3, r"^labels: expected 2 integer classes"),
+    "labels-float": (np.zeros((2, 28, 28), dtype=np.uint8), np.array([1.0, 2.0]), r"^labels: expected 2 integer"),
+    "labels-2d": (np.zeros((2, 28, 28), dtype=np.uint8), np.array([[1], [2]]), r"^labels: expected 2 integer"),
+    "labels-out-of-range": (np.zeros((2, 28, 28), dtype=np.uint8), np.array([3, 10]), r"^labels: expected classes in"),
+    "labels-negative": (np.zeros((2, 28, 28), dtype=np.uint8), np.array([-1, 0]), r"^labels: expected classes in"),
+}
+
+
+@pytest.mark.parametrize("images, labels, match", BAD_BATCHES.values(), ids=BAD_BATCHES.keys())
+@pytest.mark.parametrize("call", ["forward_backward", "train_step", "evaluate"])
+def test_bad_batch_raises_value_error_naming_images_or_labels(images, labels, match, call):
+    with pytest.raises(ValueError, match=match):
+        getattr(scratch.tutorial_network(0), call)(images, labels)
+
+
+def test_a_batch_takes_labels_of_any_integer_dtype():
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    for labels in (np.array([0, 9, 4]), np.array([0, 9, 4], dtype=np.uint8), [0, 9, 4]):
+        loss, correct = scratch.tutorial_network(0).evaluate(images, labels)
+        assert np.isfinite(loss) and 0 <= correct <= 3
 
 
 BAD_LRS = {
@@ -186,16 +219,43 @@ def test_bad_choice_raises_value_error_naming_the_argument(argument, value):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"image_shape": (3, 28)}, r"^image_shape: "),
-        ({"image_shape": (28, 2)}, r"^image_shape: "),
+        # Too small for the tutorial's spec: the message names the item that does not fit and its input.
+        ({"image_shape": (3, 28)}, r"^network spec item 2 'pool2' \(input 1x26x8\): a 2x2 pool does not fit"),
+        ({"image_shape": (28, 2)}, r"^network spec item 1 'conv3x8' \(input 28x2x1\): a 3x3 conv does not fit"),
+        ({"image_shape": (0, 28)}, r"^image_shape: "),
+        ({"image_shape": 28}, r"^image_shape: "),
         ({"num_filters": 0}, r"num_filters"),
         ({"num_classes": 1}, r"num_classes"),
     ],
-    ids=["height-3", "width-2", "no-filters", "one-class"],
+    ids=["height-3", "width-2", "height-0", "not-a-pair", "no-filters", "one-class"],
 )
 def test_bad_architecture_raises_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         scratch.tutorial_network(0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "spec, kwargs, match",
+    [
+        ("conv3x8,pool2,fc10", {}, r"^network spec item 3 'fc10' \(input 13x13x8\): unknown item"),
+        ("conv3x8,pool2,dense10", {"num_classes": 3}, r"must end in dense3"),
+        ("conv3x8,pool2,dense10", {"impl": "gpu"}, r"^impl: expected one of"),
+        ("conv3x8,pool2,dense10", {"seed": -1}, r"^seed: expected a non-negative integer"),
+        ("conv3x8,pool2,dense10", {"seed": 1.5}, r"^seed: "),
+        (scratch.parse_spec(image_shape=(11, 13)), {"image_shape": (12, 12)}, r"^image_shape: \(12, 12\) given"),
+    ],
+    ids=["unknown-item", "classes", "impl", "seed-negative", "seed-float", "spec-for-other-images"],
+)
+def test_build_network_rejects_bad_arguments(spec, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        scratch.build_network(spec, **kwargs)
+
+
+def test_build_network_takes_a_parsed_spec():
+    spec = scratch.parse_spec("conv3x2b,relu,pool2,dense10", image_shape=(9, 9))
+    net = scratch.build_network(spec, 0)
+    assert net.spec is spec and net.image_shape == (9, 9)
+    assert net.forward_backward(_image((9, 9)), 1).tensors["conv1.out"].shape == (1, 7, 7, 2)
 
 
 # --- layers alone ----------------------------------------------------------------------------------------
@@ -204,43 +264,54 @@ def test_bad_architecture_raises_value_error(kwargs, match):
 @pytest.mark.parametrize(
     "x, match",
     [
-        (np.zeros((5, 5), dtype=np.float32), r"expected dtype float64, got float32"),
-        (np.zeros((5, 5, 1)), r"expected 2 dimensions"),
-        (np.full((5, 5), np.nan), r"NaN or Inf at index \(0, 0\)"),
-        (np.zeros((2, 5)), r"at least 3x3"),
+        (np.zeros((1, 5, 5, 1), dtype=np.float32), r"expected dtype float64, got float32"),
+        (np.zeros((5, 5, 1)), r"expected 4 dimensions"),
+        (np.zeros((5, 5)), r"expected 4 dimensions"),
+        (np.full((1, 5, 5, 1), np.nan), r"NaN or Inf at index \(0, 0, 0, 0\)"),
+        (np.zeros((1, 2, 5, 1)), r"at least 3x3"),
         ([[0.0] * 5] * 5, r"expected a numpy array"),
     ],
-    ids=["float32-into-float64", "3d-into-2d", "nan", "too-small", "list"],
+    ids=["float32-into-float64", "hwc-not-nhwc", "2d", "nan", "too-small", "list"],
 )
 def test_conv_layer_rejects_bad_input(x, match):
-    with pytest.raises(ValueError, match=r"^Conv3x3 input: .*" + match):
-        Conv3x3(2).forward(x)
+    with pytest.raises(ValueError, match=r"^conv input: .*" + match):
+        Conv(3, 2).forward(x)
 
 
 def test_conv_layer_rejects_wrong_channel_count():
-    with pytest.raises(ValueError, match=r"^Conv3x3 input: expected 3 channels"):
-        Conv3x3(2, in_channels=3).forward(np.zeros((5, 5, 2)))
+    with pytest.raises(ValueError, match=r"^conv input: expected 3 channels"):
+        Conv(3, 2, in_channels=3).forward(np.zeros((1, 5, 5, 2)))
 
 
-@pytest.mark.parametrize("x", [np.zeros((4, 4)), np.zeros((1, 4, 2)), "x"], ids=["2d", "one-row", "string"])
+@pytest.mark.parametrize(
+    "x", [np.zeros((4, 4)), np.zeros((4, 4, 2)), np.zeros((1, 1, 4, 2)), "x"], ids=["2d", "hwc", "one-row", "string"]
+)
 def test_maxpool_layer_rejects_bad_input(x):
-    with pytest.raises(ValueError, match=r"^MaxPool2 input: "):
-        MaxPool2().forward(x)
+    with pytest.raises(ValueError, match=r"^pool input: "):
+        MaxPool(2).forward(x)
 
 
-def test_softmax_layer_rejects_wrong_size():
-    with pytest.raises(ValueError, match=r"^Softmax input: expected 12 values"):
-        Softmax(12, 3).forward(np.zeros((2, 2, 2)))
+def test_maxpool_layer_rejects_input_below_its_kernel():
+    with pytest.raises(ValueError, match=r"^pool input: expected at least 3x3, got shape \(1, 2, 5, 1\)"):
+        MaxPool(3).forward(np.zeros((1, 2, 5, 1)))
+
+
+@pytest.mark.parametrize("x", [np.zeros((1, 2, 2, 2)), np.zeros(12)], ids=["8-values", "no-batch-axis"])
+def test_dense_layer_rejects_wrong_size(x):
+    with pytest.raises(ValueError, match=r"^dense input: expected \(N, \.\.\.\) with 12 values per sample"):
+        Dense(12, 3).forward(x)
 
 
 @pytest.mark.parametrize("cls_kwargs", [{"tie_policy": "any"}], ids=["maxpool-tie-policy"])
 def test_layer_constructors_check_choices(cls_kwargs):
     with pytest.raises(ValueError, match=r"^tie_policy: "):
-        MaxPool2(**cls_kwargs)
+        MaxPool(2, **cls_kwargs)
     with pytest.raises(ValueError, match=r"^softmax: "):
-        Softmax(4, 2, mode="fast")
+        SoftmaxCrossEntropy("fast")
     with pytest.raises(ValueError, match=r"^dtype: "):
-        Conv3x3(2, dtype=np.int8)
+        Conv(3, 2, dtype=np.int8)
+    with pytest.raises(ValueError, match=r"^dtype: "):
+        Dense(4, 2, dtype=np.float16)
 
 
 # --- a failed step changes no weight ---------------------------------------------------------------------
@@ -255,6 +326,9 @@ FAILED_STEPS = {
     "lr-nan": (_image(), 3, float("nan")),
     "lr-zero": (_image(), 3, 0.0),
     "lr-string": (_image(), 3, "0.005"),
+    "batch-nan-pixel": (BAD_BATCHES["batch-nan-pixel"][0], np.array([1, 2]), 0.005),
+    "batch-labels-too-few": (np.zeros((3, 28, 28), dtype=np.uint8), np.array([1, 2]), 0.005),
+    "batch-lr-nan": (np.zeros((2, 28, 28), dtype=np.uint8), np.array([1, 2]), float("nan")),
 }
 
 
@@ -272,14 +346,18 @@ def test_a_failed_step_changes_no_weight(image, label, lr, impl):
     # And the network still trains normally afterwards.
     digit, digit_label = first_train_digits(3)[2]
     net.train_step(digit, digit_label)
-    assert not np.array_equal(net.parameters()["dense_biases"], before["dense_biases"])
+    assert not np.array_equal(net.parameters()["dense1.biases"], before["dense1.biases"])
 
 
 def test_load_parameters_rejects_mismatch_and_changes_nothing():
     net = scratch.tutorial_network(0)
     before = snapshot(net)
     new = {name: value + 1 for name, value in before.items()}
-    new["dense_biases"] = new["dense_biases"].astype(np.float32)
-    with pytest.raises(ValueError, match=r"^dense_biases: expected shape"):
+    new["dense1.biases"] = new["dense1.biases"].astype(np.float32)
+    with pytest.raises(ValueError, match=r"^dense1.biases: expected shape"):
+        net.load_parameters(new)
+    assert_parameters_equal(net, before)
+    del new["conv1.filters"]
+    with pytest.raises(ValueError, match=r"^parameters: missing conv1.filters"):
         net.load_parameters(new)
     assert_parameters_equal(net, before)

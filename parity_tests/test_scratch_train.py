@@ -16,7 +16,7 @@ from scratch_helpers import real_digits
 
 import scratch
 from scratch import train as train_cli
-from scratch.data import load_experiment_data
+from scratch.data import batches, epoch_orders, load_experiment_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,10 +45,11 @@ def test_format_regexes_accept_the_tutorial_output(pattern, line):
     assert pattern.match(line)
 
 
-def parse_output(text: str, epochs: int, train_size: int) -> dict:
+def parse_output(text: str, epochs: int, train_size: int, batch_size: int = 1) -> dict:
     """Check every line against the tutorial's format, in order; return the parsed numbers."""
     lines = text.splitlines()
-    steps_per_epoch = list(range(100, train_size + 1, 100))
+    steps = -(-train_size // batch_size)  # a step is one batch; the last may be partial
+    steps_per_epoch = list(range(100, steps + 1, 100))
     assert INIT_RE.match(lines[0]), lines[0]
     k = 1
     progress = []
@@ -97,14 +98,58 @@ def test_progress_lines_cover_exactly_the_last_hundred_steps(capsys):
     train, _ = load_experiment_data(n_train=300, n_test=50)
     net = scratch.tutorial_network(5)
     expected = []
-    for epoch, order in enumerate(train_cli.epoch_orders(300, 2, 5), start=1):
+    for epoch, order in enumerate(epoch_orders(300, 2, 5), start=1):
         assert sorted(order) == list(range(300))
         results = [net.train_step(train.images[i], int(train.labels[i]), 0.005) for i in order]
         for end in (100, 200, 300):
             window = results[end - 100 : end]
             expected.append((epoch, end, round(sum(r[0] for r in window) / 100, 3), sum(r[1] for r in window)))
     assert [(e, s, pytest.approx(l, abs=1e-3), a) for e, s, l, a in parsed["progress"]] == expected
-    assert train_cli.epoch_orders(300, 2, 5)[0].tolist() != train_cli.epoch_orders(300, 2, 5)[1].tolist()
+    first, second = epoch_orders(300, 2, 5)
+    assert first.tolist() != second.tolist()
+    assert train_cli.epoch_orders is epoch_orders  # the one copy of the training orders
+
+
+def test_batched_progress_lines_average_the_steps_and_count_the_samples(capsys):
+    """--batch-size 3: a step is one batch; [Step N] averages the mean losses of steps N-99..N and its accuracy
+    counts the samples of those steps; the last partial batch (400 = 133 x 3 + 1) is trained on as it is."""
+    argv = ("--train-size", "400", "--test-size", "30", "--epochs", "1", "--seed", "2", "--batch-size", "3")
+    code, out, err = run_main(capsys, *argv, "--arch", "conv3x4b,relu,pool2,dense10")
+    assert code == 0, err
+    parsed = parse_output(out, epochs=1, train_size=400, batch_size=3)
+    train, test = load_experiment_data(n_train=400, n_test=30)
+    net = scratch.build_network("conv3x4b,relu,pool2,dense10", 2)
+    (order,) = epoch_orders(400, 1, 2)
+    steps = list(batches(order, 3))
+    assert [len(index) for index in steps] == [3] * 133 + [1]
+    results = [net.train_step(train.images[index], train.labels[index], 0.005) for index in steps]
+    window = results[:100]
+    accuracy = 100 * sum(correct for _, correct in window) // 300
+    assert parsed["progress"] == [(1, 100, pytest.approx(sum(loss for loss, _ in window) / 100, abs=1e-3), accuracy)]
+    expected_loss = np.mean(
+        [net.evaluate(image, int(label))[0] for image, label in zip(test.images, test.labels, strict=True)]
+    )
+    assert parsed["test_loss"] == pytest.approx(expected_loss, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "arch, batch_size",
+    [("conv3x8,pool2,dense10", "4"), ("conv5x4b,relu,pool2,conv3x6,pool2,dense16,relu,dense10", "2")],
+    ids=["tutorial-batch4", "deep-batch2"],
+)
+def test_arch_and_batch_size_run_and_keep_the_format(capsys, arch, batch_size):
+    argv = ("--train-size", "200", "--test-size", "20", "--epochs", "1", "--arch", arch, "--batch-size", batch_size)
+    code, out, err = run_main(capsys, *argv)
+    assert code == 0 and err == ""
+    parsed = parse_output(out, epochs=1, train_size=200, batch_size=int(batch_size))
+    assert all(0 < loss < 10 for _, _, loss, _ in parsed["progress"])
+
+
+def test_batch_size_one_is_the_default_run(capsys):
+    """--batch-size 1 and the default spec spelled out: the tutorial's per-sample run, printed identically."""
+    _, default, _ = run_main(capsys, *SMALL)
+    _, explicit, _ = run_main(capsys, *SMALL, "--batch-size", "1", "--arch", " conv3x8, pool2 ,dense10")
+    assert explicit == default
 
 
 def test_partial_last_window_is_not_reported(capsys):
@@ -186,7 +231,14 @@ BAD_OPTIONS = {
     "tie-policy-max": (("--tie-policy", "max"), "--tie-policy"),
     "softmax-fast": (("--softmax", "fast"), "--softmax"),
     "impl-gpu": (("--impl", "gpu"), "--impl"),
-    "unknown-option": (("--batch-size", "32"), "--batch-size"),
+    "unknown-option": (("--momentum", "0.9"), "--momentum"),
+    "batch-size-zero": (("--batch-size", "0"), "--batch-size"),
+    "batch-size-word": (("--batch-size", "many"), "--batch-size"),
+    "arch-unknown-item": (("--arch", "conv3x8,pool2,fc10"), "'fc10'"),
+    "arch-k0": (("--arch", "conv0x8,pool2,dense10"), "'conv0x8'"),
+    "arch-not-ending-in-dense10": (("--arch", "conv3x8,pool2"), "must end in dense10"),
+    "arch-empty-item": (("--arch", "conv3x8,,dense10"), "empty item"),
+    "arch-shrunk-below-kernel": (("--arch", "conv3x8,pool2,conv14x4,dense10"), "'conv14x4' (input 13x13x8)"),
     "missing-value": (("--epochs",), "--epochs"),
     "too-many-digits": (("--train-size", "4500", "--test-size", "1000"), "n_train + n_test"),
 }
@@ -232,6 +284,8 @@ def test_help_exits_0(capsys):
         "--tie-policy",
         "--softmax",
         "--impl",
+        "--arch",
+        "--batch-size",
     ):
         assert option in out
 
@@ -251,6 +305,35 @@ def test_module_entry_point_exit_codes():
     assert result.stderr.strip().splitlines()[-1] == (
         "python -m scratch.train: error: argument --lr: expected a positive finite number, got 'nan'"
     )
+
+
+def test_module_entry_point_with_arch_and_batch_size():
+    """`python -m scratch.train --arch ... --batch-size ...` runs end to end; a bad --arch exits 2 with one line."""
+    argv = ["--train-size", "100", "--test-size", "10", "--epochs", "1", "--batch-size", "5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "scratch.train", *argv, "--arch", "conv3x4,relu,pool2,dense10"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    parse_output(result.stdout, epochs=1, train_size=100, batch_size=5)
+    for arch, fragments in (
+        ("conv3x8,pool3x,dense10", ("argument --arch: ", "item 2 'pool3x'", "unknown item")),  # when parsed
+        ("conv3x8,pool2,conv14x4,dense10", ("item 3 'conv14x4' (input 13x13x8): a 14x14 conv does not fit",)),  # built
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "scratch.train", *argv, "--arch", arch],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+        assert result.returncode == 2 and result.stdout == ""
+        assert "Traceback" not in result.stderr
+        error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(error_lines) == 1 and all(part in error_lines[0] for part in fragments), result.stderr
 
 
 def test_import_scratch_does_not_import_torch():

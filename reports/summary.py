@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from tabulate import tabulate
-
+from parity.tables import text_table
 from reports.jsondoc import DIVERGED, EXPECTED, NO_DIVERGENCE, PASSED
 
 RESULT_TEXT = {
@@ -77,7 +76,7 @@ def summary_rows(document: dict[str, object]) -> list[dict[str, str]]:
 
 def summary_table(document: dict[str, object], tablefmt: str = "github") -> str:
     """The summary as a table."""
-    return tabulate(summary_rows(document), headers="keys", tablefmt=tablefmt, disable_numparse=True)
+    return text_table(summary_rows(document), tablefmt)
 
 
 def verdict_line(document: dict[str, object]) -> str:

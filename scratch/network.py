@@ -71,18 +71,17 @@ class Network:
 
     def evaluate(self, images: np.ndarray, labels: object) -> tuple[float, int]:
         """Mean loss and the number classified right, without backward."""
+        logits = self.logits(images)  # the images first: how many labels are wanted depends on them
         labels = check_labels(labels, self.num_classes, images)
-        probs, loss = self.loss.forward(self.logits(images), labels)
+        probs, loss = self.loss.forward(logits, labels)
         return float(loss), int(np.count_nonzero(probs.argmax(axis=1) == labels))
 
     def forward_backward(self, images: np.ndarray, labels: object) -> StepTrace:
         """Forward and backward on one image or a batch; every named tensor in the trace, no weight moved."""
+        out = self.normalize(images)  # the images first: how many labels are wanted depends on them
         labels = check_labels(labels, self.num_classes, images)
         tensors: dict[str, np.ndarray] = {}
-        out = self.normalize(images)
-        inputs = []
         for layer_spec, layer in self._named:
-            inputs.append(out)
             out = layer.forward(out)
             tensors[f"{layer_spec.name}.out"] = out
         probs, loss = self.loss.forward(out, labels)
