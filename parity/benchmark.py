@@ -354,27 +354,14 @@ def environment_line() -> str:
     """Versions, thread counts and the threading environment variables, in one line."""
     import torch
 
-    blas = _numpy_blas()
+    from reports.environment import numpy_blas, numpy_blas_kernel, numpy_blas_threads
+
+    blas = f"{numpy_blas()} {numpy_blas_kernel()}, {numpy_blas_threads()} thread(s)"
     env = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_ENV_VARS if name in os.environ) or "none set"
     return (
         f"numpy {np.__version__} ({blas}), torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
         f"Python {platform.python_version()}, {os.cpu_count()} CPU(s); thread env vars: {env}"
     )
-
-
-def _numpy_blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "BLAS threads: unknown without threadpoolctl"
-    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-    for info in threadpool_info():  # the BLAS loaded from numpy's own wheel, not torch's
-        if info.get("user_api") == "blas" and info.get("filepath", "").startswith(numpy_dir + os.sep + "numpy"):
-            return (
-                f"{info.get('internal_api')} {info.get('version')} {info.get('architecture', '')}".strip()
-                + f", {info.get('num_threads')} thread(s)"
-            )
-    return "BLAS: not found by threadpoolctl"
 
 
 def _microseconds(seconds: float) -> str:

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parity import atomic
 from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.tolerances import tolerance_for
 from scratch.argtypes import network_spec, nonnegative_int, positive_int
@@ -179,18 +179,8 @@ def _environment() -> dict[str, str]:
 
 def write_golden(document: dict, path: Path) -> Path:
     """Write gzipped JSON atomically (a temporary file renamed into place); mtime 0, so equal runs give equal bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = gzip.compress(json.dumps(document, separators=(",", ":")).encode(), compresslevel=9, mtime=0)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write_bytes(Path(path), payload)
 
 
 def read_golden(path: str | os.PathLike) -> dict:

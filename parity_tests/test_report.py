@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity import cli
+from parity import atomic, cli
 from parity.experiment import ExperimentConfig, run_experiment
 from reports import jsondoc, markdown, writer
 from reports.suite import write_suite_report
@@ -443,13 +443,13 @@ def test_rewrite_replaces_a_previous_report(report_cli, tmp_path):
 
 def test_move_into_place_without_atomic_exchange(tmp_path, monkeypatch):
     """The fallback (no renameat2): old report aside, new in, old removed."""
-    monkeypatch.setattr(writer, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     old, new = tmp_path / "out", tmp_path / "staging"
     old.mkdir()
     (old / "report.json").write_text("old")
     new.mkdir()
     (new / "report.json").write_text("new")
-    writer._move_into_place(new, old)
+    atomic.move_into_place(new, old)
     assert (old / "report.json").read_text() == "new"
     assert (new / "report.json").read_text() == "old"  # the caller removes it
 

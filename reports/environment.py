@@ -27,6 +27,7 @@ def collect(dtypes: list[str] | None = None, seeds: list[int] | None = None) -> 
         "numpy": np.__version__,
         "numpy_blas": numpy_blas(),
         "numpy_blas_threads": numpy_blas_threads(),
+        "numpy_blas_kernel": numpy_blas_kernel(),
     }
     env.update(torch_environment())
     env["cpu_count"] = os.cpu_count() or 0
@@ -47,6 +48,20 @@ def numpy_blas() -> str:
         return f"{blas.get('name', UNKNOWN)} {blas.get('version', '')}".strip()
     except Exception:  # noqa: BLE001 - older NumPy or an unusual build: say so rather than fail the report
         return UNKNOWN
+
+
+def numpy_blas_kernel() -> str:
+    """The CPU kernel NumPy's own OpenBLAS runs (e.g. `Haswell`), from threadpoolctl: it decides the last bits of a
+    float32 conv, hence how many near-tie flips a float32 run sees. OPENBLAS_CORETYPE overrides it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return UNKNOWN
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__)) + os.sep + "numpy"
+    for info in threadpool_info():  # the BLAS loaded from NumPy's own wheel, not torch's
+        if info.get("user_api") == "blas" and info.get("filepath", "").startswith(numpy_dir):
+            return str(info.get("architecture") or UNKNOWN)
+    return UNKNOWN
 
 
 def numpy_blas_threads() -> int | str:

@@ -27,6 +27,7 @@ ENVIRONMENT_LABELS = {
     "numpy": "NumPy",
     "numpy_blas": "NumPy BLAS",
     "numpy_blas_threads": "NumPy BLAS threads",
+    "numpy_blas_kernel": "NumPy BLAS kernel",
     "torch": "PyTorch",
     "torch_blas": "PyTorch BLAS",
     "torch_threads": "PyTorch intra-op threads",
