@@ -1,4 +1,4 @@
-"""The weight bridge: exact round trips, the HWC<->NCHW flatten mapping, and refusals of wrong architectures."""
+"""The weight bridge: exact round trips for any spec, the layout mappings element by element, and refusals."""
 
 from __future__ import annotations
 
@@ -8,78 +8,136 @@ import torch
 
 import reference
 import scratch
-from parity.testing import assert_parity
-from reference.bridge import dense_weights_to_scratch, dense_weights_to_torch
-from reference.twin import TutorialTwin
+from reference.layouts import activation_to_torch, layout_for
 
-CONFIGS = [
-    pytest.param({"dtype": np.float64}, id="float64-tutorial"),
-    pytest.param({"dtype": np.float32}, id="float32-tutorial"),
-    pytest.param(
-        {"dtype": np.float64, "num_filters": 3, "image_shape": (11, 13), "num_classes": 4}, id="odd-11x13-3f-4c"
-    ),
-    pytest.param({"dtype": np.float32, "num_filters": 5, "image_shape": (7, 7), "num_classes": 2}, id="float32-7x7"),
+SPECS = [
+    pytest.param("conv3x8,pool2,dense10", (28, 28), id="tutorial"),
+    pytest.param("conv5x16,relu,pool2,conv3x32,relu,pool2,dense10", (28, 28), id="two-conv-blocks"),
+    pytest.param("conv3x4b,relu,pool2,dense32,relu,dense10", (28, 28), id="conv-bias-two-dense"),
+    pytest.param("conv3x8,pool2,conv3x4,dense10", (28, 28), id="conv-after-pool"),
+    pytest.param("conv3x8,pool2,dense10", (29, 27), id="tutorial-29x27"),
+    pytest.param("conv4x3b,relu,pool3,conv2x5b,dense7,dense10", (29, 27), id="odd-29x27-deep"),
 ]
+DTYPES = [pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="float32")]
 
 
-@pytest.mark.parametrize("options", CONFIGS)
-@pytest.mark.parametrize("seed", [0, 1, 7])
-def test_round_trip_is_bit_exact(options, seed):
-    net = scratch.tutorial_network(seed, **options)
+def random_network(spec: str, image_shape: tuple[int, int], dtype, seed: int = 0) -> scratch.Network:
+    """A network whose every parameter, biases included, holds random values (biases start at zero)."""
+    net = scratch.build_network(spec, seed, dtype, image_shape)
+    rng = np.random.default_rng(seed + 100)
+    net.load_parameters({name: rng.standard_normal(v.shape).astype(dtype) for name, v in net.parameters().items()})
+    return net
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("spec", "image_shape"), SPECS)
+def test_round_trip_is_bit_exact(spec, image_shape, dtype):
+    net = random_network(spec, image_shape, dtype)
     back = reference.to_scratch(reference.to_torch(net))
+    assert back.spec == net.spec
+    assert list(back.parameters()) == list(net.spec.parameter_names)
     for name, value in net.parameters().items():
-        assert back.parameters()[name].dtype == value.dtype
+        assert back.parameters()[name].dtype == value.dtype, name
         np.testing.assert_array_equal(back.parameters()[name], value, err_msg=name)
 
 
-@pytest.mark.parametrize("options", CONFIGS)
-def test_twin_computes_the_same_logits(options):
-    net = scratch.tutorial_network(3, **options)
-    image = np.random.default_rng(3).integers(0, 256, net.image_shape, dtype=np.uint8)
-    net.forward(image)
-    twin_logits = reference.ReferenceRunner(reference.to_torch(net)).forward_backward(image, 1)["logits"]
-    assert_parity({"logits": net.softmax.last_totals}, {"logits": twin_logits}, net.dtype)
+@pytest.mark.parametrize(("spec", "image_shape"), SPECS)
+def test_parameters_to_scratch_are_copies(spec, image_shape):
+    twin = reference.to_torch(random_network(spec, image_shape, np.float64))
+    params = reference.parameters_to_scratch(twin)
+    before = {name: value.copy() for name, value in params.items()}
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            parameter.add_(1.0)
+    for name, value in params.items():
+        np.testing.assert_array_equal(value, before[name], err_msg=f"{name} follows the twin")
 
 
-def test_flatten_mapping_element_by_element():
-    """Tutorial flat index (i*13 + j)*8 + f is PyTorch's f*169 + i*13 + j."""
-    pooled_shape = (13, 13, 8)
-    scratch_weights = np.arange(13 * 13 * 8 * 2, dtype=np.float64).reshape(13 * 13 * 8, 2)
-    torch_weights = dense_weights_to_torch(scratch_weights, pooled_shape)
-    assert torch_weights.shape == (2, 1352)
-    for i, j, f in [(0, 0, 0), (0, 0, 1), (2, 5, 7), (12, 12, 7)]:
-        assert torch_weights[1, f * 169 + i * 13 + j] == scratch_weights[(i * 13 + j) * 8 + f, 1]
-    np.testing.assert_array_equal(dense_weights_to_scratch(torch_weights, pooled_shape), scratch_weights)
+def test_twin_has_one_module_per_spec_layer():
+    twin = reference.Twin(scratch.parse_spec("conv3x4b,relu,pool2,dense32,relu,dense10"))
+    kinds = [type(twin.module(layer.name)).__name__ for layer in twin.spec.layers]
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Linear", "ReLU", "Linear"]
+    assert twin.module("conv1").bias is not None and twin.module("dense1").in_features == 13 * 13 * 4
 
 
-def test_refuses_a_module_that_is_not_the_twin():
-    with pytest.raises(ValueError, match="cannot bridge this module to scratch: expected a reference.TutorialTwin"):
+def test_twin_forward_equals_scratch_logits():
+    """The default spec in float64, on real digits: the same logits to within 1e-12."""
+    from scratch.data import load_experiment_data
+
+    train, _ = load_experiment_data(None)
+    net = random_network(scratch.DEFAULT_SPEC, (28, 28), np.float64, seed=3)
+    images = train.images[:8]
+    pixels = torch.from_numpy(images).to(torch.float64) / 255 - 0.5
+    logits = reference.to_torch(net)(pixels[:, None]).detach().numpy()
+    assert np.max(np.abs(logits - net.logits(images))) <= 1e-12
+
+
+def test_dense_flatten_mapping_element_by_element():
+    """Scratch row (i*W + j)*C + c is torch column c*H*W + i*W + j (Flatten on NCHW)."""
+    spec = scratch.parse_spec("conv3x3,dense2", image_shape=(6, 5), num_classes=2)  # the dense sees (4, 3, 3)
+    layout = layout_for(spec.layer("dense1"))
+    weights = np.arange(4 * 3 * 3 * 2, dtype=np.float64).reshape(36, 2)
+    torch_weights = layout.param_to_torch("weights", weights)
+    assert torch_weights.shape == (2, 36)
+    for i, j, c in [(0, 0, 0), (0, 0, 1), (2, 1, 2), (3, 2, 2)]:
+        assert torch_weights[1, c * 12 + i * 3 + j] == weights[(i * 3 + j) * 3 + c, 1]
+    np.testing.assert_array_equal(layout.param_to_scratch("weights", torch_weights), weights)
+
+
+def test_dense_after_a_dense_is_a_plain_transpose():
+    layout = layout_for(scratch.parse_spec("dense6,dense3", image_shape=(2, 2), num_classes=3).layer("dense2"))
+    weights = np.arange(18.0).reshape(6, 3)
+    np.testing.assert_array_equal(layout.param_to_torch("weights", weights), weights.T)
+
+
+def test_conv_filter_and_activation_layouts_element_by_element():
+    spec = scratch.parse_spec("conv1x3,conv2x4,dense10", image_shape=(5, 5))  # conv2 has 3 input channels
+    filters = np.arange(4 * 2 * 2 * 3, dtype=np.float64).reshape(4, 2, 2, 3)  # (F, K, K, C)
+    weight = layout_for(spec.layer("conv2")).param_to_torch("filters", filters)
+    assert weight.shape == (4, 3, 2, 2) and weight[3, 2, 1, 0] == filters[3, 1, 0, 2]
+    single = np.arange(3 * 1 * 1.0).reshape(3, 1, 1)  # conv1: one input channel, (F, K, K)
+    assert layout_for(spec.layer("conv1")).param_to_torch("filters", single).shape == (3, 1, 1, 1)
+    activation = np.arange(2 * 5 * 4 * 3.0).reshape(2, 5, 4, 3)  # NHWC
+    assert activation_to_torch(activation)[1, 2, 4, 3] == activation[1, 4, 3, 2]
+
+
+def test_refuses_parameters_of_the_wrong_shape():
+    twin = reference.to_torch(scratch.build_network("conv3x8,pool2,dense10"))
+    other = scratch.build_network("conv3x4,pool2,dense10").parameters()
+    needs = r"conv1\.filters: the twin needs \(8, 3, 3\) float64, got \(4, 3, 3\) float64"
+    with pytest.raises(ValueError, match=needs):
+        reference.load_into_torch(twin, other)
+
+
+def test_refuses_parameters_of_the_wrong_dtype():
+    twin = reference.to_torch(scratch.build_network("conv3x8,pool2,dense10"))
+    other = scratch.build_network("conv3x8,pool2,dense10", dtype=np.float32).parameters()
+    needs = r"conv1\.filters: the twin needs \(8, 3, 3\) float64, got \(8, 3, 3\) float32"
+    with pytest.raises(ValueError, match=needs):
+        reference.load_into_torch(twin, other)
+
+
+def test_refuses_a_missing_or_unknown_name_and_changes_nothing():
+    net = random_network("conv3x8,pool2,dense10", (28, 28), np.float64)
+    twin = reference.to_torch(net)
+    before = reference.parameters_to_scratch(twin)
+    params = {name: np.zeros_like(value) for name, value in net.parameters().items() if name != "dense1.biases"}
+    with pytest.raises(ValueError, match=r"missing dense1\.biases"):
+        reference.load_into_torch(twin, params)
+    with pytest.raises(ValueError, match=r"unknown filters"):
+        reference.load_into_torch(twin, {**net.parameters(), "filters": np.zeros((8, 3, 3))})  # an old name
+    for name, value in reference.parameters_to_scratch(twin).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=f"{name} changed by a refused load")
+
+
+def test_refuses_a_module_that_is_not_a_twin():
+    refusal = "cannot bridge this module to scratch: expected a reference.Twin built from a spec, got Linear"
+    with pytest.raises(ValueError, match=refusal):
         reference.to_scratch(torch.nn.Linear(3, 2))
 
 
-def test_refuses_a_conv_with_bias():
-    twin = TutorialTwin()
-    twin.conv = torch.nn.Conv2d(1, 8, 3, bias=True, dtype=torch.float64)
-    with pytest.raises(ValueError, match="conv must be 3x3, stride 1, no padding, no bias"):
-        reference.to_scratch(twin)
-
-
-def test_refuses_a_dense_layer_of_the_wrong_size():
-    twin = TutorialTwin()
-    twin.dense = torch.nn.Linear(100, 10, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"dense takes 100 inputs, the pool gives \(13, 13, 8\)"):
-        reference.to_scratch(twin)
-
-
-def test_refuses_to_load_weights_of_another_architecture():
-    twin = reference.to_torch(scratch.tutorial_network(0))
-    other = scratch.tutorial_network(0, num_filters=4)
-    with pytest.raises(ValueError, match=r"architecture mismatch at filters: the PyTorch twin needs \(8, 3, 3\)"):
-        reference.load_into_torch(twin, other.parameters())
-
-
-def test_refuses_mixed_dtypes():
-    twin = reference.to_torch(scratch.tutorial_network(0))
-    other = scratch.tutorial_network(0, np.float32)
-    with pytest.raises(ValueError, match="architecture mismatch at filters: .* float64, .* float32"):
-        reference.load_into_torch(twin, other.parameters())
+def test_to_scratch_passes_network_options_on():
+    twin = reference.to_torch(random_network("conv3x8,pool2,dense10", (12, 11), np.float32))
+    net = reference.to_scratch(twin, tie_policy="all", impl="loops")
+    assert net.dtype == np.float32 and net.image_shape == (12, 11)
+    assert net.layer("pool1").tie_policy == "all" and type(net.layer("conv1")).__name__ == "ConvLoops"

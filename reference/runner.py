@@ -1,106 +1,149 @@
-"""Drive the twin one image at a time and hand back every named tensor in scratch layouts."""
+"""Drive the twin a step at a time and hand back the step's named tensors in scratch layouts, by spec name."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.bridge import (
-    dense_weights_to_scratch,
-    filters_to_scratch,
-    load_into_torch,
-    nchw_to_hwc,
-    parameter_views,
-    parameters_to_scratch,
-)
-from reference.twin import TutorialTwin
+from reference.bridge import ParameterLink, load_into_torch, parameter_links, parameters_to_scratch
+from reference.layouts import activation_to_scratch
+from reference.twin import Twin
+from scratch._checks import check_images, check_labels  # the same refusals as the scratch network
+from scratch.spec import TensorInfo
+
+
+@dataclass
+class _Step:
+    """What one forward + backward produced, in torch layouts, for the extractors to read."""
+
+    activations: list[torch.Tensor]  # [image, layer 1 out, ..., logits]: activation i is layer i+1's input
+    loss: torch.Tensor
+    param_grads: dict[str, torch.Tensor]  # by spec name
+    activation_grads: dict[int, torch.Tensor]  # by position in `activations`
+
+
+Extractor = Callable[[_Step], np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """For one set of requested names: which activation gradients to ask autograd for, and how to read each name."""
+
+    activation_targets: tuple[int, ...]  # positions in `_Step.activations`
+    image_needs_grad: bool
+    extractors: tuple[tuple[str, Extractor], ...]
 
 
 class ReferenceRunner:
-    """The twin with plain `torch.optim.SGD`, stepped per sample like the tutorial."""
+    """The twin with plain `torch.optim.SGD`: one forward + backward per call, the update separate."""
 
-    def __init__(self, twin: TutorialTwin, lr: float = 0.005) -> None:
-        self.twin = twin
-        self.dtype = twin.conv.weight.dtype
+    def __init__(self, twin: Twin, lr: float = 0.005) -> None:
+        self.twin, self.spec, self.dtype = twin, twin.spec, twin.dtype
         self.optimizer = torch.optim.SGD(twin.parameters(), lr=lr)
-        self._parameters = (twin.conv.weight, twin.dense.weight, twin.dense.bias)  # the order of `PARAMETERS`
-        self._parameter_views = parameter_views(twin)  # live NumPy views: SGD updates the parameters in place
+        self._links = parameter_links(twin)  # spec name, torch tensor and layout converter per parameter
+        self._param_tensors = tuple(link.tensor for link in self._links)
+        self._step_names = tuple(info.name for info in self.spec.tensors if info.role != "param")
+        self._plans: dict[tuple[str, ...] | None, _Plan] = {}
 
-    def image_tensor(self, image: np.ndarray) -> torch.Tensor:
-        """The tutorial's `image / 255 - 0.5` in the twin's dtype, as a `(1, 1, H, W)` batch."""
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.dtype)
-        return (pixels / 255 - 0.5).reshape(1, 1, *image.shape)
-
-    def forward_backward(self, image: np.ndarray, label: int, everything: bool = True) -> dict[str, np.ndarray]:
-        """Forward, cross-entropy, backward: every named tensor as a NumPy array in scratch layout.
-
-        With `everything=False` it is a bare training step that returns only what it computes anyway and is small:
-        `logits`, `loss`, `d_dense_biases` and `d_filters` (no activation gradients, no input gradient; the lockstep's
-        cheap path between strided full comparisons).
-        """
-        twin = self.twin
-        x = self.image_tensor(image).requires_grad_(everything)
-        conv_out = twin.conv(x)  # (1, F, H-2, W-2)
-        pool_out = twin.pool(conv_out)  # (1, F, (H-2)//2, (W-2)//2)
-        logits = twin.dense(twin.flatten(pool_out))  # (1, classes)
-        loss = F.cross_entropy(logits, torch.tensor([label]))
-        # One backward pass for exactly the gradients compared; the parameters' go where torch.optim.SGD reads them.
-        activations = (x, conv_out, pool_out, logits) if everything else ()
-        gradients = torch.autograd.grad(loss, self._parameters + activations)
-        for parameter, gradient in zip(self._parameters, gradients, strict=False):
-            parameter.grad = gradient
-        if everything:
-            return self._all_tensors(loss, activations, gradients)
-        d_filters, _, d_dense_biases = (gradient.numpy() for gradient in gradients)
-        return {
-            "logits": logits.detach()[0].numpy(),
-            "loss": loss.detach().numpy(),
-            "d_dense_biases": d_dense_biases,
-            "d_filters": filters_to_scratch(d_filters, two_d_input=True),
-        }
-
-    def _all_tensors(self, loss, activations, gradients) -> dict[str, np.ndarray]:
-        """Every named tensor as a NumPy view (no copies: each is new this step) in scratch layout."""
-        conv_out, pool_out, logits = (activation.detach() for activation in activations[1:])
-        d_filters, d_dense_weights, d_dense_biases, d_image, d_conv_out, d_pool_out, d_logits = (
-            gradient.numpy() for gradient in gradients
+    def forward_backward(
+        self, images: np.ndarray, labels: object, names: Iterable[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Forward, mean cross-entropy, one backward: the requested tensors (all of the step's by default) as
+        NumPy arrays in scratch layouts; parameter gradients always land in `.grad` for `update`."""
+        plan = self._plan(None if names is None else tuple(names))
+        x = self._image_tensor(images)
+        targets = torch.from_numpy(check_labels(labels, self.spec.num_classes, images).astype(np.int64, copy=False))
+        activations = [x.requires_grad_(plan.image_needs_grad)]
+        for layer in self.spec.layers:
+            activations.append(self.twin.forward_layer(layer, activations[-1]))
+        loss = F.cross_entropy(activations[-1], targets)
+        wanted = tuple(activations[position] for position in plan.activation_targets)
+        # One backward pass for exactly the gradients needed; torch.optim.SGD reads the parameters' from `.grad`.
+        gradients = torch.autograd.grad(loss, self._param_tensors + wanted)
+        for tensor, gradient in zip(self._param_tensors, gradients, strict=False):
+            tensor.grad = gradient
+        step = _Step(
+            activations,
+            loss,
+            {link.name: gradient for link, gradient in zip(self._links, gradients, strict=False)},
+            dict(zip(plan.activation_targets, gradients[len(self._links) :], strict=True)),
         )
-        return {
-            "loss": loss.detach().numpy(),
-            "logits": logits.numpy()[0],
-            "conv_out": nchw_to_hwc(conv_out.numpy()),
-            "pool_out": nchw_to_hwc(pool_out.numpy()),
-            "probs": torch.softmax(logits, dim=1).numpy()[0],
-            "d_logits": d_logits[0],
-            "d_dense_weights": dense_weights_to_scratch(d_dense_weights, self.twin.pooled_shape),
-            "d_dense_biases": d_dense_biases,
-            "d_pool_out": nchw_to_hwc(d_pool_out),
-            "d_conv_out": nchw_to_hwc(d_conv_out),
-            "d_filters": filters_to_scratch(d_filters, two_d_input=True),
-            "d_image": d_image[0, 0],
-        }
+        return {name: extract(step) for name, extract in plan.extractors}
 
     def update(self, lr: float | None = None) -> None:
-        """One `torch.optim.SGD` step from the gradients of the last backward (at `lr`, if given)."""
+        """One `torch.optim.SGD` step from the last backward's gradients (at `lr`, if given), then clear them."""
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         self.optimizer.step()
-        for parameter in self._parameters:  # the recorded gradients are views of these: no later backward may add
-            parameter.grad = None
+        for tensor in self._param_tensors:  # recorded gradients may be views of these: no later backward may add
+            tensor.grad = None
 
     @torch.no_grad()
-    def evaluate(self, image: np.ndarray, label: int) -> tuple[float, bool]:
-        """Loss and correctness of one image, without backward."""
-        logits = self.twin(self.image_tensor(image))
-        loss = F.cross_entropy(logits, torch.tensor([label]))
-        return float(loss), bool(int(logits[0].argmax()) == label)
+    def evaluate(self, images: np.ndarray, labels: object) -> tuple[float, int]:
+        """Mean loss and the number classified right, without backward."""
+        targets = torch.from_numpy(check_labels(labels, self.spec.num_classes, images).astype(np.int64, copy=False))
+        logits = self.twin(self._image_tensor(images))
+        loss = F.cross_entropy(logits, targets)
+        return float(loss), int((logits.argmax(dim=1) == targets).sum())
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """The twin's parameters in scratch layouts (copies)."""
-        return parameters_to_scratch(self.twin, self._parameter_views)
+        """The twin's parameters in scratch layouts, by spec name (copies)."""
+        return parameters_to_scratch(self.twin, self._links)
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
-        """Set the twin's parameters from scratch-layout arrays."""
+        """Set the twin's parameters from scratch-layout arrays by spec name (all checked first)."""
         load_into_torch(self.twin, params)
+
+    def _image_tensor(self, images: np.ndarray) -> torch.Tensor:
+        """Raw `(H, W)` or `(N, H, W)` pixels as `pixels / 255 - 0.5` in the twin's dtype, `(N, 1, H, W)`."""
+        batch = check_images(images, self.spec.image_shape)  # (N, H, W), a view
+        pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(self.dtype)
+        return (pixels / 255 - 0.5).unsqueeze(1)  # the same two roundings as scratch's normalisation (tested)
+
+    def _plan(self, names: tuple[str, ...] | None) -> _Plan:
+        """The cached plan for `names` (None: every tensor of the step)."""
+        if names not in self._plans:
+            self._plans[names] = self._make_plan(self._step_names if names is None else names)
+        return self._plans[names]
+
+    def _make_plan(self, names: tuple[str, ...]) -> _Plan:
+        unknown = [name for name in names if name not in self._step_names]
+        if unknown:
+            raise ValueError(
+                f"forward_backward: {', '.join(map(repr, unknown))} is not a tensor of a {self.spec.text} step "
+                f"(the parameters after the update come from parameters()); expected some of "
+                f"{', '.join(self._step_names)}"
+            )
+        positions = {layer.name: index for index, layer in enumerate(self.spec.layers)}
+        extractors, targets = [], []
+        for name in names:
+            info = self.spec.tensor(name)
+            position = positions.get(info.layer, -1)
+            if info.role in ("d_in", "d_out"):
+                targets.append(position + (info.role == "d_out"))  # layer i's input is activation i
+            extractors.append((name, _extractor(info, position, self._links)))
+        targets = tuple(sorted(set(targets)))
+        first_with_params = next(i for i, layer in enumerate(self.spec.layers) if layer.params)
+        # Activations up to the first layer with parameters depend on nothing that requires a gradient but the image.
+        image_needs_grad = any(position <= first_with_params for position in targets)
+        return _Plan(targets, image_needs_grad, tuple(extractors))
+
+
+def _extractor(info: TensorInfo, position: int, links: tuple[ParameterLink, ...]) -> Extractor:
+    """How to read one named tensor from a `_Step` as a NumPy array in scratch layout (views of fresh tensors)."""
+    if info.role == "out":
+        return lambda step: activation_to_scratch(step.activations[position + 1].detach().numpy())
+    if info.role == "probs":
+        return lambda step: torch.softmax(step.activations[-1].detach(), dim=1).numpy()
+    if info.role == "loss":
+        return lambda step: step.loss.detach().numpy()
+    if info.role == "d_param":
+        link = next(link for link in links if link.name == f"{info.layer}.{info.param}")
+        return lambda step: link.to_scratch(step.param_grads[link.name].numpy())
+    target = position + (info.role == "d_out")  # d_in: the layer's input; d_out: its output (the logits)
+    return lambda step: activation_to_scratch(step.activation_grads[target].numpy())
