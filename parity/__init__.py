@@ -1,11 +1,11 @@
 """The comparison engine: named tensors of scratch against the PyTorch reference, explained element by element.
 
-`import parity` does not import torch (golden-record checks run without it); `parity.experiment` does.
+`import parity` does not import torch (golden-record checks run without it); `parity.lockstep.experiment` does.
 """
 
-from parity.compare import TensorComparison, compare, compare_many
-from parity.lockstep import Divergence, Lockstep, LockstepRecord, StepRecord, run_lockstep
-from parity.tolerances import TOLERANCES, Tolerance, tolerance_for
+from parity.engine.compare import TensorComparison, compare, compare_many
+from parity.engine.tolerances import TOLERANCES, Tolerance, tolerance_for
+from parity.lockstep.stepper import Divergence, Lockstep, LockstepRecord, StepRecord, run_lockstep
 
 __all__ = [
     "TOLERANCES",

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from parity.experiment import ExperimentConfig, ExperimentResult, run_experiment
+from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, run_experiment
 from scratch.data import Dataset, load_experiment_data
 
 _EXPERIMENTS: dict[ExperimentConfig, ExperimentResult] = {}

@@ -14,9 +14,9 @@ import torch
 
 import reference
 import scratch
-from parity.experiment import ScratchSide
-from parity.lockstep import Lockstep, LockstepRecord, run_lockstep
-from parity.testing import ParityError, assert_lockstep, assert_parity
+from parity.engine.testing import ParityError, assert_lockstep, assert_parity
+from parity.lockstep.experiment import ScratchSide
+from parity.lockstep.stepper import Lockstep, LockstepRecord, run_lockstep
 from reference.layouts import DenseLayout
 from scratch.conv import Conv
 from scratch.dense import Dense

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 import scratch
-from parity.check import large_logit_weights
+from parity.check.adapter import TutorialSide, _recovered, tutorial_spec
+from parity.check.loader import ImplError, Mapping, load_impl
+from parity.check.run import large_logit_weights
 from parity.cli import main
-from parity.impls.adapter import TutorialSide, _recovered, tutorial_spec
-from parity.impls.loader import ImplError, Mapping, load_impl
 
 ROOT = Path(__file__).resolve().parent.parent
-TUTORIAL = ROOT / "examples" / "tutorial_cnn"
-FIXED = ROOT / "examples" / "fixed_cnn"
+TUTORIAL = ROOT / "parity" / "check" / "examples" / "tutorial_cnn"
+FIXED = ROOT / "parity" / "check" / "examples" / "fixed_cnn"
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -222,7 +222,7 @@ def test_loader_imports_files_privately():
 
 
 def test_recovered_gradient_error_is_within_the_documented_bound():
-    """(before - after) / lr is off by at most eps/2 |w| / lr + 2 eps |g| (see parity.impls.adapter)."""
+    """(before - after) / lr is off by at most eps/2 |w| / lr + 2 eps |g| (see parity.check.adapter)."""
     rng = np.random.default_rng(0)
     eps = np.finfo(np.float64).eps
     for lr in (0.005, 0.1, 1.0):
@@ -286,7 +286,7 @@ def test_large_logit_probe_raises_logits_but_not_probabilities():
 def test_command_modules_do_not_import_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import parity.check, parity.golden, parity.selftest, parity.impls.bugs\n"
+        "import parity.check.command, parity.golden.records, parity.check.selftest, parity.check.bugs\n"
         "from parity.cli import build_parser; build_parser()\n"
         "print('ok')"
     )
@@ -297,7 +297,7 @@ def test_command_modules_do_not_import_torch():
 def test_check_without_torch_is_a_usage_error():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from parity.cli import main; sys.exit(main(['check', '--impl', 'examples/fixed_cnn']))"
+        "from parity.cli import main; sys.exit(main(['check', '--impl', 'parity/check/examples/fixed_cnn']))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and done.stdout == ""

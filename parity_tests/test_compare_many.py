@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity.compare import Workspace, compare, compare_many
-from parity.tolerances import Tolerance, tolerance_for
+from parity.engine.compare import Workspace, compare, compare_many
+from parity.engine.tolerances import Tolerance, tolerance_for
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]

@@ -14,11 +14,11 @@ import pytest
 import scratch.conv
 import scratch.network
 from parity.cli import main
-from parity.golden import DEFAULT_PATH, FORMAT, GoldenConfig, read_golden
+from parity.golden.records import DEFAULT_PATH, FORMAT, GoldenConfig, read_golden
 from scratch.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "parity_tests" / "golden" / "tutorial-float64-seed0.json.gz"
+GOLDEN = ROOT / "parity" / "golden" / "tutorial-float64-seed0.json.gz"
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -167,7 +167,7 @@ def test_unusable_golden_is_one_line_and_exit_2(capsys, tmp_path, case):
 
 def test_golden_walks_the_data_in_the_experiments_order():
     """The same seeded per-epoch shuffles as the lockstep experiment (`scratch.data.epoch_orders`)."""
-    from parity.golden import scratch_steps
+    from parity.golden.records import scratch_steps
     from scratch.data import epoch_orders
 
     images = np.random.default_rng(1).integers(0, 256, (7, 28, 28), dtype=np.uint8)

@@ -15,7 +15,7 @@ import torch
 
 import reference
 import scratch
-from parity.compare import compare
+from parity.engine.compare import compare
 from reference.bridge import parameter_links
 from reference.layouts import activation_to_scratch, activation_to_torch
 

@@ -8,9 +8,9 @@ import pytest
 
 import reference
 import scratch
-from parity.experiment import ExperimentConfig, ScratchSide
-from parity.lockstep import Lockstep, always_compared
-from parity.testing import assert_lockstep
+from parity.engine.testing import assert_lockstep
+from parity.lockstep.experiment import ExperimentConfig, ScratchSide
+from parity.lockstep.stepper import Lockstep, always_compared
 from scratch.data import batches
 
 # One spec per shape of network the harness must follow: two convs, a ReLU before and after a pool, 5x5 kernels,

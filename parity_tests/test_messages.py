@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity.compare import compare
-from parity.tables import comparison_table
-from parity.testing import ParityError, assert_parity, compare_tensors
-from parity.tolerances import TOLERANCES, tolerance_for
+from parity.engine.compare import compare
+from parity.engine.tables import comparison_table
+from parity.engine.testing import ParityError, assert_parity, compare_tensors
+from parity.engine.tolerances import TOLERANCES, tolerance_for
 from scratch.spec import parse_spec
 
 

@@ -5,7 +5,7 @@ identical windows with position-dependent rounding in places (OpenBLAS's float32
 multi-channel conv in both dtypes), so an exact tie on one side can be a one-ULP near-tie on the other and route
 its gradient to a neighbour. Hence two tests: on digits moved by less than half a grey level (no two windows
 alike) every tensor must match; on the raw digits every tensor must match, or the first to diverge must be a pool's
-input gradient whose every mismatch is such a proven near-tie flip (`parity.ties.near_tie_flips`).
+input gradient whose every mismatch is such a proven near-tie flip (`parity.diagnosis.pool.near_tie_flips`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 
 import reference
 import scratch
-from parity.compare import compare
-from parity.ties import near_tie_flips
-from parity.tolerances import tolerance_for
+from parity.diagnosis.pool import near_tie_flips
+from parity.engine.compare import compare
+from parity.engine.tolerances import tolerance_for
 from scratch.data import load_experiment_data
 
 SPECS = [

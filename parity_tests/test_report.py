@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from parity import atomic, cli
-from parity.experiment import ExperimentConfig, run_experiment
+from parity.lockstep.experiment import ExperimentConfig, run_experiment
 from reports import jsondoc, markdown, writer
 from reports.suite import write_suite_report
 from scratch.data import load_experiment_data
@@ -389,7 +389,7 @@ def test_command_module_imports_without_torch():
     """`build_parser` imports every command module; `compare-golden` must still run where torch is absent."""
     code = (
         "import sys, reports.command, reports.writer; "
-        "loaded = [m for m in ('torch', 'reference', 'parity.experiment') if m in sys.modules]; "
+        "loaded = [m for m in ('torch', 'reference', 'parity.lockstep.experiment') if m in sys.modules]; "
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

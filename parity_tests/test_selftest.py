@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from parity.check import DEFAULT_STEPS
+from parity.check.bugs import BUGS, Bug, with_bug
+from parity.check.loader import load_impl
+from parity.check.run import DEFAULT_STEPS
+from parity.check.selftest import DEFAULT_BASE, run_bugs
 from parity.cli import main
-from parity.impls.bugs import BUGS, Bug, with_bug
-from parity.impls.loader import load_impl
-from parity.selftest import DEFAULT_BASE, run_bugs
 from scratch.data import load_experiment_data
 
 BY_NAME = {bug.name: bug for bug in BUGS}

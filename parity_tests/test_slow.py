@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from parity.experiment import ExperimentConfig
-from parity.testing import assert_lockstep
+from parity.engine.testing import assert_lockstep
+from parity.lockstep.experiment import ExperimentConfig
 
 pytestmark = pytest.mark.slow
 

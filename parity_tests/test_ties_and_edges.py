@@ -9,12 +9,12 @@ import pytest
 
 import reference
 import scratch
-from parity.compare import compare
-from parity.experiment import ExperimentConfig, ScratchSide
-from parity.flips import upstream_consequences
-from parity.lockstep import run_lockstep
-from parity.ties import count_tied_windows, near_tie_flips, routed_elsewhere, untied_routing_mismatches
-from parity.tolerances import tolerance_for
+from parity.diagnosis.flips import upstream_consequences
+from parity.diagnosis.pool import count_tied_windows, near_tie_flips, routed_elsewhere, untied_routing_mismatches
+from parity.engine.compare import compare
+from parity.engine.tolerances import tolerance_for
+from parity.lockstep.experiment import ExperimentConfig, ScratchSide
+from parity.lockstep.stepper import run_lockstep
 
 F64 = tolerance_for(np.float64)
 INF, NAN = math.inf, math.nan

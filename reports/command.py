@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from parity.lockstep import DEFAULT_REPORT_STRIDE, always_compared
+from parity.lockstep.stepper import DEFAULT_REPORT_STRIDE, always_compared
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
 DEFAULT_OUT = "reports/latest"
@@ -163,7 +163,7 @@ def _choice(option: str, text: object, choices: tuple[str, ...]) -> str:
 
 
 def _usage(message: str) -> Exception:
-    from parity.cli import UsageError  # parity.cli imports nothing heavy
+    from parity.cli.errors import UsageError  # a leaf module
 
     return UsageError(message)
 
@@ -225,7 +225,7 @@ def configs(options: Options):
     """The parity runs (one per dtype), then the tutorial-faithful demonstration; and the set of demonstrations.
 
     The demonstration shows the tutorial's max-pool tie rule at work, so a spec without a pool has none."""
-    from parity.experiment import ExperimentConfig
+    from parity.lockstep.experiment import ExperimentConfig
 
     common = {
         "arch": options.arch,
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from parity.experiment import run_experiment
+    from parity.lockstep.experiment import run_experiment
     from reports.summary import summary_table, verdict_line
     from reports.writer import build_document, write_document
     from scratch.data import load_experiment_data

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from parity.lockstep import always_compared
-from parity.tolerances import TOLERANCES
+from parity.engine.tolerances import TOLERANCES
+from parity.lockstep.stepper import always_compared
 
-if TYPE_CHECKING:  # torch-free at import time: parity.experiment imports the reference (torch)
-    from parity.compare import TensorComparison
-    from parity.experiment import ExperimentResult
-    from parity.lockstep import LockstepRecord, StepRecord
+if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment imports the reference (torch)
+    from parity.engine.compare import TensorComparison
+    from parity.lockstep.experiment import ExperimentResult
+    from parity.lockstep.stepper import LockstepRecord, StepRecord
 
 # v2: spec-named tensors and layers, `architecture`/`batch_size`/`layers` per run, per-tensor share of tolerance,
 # the shown steps' comparison rows (report.md renders from the document alone).

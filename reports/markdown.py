@@ -119,7 +119,7 @@ def render(document: dict[str, object]) -> str:
         "\n".join(_run_description(run) for run in document["runs"]),
         "## Tolerances",
         "An element passes when |scratch - reference| <= atol + rtol * |reference| (the rule of "
-        "`torch.testing.assert_close`, with the project's own numbers, from `parity.tolerances`):",
+        "`torch.testing.assert_close`, with the project's own numbers, from `parity.engine.tolerances`):",
         table(
             [
                 {"dtype": dtype, "atol": t["atol"], "rtol": t["rtol"], "why this size": t["reason"]}

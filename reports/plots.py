@@ -16,10 +16,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from parity.tolerances import tolerance_for
+from parity.engine.tolerances import tolerance_for
 
-if TYPE_CHECKING:  # torch-free at import time: parity.experiment imports the reference (torch)
-    from parity.experiment import ExperimentResult
+if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment imports the reference (torch)
+    from parity.lockstep.experiment import ExperimentResult
 
 WINDOW = 100  # the tutorial reports the mean loss of every 100 steps
 MAX_POINTS = 600  # steps are binned (max per bin) beyond this many, so lines stay readable

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from parity.experiment import ExperimentConfig, ExperimentResult, run_experiment
+from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, run_experiment
 from reports.command import TITLE, Options, configs
 from reports.writer import write_report
 from scratch.spec import DEFAULT_SPEC

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from parity.tables import text_table
+from parity.engine.tables import text_table
 from reports.jsondoc import DIVERGED, EXPECTED, NO_DIVERGENCE, PASSED
 
 RESULT_TEXT = {

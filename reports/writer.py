@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from parity import atomic
 from reports import environment, jsondoc, markdown, plots
 
-if TYPE_CHECKING:  # torch-free at import time: parity.experiment imports the reference (torch)
-    from parity.experiment import ExperimentConfig, ExperimentResult
+if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment imports the reference (torch)
+    from parity.lockstep.experiment import ExperimentConfig, ExperimentResult
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 

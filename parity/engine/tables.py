@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tabulate import tabulate
 
-from parity.compare import TensorComparison
+from parity.engine.compare import TensorComparison
 
 
 def text_table(rows: Sequence[Mapping[str, object]], tablefmt: str = "github", float_format: str = ".3g") -> str:

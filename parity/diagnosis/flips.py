@@ -14,9 +14,9 @@ from dataclasses import replace
 import numpy as np
 
 import scratch
-from parity.compare import compare
-from parity.ties import beyond_tolerance, near_tie_flips, routed_elsewhere
-from parity.tolerances import tolerance_for
+from parity.diagnosis.pool import beyond_tolerance, near_tie_flips, routed_elsewhere
+from parity.engine.compare import compare
+from parity.engine.tolerances import tolerance_for
 from scratch.spec import NetworkSpec
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 import reference
 import scratch
-from parity.lockstep import Lockstep, LockstepRecord, StepRecord
+from parity.lockstep.stepper import Lockstep, LockstepRecord, StepRecord
 from scratch.data import Dataset, batches, epoch_orders
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 

@@ -1,15 +1,16 @@
-"""Realistic bugs for the self-test, each a small patch over the correct tutorial-interface code in examples/fixed_cnn.
+"""Realistic bugs for the self-test, each a small patch over the correct tutorial-interface code in
+parity/check/examples/fixed_cnn.
 
 A patch is a mixin class that overrides one or two methods of one tutorial class (the line that differs from the
 correct code is marked `# BUG:`); `with_bug` puts it in front of that class. Each bug says which spec layer holds
 the mistake (`conv1` is `Conv3x3`, `pool1` is `MaxPool2`, `dense1` is `Softmax`'s dense part and `loss` its
-softmax, see `parity.impls.adapter`) and what a real person would have done to make it; the self-test passes when
+softmax, see `parity.check.adapter`) and what a real person would have done to make it; the self-test passes when
 `cnn-parity check` catches every one and blames that layer. Some are loud (a flipped kernel breaks the forward pass at
 step 0), some are invisible in the loss (the conv's input gradient is never used to train anything), and two
 only show under an edge probe (an unshifted softmax, an odd-size pool edge).
 
 The patches use the correct implementation's helpers (`Conv3x3.regions`, `MaxPool2.windows`/`max_position`,
-`Softmax.totals_gradient`/`last_probs`), so they apply to examples/fixed_cnn, not to arbitrary code.
+`Softmax.totals_gradient`/`last_probs`), so they apply to parity/check/examples/fixed_cnn, not to arbitrary code.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.impls.adapter import TUTORIAL_CLASS
-from parity.impls.loader import TutorialImpl
+from parity.check.adapter import TUTORIAL_CLASS
+from parity.check.loader import TutorialImpl
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from parity.compare import TensorComparison
+from parity.engine.compare import TensorComparison
 from scratch.spec import NetworkSpec, TensorInfo
 
 # What a mismatch usually means, by the kind of layer and the role of the tensor in it.
@@ -39,7 +39,7 @@ def diagnose(
     """The diagnosis of the first tensor to exceed tolerance in a step.
 
     `untied_mismatches`: for a pool's input gradient, how many windows without a tie received a different gradient
-    (see `parity.ties.untied_routing_mismatches`); only when it is 0 is the cause a tie policy.
+    (see `parity.diagnosis.pool.untied_routing_mismatches`); only when it is 0 is the cause a tie policy.
     """
     hint = HINTS.get((info.kind, info.role), "no hint for this tensor")
     where = f"{info.layer} ({info.kind})"

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from parity.impls.loader import ImplError, TutorialImpl
+from parity.check.loader import ImplError, TutorialImpl
 from scratch.spec import NetworkSpec, parse_spec
 
 # The spec layer each tutorial class implements, and back; the softmax of the loss (`probs`, layer `loss`) is

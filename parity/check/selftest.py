@@ -1,8 +1,8 @@
 """`cnn-parity selftest`: does `check` catch real bugs, blame the right layer, and pass correct code?
 
-The correct tutorial-interface implementation in examples/fixed_cnn (first-max pool routing, a shifted softmax,
-a conv that returns its input gradient) is checked as it is, and then once per bug in `parity.impls.bugs`, each a
-small patch of one layer. It passes when the correct code shows parity over the default steps and every edge
+The correct tutorial-interface implementation in parity/check/examples/fixed_cnn (first-max pool routing, a shifted
+softmax, a conv that returns its input gradient) is checked as it is, and then once per bug in `parity.check.bugs`,
+each a small patch of one layer. It passes when the correct code shows parity over the default steps and every edge
 probe (no false positive), and every bug is caught, by the main run or a probe, with its first divergence blamed
 on the spec layer the bug is in (`conv1` for `Conv3x3`, `pool1` for `MaxPool2`, `dense1` for `Softmax`, `loss` for
 the softmax it computes). The "loss" column shows whether the loss alone would have noticed at that step.
@@ -19,22 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.check import (
-    DEFAULT_LR,
-    DEFAULT_STEPS,
-    PROBES,
-    CheckResult,
-    check_impl,
-    import_torch,
-)
-from parity.cli import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
-from parity.impls.bugs import BUGS, Bug, with_bug
-from parity.impls.loader import ImplError, TutorialImpl, load_impl
-from parity.tables import text_table
-from parity.tolerances import tolerance_for
+from parity.check.bugs import BUGS, Bug, with_bug
+from parity.check.command import import_torch
+from parity.check.loader import ImplError, TutorialImpl, load_impl
+from parity.check.run import DEFAULT_LR, DEFAULT_STEPS, PROBES, CheckResult, check_impl
+from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
+from parity.engine.tables import text_table
+from parity.engine.tolerances import tolerance_for
 from scratch.argtypes import nonnegative_int, positive_int
 
-DEFAULT_BASE = Path(__file__).resolve().parent.parent / "examples" / "fixed_cnn"
+DEFAULT_BASE = Path(__file__).resolve().parent / "examples" / "fixed_cnn"  # package data
 
 
 @dataclass
@@ -133,7 +127,7 @@ def add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
         "--base",
         default=str(DEFAULT_BASE),
         metavar="PATH",
-        help="the correct tutorial-interface implementation the bugs patch (examples/fixed_cnn)",
+        help="the correct tutorial-interface implementation the bugs patch (parity/check/examples/fixed_cnn)",
     )
     parser.add_argument(
         "--bug", action="append", default=[], metavar="NAME", help="run only these bugs (repeat); see --list"
@@ -175,7 +169,7 @@ def run_selftest(args: argparse.Namespace) -> int:
 
 
 def _shown(path: str) -> str:
-    """`path` relative to the working directory when it lies below it (examples/fixed_cnn, not /home/...)."""
+    """`path` relative to the working directory when it lies below it (parity/check/examples/..., not /home/...)."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
 

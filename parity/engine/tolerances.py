@@ -47,7 +47,7 @@ TOLERANCES: dict[np.dtype, Tolerance] = {
             "measured over the same runs: up to 61% of this allowance, on the logits (a 1,352-term float32 dot product "
             "summed in a different order by NumPy and PyTorch); over the 8 deeper specs, arithmetic error stays under "
             "28% (logits after a 5x5 conv); pool and conv input gradients reach 99.6%, all of it near-tie flips of "
-            "gradients smaller than atol, which `parity.flips` proves; every injected gradient bug is >= 100x larger"
+            "gradients below atol, proven by `parity.diagnosis.flips`; every injected gradient bug is >= 100x larger"
         ),
     ),
 }

@@ -21,11 +21,12 @@ from typing import Protocol
 
 import numpy as np
 
-from parity.compare import TensorComparison, Workspace, compare, compare_many
-from parity.diagnosis import diagnose
-from parity.flips import explain_flips
-from parity.ties import count_tied_windows, untied_routing_mismatches
-from parity.tolerances import tolerance_for
+from parity.diagnosis.diagnose import diagnose
+from parity.diagnosis.flips import explain_flips
+from parity.diagnosis.pool import count_tied_windows, untied_routing_mismatches
+from parity.engine.compare import Workspace, compare, compare_many
+from parity.engine.tolerances import tolerance_for
+from parity.lockstep.records import Divergence, LockstepRecord, StepRecord
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
@@ -65,95 +66,6 @@ class Side(Protocol):
     def update(self, lr: float) -> None: ...
     def parameters(self) -> dict[str, np.ndarray]: ...
     def load_parameters(self, params: dict[str, np.ndarray]) -> None: ...
-
-
-@dataclass
-class StepRecord:
-    """One step of a lockstep run: both losses, the tie count, and the comparisons made."""
-
-    step: int
-    scratch_loss: float
-    reference_loss: float
-    scratch_correct: int  # samples of the batch classified right
-    reference_correct: int
-    tied_windows: int | None  # tied pool windows (all pools) in the reference's forward; None unless detailed
-    comparisons: list[TensorComparison]
-    flipped_windows: int = 0  # near-tie routing flips explained this step
-    full: bool = True  # every tensor compared; False on a strided step (only `always_compared`)
-    samples: int = 1  # images in the step's batch
-
-    @property
-    def passed(self) -> bool:
-        """True when every compared tensor was within tolerance, or out of it for a proven harmless reason."""
-        return all(c.ok for c in self.comparisons)
-
-    @property
-    def tolerance_used(self) -> float:
-        """The largest share of tolerance used by any tensor this step (explained flips aside)."""
-        return max((c.tolerance_used for c in self.comparisons if not c.explained), default=0.0)
-
-
-@dataclass
-class Divergence:
-    """The first tensor, in forward-then-backward-then-parameters order, of the first step to exceed tolerance."""
-
-    step: int
-    tensor: str
-    layer: str
-    comparison: TensorComparison
-    tied_windows: int | None
-    diagnosis: str
-
-    def message(self) -> str:
-        """A one-paragraph explanation of the divergence."""
-        return f"step {self.step}, {self.layer} {self.tensor}: {self.diagnosis}. {self.comparison.message()}"
-
-
-@dataclass
-class LockstepRecord:
-    """Everything a lockstep run measured."""
-
-    dtype: str
-    mode: str
-    stride: int
-    lr: float
-    spec: NetworkSpec
-    steps: list[StepRecord] = field(default_factory=list)
-    first_divergence: Divergence | None = None
-    seconds: dict[str, float] = field(
-        default_factory=lambda: {"scratch": 0.0, "reference": 0.0, "compare": 0.0, "replay": 0.0}
-    )
-    missing_tensors: tuple[str, ...] = ()
-    worst_tolerance_used: float = 0.0
-    resynced_steps: list[int] = field(default_factory=list)  # steps after which scratch took the reference's weights
-    pending_worst: tuple[StepRecord, dict] | None = field(default=None, repr=False)  # detailed when the run ends
-    replayed_steps: int = 0  # steps re-run in full to locate a failure or close the run (strided runs)
-    # Strided steps that failed but passed when replayed from the same weights: a side is not deterministic (or the
-    # replay did not restore its state), so nothing can be located; the run does not pass.
-    unreproduced_failures: list[int] = field(default_factory=list)
-
-    @property
-    def flipped_windows(self) -> int:
-        """Near-tie routing flips explained over the run."""
-        return sum(step.flipped_windows for step in self.steps)
-
-    @property
-    def passed(self) -> bool:
-        """True when no tensor exceeded tolerance at any step (proven near-tie flips aside)."""
-        return self.first_divergence is None and not self.unreproduced_failures
-
-    def max_abs_error(self) -> dict[str, float]:
-        """The largest absolute error of each compared tensor over the run (explained near-tie flips aside)."""
-        worst: dict[str, float] = {}
-        for step in self.steps:
-            for c in step.comparisons:
-                if not c.explained:
-                    worst[c.name] = max(worst.get(c.name, 0.0), c.max_abs_error)
-        return {name: worst[name] for name in self.spec.tensor_names if name in worst}
-
-    def worst_step(self) -> StepRecord | None:
-        """The step that used the largest share of tolerance (the first such step on a tie)."""
-        return max(self.steps, key=lambda s: s.tolerance_used, default=None)
 
 
 def run_lockstep(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.tolerances import Tolerance, tolerance_for
+from parity.engine.tolerances import Tolerance, tolerance_for
 
 
 @dataclass(slots=True)

@@ -27,152 +27,27 @@ and print them with `print_section`, then list the section in `SECTIONS`.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 import scratch
-from parity.lockstep import DEFAULT_REPORT_STRIDE, always_compared
+from parity.benchmark.timing import StepFn, Target, print_section, rows_against, time_candidates
+from parity.lockstep.stepper import DEFAULT_REPORT_STRIDE, always_compared
 from scratch.argtypes import positive_int
 
 LR = 0.005
 DEFAULT_STEPS = 500
 DEFAULT_REPEATS = 15
 LOOPS_STEP_DIVISOR = 50  # the loop code is ~100x slower: time it over fewer steps per round
-WARMUP_STEPS = 20
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
 
 VECTORISED = "scratch vectorised"
 TORCH = "PyTorch eager"
 LOOPS = "tutorial loops"
-
-StepFn = Callable[[int], None]  # runs training step number i (it picks image i modulo the data)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A speed target on the ratio to the baseline: at least `at_least` times (slower baseline), or at most
-    `at_most` times (a bounded overhead)."""
-
-    at_least: float | None = None
-    at_most: float | None = None
-
-    def describe(self) -> str:
-        """The target on the ratio column, e.g. `>= 3x` or `<= 1.3x`."""
-        return f">= {self.at_least:g}x" if self.at_least is not None else f"<= {self.at_most:g}x"
-
-    def met_by(self, ratio: float) -> bool:
-        """Whether `ratio` meets the target."""
-        return ratio >= self.at_least if self.at_least is not None else ratio <= self.at_most
-
-
-@dataclass(frozen=True)
-class Row:
-    """One candidate's result: median and spread of its per-step time, and how it compares with the baseline."""
-
-    candidate: str
-    seconds: float  # median per step
-    spread: tuple[float, float]  # fastest and slowest round, per step
-    ratio: float  # time per step over the baseline's (above 1: the baseline is faster); see `rows_against`
-    target: Target | None = None
-
-    @property
-    def passed(self) -> bool | None:
-        """Whether the target is met; None when the row has no target."""
-        return None if self.target is None else self.target.met_by(self.ratio)
-
-
-def time_candidates(
-    candidates: Mapping[str, StepFn],
-    steps: int | Mapping[str, int],
-    repeats: int,
-    warmup: int = WARMUP_STEPS,
-) -> dict[str, list[float]]:
-    """Seconds per step of each candidate in each of `repeats` rounds, timed round-robin (gc off while timing)."""
-    steps_of = {name: steps[name] if isinstance(steps, Mapping) else steps for name in candidates}
-    names = list(candidates)
-    next_step = dict.fromkeys(names, 0)
-    for name in names:  # warm caches, allocators and lazy initialisation before anything is timed
-        for _ in range(min(warmup, steps_of[name])):
-            candidates[name](next_step[name])
-            next_step[name] += 1
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        shift = repeat % len(names)  # rotate the order: no candidate always follows the same one
-        for name in names[shift:] + names[:shift]:
-            step, first, count = candidates[name], next_step[name], steps_of[name]
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                started = time.perf_counter()
-                for i in range(first, first + count):
-                    step(i)
-                elapsed = time.perf_counter() - started
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
-            samples[name].append(elapsed / count)
-            next_step[name] = first + count
-    return samples
-
-
-def median_seconds(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """The median per-step time of each candidate."""
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def paired_ratio(samples: Sequence[float], baseline: Sequence[float]) -> float:
-    """The median over rounds of candidate time / baseline time, each pair timed in the same round.
-
-    Pairing cancels what drifts between rounds (another process, CPU frequency), which a ratio of the two
-    medians would not."""
-    return statistics.median(mine / theirs for mine, theirs in zip(samples, baseline, strict=True))
-
-
-def rows_against(
-    samples: Mapping[str, Sequence[float]], baseline: str, targets: Mapping[str, Target] | None = None
-) -> list[Row]:
-    """Table rows from `time_candidates` samples, ratios taken against the `baseline` candidate."""
-    medians = median_seconds(samples)
-    targets = targets or {}
-    return [
-        Row(name, medians[name], (min(values), max(values)), paired_ratio(values, samples[baseline]), targets.get(name))
-        for name, values in samples.items()
-    ]
-
-
-def format_rows(rows: Sequence[Row], baseline: str) -> str:
-    """A plain-text table: candidate, median us/step, spread, ratio to the baseline, target, PASS/FAIL."""
-    from tabulate import tabulate
-
-    table = [
-        [
-            row.candidate,
-            _microseconds(row.seconds),
-            f"{_microseconds(row.spread[0])} - {_microseconds(row.spread[1])}",
-            f"{row.ratio:.2f}x",
-            row.target.describe() if row.target else "-",
-            {None: "-", True: "PASS", False: "FAIL"}[row.passed],
-        ]
-        for row in rows
-    ]
-    headers = ["candidate", "us/step (median)", "fastest - slowest round", f"time / {baseline}", "target", "result"]
-    return tabulate(table, headers=headers, disable_numparse=True, colalign=("left", "right", "right", "right"))
-
-
-def print_section(title: str, rows: Sequence[Row], baseline: str, notes: Sequence[str] = ()) -> None:
-    """Print one section: a title, the table, and any notes."""
-    print(f"\n== {title} ==")
-    print(format_rows(rows, baseline))
-    for note in notes:
-        print(note)
 
 
 def train_step_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> dict[str, StepFn]:
@@ -234,8 +109,8 @@ REPORT_DEFAULT = f"lockstep, stride {DEFAULT_REPORT_STRIDE} (report default)"
 
 def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> dict[str, StepFn]:
     """Training both models bare, against lockstep steps that also hand over and compare every tensor."""
-    from parity.experiment import ScratchSide
-    from parity.lockstep import Lockstep
+    from parity.lockstep.experiment import ScratchSide
+    from parity.lockstep.stepper import Lockstep
     from reference import ReferenceRunner, to_torch
 
     bare = train_step_candidates(dtype, images, labels)
@@ -362,10 +237,6 @@ def environment_line() -> str:
         f"numpy {np.__version__} ({blas}), torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
         f"Python {platform.python_version()}, {os.cpu_count()} CPU(s); thread env vars: {env}"
     )
-
-
-def _microseconds(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

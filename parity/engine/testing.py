@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from parity.compare import TensorComparison, compare
-from parity.lockstep import LockstepRecord
-from parity.tables import comparison_table
+from parity.engine.compare import TensorComparison, compare
+from parity.engine.tables import comparison_table
+from parity.lockstep.stepper import LockstepRecord
 from scratch.spec import NetworkSpec
 
 

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from parity.cli.errors import EXIT_USAGE, UsageError
 from scratch.data import DataError
 
 # subcommand -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
@@ -15,17 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the lockstep experiment on a network spec (the tutorial's by default) and write report.md, "
         "report.json, plots",
     ),
-    "check": ("parity.check", "check a tutorial-style implementation tensor by tensor against PyTorch"),
-    "record": ("parity.golden", "write a golden record of the default scratch run"),
-    "compare-golden": ("parity.golden", "rerun scratch alone and compare it with a golden record (no torch)"),
-    "selftest": ("parity.selftest", "inject realistic bugs and show each one caught and attributed"),
+    "check": ("parity.check.command", "check a tutorial-style implementation tensor by tensor against PyTorch"),
+    "record": ("parity.golden.command", "write a golden record of the default scratch run"),
+    "compare-golden": ("parity.golden.command", "rerun scratch alone and compare it with a golden record (no torch)"),
+    "selftest": ("parity.check.selftest", "inject realistic bugs and show each one caught and attributed"),
 }
-
-EXIT_PARITY, EXIT_DIVERGENCE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad options or unusable input: reported in one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

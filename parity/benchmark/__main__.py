@@ -1,0 +1,7 @@
+"""`python -m parity.benchmark`."""
+
+import sys
+
+from parity.benchmark.run import main
+
+sys.exit(main())
