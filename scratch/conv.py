@@ -38,6 +38,7 @@ class Conv(Layer):
         # Drawn in float64 then cast, so a float32 network starts from the float64 network's weights, rounded.
         self.filters = (rng.standard_normal(shape) / (kernel * kernel)).astype(dtype)
         self.param_names = ("filters", "biases") if bias else ("filters",)
+        self.has_bias = bias
         if bias:
             self.biases = np.zeros(num_filters, dtype=dtype)
 
@@ -69,7 +70,7 @@ class Conv(Layer):
             out = (self._patches * kernel_columns[:, 0]).sum(axis=1, keepdims=True)
         else:
             out = self._patches @ kernel_columns
-        if "biases" in self.param_names:
+        if self.has_bias:
             out += self.biases
         return out.reshape(batch, out_h, out_w, self.num_filters)
 
@@ -80,7 +81,7 @@ class Conv(Layer):
         kernel = self._kernel()
         d_L_d_kernel = (d_out_matrix.T @ self._patches).reshape(kernel.shape)  # (F, K, K, C)
         self.grads = {"filters": d_L_d_kernel.reshape(self.filters.shape)}
-        if "biases" in self.param_names:
+        if self.has_bias:
             self.grads["biases"] = d_out_matrix.sum(axis=0)
         d_windows = d_out_matrix @ kernel.reshape(num_filters, -1)  # (N * windows, K*K*C): each window's gradient
         # Summed back over the K*K kernel offsets: offset (k, l)'s share goes, shifted by (k, l), into plane
@@ -147,7 +148,7 @@ class ConvLoops(Conv):
         for n in range(batch):
             for im_region, i, j in self.iterate_regions(x[n]):
                 output[n, i, j] = np.sum(im_region * kernel, axis=(1, 2, 3))
-                if "biases" in self.param_names:
+                if self.has_bias:
                     output[n, i, j] += self.biases
         return output
 
@@ -162,6 +163,6 @@ class ConvLoops(Conv):
                     d_L_d_kernel[f] += d_L_d_out[n, i, j, f] * im_region
                     d_L_d_input[n, i : i + self.kernel, j : j + self.kernel] += d_L_d_out[n, i, j, f] * kernel[f]
         self.grads = {"filters": d_L_d_kernel.reshape(self.filters.shape)}
-        if "biases" in self.param_names:
+        if self.has_bias:
             self.grads["biases"] = d_L_d_out.sum(axis=(0, 1, 2))
         return d_L_d_input

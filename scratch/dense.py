@@ -39,7 +39,7 @@ class Dense(Layer):
 
     def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:
         """dW = x^T . d, db = sum over the batch of d, dx = d . W^T (with W before any update)."""
-        self.grads = {"weights": self.last_input.T @ d_L_d_out, "biases": d_L_d_out.sum(axis=0)}
+        self.grads = {"weights": np.dot(self.last_input.T, d_L_d_out), "biases": d_L_d_out.sum(axis=0)}
         return (d_L_d_out @ self.weights.T).reshape(self.last_input_shape)
 
 

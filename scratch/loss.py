@@ -20,10 +20,16 @@ class SoftmaxCrossEntropy:
 
     def __init__(self, mode: str = "stable") -> None:
         self.mode = check_choice("softmax", mode, SOFTMAX_MODES)
+        self._rows: dict[int, np.ndarray] = {}  # np.arange(N) by batch size: the row of each sample's label
+
+    def _label_rows(self, batch: int) -> np.ndarray:
+        if batch not in self._rows:
+            self._rows[batch] = np.arange(batch)
+        return self._rows[batch]
 
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities `(N, classes)`, mean loss as a 0-d array) for integer `labels` `(N,)`."""
-        rows = np.arange(len(labels))
+        rows = self._label_rows(len(labels))
         self.labels, self.rows = labels, rows
         if self.mode == "tutorial":
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the overflow is shown, not warned

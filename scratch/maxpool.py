@@ -75,10 +75,11 @@ def first_only(is_max: np.ndarray) -> np.ndarray:
     """PyTorch's rule: of each window's maxima (planes in row-major order), keep only the first."""
     first = np.empty_like(is_max)
     first[0] = is_max[0]
-    taken = is_max[0].copy()  # windows whose max is already routed
+    taken = is_max[0]  # windows whose max is already routed (a new array from the first `|` on)
     for plane in range(1, len(is_max)):
         np.greater(is_max[plane], taken, out=first[plane])  # for bools, a > b is a and not b
-        taken |= is_max[plane]
+        if plane + 1 < len(is_max):
+            taken = taken | is_max[plane]
     return first
 
 

@@ -49,6 +49,20 @@ class Network:
         self.image_shape = spec.image_shape
         self.num_classes = spec.num_classes
         self._named = list(zip(spec.layers, layers, strict=True))
+        # Each layer's tensor names, from the spec's TensorInfos, made once: (layer, output name, [(param, gradient
+        # name)], input-gradient name). Filled forward, then backward in reverse, a trace is in the spec's order.
+        by_role = {(info.layer, info.role, info.param): info.name for info in spec.tensors}
+        self._steps = [
+            (
+                layer,
+                by_role[(layer_spec.name, "out", "")],
+                [(param, by_role[(layer_spec.name, "d_param", param)]) for param, _ in layer_spec.params],
+                by_role[(layer_spec.name, "d_in", "")],
+            )
+            for layer_spec, layer in self._named
+        ]
+        self._loss_gradient = by_role[(spec.layers[-1].name, "d_out", "")]
+        self._pools = [(layer_spec.name, layer) for layer_spec, layer in self._named if layer_spec.kind == "pool"]
 
     def layer(self, name: str) -> Layer:
         """The layer object called `name` (`conv1`, `pool1`, ...)."""
@@ -80,23 +94,22 @@ class Network:
         """Forward and backward on one image or a batch; every named tensor in the trace, no weight moved."""
         out = self.normalize(images)  # the images first: how many labels are wanted depends on them
         labels = check_labels(labels, self.num_classes, images)
-        tensors: dict[str, np.ndarray] = {}
-        for layer_spec, layer in self._named:
+        tensors: dict[str, np.ndarray] = {}  # filled in the spec's order: forward, loss, backward
+        for layer, out_name, _, _ in self._steps:
             out = layer.forward(out)
-            tensors[f"{layer_spec.name}.out"] = out
+            tensors[out_name] = out
         probs, loss = self.loss.forward(out, labels)
         tensors["probs"], tensors["loss"] = probs, loss
         gradient = self.loss.backward()
-        tensors[f"{self.spec.layers[-1].name}.d_out"] = gradient
-        for layer_spec, layer in reversed(self._named):
+        tensors[self._loss_gradient] = gradient
+        for layer, _, param_gradients, in_gradient in reversed(self._steps):
             gradient = layer.backward(gradient)
-            for param, _ in layer_spec.params:
-                tensors[f"{layer_spec.name}.d_{param}"] = layer.grads[param]
+            for param, name in param_gradients:
+                tensors[name] = layer.grads[param]
             # dL/d(normalised image) for the first layer; dL/d(raw pixel) is this / 255.
-            tensors[f"{layer_spec.name}.d_in"] = gradient
-        ordered = {name: tensors[name] for name in self.spec.tensor_names if name in tensors}
-        ties = {spec.name: layer.tied_windows for spec, layer in self._named if spec.kind == "pool"}
-        return StepTrace(ordered, ties, int(np.count_nonzero(probs.argmax(axis=1) == labels)))
+            tensors[in_gradient] = gradient
+        ties = {name: layer.tied_windows for name, layer in self._pools}
+        return StepTrace(tensors, ties, int(np.count_nonzero(probs.argmax(axis=1) == labels)))
 
     def update(self, lr: float) -> None:
         """Apply SGD to every layer from the gradients of the last backward."""
