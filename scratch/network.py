@@ -136,8 +136,12 @@ class Network:
         """Copy parameters in place; every name must be there, shapes and dtypes must match exactly."""
         current = self.parameters()
         missing = [name for name in current if name not in params]
-        if missing:
-            raise ValueError(f"parameters: missing {', '.join(missing)} (expected {', '.join(current)})")
+        unknown = [name for name in params if name not in current]
+        if missing or unknown:
+            problems = [f"missing {', '.join(missing)}"] * bool(missing) + [f"unknown {', '.join(unknown)}"] * bool(
+                unknown
+            )
+            raise ValueError(f"parameters: {'; '.join(problems)} (expected {', '.join(current)})")
         for name, array in current.items():
             new = params[name]
             if not isinstance(new, np.ndarray) or new.shape != array.shape or new.dtype != array.dtype:
@@ -151,11 +155,11 @@ def build_network(
     spec: str | NetworkSpec = DEFAULT_SPEC,
     seed: int = 0,
     dtype: object = np.float64,
-    image_shape: tuple[int, int] = (28, 28),
+    image_shape: tuple[int, int] | None = None,
     tie_policy: str = "first",
     softmax: str = "stable",
     impl: str = "vectorized",
-    num_classes: int = 10,
+    num_classes: int | None = None,
 ) -> Network:
     """Build the network `spec` describes, initialised from one seeded Generator in layer order.
 
@@ -165,9 +169,11 @@ def build_network(
     seed = check_seed(seed)
     impl = check_choice("impl", impl, IMPLEMENTATIONS)
     if not isinstance(spec, NetworkSpec):
-        spec = parse_spec(spec, image_shape, num_classes)
-    elif tuple(image_shape) != spec.image_shape and image_shape != (28, 28):
+        spec = parse_spec(spec, (28, 28) if image_shape is None else image_shape, num_classes or 10)
+    elif image_shape is not None and tuple(image_shape) != spec.image_shape:
         raise ValueError(f"image_shape: {image_shape} given, but the spec was parsed for {spec.image_shape}")
+    elif num_classes is not None and num_classes != spec.num_classes:
+        raise ValueError(f"num_classes: {num_classes} given, but the spec has {spec.num_classes} classes")
     rng = np.random.default_rng(seed)
     layers = [_build_layer(layer, LAYER_CLASSES[impl][layer.kind], rng, dtype, tie_policy) for layer in spec.layers]
     return Network(spec, layers, SoftmaxCrossEntropy(softmax), dtype)

@@ -77,9 +77,13 @@ class NetworkSpec:
     image_shape: tuple[int, int]
     num_classes: int
     _tensors: tuple[TensorInfo, ...] = field(default=(), compare=False, repr=False)
+    _by_name: dict[str, TensorInfo] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Derived once: the lockstep asks for names and infos every step.
         object.__setattr__(self, "_tensors", _tensor_infos(self.layers))
+        object.__setattr__(self, "_by_name", {info.name: info for info in self._tensors})
+        object.__setattr__(self, "_names", tuple(self._by_name))
 
     @property
     def tensors(self) -> tuple[TensorInfo, ...]:
@@ -89,14 +93,13 @@ class NetworkSpec:
     @property
     def tensor_names(self) -> tuple[str, ...]:
         """The names of `tensors`, in order."""
-        return tuple(info.name for info in self._tensors)
+        return self._names
 
     def tensor(self, name: str) -> TensorInfo:
         """The `TensorInfo` called `name`; KeyError for a name the spec does not make."""
-        for info in self._tensors:
-            if info.name == name:
-                return info
-        raise KeyError(f"{name!r} is not a tensor of {self.text} (tensors: {', '.join(self.tensor_names)})")
+        if name not in self._by_name:
+            raise KeyError(f"{name!r} is not a tensor of {self.text} (tensors: {', '.join(self.tensor_names)})")
+        return self._by_name[name]
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called `name`."""

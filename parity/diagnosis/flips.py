@@ -1,15 +1,16 @@
 """Near-tie flips: a pool gradient routed to another element only because rounding reordered two near-equal maxima.
 
-For each pool whose input gradient fails, `ties.near_tie_flips` proves the routing element by element. What the
-rerouted gradient changes upstream (every parameter gradient, input gradient and updated parameter of the layers
-before the pool) is then recomputed from the reference's own tensors: the backward of those layers is linear in the
-gradient, so each upstream tensor must equal the reference's plus the backward of the rerouted part. A tensor that
-does not is a bug the flip does not excuse, and the step fails.
+For each pool whose input gradient (or a tensor before it) fails, `parity.diagnosis.pool.near_tie_flips` proves
+the routing element by element. What the rerouted gradient changes upstream (every parameter gradient, input
+gradient and updated parameter of the layers before the pool) is then recomputed from the reference's own tensors:
+the backward of those layers is linear in the gradient, so each upstream tensor must equal the reference's plus the
+backward of the rerouted part. A tensor that does not is a bug the flip does not excuse, and the step fails.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,63 +20,78 @@ from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance_for
 from scratch.spec import NetworkSpec
 
+if TYPE_CHECKING:
+    from parity.lockstep.records import StepRecord
 
-def explain_flips(spec: NetworkSpec, step, scratch_tensors, reference_tensors, dtype, images, lr) -> None:
-    """Mark the failures of `step` that near-tie flips account for as explained, with the evidence."""
+
+def explain_flips(
+    spec: NetworkSpec,
+    step: StepRecord,
+    scratch_tensors: dict[str, np.ndarray],
+    reference_tensors: dict[str, np.ndarray],
+    dtype: np.dtype,
+    images: np.ndarray,
+    lr: float,
+) -> None:
+    """Mark the failures of `step` that near-tie flips account for as explained (in place), with the evidence.
+
+    Pools are taken deepest first. A flip at one pool changes the gradient every earlier layer receives, so each
+    pool's routing is judged against the reference's tensors as the deeper flips change them; the rerouted parts of
+    every pool add up (the backward of the layers before a pool is linear in its input gradient). Any routing
+    difference that is not a proven flip leaves the step's failures as they are."""
     by_name = {c.name: i for i, c in enumerate(step.comparisons)}
     tolerance = tolerance_for(dtype)
-    positions = [i for i, layer in enumerate(spec.layers) if layer.kind == "pool"]
-    for position in reversed(positions):  # the deepest pool first: its flips reach every layer before it
-        pool = spec.layers[position]
-        name = f"{pool.name}.d_in"
+    expected = dict(reference_tensors)  # the reference's tensors, with the consequences of every flip proven so far
+    changed: set[str] = set()
+    flips = {}
+    for position in reversed([i for i, layer in enumerate(spec.layers) if layer.kind == "pool" and i > 0]):
+        pool, name = spec.layers[position], f"{spec.layers[position].name}.d_in"
         upstream = {
             info.name for info in spec.tensors if info.layer in {layer.name for layer in spec.layers[:position]}
         }
-        failing = [c.name for c in step.comparisons if not c.ok and (c.name == name or c.name in upstream)]
-        if name not in by_name or not failing or position == 0:
+        if name not in by_name or all(c.ok for c in step.comparisons if c.name == name or c.name in upstream):
             continue
         inputs = f"{spec.layers[position - 1].name}.out"
         if inputs not in scratch_tensors or inputs not in reference_tensors:
-            return
-        elsewhere = routed_elsewhere(pool.kernel, scratch_tensors[name], reference_tensors[name])
-        flips = near_tie_flips(
-            pool.kernel,
-            scratch_tensors[inputs],
-            reference_tensors[inputs],
-            scratch_tensors[name],
-            reference_tensors[name],
-            tolerance,
-            tolerance,
+            return  # the proof needs both sides' pool input; without it nothing is excused
+        ours, theirs = scratch_tensors[name], expected[name]
+        elsewhere = routed_elsewhere(pool.kernel, ours, theirs)
+        count = near_tie_flips(
+            pool.kernel, scratch_tensors[inputs], reference_tensors[inputs], ours, theirs, tolerance, tolerance,
             rerouted=elsewhere,
-        )
-        if flips <= 0:
+        )  # fmt: skip
+        if count < 0:
+            return  # a routing difference that is not a near-tie flip: a real difference, left failing
+        if count == 0:
+            continue
+        rerouted = np.where(beyond_tolerance(ours, theirs, tolerance) | elsewhere, ours - theirs, 0)
+        consequences = upstream_consequences(spec, position, rerouted, expected, images, lr)
+        if consequences is None:
             return
-        delta = scratch_tensors[name] - reference_tensors[name]
-        beyond = beyond_tolerance(scratch_tensors[name], reference_tensors[name], tolerance)
-        rerouted = np.where(beyond | elsewhere, delta, 0)
-        expected = upstream_consequences(spec, position, rerouted, reference_tensors, images, lr)
-        if expected is None:
-            return
-        reason = (
-            f"near-tie flip in {flips} pool window(s) of {pool.name}: "
-            "rounding reordered two maxima within forward tolerance"
-        )
-        explained = [name] if not step.comparisons[by_name[name]].ok else []
-        for upstream, value in expected.items():
-            if upstream in by_name and not step.comparisons[by_name[upstream]].ok:
-                if (
-                    upstream not in scratch_tensors
-                    or not compare(upstream, scratch_tensors[upstream], value, dtype).passed
-                ):
-                    return  # a failure the flip does not account for: left unexplained, so the step fails
-                explained.append(upstream)
-        step.flipped_windows += flips
-        for tensor in explained:
-            step.comparisons[by_name[tensor]] = replace(step.comparisons[by_name[tensor]], explained=reason)
+        expected.update(consequences, **{name: ours})
+        changed.update(consequences, {name})
+        flips[pool.name] = count
+    if not flips:
         return
+    failing = [name for name in changed if name in by_name and not step.comparisons[by_name[name]].ok]
+    for name in failing:
+        if name not in scratch_tensors or not compare(name, scratch_tensors[name], expected[name], dtype).passed:
+            return  # a failure the flips do not account for: left unexplained, so the step fails
+    where = ", ".join(f"{count} in {pool}" for pool, count in flips.items())
+    reason = f"near-tie flip(s) of pool window(s) ({where}): rounding reordered two maxima within forward tolerance"
+    step.flipped_windows += sum(flips.values())
+    for name in failing:
+        step.comparisons[by_name[name]] = replace(step.comparisons[by_name[name]], explained=reason)
 
 
-def upstream_consequences(spec: NetworkSpec, position: int, gradient, reference_tensors, images, lr) -> dict | None:
+def upstream_consequences(
+    spec: NetworkSpec,
+    position: int,
+    gradient: np.ndarray,
+    reference_tensors: dict[str, np.ndarray],
+    images: np.ndarray,
+    lr: float,
+) -> dict[str, np.ndarray] | None:
     """The reference's tensors of layers `0 .. position-1` as they become when `gradient` is added at the input of
     layer `position`; None when the reference's tensors needed are not all there."""
     dtype = gradient.dtype

@@ -120,6 +120,13 @@ class Lockstep:
         self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr, spec=spec)
         self.workspace = Workspace()
         self.always = always_compared(spec, mode)
+        # Per kind of step, what is compared and which of it a side's step returns (the rest are the parameters
+        # after the update), worked out once.
+        self.plans = {
+            full: (compared, [name for name in compared if spec.tensor(name).role != "param"])
+            for full, compared in ((True, spec.tensor_names), (False, self.always))
+        }
+        self.logits = f"{spec.layers[-1].name}.out"
         self._checkpoint: _Checkpoint | None = None  # strided runs: the state after the last step verified in full
 
     def step(self, images: np.ndarray, labels: object) -> StepRecord:
@@ -221,8 +228,7 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     timer = time.perf_counter
     if record.mode == "teacher":
         scratch.load_parameters(reference.parameters())
-    compared = spec.tensor_names if full else lockstep.always
-    wanted = [name for name in compared if spec.tensor(name).role != "param"]
+    compared, wanted = lockstep.plans[full]
     with_parameters = len(wanted) < len(compared)
     started = timer()
     scratch_tensors = scratch.forward_backward(images, labels, wanted)
@@ -240,7 +246,7 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     if index == 0:
         record.missing_tensors = tuple(name for name in spec.tensor_names if name not in scratch_tensors)
     names = [name for name in compared if name in scratch_tensors]
-    logits = f"{spec.layers[-1].name}.out"
+    logits = lockstep.logits
     step = StepRecord(
         step=index,
         scratch_loss=float(scratch_tensors["loss"]),
