@@ -33,7 +33,7 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         default=str(DEFAULT_PATH),
         metavar="FILE",
-        help=f"the golden file to write (the repository's {GOLDEN_NAME})",
+        help=f"the golden file to write (default: the shipped record, {DEFAULT_PATH}, {GOLDEN_NAME} in a clone)",
     )
     parser.add_argument(
         "--steps", type=positive_int, default=None, help="steps to record (default: all, epochs x train size)"
