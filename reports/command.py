@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     from parity.lockstep.experiment import run_experiment
     from reports.summary import summary_table, verdict_line
     from reports.writer import build_document, write_document
-    from scratch.data import load_experiment_data
+    from scratch.data import load_experiment_data, steps_per_epoch
 
     train, test = load_experiment_data(options.data_dir, n_train=options.train_size, n_test=options.test_size)
     if train.images.shape[1:] != test.images.shape[1:]:
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         started = time.perf_counter()
         results = []
-        total = len(runs) * options.epochs * -(-len(train) // options.batch_size)  # ceil(n / B) steps per epoch
+        total = len(runs) * options.epochs * steps_per_epoch(len(train), options.batch_size)
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
             for config in runs:
                 bar.set_description(config.name, refresh=False)

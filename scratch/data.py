@@ -314,6 +314,11 @@ def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
         yield rng.permutation(n_train)
 
 
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """ceil(n_train / batch_size): an epoch's SGD steps, the last partial batch included."""
+    return -(-n_train // batch_size)
+
+
 def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """`order` cut into batches of `batch_size` indices; the last partial batch is trained on as it is."""
     for start in range(0, len(order), batch_size):

@@ -32,7 +32,7 @@ import numpy as np
 from parity import atomic
 from parity.cli.errors import UsageError
 from parity.engine.tolerances import tolerance_for
-from scratch.data import batches, epoch_orders
+from scratch.data import batches, epoch_orders, steps_per_epoch
 from scratch.network import Network, StepTrace, build_network
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
@@ -68,7 +68,7 @@ class GoldenConfig:
     @property
     def steps_per_epoch(self) -> int:
         """ceil(n_train / batch_size): the last partial batch is trained on as it is."""
-        return -(-self.n_train // self.batch_size)
+        return steps_per_epoch(self.n_train, self.batch_size)
 
     def is_checkpoint(self, step: int) -> bool:
         """Digests and samples are kept at every `every`-th step and at the last one."""

@@ -11,7 +11,7 @@ import numpy as np
 import reference
 import scratch
 from parity.lockstep.stepper import Lockstep, LockstepRecord, StepRecord
-from scratch.data import Dataset, batches, epoch_orders
+from scratch.data import Dataset, batches, epoch_orders, steps_per_epoch
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
 
@@ -129,7 +129,7 @@ def run_experiment(
             if on_step is not None:
                 on_step(step)
     steps = lockstep.finish().steps  # final: a strided run may have replayed its last steps
-    per_epoch = -(-len(train) // config.batch_size)  # ceil(n / B) steps
+    per_epoch = steps_per_epoch(len(train), config.batch_size)
     for epoch in range(config.epochs):
         epoch_steps = steps[epoch * per_epoch : (epoch + 1) * per_epoch]
         result.progress += progress_lines(epoch_steps, epoch)
