@@ -14,6 +14,7 @@ from scratch_helpers import (
     TIE_POLICIES,
     assert_parameters_equal,
     assert_tensors_agree,
+    conv_keeps_exact_ties,
     first_train_digits,
     max_scaled_diff,
     network_pair,
@@ -121,17 +122,6 @@ def test_loops_and_vectorized_agree_over_thirty_training_steps():
         loss_loops, correct_loops = loops.train_step(image, label)
         assert abs(loss_vec - loss_loops) <= TOL64 and correct_vec == correct_loops
     assert_tensors_agree(vec.parameters(), loops.parameters(), TOL64)
-
-
-def conv_keeps_exact_ties(dtype=np.float32) -> bool:
-    """Does the vectorised conv give identical windows (a blank digit) bit-identical outputs on this machine?
-
-    Its matrix product is OpenBLAS's: some of its CPU kernels (Haswell, Zen; float32) round the last rows of a
-    matrix apart from the rest, so the blank bottom rows of a digit come out one ULP off their neighbours, in
-    windows the loops hold exactly tied. SkylakeX's rounds every row alike, as do all of them in float64."""
-    net = scratch.tutorial_network(0, dtype)
-    out = net.layer("conv1").forward(net.normalize(np.zeros(net.image_shape, np.uint8)))
-    return bool((out == out[:, :1, :1]).all())
 
 
 def test_conv_keeps_exact_ties_in_float64():

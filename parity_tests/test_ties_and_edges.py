@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scratch_helpers import conv_keeps_exact_ties
 
 import reference
 import scratch
@@ -237,22 +238,11 @@ def test_a_filter_gradient_bug_on_a_flip_step_is_not_excused(tutorial_data):
     assert not compare("conv1.d_filters", rerouted["conv1.d_filters"] * 1.001, expected["conv1.d_filters"]).passed
 
 
-def scratch_conv_keeps_exact_ties(dtype=np.float32) -> bool:
-    """Does scratch's conv give identical windows (a blank digit) bit-identical outputs on this machine?
-
-    Its matrix product is OpenBLAS's: some of its CPU kernels (Haswell, Zen) round the last rows of a matrix apart
-    from the rest, so the blank bottom rows of a digit come out one ULP off their neighbours, in windows the
-    reference holds exactly tied. SkylakeX's rounds every row alike."""
-    net = scratch.tutorial_network(0, dtype)
-    out = net.layer("conv1").forward(net.normalize(np.zeros(net.image_shape, np.uint8)))
-    return bool((out == out[:, :1, :1]).all())
-
-
 def test_the_float32_run_explains_its_one_flip_and_resyncs(run_tutorial):
     record = run_tutorial(ExperimentConfig(dtype="float32")).record
     flip_steps = [step.step for step in record.steps if step.flipped_windows]
     assert record.passed
-    if scratch_conv_keeps_exact_ties():
+    if conv_keeps_exact_ties():
         assert flip_steps == record.resynced_steps == [968]
         explained = [c.name for c in record.steps[968].comparisons if c.explained]
         assert explained[0] == "pool1.d_in" and set(explained) <= {"pool1.d_in", *UPSTREAM}
