@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
+from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError, mark_written
 from parity.engine.tolerances import tolerance_for
 from parity.golden.records import (
     DEFAULT_EVERY,
@@ -23,6 +23,7 @@ from parity.golden.records import (
     record_golden,
     write_golden,
 )
+from parity.golden.validate import batch_of
 from scratch.argtypes import network_spec, nonnegative_int, positive_int
 from scratch.spec import DEFAULT_SPEC
 
@@ -54,9 +55,16 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_record(args: argparse.Namespace) -> int:
     """Record the default scratch run (or the one the options describe) to a golden file."""
-    from scratch.data import load_experiment_data
+    from parity import atomic
+    from scratch.data import check_steps, load_experiment_data, steps_per_epoch
 
+    if args.steps is not None:
+        check_steps(args.steps, f"--steps {args.steps}")
+    atomic.check_creatable(Path(args.out), "the golden record", directory=False)  # before the run, not after
     train, _ = load_experiment_data(args.data_dir)
+    if args.steps is None:
+        per_epoch = steps_per_epoch(len(train), args.batch_size)
+        check_steps(args.epochs * per_epoch, f"--epochs {args.epochs} x {per_epoch:,} steps an epoch")
     config = GoldenConfig(
         arch=args.arch, batch_size=args.batch_size, seed=args.seed, epochs=args.epochs, n_train=len(train)
     )
@@ -74,6 +82,7 @@ def run_record(args: argparse.Namespace) -> int:
     document = record_golden(config, train.images, train.labels, train.source)
     seconds = time.perf_counter() - started
     path = write_golden(document, Path(args.out))
+    mark_written(args, path, EXIT_PARITY)
     print(
         f"recorded {config.steps} scratch steps ({config.arch}, batch {config.batch_size}, {config.dtype}, "
         f"seed {config.seed}, {config.tie_policy}/{config.softmax}, "
@@ -81,9 +90,11 @@ def run_record(args: argparse.Namespace) -> int:
         f"{config.epochs} epochs x {config.n_train}) with {len(document['checkpoints'])} checkpoints in "
         f"{seconds:.1f} s: {path} ({path.stat().st_size / 1024:.1f} KiB)"
     )
+    recent = range(max(config.steps - 100, 0), config.steps)
+    images = sum(batch_of(step, document["config"]) for step in recent)
     print(
-        f"final loss {document['loss'][-1]:.6f}; "
-        f"accuracy over the last 100 steps {100 * sum(document['correct'][-100:]) / (100 * config.batch_size):.0f}%"
+        f"final loss {document['loss'][-1]:.6f}; accuracy over the last {len(recent)} steps "
+        f"{100 * sum(document['correct'][recent.start :]) / images:.0f}%"
     )
     return EXIT_PARITY
 

@@ -32,11 +32,14 @@ import numpy as np
 from parity import atomic
 from parity.cli.errors import UsageError
 from parity.engine.tolerances import tolerance_for
+from parity.golden.validate import CHECKSUMS, BadField, check_document, checksums
 from scratch.data import batches, epoch_orders, steps_per_epoch
 from scratch.network import Network, StepTrace, build_network
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
-FORMAT = "cnn-parity-golden/2"  # /2: tensors named by the spec (conv1.out, ...), the spec and batch size stored
+# /2: tensors named by the spec (conv1.out, ...), the spec and batch size stored. /3: a SHA-256 checksum of every
+# section (`parity.golden.validate`), and sample indices of batched tensors inside the first sample.
+FORMAT = "cnn-parity-golden/3"
 GOLDEN_NAME = "parity/golden/tutorial-float64-seed0.json.gz"
 # The shipped record: package data, so `compare-golden` finds it from any install, editable or not.
 DEFAULT_PATH = Path(__file__).resolve().parent / "tutorial-float64-seed0.json.gz"
@@ -114,11 +117,15 @@ def _tensors(trace: StepTrace, net: Network) -> dict[str, np.ndarray]:
     return {**trace.tensors, **net.parameters()}
 
 
-def _sample_indices(tensors: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """Fixed flat indices per tensor: its largest |element| at step 0 and three evenly spaced ones."""
+def _sample_indices(tensors: dict[str, np.ndarray], spec: NetworkSpec) -> dict[str, list[int]]:
+    """Fixed flat indices per tensor: its largest |element| at step 0 and three evenly spaced ones.
+
+    A tensor with a batch axis is sampled in its first sample (its first elements, flat), which every batch has,
+    the short last batch of an epoch too."""
     indices = {}
     for name in tensors:
-        flat = np.asarray(tensors[name]).reshape(-1)
+        batched = spec.tensor(name).role not in ("loss", "d_param", "param")
+        flat = np.asarray(tensors[name][0] if batched else tensors[name]).reshape(-1)
         chosen = [int(np.argmax(np.abs(flat)))] + [
             flat.size * k // SAMPLES_PER_TENSOR for k in range(1, SAMPLES_PER_TENSOR)
         ]
@@ -134,7 +141,7 @@ def record_golden(config: GoldenConfig, images: np.ndarray, labels: np.ndarray, 
         correct.append(trace.correct)
         if config.is_checkpoint(step):
             tensors = _tensors(trace, net)
-            indices = indices or _sample_indices(tensors)
+            indices = indices or _sample_indices(tensors, net.spec)
             checkpoints.append(
                 {
                     "step": step,
@@ -144,18 +151,33 @@ def record_golden(config: GoldenConfig, images: np.ndarray, labels: np.ndarray, 
             )
     if len(losses) != config.steps:
         raise UsageError(f"the data give only {len(losses)} steps, fewer than the {config.steps} asked for")
-    return {
-        "format": FORMAT,
-        "about": "per-step loss and correctness of a scratch run; digests and sampled elements at checkpoints",
-        "config": asdict(config),
-        "data": {"source": data_source, "train_sha256": data_fingerprint(images, labels), "shape": list(images.shape)},
-        "environment": environment(),
-        "tolerance": asdict(tolerance_for(config.dtype)),
-        "sample_indices": indices,
-        "loss": losses,
-        "correct": correct,
-        "checkpoints": checkpoints,
-    }
+    if not np.isfinite(losses).all():
+        step = int(np.flatnonzero(~np.isfinite(losses))[0])
+        raise UsageError(f"the run's loss is not finite from step {step} on ({losses[step]}); nothing to record")
+    return seal(
+        {
+            "format": FORMAT,
+            "about": "per-step loss and correctness of a scratch run; digests and sampled elements at checkpoints",
+            "config": asdict(config),
+            "data": {
+                "source": data_source,
+                "train_sha256": data_fingerprint(images, labels),
+                "shape": list(images.shape),
+            },
+            "environment": environment(),
+            "tolerance": asdict(tolerance_for(config.dtype)),
+            "sample_indices": indices,
+            "loss": losses,
+            "correct": correct,
+            "checkpoints": checkpoints,
+        }
+    )
+
+
+def seal(document: dict) -> dict:
+    """`document` with the checksum of each of its sections, placed after its format (`parity.golden.validate`)."""
+    content = {key: value for key, value in document.items() if key not in ("format", CHECKSUMS)}
+    return {"format": document["format"], CHECKSUMS: checksums(content), **content}
 
 
 def _take(array: np.ndarray, indices: list[int]) -> list[float]:
@@ -190,6 +212,10 @@ def read_golden(path: str | os.PathLike) -> dict:
         raise UsageError(f"{path}: no such golden record; write one with `cnn-parity record --out {path}`") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory, expected a golden record (.json.gz)") from None
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the golden record ({error.strerror or error})") from None
+    if not raw:
+        raise UsageError(f"{path}: empty file, expected a golden record (.json.gz) written by `cnn-parity record`")
     try:
         text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
         document = json.loads(text)
@@ -197,21 +223,15 @@ def read_golden(path: str | os.PathLike) -> dict:
         raise UsageError(f"{path}: not a golden record (gzipped JSON expected): {error}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
-        raise UsageError(f"{path}: format {found!r}, expected {FORMAT!r}; re-record it with `cnn-parity record`")
+        older = " (it has no checksums)" if found in ("cnn-parity-golden/1", "cnn-parity-golden/2") else ""
+        raise UsageError(f"{path}: format {found!r}{older}, expected {FORMAT!r}; re-record it with `cnn-parity record`")
     try:
-        config = GoldenConfig(**document["config"])
-        sampled = set(parse_spec(config.arch, tuple(document["data"]["shape"][1:])).tensor_names)
-        ok = (
-            len(document["loss"]) == config.steps
-            and len(document["correct"]) == config.steps
-            and all(set(cp["samples"]) == sampled for cp in document["checkpoints"])
-            and set(document["sample_indices"]) == sampled
-        )
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise UsageError(f"{path}: damaged golden record ({type(error).__name__}: {error})") from None
-    if not ok:
-        raise UsageError(f"{path}: damaged golden record (step counts or sampled tensors do not match its config)")
-    document["config"] = config
+        config = check_document(document)
+    except BadField as error:
+        raise UsageError(
+            f"{path}: damaged or hand-edited golden record, refused: {error}; re-record it with `cnn-parity record`"
+        ) from None
+    document["config"] = GoldenConfig(**config)
     return document
 
 
@@ -251,8 +271,8 @@ class GoldenComparison:
 
     @property
     def passed(self) -> bool:
-        """No step left the tolerance."""
-        return self.departure is None
+        """Some steps were compared and none left the tolerance (a match over zero steps is no match)."""
+        return self.departure is None and self.steps_run > 0
 
 
 def compare_golden(
@@ -296,4 +316,9 @@ def compare_golden(
         if trace.correct != golden_correct:  # argmax moved although the loss agreed: a near-tie in the logits
             result.departure = Departure(step, "correct", float(trace.correct), float(golden_correct), 1.0, 0.0)
             return result
+    if result.steps_run < limit:  # the data ran out: never report a match over fewer steps than were asked
+        raise UsageError(
+            f"the data give only {result.steps_run} of the golden record's {limit} steps; "
+            "pass the data it was recorded on (--data-dir) or re-record it"
+        )
     return result
