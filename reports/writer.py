@@ -20,7 +20,8 @@ REPORT_MD, REPORT_JSON = "report.md", "report.json"
 
 
 def check_destination(out_dir: Path) -> None:
-    """Refuse (OSError, one clear message) a destination that is not new, empty, or a previous report."""
+    """Refuse (OSError, one clear message) a destination that is not new, empty, or a previous report, or that
+    cannot be created there (under a file, read-only, not permitted, full): before any work, not after."""
     out_dir = Path(out_dir)
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise NotADirectoryError(f"{out_dir} exists and is not a directory; pass a new directory for the report")
@@ -29,6 +30,7 @@ def check_destination(out_dir: Path) -> None:
             f"{out_dir} is not empty and holds no cnn-parity report (no {REPORT_JSON} with schema "
             f"{jsondoc.SCHEMA!r}); refusing to replace it - pass a new directory for the report"
         )
+    atomic.check_creatable(out_dir, "the report", directory=True)
 
 
 def _is_report_dir(path: Path) -> bool:

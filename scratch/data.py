@@ -26,6 +26,10 @@ IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _MAGIC_KINDS = {IDX_IMAGES_MAGIC: "image", IDX_LABELS_MAGIC: "label"}
 
+# The most SGD steps one run may take (epochs x ceil(train size / batch)): a lockstep run keeps a small record of
+# every step for its report (about 1 KB), and a step takes milliseconds, so a million is already hours and ~1 GB.
+MAX_STEPS = 1_000_000
+
 MNIST_5K_NAME = "mnist_5k.csv.gz"
 N_PIXELS = 28 * 28
 N_CLASSES = 10
@@ -312,6 +316,20 @@ def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         yield rng.permutation(n_train)
+
+
+def run_steps(epochs: int, n_train: int, batch_size: int = 1) -> int:
+    """epochs x steps_per_epoch: the SGD steps of a run; DataError when that exceeds MAX_STEPS."""
+    total = epochs * steps_per_epoch(n_train, batch_size)
+    check_steps(total, f"{epochs:,} epochs x {steps_per_epoch(n_train, batch_size):,} steps")
+    return total
+
+
+def check_steps(steps: int, what: str) -> int:
+    """`steps`, or DataError naming `what` asked for it when it is beyond MAX_STEPS (refused before any work)."""
+    if steps > MAX_STEPS:
+        raise DataError(f"{what} = {steps:,} steps, more than the {MAX_STEPS:,} one run may take; ask for fewer")
+    return steps
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

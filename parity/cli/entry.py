@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnn-parity {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        written = getattr(args, "written", None)  # set by `errors.mark_written` once the output is complete
+        if written is not None:
+            path, exit_code = written
+            print(f"cnn-parity {args.command}: interrupted after {path} was completely written", file=sys.stderr)
+            return exit_code
         print(f"cnn-parity {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
 
