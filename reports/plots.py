@@ -9,16 +9,18 @@ Every number drawn comes from the lockstep record (the comparison engine); nothi
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from parity.engine.tolerances import tolerance_for
 
 if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment imports the reference (torch)
+    from matplotlib.figure import Figure
+
     from parity.lockstep.experiment import ExperimentResult
 
 WINDOW = 100  # the tutorial reports the mean loss of every 100 steps
@@ -38,8 +40,40 @@ MAX_LISTED_FLIPS = 5  # flip steps named one by one in a legend
 TENSOR_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive")
 
 
-def _save(figure: Figure, path: Path) -> None:
+def new_figure(**options: object) -> Figure:
+    """A matplotlib Figure with an Agg canvas (imported on first use, see `import_matplotlib`)."""
+    import_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**options)
     FigureCanvasAgg(figure)
+    return figure
+
+
+def import_matplotlib() -> None:
+    """Import matplotlib. A bogus MPLBACKEND makes that raise, although the report draws with Agg whatever it says:
+    it is replaced by Agg, with one note on stderr (matplotlib reads it once, at its import)."""
+    if "matplotlib" in sys.modules:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ValueError as error:
+        bogus = os.environ.get("MPLBACKEND")
+        if bogus is None or "backend" not in str(error):
+            raise
+        os.environ["MPLBACKEND"] = "agg"
+        for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"]:
+            del sys.modules[name]  # the half-imported package: imported again below, whole
+        print(
+            f"cnn-parity: MPLBACKEND={bogus!r} is not a matplotlib backend; drawing the plots with the file backend "
+            "Agg instead",
+            file=sys.stderr,
+        )
+        import matplotlib  # noqa: F401
+
+
+def _save(figure: Figure, path: Path) -> None:
     figure.savefig(path, format="png", dpi=DPI)
 
 
@@ -94,7 +128,7 @@ def loss_plot(result: ExperimentResult, path: Path) -> None:
     """Training loss of scratch and reference over the steps (trailing 100-step mean), overlaid."""
     steps = result.record.steps
     x = np.arange(len(steps))
-    figure = Figure(figsize=(10, 5.5))
+    figure = new_figure(figsize=(10, 5.5))
     axes = figure.add_subplot()
     top = 0.0
     for side, style in (("scratch", SCRATCH_STYLE), ("reference", REFERENCE_STYLE)):
@@ -176,7 +210,7 @@ def error_plot(result: ExperimentResult, path: Path) -> None:
     series = error_series(result)
     n_steps = len(result.record.steps)
     groups = tensor_groups(result)
-    figure = Figure(figsize=(10, 10))
+    figure = new_figure(figsize=(10, 10))
     panels = figure.subplots(len(GROUPS), 1, sharex=True)
     atol = tolerance_for(result.config.dtype).atol
     binned = n_steps > MAX_POINTS
