@@ -58,8 +58,8 @@ def test_tutorial_code_overflows_under_large_logits(tutorial_report):
     _, out, _, _ = tutorial_report
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.strip().startswith("| ")}
     assert "DIVERGED" in rows["large-logits"]
-    assert "step 0, loss probs: softmax overflow (non-finite probs)" in rows["large-logits"]
-    assert "non-finite value in scratch (nan): overflow" in out
+    assert "step 0, loss probs: overflow: an unshifted softmax exp" in rows["large-logits"]
+    assert "an unshifted softmax (subtract the largest logit before exp)" in out
     assert "step 0, pool1 pool1.d_in: tie-policy difference" in rows["constant"]
     assert "DIVERGED" in rows["odd-size"]
 
@@ -74,7 +74,12 @@ def test_tutorial_report_is_the_report_commands_format(tutorial_report):
     first = main_run["first_divergence"]
     assert main_run["config"]["arch"] == "conv3x8,pool2,dense10"
     assert (first["step"], first["layer"], first["tensor"]) == (0, "pool1", "pool1.d_in")
-    assert "tie-policy" in first["diagnosis"]
+    assert (first["diagnosis"]["kind"], first["diagnosis"]["evidence"]["rule"]) == ("tie_policy", "all")
+    assert [(layer["name"], layer["kind"], layer["passed"]) for layer in main_run["layers"]] == [
+        ("conv1", "conv", True),
+        ("pool1", "pool", False),
+        ("dense1", "dense", True),
+    ]
     assert main_run["missing_tensors"] == ["conv1.d_in"]
     overflow = next(run for run in probes if run["config"]["impl"].endswith("probe:large-logits"))
     assert (overflow["first_divergence"]["tensor"], overflow["first_divergence"]["layer"]) == ("probs", "loss")

@@ -69,8 +69,20 @@ def test_tutorial_tie_policy_diverges_at_the_pool_input_gradient(run_tutorial, d
     result = run_tutorial(ExperimentConfig(dtype=dtype, tie_policy="all", epochs=1))
     divergence = result.record.first_divergence
     assert (divergence.step, divergence.tensor, divergence.layer) == (0, "pool1.d_in", "pool1")
-    assert divergence.diagnosis.startswith("tie-policy difference, not a numerical one")
+    assert (divergence.diagnosis.kind, divergence.diagnosis.evidence["rule"]) == ("tie_policy", "all")
     assert divergence.tied_windows > 500
+    # The pool is the only layer wrong on its own; the others are fed inputs that are already off.
+    layers = result.record.layers
+    assert [(layer.passed, layer.origin) for layer in layers.values()] == [
+        (True, "propagated"),
+        (False, "local"),
+        (True, "propagated"),
+    ]
+    assert (layers["pool1"].step, layers["pool1"].tensor, layers["pool1"].diagnosis.kind) == (
+        0,
+        "pool1.d_in",
+        "tie_policy",
+    )
 
 
 def lockstep_run(tutorial_data, arch: str, dtype: str, batch_size: int, images: int, mode: str = "free"):

@@ -90,7 +90,7 @@ def test_writes_markdown_json_and_plots(small_report):
 
 def test_json_schema(small_report):
     document = _load(small_report[2])
-    assert document["schema"] == jsondoc.SCHEMA == "cnn-parity/report/v2"
+    assert document["schema"] == jsondoc.SCHEMA == "cnn-parity/report/v3"
     assert {"schema", "environment", "runs", "passed", "tolerances"} <= set(document)
     assert {"python", "numpy", "torch", "torch_threads", "git_commit", "numpy_blas"} <= set(document["environment"])
     assert document["environment"]["torch_threads"] == 1
@@ -121,8 +121,18 @@ def test_faithful_run_diverges_at_step_0_by_tie_policy_and_does_not_fail(small_r
     assert not faithful["passed"] and not faithful["fails_exit_code"]
     assert {"step", "tensor", "abs_error", "allowed", "diagnosis"} <= set(divergence)
     assert (divergence["step"], divergence["tensor"], divergence["layer"]) == (0, "pool1.d_in", "pool1")
-    assert divergence["diagnosis"].startswith("tie-policy difference")
+    assert divergence["diagnosis"]["kind"] == "tie_policy"
     assert divergence["abs_error"] > divergence["allowed"]
+    # The faithful run's only local failure is the pool's tie policy: its conv and dense pass on their own.
+    layers = {layer["name"]: layer for layer in faithful["layers"]}
+    assert [(name, layer["passed"]) for name, layer in layers.items()] == [
+        ("conv1", True),
+        ("pool1", False),
+        ("dense1", True),
+    ]
+    assert (layers["pool1"]["step"], layers["pool1"]["tensor"]) == (0, "pool1.d_in")
+    assert layers["pool1"]["diagnosis"]["kind"] == "tie_policy"
+    assert {layers["conv1"]["origin"], layers["dense1"]["origin"]} == {"propagated"}
     assert "expected divergence" in stdout
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "Why the tutorial's own code departs from PyTorch" in markdown
@@ -180,7 +190,7 @@ def test_markdown_renders_from_the_json_alone(small_report):
 def test_markdown_refuses_another_schema(tmp_path, capsys):
     old = tmp_path / "report.json"
     old.write_text(json.dumps({"schema": "cnn-parity/report/v1", "runs": []}))
-    with pytest.raises(ValueError, match="not a report.json of schema 'cnn-parity/report/v2'"):
+    with pytest.raises(ValueError, match="not a report.json of schema 'cnn-parity/report/v3'"):
         markdown.render_file(old)
     assert markdown.main([str(old)]) == 2
     assert "schema 'cnn-parity/report/v1'" in capsys.readouterr().err
@@ -205,7 +215,7 @@ def test_deep_arch_report_names_every_tensor_of_every_layer(deep_report):
     code, stdout, out = deep_report
     spec = parse_spec(DEEP)
     document = _load(out)
-    assert code == 0 and document["schema"] == "cnn-parity/report/v2"
+    assert code == 0 and document["schema"] == "cnn-parity/report/v3"
     assert [run["name"] for run in document["runs"]] == [
         f"float64 first/stable {DEEP} batch 4",
         f"float32 first/stable {DEEP} batch 4",
@@ -218,14 +228,15 @@ def test_deep_arch_report_names_every_tensor_of_every_layer(deep_report):
         assert list(run["max_abs_error"]) == list(spec.tensor_names)  # every tensor, in comparison order
         assert "relu1.out" in run["max_abs_error"] and "relu1.d_in" in run["max_abs_error"]
         assert list(run["percent_of_tolerance"]) == list(spec.tensor_names)
-        assert [layer["output_shape"] for layer in run["layers"]] == ["28x28x1", "26x26x4", "26x26x4", "13x13x4", "10"]
+        assert run["image_shape"] == [28, 28]
+        assert [layer["output_shape"] for layer in run["layers"]] == ["26x26x4", "26x26x4", "13x13x4", "10"]
         assert run["always_compared"] == ["dense1.out", "loss", "dense1.d_biases", "conv1.d_filters"]
     claims = _runs(document)
     assert claims[f"float64 first/stable {DEEP} batch 4"]["passed"]
     assert claims[f"float32 first/stable {DEEP} batch 4"]["passed"]
     divergence = claims[f"float64 all/tutorial {DEEP} batch 4"]["first_divergence"]
     assert (divergence["step"], divergence["tensor"], divergence["layer"]) == (0, "pool1.d_in", "pool1")
-    assert divergence["diagnosis"].startswith("tie-policy difference")
+    assert divergence["diagnosis"]["kind"] == "tie_policy"
     text = (out / "report.md").read_text(encoding="utf-8")
     assert f"`{DEEP}` on 28x28 images, batches of 4" in text
     assert "| relu1   | relu        | 26x26x4        |" in text

@@ -55,23 +55,41 @@ def test_bug_is_caught_and_blamed_on_its_layer(outcomes, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "tensor", "cause"),
+    ("name", "tensor", "kind", "evidence"),
     [
-        ("pool-last-max", "pool1.d_in", "tie-policy difference"),
-        ("pool-swapped-indices", "pool1.d_in", "routing error (not a tie policy)"),
-        ("pool-odd-edge-shift", "pool1.d_in", "routing error (not a tie policy)"),
-        ("lr-applied-twice", "conv1.d_filters", "0.005 x the reference (= lr: applied twice?)"),
-        ("missing-bias-update", "dense1.d_out", "zero: a missing update?"),
-        ("bias-gradient-mean", "dense1.d_out", "1/10 of the reference (a mean?)"),
-        ("float32-conv", "conv1.out", "float32 rounding level"),
-        ("softmax-unshifted-exp", "probs", "softmax overflow (non-finite probs)"),
-        ("conv-input-gradient-flipped", "conv1.d_in", "implementation mismatch"),
-        ("input-gradient-after-update", "dense1.d_in", "implementation mismatch"),
+        ("flipped-kernel", "conv1.out", "permuted", {"recomputed": True}),
+        (
+            "lr-applied-twice",
+            "conv1.d_filters",
+            "scale",
+            {"factor": pytest.approx(0.005), "reading": "the learning rate applied twice"},
+        ),
+        ("float32-conv", "conv1.out", "downcast", {}),
+        ("conv-loop-off-by-one", "conv1.out", "partial", {"bottom_rows": 1, "right_columns": 1}),
+        ("conv-input-gradient-flipped", "conv1.d_in", "permuted", {"recomputed": True}),
+        ("pool-last-max", "pool1.d_in", "tie_policy", {"rule": "last"}),
+        ("pool-swapped-indices", "pool1.d_in", "routing", {}),
+        ("pool-odd-edge-shift", "pool1.d_in", "routing", {}),
+        ("chw-flatten", "dense1.out", "permuted", {"recomputed": True}),
+        ("missing-bias-update", "dense1.d_out", "dropped", {"all": True}),
+        ("bias-gradient-mean", "dense1.d_out", "scale", {"factor": pytest.approx(0.1), "reading": "divided by 10"}),
+        ("input-gradient-after-update", "dense1.d_in", "stale_weights", {}),
+        ("softmax-unshifted-exp", "probs", "non_finite", {"side": "scratch"}),
     ],
 )
-def test_divergence_names_the_tensor_and_cause(outcomes, name, tensor, cause):
+def test_divergence_names_the_tensor_and_the_kind_of_bug(outcomes, name, tensor, kind, evidence):
+    """The diagnosis is data: its kind and evidence, not its sentence, are what is checked."""
     failure = outcomes[name].result.first_failure
-    assert (failure.tensor, failure.cause()) == (tensor, cause)
+    diagnosis = failure.record.first_divergence.diagnosis
+    assert (failure.tensor, diagnosis.kind) == (tensor, kind), diagnosis.text
+    assert {key: diagnosis.evidence.get(key) for key in evidence} == evidence
+    assert failure.cause() == diagnosis.label
+
+
+def test_the_unshifted_exp_is_named_only_with_its_evidence(outcomes):
+    """Blamed on an unshifted exp only when scratch's logits are finite and past where exp overflows."""
+    evidence = outcomes["softmax-unshifted-exp"].result.first_failure.record.first_divergence.diagnosis.evidence
+    assert evidence["largest_logit"] > evidence["exp_overflows_at"]
 
 
 def test_subtle_bugs_are_invisible_in_the_loss(outcomes):

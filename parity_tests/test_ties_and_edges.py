@@ -322,16 +322,16 @@ def test_a_strided_failure_that_a_replay_does_not_reproduce_fails_the_run(tutori
     recorded, and the run does not pass (nothing is hidden by the replay)."""
     train, _ = tutorial_data
     net = scratch.tutorial_network(0)
-    correct_update = scratch.Dense.update
+    correct_update = scratch.Network.update
     calls = []
 
-    def biases_wrong_on_the_fourth_update_only(self, lr):
+    def biases_wrong_on_the_fourth_update_only(self, lr):  # the network's update: layers judged alone are not counted
         calls.append(lr)
         correct_update(self, lr)
         if len(calls) == 4:
-            self.biases[0] += 1e-6
+            self.layer("dense1").biases[0] += 1e-6
 
-    monkeypatch.setattr(scratch.Dense, "update", biases_wrong_on_the_fourth_update_only)
+    monkeypatch.setattr(scratch.Network, "update", biases_wrong_on_the_fourth_update_only)
     runner = reference.ReferenceRunner(reference.to_torch(net))
     record = run_lockstep(ScratchSide(net), runner, net.spec, digits(train, 6), np.float64, stride=5)
     assert record.first_divergence is None

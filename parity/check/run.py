@@ -74,7 +74,6 @@ class RunResult:
     crash: ImplCrash | None = None
     crash_step: int | None = None
     seconds: float = 0.0
-    note: str = ""  # a short cause found from the divergent step's tensors (see `refine`)
 
     @property
     def passed(self) -> bool:
@@ -117,26 +116,17 @@ class RunResult:
         if self.record.first_divergence is None:
             return f"raised at step {self.crash_step}: {self.crash}" if self.crash else ""
         div = self.record.first_divergence
-        if div.comparison.problem:
+        if div.comparison.problem and div.diagnosis.kind == "unexplained":
             return div.comparison.problem.split(";")[0]
-        if self.note:
-            return self.note
-        if div.diagnosis.startswith("routing error"):
-            return "routing error (not a tie policy)"
-        if "tie-policy" in div.diagnosis:
-            return "tie-policy difference"
-        if "non-finite" in div.diagnosis:
-            return f"{'softmax' if div.layer == 'loss' else div.layer} overflow (non-finite {div.tensor})"
-        if "drift" in div.diagnosis:
-            return "accumulated numerical drift"
-        return "implementation mismatch"
+        return div.diagnosis.label
 
     def explanation(self) -> str:
         """The first divergence in full (the engine's diagnosis, refined with the step's tensors), or the crash."""
         if self.record.first_divergence is None:
             if self.crash is None:
                 return "no divergence"
-            return f"step {self.crash_step}: {self.crash} (the implementation raised; parity held before that step)"
+            held = "; parity held before that step" if self.crash_step else ""
+            return f"step {self.crash_step}: {self.crash} (the implementation raised{held})"
         return self.record.first_divergence.message()
 
 
@@ -179,23 +169,26 @@ def check_impl(
     probes: tuple[str, ...] = PROBES,
     stop_at_first: bool = False,
     data_source: str = "",
+    tie_policy: str = "first",
 ) -> CheckResult:
     """Run the main lockstep run on the first `steps` images of seeded epoch orders, then the probes.
 
     With `stop_at_first`, each run stops at its first divergence and the probes run only after a clean main run
-    (what the self-test needs); otherwise every run goes to the end. Raises `ImplError` when the classes cannot
-    be constructed with the tutorial's arguments or hold wrongly shaped weights.
+    (what the self-test needs); otherwise every run goes to the end. `tie_policy` "all" judges the max-pool against
+    the tutorial's rule (every tied maximum gets the gradient) instead of PyTorch's. Raises `ImplError` when the
+    classes cannot be constructed with the tutorial's arguments or hold wrongly shaped weights.
     """
     images, labels = _training_order(train_images, train_labels, max(steps, PROBE_IMAGES), seed)
     spec = tutorial_spec(train_images.shape[1:])
     initial = _initial_parameters(spec, seed)
     title = f"{steps} real MNIST steps"
-    main = _lockstep(impl, spec, "main", title, images[:steps], labels[:steps], initial, lr, mode, seed, stop_at_first)
+    how = _How(impl, lr, mode, seed, stop_at_first, tie_policy)
+    main = _lockstep(how, spec, "main", title, images[:steps], labels[:steps], initial)
     result = CheckResult(impl, main, [], data_source, seed, mode)
     if stop_at_first and not main.passed:
         return result
     for probe in probes:
-        run = _probe(probe, impl, spec, images, labels, seed, lr, mode, stop_at_first)
+        run = _probe(probe, how, spec, images, labels)
         result.probes.append(run)
         if stop_at_first and not run.passed:
             break
@@ -214,19 +207,30 @@ def _initial_parameters(spec: NetworkSpec, seed: int) -> dict[str, np.ndarray]:
     return {name: value.copy() for name, value in scratch.build_network(spec, seed, np.float64).parameters().items()}
 
 
-def _probe(name, impl, spec, images, labels, seed, lr, mode, stop_at_first) -> RunResult:
+@dataclass(frozen=True)
+class _How:
+    """How every run of one check is driven."""
+
+    impl: TutorialImpl
+    lr: float
+    mode: str
+    seed: int
+    stop_at_first: bool
+    tie_policy: str
+
+
+def _probe(name: str, how: _How, spec: NetworkSpec, images: np.ndarray, labels: np.ndarray) -> RunResult:
+    seed = how.seed
     initial = _initial_parameters(spec, seed)
     if name == "constant":
         constant = np.stack([np.full(spec.image_shape, value, dtype=np.uint8) for value in (0, 128, 255)])
         title = "constant images (0, 128, 255): every pool window tied"
-        return _lockstep(impl, spec, name, title, constant, np.array([0, 1, 2]), initial, lr, mode, seed, stop_at_first)
+        return _lockstep(how, spec, name, title, constant, np.array([0, 1, 2]), initial)
     if name == "large-logits":
         chosen, weights = large_logit_weights(initial, images, labels, seed)
         initial["dense1.weights"] = weights
         title = f"large logits: every logit raised by >= {LARGE_LOGIT_SHIFT:g} (probabilities unchanged; exp overflows)"
-        return _lockstep(
-            impl, spec, name, title, images[chosen], labels[chosen], initial, lr, mode, seed, stop_at_first
-        )
+        return _lockstep(how, spec, name, title, images[chosen], labels[chosen], initial)
     if name == "odd-size":
         shape = spec.image_shape
         odd = tuple(size - 1 if size % 2 == 0 else size - 2 for size in shape)  # 28 -> 27: conv 25, pool floors to 12
@@ -242,9 +246,7 @@ def _probe(name, impl, spec, images, labels, seed, lr, mode, stop_at_first) -> R
         title = (
             f"odd image size: {height}x{width} crops, pool {height - 2} -> {(height - 2) // 2}, Softmax({pooled}, 10)"
         )
-        return _lockstep(
-            impl, odd_spec, name, title, crops, labels[:PROBE_IMAGES], initial, lr, mode, seed, stop_at_first
-        )
+        return _lockstep(how, odd_spec, name, title, crops, labels[:PROBE_IMAGES], initial)
     raise ValueError(f"unknown probe {name!r}: expected one of {PROBES}")
 
 
@@ -274,15 +276,16 @@ def large_logit_weights(initial, images, labels, seed, count: int = 3) -> tuple[
     return chosen, weights.reshape(initial["dense1.weights"].shape)
 
 
-def _lockstep(impl, spec, name, title, images, labels, initial, lr, mode, seed, stop_at_first) -> RunResult:
+def _lockstep(how: _How, spec, name, title, images, labels, initial) -> RunResult:
     """Step the implementation and the twin together one image at a time (so a crash or a stop is exact)."""
     import reference  # torch: only when a check actually runs
 
-    side = _Recording(TutorialSide(impl, initial, spec.image_shape, lr))
-    net = scratch.build_network(spec, seed, np.float64)
+    lr = how.lr
+    side = _Recording(TutorialSide(how.impl, initial, spec.image_shape, lr))
+    net = scratch.build_network(spec, how.seed, np.float64)
     net.load_parameters(initial)
-    twin = _Recording(reference.ReferenceRunner(reference.to_torch(net), lr=lr))
-    lockstep = Lockstep(side, twin, spec, np.float64, lr, stride=1, mode=mode)
+    twin = _Recording(reference.ReferenceRunner(reference.to_torch(net, how.tie_policy), lr=lr))
+    lockstep = Lockstep(side, twin, spec, np.float64, lr, stride=1, mode=how.mode)
     record = lockstep.record
     run = RunResult(name, title, len(labels), lr, tuple(spec.image_shape), record)
     started = time.perf_counter()
@@ -293,8 +296,8 @@ def _lockstep(impl, spec, name, title, images, labels, initial, lr, mode, seed, 
             run.crash, run.crash_step = crash, index
             break
         if record.first_divergence is not None and record.first_divergence.step == index:
-            record.first_divergence, run.note = refine(record.first_divergence, side.tensors(), twin.tensors(), lr)
-            if stop_at_first:
+            record.first_divergence = refine(record.first_divergence, side.tensors(), twin.tensors())
+            if how.stop_at_first:
                 break
     lockstep.finish()
     run.provenance = side.side.provenance()
@@ -315,6 +318,9 @@ class _Recording:
 
     def update(self, lr):
         self.side.update(lr)
+
+    def run_layer(self, feed):
+        return self.side.run_layer(feed)
 
     def parameters(self):
         return self.side.parameters()

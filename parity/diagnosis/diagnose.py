@@ -1,13 +1,27 @@
-"""Naming a divergence: which layer, and whether it is a tie-policy difference, drift, overflow or a real bug."""
+"""Naming a difference: which kind it is (`parity.diagnosis.record.KINDS`), found by the pattern detectors that
+apply to the tensor's layer kind and role, with the evidence, and a sentence for a person.
+
+`diagnose_tensor` judges one tensor; `diagnose_layer` picks, of a layer's failing tensors, the first whose cause is
+known (a wrong forward makes every tensor after it wrong too, and the parameter gradient may show the pattern
+the output hides).
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+
+from parity.diagnosis import patterns
+from parity.diagnosis.pool import classify_routing
+from parity.diagnosis.record import Diagnosis
 from parity.engine.compare import TensorComparison
-from scratch.spec import NetworkSpec, TensorInfo
+from parity.engine.tolerances import tolerance_for
+from parity.lockstep.feed import LayerFeed
+from scratch.spec import LayerSpec, NetworkSpec, TensorInfo
 
-# What a mismatch usually means, by the kind of layer and the role of the tensor in it.
+# What a mismatch usually means, by the kind of layer and the role of the tensor in it: the advice of `unexplained`.
 HINTS: dict[tuple[str, str], str] = {
     ("conv", "out"): "forward: check the kernel orientation (cross-correlation, no flip), padding and bias",
     ("relu", "out"): "forward: max(x, 0)",
@@ -25,45 +39,293 @@ HINTS: dict[tuple[str, str], str] = {
     ("conv", "param"): "SGD update: expected param - lr * dL/dparam",
     ("dense", "param"): "SGD update: expected param - lr * dL/dparam",
 }
+# Tensors that a rearranged kernel or input explains: (kind, role) -> what to rearrange.
+REARRANGED = {("conv", "out"): "filters", ("conv", "d_in"): "filters", ("dense", "out"): "input"}
+ACTIVATION_ROLES = ("out", "probs", "d_out", "d_in")
+DRIFT_SHARE = 0.1  # a step that already used this much of the tolerance makes the next failure drift, not a bug
+_TIE_RULES = {
+    "all": "every tied maximum gets the window's whole gradient (the tutorial's rule)",
+    "last": "the last maximum in row-major order gets it (a `>=` comparison keeps the last)",
+    "other": "one of the maxima gets it, but neither always the first nor always the last",
+}
 
 
-def diagnose(
-    info: TensorInfo,
-    failure: TensorComparison,
-    step_comparisons: list[TensorComparison],
-    spec: NetworkSpec,
-    tied_windows: int | None,
-    previous_tolerance_used: float,
-    untied_mismatches: int = 0,
-) -> str:
-    """The diagnosis of the first tensor to exceed tolerance in a step.
+@dataclass(frozen=True)
+class Context:
+    """What a detector may need besides the two arrays."""
 
-    `untied_mismatches`: for a pool's input gradient, how many windows without a tie received a different gradient
-    (see `parity.diagnosis.pool.untied_routing_mismatches`); only when it is 0 is the cause a tie policy.
-    """
-    hint = HINTS.get((info.kind, info.role), "no hint for this tensor")
-    where = f"{info.layer} ({info.kind})"
-    if failure.problem:
-        return f"{failure.problem} ({hint})"
-    if not math.isfinite(failure.scratch_value):
-        return f"non-finite value in scratch ({failure.scratch_value}): overflow, e.g. an unshifted exp; {hint}"
-    forward = {i.name for i in spec.tensors if i.phase == "forward"}
-    forward_agrees = all(c.passed for c in step_comparisons if c.name in forward)
-    pool_gradient = info.kind == "pool" and info.role == "d_in"
-    if pool_gradient and forward_agrees and untied_mismatches > 0:
-        return (
-            f"routing error, not a tie policy: {untied_mismatches} pool window(s) without a tie sent their gradient "
-            "somewhere other than their maximum while the forward pass agrees"
+    spec: NetworkSpec
+    dtype: np.dtype
+    lr: float
+    feed: LayerFeed | None = None  # the reference's inputs to the layer; None when judging a whole run's tensors
+    previous_tolerance_used: float = 0.0  # whole runs: the share of tolerance the step before used
+
+
+def diagnose_layer(
+    layer: str,
+    comparisons: Sequence[TensorComparison],
+    scratch: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    context: Context,
+) -> Diagnosis | None:
+    """The diagnosis of `layer` from its failing comparisons (None when none fails): the first with a known cause,
+    else the first failure's `unexplained`."""
+    failing = [c for c in comparisons if not c.ok and context.spec.judged_at(c.name) == layer]
+    diagnoses = [diagnose_tensor(c, scratch, reference, context) for c in failing]
+    return next((d for d in diagnoses if d.kind != "unexplained"), diagnoses[0] if diagnoses else None)
+
+
+def diagnose_tensor(
+    comparison: TensorComparison,
+    scratch: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    context: Context,
+) -> Diagnosis:
+    """Why one tensor is out of tolerance: the first detector that explains every element, else `unexplained`."""
+    info = context.spec.tensor(comparison.name)
+    layer = context.spec.judged_at(info.name)
+    ours, theirs = scratch.get(info.name), reference.get(info.name)
+    found = None
+    if isinstance(ours, np.ndarray) and isinstance(theirs, np.ndarray):
+        found = _detect(info, np.asarray(ours), np.asarray(theirs), scratch, comparison, context)
+    if found is None and context.feed is None and context.previous_tolerance_used > DRIFT_SHARE:
+        found = "drift", {"previous_tolerance_used": context.previous_tolerance_used}
+    kind, evidence = found or ("unexplained", {})
+    return Diagnosis(kind, layer, info.name, _text(kind, info, evidence, comparison), evidence)
+
+
+def _detect(info: TensorInfo, ours, theirs, scratch, comparison, context) -> tuple[str, dict] | None:
+    """(kind, evidence) of the first pattern that explains the difference, tried from the most specific."""
+    tolerance = tolerance_for(context.dtype)
+    if comparison.problem:
+        if ours.size == theirs.size and ours.ndim == 2 and ours.shape == theirs.T.shape:
+            if patterns.matches(ours, theirs.T, tolerance):
+                return "permuted", {"transform": f"stored transposed, {ours.shape} instead of {theirs.shape}"}
+        return None
+    if (evidence := patterns.non_finite(ours, theirs)) is not None:
+        return "non_finite", {**evidence, **_exp_overflow(info, scratch, context)}
+    feed, layer = context.feed, _layer_of(info, context.spec)
+    if info.role == "param" and feed is not None:
+        before = feed.params[info.param]
+        if patterns.matches(ours, before, tolerance):
+            return "dropped", {"update": "not applied"}
+        ours, theirs = ours - before, theirs - before  # judge the update, not the weights
+    if info.kind == "pool" and info.role == "d_in" and feed is not None:
+        if (routing := classify_routing(layer.kernel, feed.inputs, ours, theirs, tolerance)) is not None:
+            return routing
+    for kind, detector in _detectors(info, layer, context, scratch):
+        if (evidence := detector(ours, theirs)) is not None:
+            return kind, evidence
+    return None
+
+
+def _detectors(info: TensorInfo, layer: LayerSpec | None, context: Context, scratch):
+    """(kind, detector over (scratch, reference)) in the order tried, for this tensor's kind and role."""
+    tolerance = tolerance_for(context.dtype)
+    if info.role in ACTIVATION_ROLES:  # tensors with the batch first: (N, H, W, C) or (N, units)
+        yield "partial", lambda s, r: patterns.border(s, r, tolerance)
+        yield "partial", lambda s, r: patterns.some_samples(s, r, tolerance)
+    if info.kind == "conv" and info.role == "d_param" and info.param == "filters" and context.feed is not None:
+        yield "partial", lambda s, r: _windows_left_out(s, context.feed, tolerance)
+    yield "dropped", lambda s, r: patterns.dropped(s, r, tolerance)
+    yield "scale", lambda s, r: patterns.scale(s, r, tolerance, context.lr)
+    flatten = layer.in_shape if layer is not None and info.kind == "dense" and len(layer.in_shape) == 3 else None
+    flatten = flatten if info.param == "weights" else None
+    yield "permuted", lambda s, r: patterns.permuted(s, r, tolerance, _axis_names(info, s.ndim), flatten)
+    if info.role in ("d_param", "param") and info.kind in ("conv", "dense"):
+        axis = 1 if info.param == "weights" else 0
+        name = "filter" if info.kind == "conv" else "unit"
+        yield "broadcast", lambda s, r: patterns.broadcast(s, r, tolerance, axis, name)
+    if (info.kind, info.role) in REARRANGED and context.feed is not None:
+        yield "permuted", lambda s, r: _rearranged(s, info.role, context.feed, tolerance)
+    if info.role == "d_in" and info.kind in ("conv", "dense") and context.feed is not None:
+        yield "stale_weights", lambda s, r: _stale_weights(s, scratch, context, tolerance)
+    yield "downcast", lambda s, r: patterns.downcast(s, r, context.dtype)
+
+
+def _exp_overflow(info: TensorInfo, scratch, context: Context) -> dict[str, object]:
+    """For the loss's tensors: whether scratch's logits were finite but past where exp overflows (an unshifted
+    softmax), as evidence; nothing when that is not what happened."""
+    if info.kind not in ("loss", "dense") or info.role not in ("probs", "loss", "d_out"):
+        return {}
+    logits = scratch.get(context.spec.name_of(context.spec.layers[-1].name, "out"))
+    if not isinstance(logits, np.ndarray) or not np.all(np.isfinite(logits)):
+        return {}
+    largest, limit = float(np.abs(logits).max(initial=0.0)), float(np.log(np.finfo(context.dtype).max))
+    return {"largest_logit": largest, "exp_overflows_at": limit} if largest > limit else {}
+
+
+def _layer_of(info: TensorInfo, spec: NetworkSpec) -> LayerSpec | None:
+    return None if info.layer == "loss" else spec.layer(info.layer)
+
+
+def _axis_names(info: TensorInfo, ndim: int) -> tuple[str, ...]:
+    if info.role in ("d_param", "param"):
+        if info.kind == "conv" and info.param == "filters":
+            return ("filter", "kernel row", "kernel column", "channel")[:ndim]
+        return ("input", "unit") if info.param == "weights" else ("unit",)
+    return ("sample", "row", "column", "channel") if ndim == 4 else ("sample", "unit")[:ndim]
+
+
+def _windows_left_out(ours: np.ndarray, feed: LayerFeed, tolerance) -> dict[str, object] | None:
+    """A filter gradient that is the reference's over only some of the output windows."""
+    from reference.layer import layer_gradients  # torch: only when a conv's filter gradient is being explained
+
+    d_out = feed.d_out
+    masks = {"only the first window of each image": (slice(None), slice(0, 1), slice(0, 1))}
+    if d_out.shape[0] > 1:
+        masks["only the first image of the batch"] = (slice(0, 1),)
+    masks["all but the last output row and column"] = (slice(None), slice(0, -1), slice(0, -1))
+    masks["all but the first output row and column"] = (slice(None), slice(1, None), slice(1, None))
+    for which, kept in masks.items():
+        masked = np.zeros_like(d_out)
+        masked[kept] = d_out[kept]
+        _, _, grads = layer_gradients(feed.layer, feed.params, feed.inputs, masked)
+        if patterns.matches(ours, grads["filters"], tolerance):
+            return {"windows": which}
+    return None
+
+
+def _rearranged(ours: np.ndarray, role: str, feed: LayerFeed, tolerance) -> dict[str, object] | None:
+    """The layer's output or input gradient as the reference computes it from a rearranged kernel (flipped,
+    transposed) or, for a dense layer, from its input flattened channel-first."""
+    from reference.layer import layer_gradients  # torch: only when such a tensor is being explained
+
+    for transform, params, inputs in _rearranged_feeds(feed):
+        out, d_in, _ = layer_gradients(feed.layer, params, inputs, feed.d_out)
+        if patterns.matches(ours, out if role == "out" else d_in, tolerance):
+            return {"transform": transform, "recomputed": True}
+    return None
+
+
+def _rearranged_feeds(feed: LayerFeed):
+    """(what was rearranged, params, inputs) to try for `feed`'s layer."""
+    if feed.layer.kind == "conv":
+        filters = feed.params["filters"]  # (F, K, K[, C])
+        for transform, kernel in (
+            ("the kernel flipped (a textbook convolution; PyTorch cross-correlates)", filters[:, ::-1, ::-1]),
+            ("the kernel's row and column axes swapped", np.swapaxes(filters, 1, 2)),
+        ):
+            yield transform, {**feed.params, "filters": np.ascontiguousarray(kernel)}, feed.inputs
+    elif feed.inputs.ndim == 4:  # a dense after an image-shaped input: the flatten order
+        batch = feed.inputs.shape[0]
+        channel_first = feed.inputs.transpose(0, 3, 1, 2).reshape(feed.inputs.shape)  # CHW order, read as HWC
+        yield (
+            "the input flattened channel-first (CHW, PyTorch's order) against HWC-ordered weights",
+            feed.params,
+            (channel_first.reshape(batch, *feed.inputs.shape[1:])),
         )
-    if pool_gradient and forward_agrees and (tied_windows or 0) > 0:
+
+
+def _stale_weights(ours: np.ndarray, scratch, context: Context, tolerance) -> dict[str, object] | None:
+    """An input gradient computed from the weights after the update (the side's own update, or the reference's)."""
+    from reference.layer import layer_gradients  # torch: only when an input gradient is being explained
+
+    feed = context.feed
+    for whose in ("own", "reference's"):
+        updated = {}
+        for param, before in feed.params.items():
+            gradient = scratch.get(f"{feed.layer.name}.d_{param}") if whose == "own" else feed.gradients[param]
+            if not isinstance(gradient, np.ndarray) or gradient.shape != before.shape:
+                break
+            updated[param] = before - before.dtype.type(context.lr) * gradient
+        else:
+            _, d_in, _ = layer_gradients(feed.layer, updated, feed.inputs, feed.d_out)
+            if patterns.matches(ours, d_in, tolerance):
+                return {"weights": f"after the update ({whose} gradient)"}
+    return None
+
+
+def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorComparison) -> str:
+    """The sentence for a person, from the kind and its evidence."""
+    name, hint = info.name, HINTS.get((info.kind, info.role), "no hint for this tensor")
+    if kind == "non_finite":
+        return _non_finite_text(name, evidence)
+    if kind == "tie_policy":
         return (
-            f"tie-policy difference, not a numerical one: the forward pass agrees, and {tied_windows} pool windows "
-            "are tied this step; PyTorch sends a tied window's gradient to its first maximum (row-major), "
-            "scratch routes it elsewhere (the tutorial gives it to every tied element)"
+            f"tie-policy difference, not a numerical one: {name} differs only in tied windows "
+            f"({evidence['wrong_windows']} of {evidence['tied_windows']} tied); PyTorch gives a tied window's gradient "
+            f"to its first maximum (row-major), here {_TIE_RULES[evidence['rule']]}"
         )
-    if previous_tolerance_used > 0.1:
+    if kind == "routing":
+        where = (
+            f"{evidence['leftover_elements']} gradient element(s) in the rows/columns the pool drops"
+            if "leftover_elements" in evidence
+            else f"{evidence['wrong_windows']} window(s), {evidence['untied_wrong_windows']} of them untied, sent "
+            "their gradient to an element that is not their maximum, or in the wrong amount"
+        )
+        return f"routing error, not a tie policy: {where}"
+    if kind == "dropped":
+        if evidence.get("update") == "not applied":
+            return f"{name} was never updated: it still holds its value from before the step (a missing SGD update)"
+        if "wrong_windows" in evidence:
+            return f"{name}: {evidence['wrong_windows']} window(s) got no gradient at all (a lost gradient)"
+        whole = "everywhere" if evidence["all"] else f"at {evidence['zeroed']} of {evidence['size']} elements"
+        return f"{name} is zero {whole} where the reference's is not: never computed, lost, or never applied"
+    if kind == "scale":
+        reading = f" ({evidence['reading']})" if evidence["reading"] else ""
+        what = "the update of " + name if info.role == "param" else name
+        return f"{what} is {evidence['factor']:.6g} x the reference's, element for element{reading}"
+    if kind == "permuted" and evidence.get("recomputed"):
+        return f"{name} is what the reference computes with {evidence['transform']}"
+    if kind == "permuted":
+        return f"{name} equals the reference's {evidence['transform']}"
+    if kind == "broadcast":
+        same = f" (the {evidence['same_as']} over the reference's)" if evidence["same_as"] else ""
+        return f"every {evidence['axis']} of {name} received the same value{same}: {evidence['count']} identical slices"
+    if kind == "partial":
+        return f"{name} is right only in part: {_partial_text(evidence)}"
+    if kind == "stale_weights":
+        return f"{name} was computed with the weights {evidence['weights']}, not those before it: {hint}"
+    if kind == "downcast":
         return (
-            f"accumulated numerical drift: the previous step already used {100 * previous_tolerance_used:.0f}% "
-            f"of the tolerance ({hint})"
+            f"{name}: errors at float32 rounding level in a float64 run (max |error| / max |reference| = "
+            f"{evidence['relative_error']:.2g}; float32 eps 1.2e-7): is something computed or stored in float32?"
         )
-    return f"implementation mismatch in {where} {hint}"
+    if kind == "drift":
+        return (
+            f"accumulated numerical drift: the step before already used "
+            f"{100 * evidence['previous_tolerance_used']:.0f}% of the tolerance ({hint})"
+        )
+    problem = f"{comparison.problem}; " if comparison.problem else ""
+    return f"{problem}implementation mismatch in {info.layer} ({info.kind}) {hint}"
+
+
+def _non_finite_text(name: str, evidence: dict) -> str:
+    sorts = "/".join(evidence["values"])
+    if evidence["side"] == "both":
+        return (
+            f"{name} overflowed on both sides ({sorts}: {evidence['scratch_count']} element(s) in scratch, "
+            f"{evidence['reference_count']} in the reference): the values outgrew the dtype, e.g. a learning rate too "
+            "large for this network, not a difference between the two"
+        )
+    if evidence["side"] == "reference":
+        return f"the reference's {name} is non-finite ({sorts}) where scratch's is finite: the reference overflowed"
+    where = f"{name} is non-finite ({sorts}, {evidence['scratch_count']} element(s)) in scratch only, where the " + (
+        "reference's is finite"
+    )
+    if "largest_logit" in evidence:
+        return (
+            f"{where}: the logits are finite but reach {evidence['largest_logit']:.4g}, past "
+            f"{evidence['exp_overflows_at']:.4g} where exp overflows: an unshifted softmax (subtract the largest "
+            "logit before exp)"
+        )
+    return f"{where}: an overflow in scratch's own arithmetic"
+
+
+def _partial_text(evidence: dict) -> str:
+    if "windows" in evidence:
+        return f"it sums {evidence['windows']}"
+    if "right_samples" in evidence:
+        return f"only samples {evidence['right_samples']} of the batch of {evidence['batch']} are right"
+    sides = [
+        f"{evidence[key]} {label}"
+        for key, label in (
+            ("top_rows", "top row(s)"),
+            ("bottom_rows", "bottom row(s)"),
+            ("left_columns", "left column(s)"),
+            ("right_columns", "right column(s)"),
+        )
+        if evidence[key]
+    ]
+    return f"only the border differs ({', '.join(sides)}): a loop that skips the edge"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from parity.diagnosis.patterns import beyond as beyond_tolerance
 from parity.engine.tolerances import Tolerance
 
 
@@ -30,11 +31,6 @@ def tied(pool_input: np.ndarray, size: int) -> np.ndarray:
 def count_tied_windows(pool_input: np.ndarray, size: int) -> int:
     """How many (window, channel) pairs of a K x K/stride-K pool over `(N, H, W, C)` have their max more than once."""
     return int(np.count_nonzero(tied(pool_input, size)))
-
-
-def beyond_tolerance(scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> np.ndarray:
-    """Elementwise: is |scratch - reference| out of its allowance (NaN counts as out)?"""
-    return ~(np.abs(scratch - reference) <= tolerance.allowed(reference))
 
 
 def _leftovers(mask: np.ndarray, size: int) -> int:
@@ -115,3 +111,52 @@ def untied_routing_mismatches(
     bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
     untied = ~tied(reference_pool_input, size)
     return _leftovers(bad, size) + int(np.count_nonzero(windows(bad, size).any(axis=-1) & untied))
+
+
+def classify_routing(
+    size: int,
+    reference_pool_input: np.ndarray,
+    scratch_d_pool_input: np.ndarray,
+    reference_d_pool_input: np.ndarray,
+    gradient_tolerance: Tolerance,
+) -> tuple[str, dict[str, object]] | None:
+    """What a pool's wrong input gradient is: (`dropped` | `tie_policy` | `routing`, evidence), or None when the
+    windows do not tell (an amount off everywhere is left to the other detectors).
+
+    - `dropped`: every wrong window got no gradient at all;
+    - `tie_policy`: every wrong window is tied, and each of its routed elements is one of its maxima holding the
+      window's whole gradient: another tie rule (every maximum, the tutorial's; the last; ...);
+    - `routing`: gradient sent to an element that is not a maximum, or into the rows and columns the pool drops.
+    """
+    bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
+    if not bad.any():
+        return None
+    tied_windows = tied(reference_pool_input, size)
+    evidence: dict[str, object] = {"tied_windows": int(tied_windows.sum())}
+    if _leftovers(bad, size):
+        return "routing", {**evidence, "leftover_elements": _leftovers(bad, size), "rule": "into dropped rows/columns"}
+    wrong = windows(bad, size).any(axis=-1)
+    ours = windows(scratch_d_pool_input, size)[wrong]
+    evidence["wrong_windows"] = int(wrong.sum())
+    if not ours.any():
+        return "dropped", evidence
+    inputs = windows(reference_pool_input, size)[wrong]
+    amount = windows(reference_d_pool_input, size)[wrong].sum(axis=-1, keepdims=True)  # the window's gradient
+    routed = ours != 0
+    maxima = inputs == inputs.max(axis=-1, keepdims=True)
+    untied = int(np.count_nonzero(~tied_windows[wrong]))
+    whole = ~routed | ~beyond_tolerance(ours, np.broadcast_to(amount, ours.shape), gradient_tolerance)
+    if untied or not np.all(routed <= maxima) or not whole.all():
+        return "routing", {**evidence, "untied_wrong_windows": untied, "rule": "not to a maximum"}
+    return "tie_policy", {**evidence, "rule": _tie_rule(routed, maxima)}
+
+
+def _tie_rule(routed: np.ndarray, maxima: np.ndarray) -> str:
+    """Which tie rule routed these tied windows: `all` (every maximum), `last` (the last maximum, row-major), or
+    `other` (one maximum, neither the first nor the last, or a mix)."""
+    if np.array_equal(routed, maxima):
+        return "all"
+    last = maxima.shape[-1] - 1 - np.argmax(maxima[..., ::-1], axis=-1)
+    only_last = np.zeros_like(maxima)
+    only_last[np.arange(len(maxima)), last] = True
+    return "last" if np.array_equal(routed, only_last) else "other"

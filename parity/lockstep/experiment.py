@@ -10,6 +10,7 @@ import numpy as np
 
 import reference
 import scratch
+from parity.lockstep.feed import LayerFeed
 from parity.lockstep.stepper import Lockstep, LockstepRecord, StepRecord
 from scratch.data import Dataset, batches, epoch_orders, steps_per_epoch
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
@@ -80,6 +81,31 @@ class ScratchSide:
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
         """Mean loss and the number right, without backward."""
         return self.net.evaluate(images, labels)
+
+    def run_layer(self, feed: LayerFeed) -> dict[str, np.ndarray]:
+        """One layer alone on the reference's input, output gradient and weights (see `parity.lockstep.local`): its
+        tensors by spec name, the update judged from the reference's gradients; the network's weights are kept."""
+        spec, name = self.net.spec, feed.layer.name
+        layer = self.net.layer(name)
+        own = {param: getattr(layer, param).copy() for param in feed.params}
+        try:
+            for param, value in feed.params.items():
+                getattr(layer, param)[...] = value
+            tensors = {spec.name_of(name, "out"): layer.forward(feed.inputs)}
+            if feed.logits is not None:  # the last layer: the loss, judged on the reference's logits
+                probs, loss = self.net.loss.forward(feed.logits, feed.labels)
+                tensors |= {"probs": probs, "loss": loss, spec.name_of(name, "d_out"): self.net.loss.backward()}
+            tensors[spec.name_of(name, "d_in")] = layer.backward(feed.d_out)
+            for param in feed.params:
+                tensors[spec.name_of(name, "d_param", param)] = layer.grads[param]
+            layer.grads = dict(feed.gradients)  # the update rule alone, from the reference's gradients
+            layer.update(feed.lr)
+            for param in feed.params:
+                tensors[spec.name_of(name, "param", param)] = getattr(layer, param).copy()
+        finally:
+            for param, value in own.items():
+                getattr(layer, param)[...] = value
+        return tensors
 
 
 @dataclass

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from parity.diagnosis.record import Diagnosis
 from parity.engine.compare import TensorComparison
+from parity.lockstep.local import LayerVerdict
 from scratch.spec import NetworkSpec
 
 
@@ -43,11 +45,11 @@ class Divergence:
     layer: str
     comparison: TensorComparison
     tied_windows: int | None
-    diagnosis: str
+    diagnosis: Diagnosis
 
     def message(self) -> str:
         """A one-paragraph explanation of the divergence."""
-        return f"step {self.step}, {self.layer} {self.tensor}: {self.diagnosis}. {self.comparison.message()}"
+        return f"step {self.step}, {self.layer} {self.tensor}: {self.diagnosis.text}. {self.comparison.message()}"
 
 
 @dataclass
@@ -72,6 +74,8 @@ class LockstepRecord:
     # Strided steps that failed but passed when replayed from the same weights: a side is not deterministic (or the
     # replay did not restore its state), so nothing can be located; the run does not pass.
     unreproduced_failures: list[int] = field(default_factory=list)
+    # Each layer judged on its own (see `parity.lockstep.local`), in layer order.
+    layers: dict[str, LayerVerdict] = field(default_factory=dict)
 
     @property
     def flipped_windows(self) -> int:
@@ -80,8 +84,10 @@ class LockstepRecord:
 
     @property
     def passed(self) -> bool:
-        """True when no tensor exceeded tolerance at any step (proven near-tie flips aside)."""
-        return self.first_divergence is None and not self.unreproduced_failures
+        """True when no tensor exceeded tolerance at any step (proven near-tie flips aside) and no layer failed
+        on its own."""
+        locally = all(verdict.passed is not False for verdict in self.layers.values())
+        return self.first_divergence is None and not self.unreproduced_failures and locally
 
     def max_abs_error(self) -> dict[str, float]:
         """The largest absolute error of each compared tensor over the run (explained near-tie flips aside)."""

@@ -21,11 +21,14 @@ from typing import Protocol
 
 import numpy as np
 
-from parity.diagnosis.diagnose import diagnose
+from parity.diagnosis import patterns
+from parity.diagnosis.diagnose import DRIFT_SHARE, Context, diagnose_tensor
 from parity.diagnosis.flips import explain_flips
-from parity.diagnosis.pool import count_tied_windows, untied_routing_mismatches
+from parity.diagnosis.pool import count_tied_windows
+from parity.diagnosis.record import Diagnosis
 from parity.engine.compare import Workspace, compare, compare_many
 from parity.engine.tolerances import tolerance_for
+from parity.lockstep.local import LocalJudge, LocalStep, copy_verdicts, fresh_verdicts
 from parity.lockstep.records import Divergence, LockstepRecord, StepRecord
 from scratch.spec import NetworkSpec
 
@@ -118,6 +121,10 @@ class Lockstep:
         self.scratch, self.reference, self.spec = scratch, reference, spec
         self.dtype, self.lr = np.dtype(dtype), lr
         self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr, spec=spec)
+        # Every layer judged on its own at the steps compared in full, when the side can run one layer alone.
+        self.local = LocalJudge(spec, self.dtype, lr) if hasattr(scratch, "run_layer") else None
+        if not self.record.layers:
+            self.record.layers = fresh_verdicts(spec)
         self.workspace = Workspace()
         self.always = always_compared(spec, mode)
         # Per kind of step, what is compared and which of it a side's step returns (the rest are the parameters
@@ -190,6 +197,7 @@ class _Checkpoint:
     worst_tolerance_used: float
     pending_worst: tuple[StepRecord, dict] | None
     resynced_steps: int
+    layers: dict
     unverified: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (images, labels) of each step
 
     @classmethod
@@ -203,6 +211,7 @@ class _Checkpoint:
             worst_tolerance_used=record.worst_tolerance_used,
             pending_worst=record.pending_worst,
             resynced_steps=len(record.resynced_steps),
+            layers=copy_verdicts(record.layers),
         )
 
     def restore(self, lockstep: Lockstep) -> None:
@@ -214,6 +223,7 @@ class _Checkpoint:
         del record.resynced_steps[self.resynced_steps :]
         record.first_divergence = None  # checkpoints are only taken before the first divergence
         record.worst_tolerance_used, record.pending_worst = self.worst_tolerance_used, self.pending_worst
+        record.layers = copy_verdicts(self.layers)  # the checkpoint's own stay intact for another restore
 
 
 def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecord:
@@ -230,6 +240,10 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         scratch.load_parameters(reference.parameters())
     compared, wanted = lockstep.plans[full]
     with_parameters = len(wanted) < len(compared)
+    judged = full and lockstep.local is not None
+    # The weights both sides start the step from: the layers are judged from the reference's, and a divergence
+    # of layers that are right on their own is traced to weights that differ.
+    before = (_copies(scratch.parameters()), reference.parameters()) if judged else None
     started = timer()
     scratch_tensors = scratch.forward_backward(images, labels, wanted)
     scratch.update(lr)
@@ -263,19 +277,34 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         if step.flipped_windows and step.passed:
             scratch.load_parameters(reference.parameters())
             record.resynced_steps.append(index)
+    local = {}
+    if judged:
+        local = lockstep.local.judge(scratch, index, images, labels, reference_tensors, before[1], record.layers)
+    _count_lockstep_failures(spec, step, record)
     # Full statistics (ULPs, relative error, tied windows) only for the steps a report shows: the first, the first
     # failure, and the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at
     # any step).
     if index == 0 or (not step.passed and record.first_divergence is None):
         _detail(spec, step, scratch_tensors, reference_tensors, dtype)
     if not step.passed and record.first_divergence is None:
-        record.first_divergence = _divergence(spec, step, record, scratch_tensors, reference_tensors, dtype)
+        evidence = _Evidence(scratch_tensors, reference_tensors, local, before)
+        record.first_divergence = _divergence(lockstep, step, evidence)
     elif step.tolerance_used > record.worst_tolerance_used:
         names = [c.name for c in step.comparisons]
         record.pending_worst = (step, {n: (scratch_tensors[n].copy(), reference_tensors[n].copy()) for n in names})
     record.worst_tolerance_used = max(record.worst_tolerance_used, step.tolerance_used)
     record.seconds["compare"] += timer() - started
     return step
+
+
+def _copies(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.array(value) for name, value in params.items()}
+
+
+def _count_lockstep_failures(spec: NetworkSpec, step: StepRecord, record: LockstepRecord) -> None:
+    """Each layer with a tensor out of tolerance in the lockstep comparison at this step, counted once."""
+    for layer in {spec.judged_at(c.name) for c in step.comparisons if not c.ok}:
+        record.layers[layer].lockstep_failed_steps += 1
 
 
 def _correct(scores: np.ndarray | None, labels: np.ndarray) -> int:
@@ -322,24 +351,72 @@ def _detail_pending_worst(record: LockstepRecord) -> None:
         record.pending_worst = None
 
 
-def _divergence(
-    spec, step: StepRecord, record: LockstepRecord, scratch_tensors, reference_tensors, dtype
-) -> Divergence:
+@dataclass
+class _Evidence:
+    """What a step leaves for explaining its first divergence."""
+
+    scratch: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    local: dict[str, LocalStep]  # each layer judged on its own (empty when the side cannot be)
+    before: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None  # both sides' weights before the step
+
+
+def _divergence(lockstep: Lockstep, step: StepRecord, evidence: _Evidence) -> Divergence:
+    spec, record = lockstep.spec, lockstep.record
     failure = next(c for c in step.comparisons if not c.ok)
     info = spec.tensor(failure.name)
+    layer = spec.judged_at(failure.name)
+    tied = step.tied_windows
+    if info.kind == "pool" and info.role == "d_in":
+        inputs = pool_input(spec, info.layer, evidence.reference)
+        tied = tied if inputs is None else count_tied_windows(inputs, spec.layer(info.layer).kernel)
     previous = record.steps[-1].tolerance_used if record.steps else 0.0  # this step is not appended yet
-    untied, tied = 0, step.tied_windows
-    if info.kind == "pool" and info.role == "d_in" and not failure.problem:
-        layer = spec.layer(info.layer)
-        inputs = pool_input(spec, info.layer, reference_tensors)
-        if inputs is not None:
-            tied = count_tied_windows(inputs, layer.kernel)
-            untied = untied_routing_mismatches(
-                layer.kernel,
-                inputs,
-                scratch_tensors[failure.name],
-                reference_tensors[failure.name],
-                tolerance_for(dtype),
-            )
-    diagnosis = diagnose(info, failure, step.comparisons, spec, tied, previous, untied)
+    local = evidence.local.get(layer)
+    if local is not None and not local.passed:
+        diagnosis = local.diagnose(evidence.reference)  # the layer itself is wrong
+    elif local is not None:
+        diagnosis = _inherited(lockstep, layer, failure.name, evidence, previous)
+    else:  # no local verdict: judged from the whole run's tensors
+        context = Context(spec, lockstep.dtype, lockstep.lr, previous_tolerance_used=previous)
+        diagnosis = diagnose_tensor(failure, evidence.scratch, evidence.reference, context)
     return Divergence(step.step, failure.name, info.layer, failure, tied, diagnosis)
+
+
+def _inherited(lockstep: Lockstep, layer: str, tensor: str, evidence: _Evidence, previous: float) -> Diagnosis:
+    """A layer that is right on the reference's inputs and weights diverged: the two sides held different weights
+    (a layout or update problem, named by a detector when one fits), or the error accumulated."""
+    spec, tolerance = lockstep.spec, tolerance_for(lockstep.dtype)
+    ours, theirs = evidence.before
+    for name in (name for name in spec.parameter_names if name in ours and spec.judged_at(name) == layer):
+        if patterns.matches(ours[name], theirs[name], tolerance):
+            continue
+        info = spec.tensor(name)
+        axes = ("input", "unit") if info.param == "weights" else ("filter", "kernel row", "kernel column", "channel")
+        flatten = spec.layer(layer).in_shape if info.param == "weights" else None
+        found = patterns.permuted(ours[name], theirs[name], tolerance, axes[: ours[name].ndim], flatten)
+        how = f"equal up to {found['transform']}" if found else "not related by a permutation"
+        return Diagnosis(
+            "permuted" if found else "unexplained",
+            layer,
+            name,
+            f"{layer} computes right from the reference's inputs and weights, but the two sides held different "
+            f"{name} before this step ({how}): check how weights are copied between them (the layouts)",
+            {"transform": found["transform"]} if found else {"weights_differ": name},
+        )
+    if previous > DRIFT_SHARE:
+        return Diagnosis(
+            "drift",
+            layer,
+            tensor,
+            f"accumulated numerical drift: {layer} is right on the reference's inputs and weights, and the step "
+            f"before already used {100 * previous:.0f}% of the tolerance",
+            {"previous_tolerance_used": previous},
+        )
+    return Diagnosis(
+        "unexplained",
+        layer,
+        tensor,
+        f"{layer} is right on the reference's inputs and weights, yet its {tensor} differs in the whole-network "
+        "step: the difference comes from how the side chains its layers, not from the layer",
+        {"locally": "passed"},
+    )

@@ -1,0 +1,136 @@
+"""Local verdicts: every layer of the side under test judged on its own, fed from the reference.
+
+At a step compared in full, each layer is run on the reference's input to it (forward) and the reference's gradient
+at its output (backward), from the reference's weights before the step, and its tensors are compared with the
+reference's. A layer that is right given the reference's inputs passes, whatever the layers before it got wrong, so
+one difference (a tutorial-style tie rule) never hides another bug (a wrong filter gradient): each is reported at
+its own layer. The side's own weights are left as they were, so training goes on unchanged.
+
+A side takes part when it has `run_layer(feed) -> {name: array}` (see `parity.lockstep.feed.LayerFeed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+import scratch
+from parity.diagnosis.diagnose import Context, diagnose_layer
+from parity.diagnosis.record import Diagnosis
+from parity.engine.compare import TensorComparison, Workspace, compare_many
+from parity.lockstep.feed import LayerFeed
+from scratch.spec import NetworkSpec
+
+
+@dataclass
+class LayerVerdict:
+    """One layer's local verdict over a run, and whether its tensors diverged in the lockstep comparison."""
+
+    name: str
+    kind: str  # conv, relu, pool or dense
+    checked_steps: int = 0  # steps at which the layer was judged on its own
+    failed_steps: int = 0
+    step: int | None = None  # the first local failure
+    tensor: str | None = None
+    diagnosis: Diagnosis | None = None
+    worst_tolerance_used: float = 0.0  # locally, over the run
+    lockstep_failed_steps: int = 0  # steps at which one of its tensors was out of tolerance in the lockstep run
+
+    @property
+    def passed(self) -> bool | None:
+        """Right at every step it was judged on; None when it never was (a side without `run_layer`)."""
+        return None if self.checked_steps == 0 else self.failed_steps == 0
+
+    @property
+    def origin(self) -> str | None:
+        """`local` (the layer's own error), `propagated` (right locally, fed inputs already off), None (no error)."""
+        if self.failed_steps:
+            return "local"
+        return "propagated" if self.lockstep_failed_steps else None
+
+
+@dataclass
+class LocalStep:
+    """One layer judged at one step: the comparisons, and what a diagnosis needs (made only when asked for)."""
+
+    comparisons: list[TensorComparison]
+    tensors: dict[str, np.ndarray]  # what the side gave back
+    context: Context
+
+    @property
+    def passed(self) -> bool:
+        """Every tensor of the layer within tolerance."""
+        return all(c.passed for c in self.comparisons)
+
+    def diagnose(self, reference: dict[str, np.ndarray]) -> Diagnosis | None:
+        """Why the layer failed at this step (None when it did not)."""
+        layer = self.context.feed.layer.name
+        return diagnose_layer(layer, self.comparisons, self.tensors, reference, self.context)
+
+
+class LocalJudge:
+    """Feeds each layer from the reference's tensors and judges what the side gives back."""
+
+    def __init__(self, spec: NetworkSpec, dtype: object, lr: float) -> None:
+        self.spec, self.dtype, self.lr = spec, np.dtype(dtype), lr
+        self.names = {layer.name: spec.layer_tensors(layer.name) for layer in spec.layers}
+        self.workspace = Workspace()
+        # The normalised image, as both sides compute it (bit-identical: tested in parity_tests/test_bridge.py).
+        self._images = scratch.build_network(spec, dtype=self.dtype)
+
+    def feeds(self, images, labels, reference: dict[str, np.ndarray], params_before: dict[str, np.ndarray]):
+        """The `LayerFeed` of every layer, from the reference's tensors of a step compared in full."""
+        layers, spec = self.spec.layers, self.spec
+        inputs = [self._images.normalize(images)] + [reference[spec.name_of(layer.name, "out")] for layer in layers]
+        d_outs = [reference[spec.name_of(layer.name, "d_in")] for layer in layers[1:]]
+        d_outs.append(reference[spec.name_of(layers[-1].name, "d_out")])
+        for position, layer in enumerate(layers):
+            yield LayerFeed(
+                layer,
+                inputs[position],
+                d_outs[position],
+                {param: params_before[f"{layer.name}.{param}"] for param, _ in layer.params},
+                {param: reference[spec.name_of(layer.name, "d_param", param)] for param, _ in layer.params},
+                labels,
+                self.lr,
+                logits=inputs[-1] if position == len(layers) - 1 else None,
+            )
+
+    def judge(
+        self,
+        side,
+        index: int,
+        images: np.ndarray,
+        labels: np.ndarray,
+        reference: dict[str, np.ndarray],
+        params_before: dict[str, np.ndarray],
+        verdicts: dict[str, LayerVerdict],
+    ) -> dict[str, LocalStep]:
+        """Judge every layer at step `index`; update `verdicts` and return each layer's result."""
+        results = {}
+        for feed in self.feeds(images, labels, reference, params_before):
+            ours = side.run_layer(feed)
+            names = [name for name in self.names[feed.layer.name] if name in ours and name in reference]
+            comparisons = compare_many(names, ours, reference, self.dtype, workspace=self.workspace)
+            verdict = verdicts[feed.layer.name]
+            verdict.checked_steps += 1
+            failed = [c for c in comparisons if not c.passed]
+            verdict.worst_tolerance_used = max([verdict.worst_tolerance_used] + [c.tolerance_used for c in comparisons])
+            local = LocalStep(comparisons, ours, Context(self.spec, self.dtype, self.lr, feed))
+            if failed:
+                verdict.failed_steps += 1
+                if verdict.step is None:  # diagnosed once: the first failure is the one a report shows
+                    verdict.step, verdict.tensor, verdict.diagnosis = index, failed[0].name, local.diagnose(reference)
+            results[feed.layer.name] = local
+        return results
+
+
+def fresh_verdicts(spec: NetworkSpec) -> dict[str, LayerVerdict]:
+    """A verdict per layer, in layer order, before any step."""
+    return {layer.name: LayerVerdict(layer.name, layer.kind) for layer in spec.layers}
+
+
+def copy_verdicts(verdicts: dict[str, LayerVerdict]) -> dict[str, LayerVerdict]:
+    """Independent copies (their fields are immutable values), for a checkpoint to restore."""
+    return {name: replace(verdict) for name, verdict in verdicts.items()}
