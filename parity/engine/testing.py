@@ -65,5 +65,11 @@ def assert_lockstep(record: LockstepRecord, context: str = "") -> None:
     where = f" ({context})" if context else ""
     if record.first_divergence is not None:
         raise ParityError(f"lockstep parity lost{where}: {record.first_divergence.message()}")
-    if not record.passed:  # strided steps that failed and passed when replayed: a side is not deterministic
+    if record.unreproduced_failures:  # strided steps that failed and passed when replayed: not deterministic
         raise ParityError(f"lockstep parity not shown{where}: steps {record.unreproduced_failures} failed once only")
+    for verdict in record.layers.values():  # each layer on its own, fed the reference's inputs
+        if verdict.passed is False:
+            raise ParityError(
+                f"layer {verdict.name} wrong on its own{where}: step {verdict.step}, {verdict.tensor}: "
+                f"{verdict.diagnosis.text}"
+            )

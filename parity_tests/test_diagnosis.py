@@ -1,0 +1,263 @@
+"""Diagnoses are data, and every layer is judged on its own.
+
+First the pattern detectors one by one, each on an injected bug over real tensors; then whole runs in which two
+bugs in two layers are both reported, each at its own layer, and a layer that only inherits error is never blamed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference
+import scratch
+from parity.check.loader import load_impl
+from parity.check.run import check_impl
+from parity.check.selftest import DEFAULT_BASE
+from parity.diagnosis import patterns
+from parity.diagnosis.pool import classify_routing
+from parity.diagnosis.record import KINDS, Diagnosis
+from parity.engine.testing import ParityError, assert_lockstep
+from parity.engine.tolerances import tolerance_for
+from parity.lockstep.experiment import ScratchSide
+from parity.lockstep.stepper import run_lockstep
+from scratch.conv import Conv
+from scratch.maxpool import first_only
+
+TOLERANCE = tolerance_for(np.float64)
+TUTORIAL_CODE = DEFAULT_BASE.parent / "tutorial_cnn"  # the tutorial's own classes, as package data
+
+
+@pytest.fixture(scope="module")
+def step(tutorial_data):
+    """The reference's tensors of one real tutorial step (torch), for detectors to be fed injected bugs."""
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    return reference.ReferenceRunner(reference.to_torch(net)).forward_backward(train.images[:1], train.labels[:1])
+
+
+def test_a_diagnosis_kind_outside_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="expected one of non_finite"):
+        Diagnosis("typo", "conv1", "conv1.out", "text")
+    assert set(KINDS) >= {"tie_policy", "routing", "scale", "permuted", "dropped", "broadcast", "partial"}
+
+
+@pytest.mark.parametrize(
+    ("factor", "reading"),
+    [
+        (-1.0, "a sign error"),
+        (0.005, "the learning rate applied twice"),
+        (0.5, "divided by 2 (a sum where a mean belongs, or a gradient counted twice)"),
+    ],
+)
+def test_scale_finds_the_factor_and_says_what_it_means(step, factor, reading):
+    filters = step["conv1.d_filters"]
+    assert patterns.scale(factor * filters, filters, TOLERANCE, lr=0.005) == {
+        "factor": pytest.approx(factor),
+        "reading": reading,
+    }
+    assert patterns.scale(filters + 1e-9, filters, TOLERANCE) is None  # an offset is no factor
+
+
+def test_permuted_names_the_axes(step):
+    filters = step["conv1.d_filters"]  # (F, K, K)
+    names = ("filter", "kernel row", "kernel column")
+    found = patterns.permuted(filters.transpose(0, 2, 1), filters, TOLERANCE, names)
+    assert found == {"transform": "kernel row and kernel column axes swapped"}
+    found = patterns.permuted(filters[:, ::-1, ::-1], filters, TOLERANCE, names)
+    assert found == {"transform": "flipped along the kernel row and kernel column axes"}
+
+
+def test_permuted_finds_a_channel_first_flatten_of_the_dense_weights(step):
+    weights = step["dense1.d_weights"]  # (13 * 13 * 8, 10), rows HWC
+    chw = weights.reshape(13, 13, 8, 10).transpose(2, 0, 1, 3).reshape(weights.shape)
+    found = patterns.permuted(chw, weights, TOLERANCE, ("input", "unit"), flatten_shape=(13, 13, 8))
+    assert "CHW" in found["transform"]
+
+
+def test_dropped_partial_and_some_samples(step):
+    d_in = step["pool1.d_in"]
+    assert patterns.dropped(np.zeros_like(d_in), d_in, TOLERANCE)["all"] is True
+    out = step["conv1.out"].copy()
+    skipped = out.copy()
+    skipped[:, -1], skipped[:, :, -1] = 0, 0  # the loop stopped one short of the edge
+    edge = {"top_rows": 0, "bottom_rows": 1, "left_columns": 0, "right_columns": 1}
+    assert patterns.border(skipped, out, TOLERANCE) == edge
+    batch = np.concatenate([out, out])
+    wrong_second = batch.copy()
+    wrong_second[1] += 1
+    assert patterns.some_samples(wrong_second, batch, TOLERANCE) == {"right_samples": [0], "batch": 2}
+
+
+def test_broadcast_sees_every_filter_given_the_same_summed_gradient(step):
+    filters = step["conv1.d_filters"]
+    summed = np.broadcast_to(filters.sum(axis=0), filters.shape)
+    found = patterns.broadcast(summed, filters, TOLERANCE, 0, "filter")
+    assert found == {"axis": "filter", "count": 8, "same_as": "sum"}
+    assert patterns.broadcast(filters, filters, TOLERANCE, 0, "filter") is None
+
+
+def test_downcast_and_non_finite(step):
+    out = step["conv1.out"]
+    assert patterns.downcast(out.astype(np.float32).astype(np.float64), out, np.float64) is not None
+    assert patterns.downcast(out + 1e-3, out, np.float64) is None  # far beyond float32 rounding
+    overflowed = out.copy()
+    overflowed[0, 0, 0, 0] = np.inf
+    assert patterns.non_finite(overflowed, out)["side"] == "scratch"
+    assert patterns.non_finite(overflowed, overflowed)["side"] == "both"
+
+
+def _pool_routes(pool_input: np.ndarray, d_out: np.ndarray, rule) -> np.ndarray:
+    """A 2x2 pool's input gradient routed by `rule(is_max planes) -> routes`, via scratch's window planes."""
+    pool = scratch.MaxPool(2)
+    pool.forward(pool_input)
+    pool._is_max, pool.tie_policy = rule(pool._is_max), "all"
+    return pool.backward(d_out)
+
+
+@pytest.mark.parametrize(
+    "rule, kind, name",
+    [
+        (lambda is_max: is_max, "tie_policy", "all"),  # the tutorial's
+        (lambda is_max: first_only(is_max[::-1])[::-1], "tie_policy", "last"),  # a `>=` running max
+        (lambda is_max: np.zeros_like(is_max), "dropped", None),  # a lost gradient is not "routed elsewhere"
+        (lambda is_max: np.roll(first_only(is_max), 1, axis=0), "routing", "not to a maximum"),
+    ],
+    ids=["all", "last", "dropped", "misrouted"],
+)
+def test_pool_routing_tells_a_tie_rule_from_a_routing_error_and_a_dropped_gradient(step, rule, kind, name):
+    pool_input, d_out, expected = step["conv1.out"], step["dense1.d_in"], step["pool1.d_in"]
+    found_kind, evidence = classify_routing(2, pool_input, _pool_routes(pool_input, d_out, rule), expected, TOLERANCE)
+    assert found_kind == kind
+    assert evidence.get("rule") == name
+
+
+def test_a_routing_error_on_a_constant_image_is_not_called_a_tie_policy():
+    """Every window of a constant image is tied; a gradient sent to the next window's element is still routing."""
+    pool_input = np.full((1, 4, 4, 1), 0.3)
+    d_out = np.arange(1.0, 5.0).reshape(1, 2, 2, 1)
+    expected = _pool_routes(pool_input, d_out, first_only)
+    shifted = np.roll(expected, 2, axis=2)  # into the window to the right
+    assert classify_routing(2, pool_input, shifted, expected, TOLERANCE)[0] == "routing"
+
+
+# --- whole runs: two bugs, two layers, both reported -------------------------------------------------------------
+
+
+def every_filter_the_same_summed_gradient(self, d_L_d_out):
+    """Conv backward with the filter gradients summed over the filters and given to every one."""
+    d_input = CORRECT_CONV_BACKWARD(self, d_L_d_out)
+    self.grads["filters"] = np.broadcast_to(self.grads["filters"].sum(axis=0), self.filters.shape).copy()
+    return d_input
+
+
+CORRECT_CONV_BACKWARD = Conv.backward
+
+
+def tutorial_run(tutorial_data, steps: int = 3, **options):
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0, **options)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    batches = zip(train.images[:steps], train.labels[:steps], strict=True)
+    return run_lockstep(ScratchSide(net), runner, net.spec, batches, np.float64)
+
+
+def test_a_tie_rule_in_the_pool_does_not_hide_a_broken_conv(tutorial_data, monkeypatch):
+    """The tutorial's pooling and a conv whose filters all get the same update: both named, each at its layer."""
+    monkeypatch.setattr(Conv, "backward", every_filter_the_same_summed_gradient)
+    layers = tutorial_run(tutorial_data, tie_policy="all").layers
+    assert (layers["pool1"].step, layers["pool1"].diagnosis.kind) == (0, "tie_policy")
+    conv = layers["conv1"]
+    assert (conv.step, conv.tensor, conv.diagnosis.kind) == (0, "conv1.d_filters", "broadcast")
+    assert conv.diagnosis.evidence == {"axis": "filter", "count": 8, "same_as": "sum"}
+    assert layers["dense1"].passed and layers["dense1"].origin == "propagated"
+
+
+def test_the_same_two_bugs_in_tutorial_interface_code_are_both_reported_by_check(tutorial_data):
+    """`check` on the tutorial's own code (every-tie pooling) with a broken filter gradient added."""
+    train, _ = tutorial_data
+    impl = load_impl(str(TUTORIAL_CODE))
+    correct = impl.classes["Conv3x3"]
+
+    class SameUpdateForEveryFilter(correct):
+        def backprop(self, d_L_d_out, learn_rate):
+            d_L_d_filters = np.zeros(self.filters.shape)
+            for im_region, i, j in self.iterate_regions(self.last_input):
+                for f in range(self.num_filters):
+                    d_L_d_filters += d_L_d_out[i, j, f] * im_region  # BUG: every filter gets every filter's share
+            self.filters -= learn_rate * d_L_d_filters
+            return None
+
+    impl.classes["Conv3x3"] = SameUpdateForEveryFilter
+    main = check_impl(impl, train.images, train.labels, steps=3, probes=()).main
+    layers = main.record.layers
+    assert (layers["pool1"].diagnosis.kind, layers["pool1"].diagnosis.evidence["rule"]) == ("tie_policy", "all")
+    assert (layers["conv1"].tensor, layers["conv1"].diagnosis.kind) == ("conv1.d_filters", "broadcast")
+    assert layers["dense1"].passed
+
+
+def test_check_with_the_tutorial_tie_policy_judges_only_the_rest(tutorial_data):
+    """`--tie-policy all`: the tutorial's own code passes, pooling included."""
+    train, _ = tutorial_data
+    impl = load_impl(str(TUTORIAL_CODE))
+    result = check_impl(impl, train.images, train.labels, steps=5, probes=("constant",), tie_policy="all")
+    assert result.passed
+    assert all(layer.passed for run in result.runs for layer in run.record.layers.values())
+
+
+def test_accumulated_drift_is_told_from_a_bug(tutorial_data, monkeypatch):
+    """Weights that creep away from the reference's a little more every step (below tolerance until they are
+    not), while every layer computes right from the reference's inputs: drift, not a layer's fault."""
+    correct_update = scratch.Network.update
+
+    def creeping_update(self, lr):
+        correct_update(self, lr)
+        self.layer("dense1").biases[0] += 4e-13
+
+    monkeypatch.setattr(scratch.Network, "update", creeping_update)
+    record = tutorial_run(tutorial_data, steps=6)
+    divergence = record.first_divergence
+    assert (divergence.tensor, divergence.diagnosis.kind) == ("dense1.biases", "drift")
+    assert all(layer.passed for layer in record.layers.values())
+    assert record.layers["dense1"].origin == "propagated"
+
+
+def test_a_filter_gradient_from_the_first_window_only_is_partial(tutorial_data, monkeypatch):
+    """A `return` inside the region loop: only the first window of each image counts."""
+
+    def first_window_only(self, d_L_d_out):
+        first = np.zeros_like(d_L_d_out)
+        first[:, 0, 0] = d_L_d_out[:, 0, 0]
+        CORRECT_CONV_BACKWARD(self, first)
+        first_window_gradient = self.grads["filters"]
+        d_input = CORRECT_CONV_BACKWARD(self, d_L_d_out)
+        self.grads["filters"] = first_window_gradient
+        return d_input
+
+    monkeypatch.setattr(Conv, "backward", first_window_only)
+    conv = tutorial_run(tutorial_data, steps=1).layers["conv1"]
+    assert (conv.tensor, conv.diagnosis.kind, conv.diagnosis.evidence) == (
+        "conv1.d_filters",
+        "partial",
+        {"windows": "only the first window of each image"},
+    )
+
+
+def test_an_input_gradient_from_the_updated_weights_is_stale(tutorial_data, monkeypatch):
+    """The dense layer's input gradient taken after the update (as code that updates inside backprop does)."""
+    correct = scratch.Dense.backward
+
+    def with_updated_weights(self, d_L_d_out):
+        correct(self, d_L_d_out)
+        weights = self.weights - 0.005 * self.grads["weights"]
+        return (d_L_d_out @ weights.T).reshape(self.last_input_shape)
+
+    monkeypatch.setattr(scratch.Dense, "backward", with_updated_weights)
+    dense = tutorial_run(tutorial_data, steps=1).layers["dense1"]
+    assert (dense.tensor, dense.diagnosis.kind) == ("dense1.d_in", "stale_weights")
+
+
+def test_the_suite_helper_fails_a_layer_wrong_on_its_own(tutorial_data, monkeypatch):
+    monkeypatch.setattr(Conv, "backward", every_filter_the_same_summed_gradient)
+    with pytest.raises(ParityError, match="conv1"):
+        assert_lockstep(tutorial_run(tutorial_data, steps=1))
