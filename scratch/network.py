@@ -169,7 +169,8 @@ def build_network(
     seed = check_seed(seed)
     impl = check_choice("impl", impl, IMPLEMENTATIONS)
     if not isinstance(spec, NetworkSpec):
-        spec = parse_spec(spec, (28, 28) if image_shape is None else image_shape, num_classes or 10)
+        classes = 10 if num_classes is None else num_classes  # `or 10` would turn 0 into 10 silently
+        spec = parse_spec(spec, (28, 28) if image_shape is None else image_shape, classes)
     elif image_shape is not None and tuple(image_shape) != spec.image_shape:
         raise ValueError(f"image_shape: {image_shape} given, but the spec was parsed for {spec.image_shape}")
     elif num_classes is not None and num_classes != spec.num_classes:
