@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from reference.bridge import ParameterLink, load_into_torch, parameter_links, parameters_to_scratch
 from reference.layouts import activation_to_scratch
 from reference.twin import Twin
-from scratch._checks import check_images, check_labels  # the same refusals as the scratch network
+from scratch._checks import check_images, check_labels, check_lr  # the same refusals as the scratch network
 from scratch.spec import TensorInfo
 
 
@@ -42,8 +42,12 @@ class ReferenceRunner:
     """The twin with plain `torch.optim.SGD`: one forward + backward per call, the update separate."""
 
     def __init__(self, twin: Twin, lr: float = 0.005) -> None:
+        if not isinstance(twin, Twin):
+            raise ValueError(
+                f"twin: expected a reference.Twin (from reference.to_torch(net)), got {type(twin).__name__}"
+            )
         self.twin, self.spec, self.dtype = twin, twin.spec, twin.dtype
-        self.optimizer = torch.optim.SGD(twin.parameters(), lr=lr)
+        self.optimizer = torch.optim.SGD(twin.parameters(), lr=check_lr(lr))
         self._links = parameter_links(twin)  # spec name, torch tensor and layout converter per parameter
         self._param_tensors = tuple(link.tensor for link in self._links)
         self._step_names = tuple(info.name for info in self.spec.tensors if info.role != "param")
@@ -77,6 +81,7 @@ class ReferenceRunner:
     def update(self, lr: float | None = None) -> None:
         """One `torch.optim.SGD` step from the last backward's gradients (at `lr`, if given), then clear them."""
         if lr is not None:
+            lr = check_lr(lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         self.optimizer.step()

@@ -321,7 +321,7 @@ def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
 def run_steps(epochs: int, n_train: int, batch_size: int = 1) -> int:
     """epochs x steps_per_epoch: the SGD steps of a run; DataError when that exceeds MAX_STEPS."""
     total = epochs * steps_per_epoch(n_train, batch_size)
-    check_steps(total, f"{epochs:,} epochs x {steps_per_epoch(n_train, batch_size):,} steps")
+    check_steps(total, f"epochs {epochs:,} x {steps_per_epoch(n_train, batch_size):,} steps an epoch")
     return total
 
 
