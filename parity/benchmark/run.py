@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 import scratch
-from parity.benchmark.timing import StepFn, Target, print_section, rows_against, time_candidates
+from parity.benchmark.timing import StepFn, Target, paired_ratio, print_section, rows_against, time_candidates
 from parity.lockstep.stepper import DEFAULT_REPORT_STRIDE, always_compared
 from scratch.argtypes import positive_int
 
@@ -105,6 +105,8 @@ def train_step_section(args: argparse.Namespace) -> None:
 BARE = "bare: scratch + PyTorch steps"
 STRIDE_ONE = "lockstep, stride 1"
 REPORT_DEFAULT = f"lockstep, stride {DEFAULT_REPORT_STRIDE} (report default)"
+UNJUDGED = f"lockstep, stride {DEFAULT_REPORT_STRIDE}, layers not judged on their own"
+LAYER_VERDICTS_AT_MOST = 1.25  # #10: judging every layer on its own adds at most 25% at the report's stride
 
 
 def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> dict[str, StepFn]:
@@ -120,16 +122,22 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
         bare[VECTORISED](i)
         bare[TORCH](i)
 
-    def lockstep(stride: int) -> StepFn:
+    def lockstep(stride: int, judge_layers: bool = True) -> StepFn:
         net = scratch.tutorial_network(0, dtype)
-        run = Lockstep(ScratchSide(net), ReferenceRunner(to_torch(net), lr=LR), net.spec, dtype, LR, stride)
+        runner = ReferenceRunner(to_torch(net), lr=LR)
+        run = Lockstep(ScratchSide(net), runner, net.spec, dtype, LR, stride, judge_layers=judge_layers)
 
         def step(i: int) -> None:
             run.step(images[i % count], labels[i % count])
 
         return step
 
-    return {BARE: bare_step, STRIDE_ONE: lockstep(1), REPORT_DEFAULT: lockstep(DEFAULT_REPORT_STRIDE)}
+    return {
+        BARE: bare_step,
+        STRIDE_ONE: lockstep(1),
+        REPORT_DEFAULT: lockstep(DEFAULT_REPORT_STRIDE),
+        UNJUDGED: lockstep(DEFAULT_REPORT_STRIDE, judge_layers=False),
+    }
 
 
 def lockstep_section(args: argparse.Namespace) -> None:
@@ -148,8 +156,19 @@ def lockstep_section(args: argparse.Namespace) -> None:
         f"stride K: every tensor compared every K steps; "
         f"{', '.join(always_compared(scratch.parse_spec(), 'free'))} at every step",
         "stride 1 has no target: comparing all ~41k elements of a step costs about as much as the step itself",
+        _layer_verdict_cost(samples),
     ]
     print_section("lockstep: recording and comparing vs training both models bare", rows, BARE, notes)
+
+
+def _layer_verdict_cost(samples: dict[str, list[float]]) -> str:
+    """The paired ratio of the report's default lockstep with and without each layer judged on its own."""
+    ratio = paired_ratio(samples[REPORT_DEFAULT], samples[UNJUDGED])
+    verdict = "PASS" if ratio <= LAYER_VERDICTS_AT_MOST else "FAIL"
+    return (
+        f"layer verdicts (each layer judged on its own at every full comparison): {ratio:.2f}x the same lockstep "
+        f"without them, +{100 * (ratio - 1):.0f}% (target <= {LAYER_VERDICTS_AT_MOST:g}x): {verdict}"
+    )
 
 
 DEEP_SPEC = "conv5x16,relu,pool2,conv3x32,relu,pool2,dense10"

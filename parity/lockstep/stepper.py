@@ -103,7 +103,7 @@ def as_batch(images: np.ndarray, labels: object) -> tuple[np.ndarray, np.ndarray
 class Lockstep:
     """Two sides stepped together one batch at a time; `record` holds everything measured so far."""
 
-    def __init__(
+    def __init__(  # `judge_layers`: judge each layer on its own where the side can (see parity.lockstep.local)
         self,
         scratch: Side,
         reference: Side,
@@ -113,6 +113,7 @@ class Lockstep:
         stride: int = 1,
         mode: str = "free",
         record: LockstepRecord | None = None,
+        judge_layers: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -122,7 +123,8 @@ class Lockstep:
         self.dtype, self.lr = np.dtype(dtype), lr
         self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr, spec=spec)
         # Every layer judged on its own at the steps compared in full, when the side can run one layer alone.
-        self.local = LocalJudge(spec, self.dtype, lr) if hasattr(scratch, "run_layer") else None
+        judged = judge_layers and hasattr(scratch, "run_layer")
+        self.local = LocalJudge(spec, self.dtype, lr) if judged else None
         if not self.record.layers:
             self.record.layers = fresh_verdicts(spec)
         self.workspace = Workspace()
