@@ -269,7 +269,7 @@ def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorCompari
     if kind == "permuted" and evidence.get("recomputed"):
         return f"{name} is what the reference computes with {evidence['transform']}"
     if kind == "permuted":
-        return f"{name} equals the reference's {evidence['transform']}"
+        return f"{name} equals the reference's, {evidence['transform']}"
     if kind == "broadcast":
         same = f" (the {evidence['same_as']} over the reference's)" if evidence["same_as"] else ""
         return f"every {evidence['axis']} of {name} received the same value{same}: {evidence['count']} identical slices"
