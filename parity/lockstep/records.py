@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from parity.diagnosis.record import Diagnosis
 from parity.engine.compare import TensorComparison
 from parity.lockstep.local import LayerVerdict
+from parity.lockstep.retention import StepList
 from scratch.spec import NetworkSpec
 
 
@@ -101,3 +102,8 @@ class LockstepRecord:
     def worst_step(self) -> StepRecord | None:
         """The step that used the largest share of tolerance (the first such step on a tie)."""
         return max(self.steps, key=lambda s: s.tolerance_used, default=None)
+
+    def __post_init__(self) -> None:
+        # Each step appended retires the one before it to what the report reads (`parity.lockstep.retention`), so
+        # a run's memory stays nearly flat in its number of steps.
+        self.steps = StepList(self, self.steps)
