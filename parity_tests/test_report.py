@@ -506,3 +506,21 @@ def test_suite_report_uses_the_session_cache(tiny_results, tmp_path):
 
 def test_parity_report_option_is_registered(pytestconfig):
     pytestconfig.getoption("--parity-report")  # ValueError if conftest had not registered it
+
+
+def test_parallel_runs_give_the_same_report_as_serial_ones(report_cli, tmp_path):
+    """`--jobs 2` runs the three runs in worker processes; apart from timings and the environment, report.json is
+    identical to a serial run's."""
+    documents = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert report_cli(*SMALL[:4], "--epochs", "1", "--out", str(out), "--jobs", jobs) == 0
+        documents.append(jsondoc.stable_part(json.loads((out / "report.json").read_text(encoding="utf-8"))))
+    assert len(documents[0]["runs"]) == 3
+    assert documents[0] == documents[1]
+
+
+def test_jobs_must_be_a_positive_integer(report_cli, capsys):
+    assert report_cli("--jobs", "0") == 2
+    assert "--jobs must be a positive integer, got '0'" in capsys.readouterr().err

@@ -91,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "weights before every step (one-step error) (free)",
     )
     parser.add_argument("--no-faithful", action="store_true", help="skip the tutorial-faithful demonstration run")
+    parser.add_argument(
+        "--jobs",
+        default=None,
+        metavar="N",
+        help="runs side by side in N worker processes (default: one per core); the report is the same for any N",
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class Options:
     stride: int
     mode: str
     faithful: bool
+    jobs: int = 1  # worker processes; not part of `command_line`: it does not shape the results
 
     def command_line(self) -> str:
         """The canonical command (every option that shapes the results; not --out) for the report's header."""
@@ -213,7 +220,16 @@ def check_options(args: argparse.Namespace) -> Options:
         stride=_integer("--stride", args.stride, 1),
         mode=_choice("--mode", args.mode, MODES),
         faithful=not args.no_faithful,
+        jobs=_jobs(args.jobs),
     )
+
+
+def _jobs(text: object) -> int:
+    if text is None:
+        from parity.lockstep.parallel import default_jobs
+
+        return default_jobs()
+    return _integer("--jobs", text, 1)
 
 
 def has_pool(arch: str) -> bool:
@@ -254,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from parity.lockstep.experiment import run_experiment
+    from parity.lockstep.parallel import run_experiments
     from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
     from scratch.data import load_experiment_data, steps_per_epoch
@@ -272,12 +288,11 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         started = time.perf_counter()
-        results = []
         total = len(runs) * options.epochs * steps_per_epoch(len(train), options.batch_size)
+        jobs = min(options.jobs, len(runs))
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
-            for config in runs:
-                bar.set_description(config.name, refresh=False)
-                results.append(run_experiment(config, train, test, on_step=lambda _step: bar.update()))
+            bar.set_description(f"{len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else ""), refresh=False)
+            results = run_experiments(runs, train, test, jobs, on_steps=lambda _config, steps: bar.update(steps))
         document = build_document(
             results,
             title=title(options.arch),

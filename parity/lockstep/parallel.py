@@ -1,0 +1,91 @@
+"""Independent lockstep experiments run side by side in worker processes, with one progress count.
+
+Each experiment is deterministic (seeded data order and weights, NumPy and CPU PyTorch on one thread), so a run's
+result does not depend on which process ran it: the report is the same with any number of jobs (a test shows it).
+Workers come from a fork server that has imported NumPy and PyTorch once, so starting one costs a fork, not an
+import of torch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, run_experiment
+from scratch.data import Dataset
+
+PROGRESS_EVERY = 50  # steps between a worker's progress messages: often enough to read, rarely enough to be free
+_progress: multiprocessing.Queue | None = None  # a worker's end of the progress queue
+
+
+def default_jobs() -> int:
+    """One worker per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_experiments(
+    configs: Sequence[ExperimentConfig],
+    train: Dataset,
+    test: Dataset,
+    jobs: int,
+    on_steps: Callable[[ExperimentConfig, int], None] | None = None,
+) -> list[ExperimentResult]:
+    """Every experiment, in the order given; `jobs` > 1 runs them in that many worker processes. `on_steps(config,
+    n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker)."""
+    report = on_steps or (lambda config, steps: None)
+    if jobs <= 1 or len(configs) <= 1:
+        return [run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)) for config in configs]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "parity.lockstep.experiment"])
+    progress = context.Queue()
+    with ProcessPoolExecutor(min(jobs, len(configs)), context, initializer=_start_worker, initargs=(progress,)) as pool:
+        futures = [pool.submit(_run_in_worker, index, config, train, test) for index, config in enumerate(configs)]
+        _follow(futures, progress, configs, report)
+        return [future.result() for future in futures]
+
+
+def _follow(futures: list[Future], progress, configs: Sequence[ExperimentConfig], report) -> None:
+    """Pass the workers' progress on until every experiment is done (a worker's error surfaces from `result()`)."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        _drain(progress, configs, report)
+        if any(future.exception() is not None for future in done):
+            for future in pending:
+                future.cancel()
+            return
+    _drain(progress, configs, report)
+
+
+def _drain(progress, configs: Sequence[ExperimentConfig], report) -> None:
+    while True:
+        try:
+            index, steps = progress.get_nowait()
+        except queue.Empty:
+            return
+        report(configs[index], steps)
+
+
+def _start_worker(progress) -> None:
+    global _progress
+    _progress = progress
+    import torch
+
+    torch.set_num_threads(1)  # as the serial run: one thread keeps the reference's reductions in one order
+
+
+def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: Dataset) -> ExperimentResult:
+    counted = [0]
+
+    def on_step(_step) -> None:
+        counted[0] += 1
+        if counted[0] == PROGRESS_EVERY:
+            _progress.put((index, counted[0]))
+            counted[0] = 0
+
+    result = run_experiment(config, train, test, on_step=on_step)
+    _progress.put((index, counted[0]))
+    return result
