@@ -13,13 +13,20 @@ class ReLU(Layer):
     kind = "relu"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """out = max(x, 0); NaN propagates."""
+        """out = max(x, 0); NaN propagates (np.maximum does), and -0.0 becomes +0.0 (adding +0.0 does that and leaves
+        every other value as it is)."""
         self._passes = x > 0
-        return np.where(self._passes | np.isnan(x), x, x.dtype.type(0))
+        out = np.maximum(x, x.dtype.type(0))
+        out += x.dtype.type(0)
+        return out
 
     def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:
         """dL/dx = dL/dout where x > 0, else 0 (PyTorch's threshold_backward: exact zeros, no -0.0)."""
-        return np.where(self._passes, d_L_d_out, d_L_d_out.dtype.type(0))
+        # np.where(passes, d, 0) without its per-element branch, which stalls on a mask half True at random: the
+        # gradient's bit patterns as integers times the mask keep every bit where x > 0 (NaN and -0.0 included)
+        # and give all-zero bits, +0.0, elsewhere. No float arithmetic, so an infinite gradient cannot turn to NaN.
+        bits = d_L_d_out.view(f"i{d_L_d_out.itemsize}")
+        return np.multiply(bits, self._passes).view(d_L_d_out.dtype)
 
 
 class ReLULoops(ReLU):
