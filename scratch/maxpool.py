@@ -53,12 +53,14 @@ class MaxPool(Layer):
         """Send each window's gradient to its max element(s), by the tie policy."""
         size = self.kernel
         routes = self._is_max if self.tie_policy == "all" else first_only(self._is_max)
-        d_windows = np.multiply(routes, d_L_d_out)  # the gradient where routed, 0 elsewhere
+        batch, height, width, channels = self.last_input.shape
         out_h, out_w = routes.shape[2:4]
-        d_L_d_input = np.empty(self.last_input.shape, dtype=d_L_d_out.dtype)
-        window_planes(d_L_d_input, size)[...] = d_windows.reshape(size, size, *d_windows.shape[1:])
-        d_L_d_input[:, size * out_h :] = 0  # leftover rows and columns, dropped by the pool, get no gradient
-        d_L_d_input[:, :, size * out_w :] = 0
+        if (size * out_h, size * out_w) == (height, width):
+            d_L_d_input = np.empty((batch, height, width, channels), dtype=d_L_d_out.dtype)  # every element written
+        else:
+            d_L_d_input = np.zeros((batch, height, width, channels), dtype=d_L_d_out.dtype)  # leftovers get none
+        # The gradient where routed, 0 elsewhere, written straight through the window view into the input's layout.
+        np.multiply(routes.reshape(size, size, *routes.shape[1:]), d_L_d_out, out=window_planes(d_L_d_input, size))
         return d_L_d_input
 
 
