@@ -8,8 +8,6 @@ An optional bias `(F,)` is added to every position.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from scratch._checks import check_array, check_dtype
@@ -55,11 +53,19 @@ class Conv(Layer):
             raise ValueError(f"conv input: expected at least {self.kernel}x{self.kernel}, got shape {x.shape}")
         if channels != kernel.shape[3]:
             raise ValueError(f"conv input: expected {kernel.shape[3]} channels, got shape {x.shape}")
+        x = np.ascontiguousarray(x)  # a no-op for the network's own activations; the window view needs it
         self.last_input = x
         out_h, out_w = height - self.kernel + 1, width - self.kernel + 1
-        # (N * out_h * out_w, K*K*C): each row one window in (k, l, c) order, matching the kernel's flattening;
-        # one gather by precomputed indices.
-        self._patches = x.take(_patch_index(x.shape, self.kernel))
+        # (N * out_h * out_w, K*K*C): each row one window in (k, l, c) order, matching the kernel's flattening.
+        windows = _window_view(x, self.kernel)  # (N, out_h, out_w, K, K, C), no copy yet
+        if channels == 1:
+            # Copied as its transpose, (K*K, N * windows), each row the image shifted by (k, l): the copy moves runs
+            # of out_w pixels instead of one pixel at a time. The matrix product gives the same bits either way.
+            self._patches = windows.transpose(3, 4, 5, 0, 1, 2).reshape(-1, batch * out_h * out_w).T
+        else:
+            # Window by window, each kernel position copying C channels in a run. (For a few channels, OpenBLAS
+            # rounds the transposed layout's product differently.)
+            self._patches = windows.reshape(batch * out_h * out_w, -1)
         # (K*K*C, F), made contiguous: OpenBLAS picks its kernel by layout, and this is the layout whose results
         # the shipped golden record holds.
         kernel_columns = np.ascontiguousarray(kernel.reshape(self.num_filters, -1).T)
@@ -114,17 +120,20 @@ def _shifted_planes(planes: np.ndarray, size: int, out_h: int, out_w: int) -> np
     )
 
 
-@lru_cache(maxsize=32)
-def _patch_index(shape: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """For `(N, H, W, C)` inputs: the flat (C-order) input index of each window's value at kernel position
-    (k, l, c), as a read-only `(N * windows, K*K*C)` array."""
-    batch, height, width, channels = shape
-    flat = np.arange(batch * height * width * channels).reshape(shape)
-    windows = np.lib.stride_tricks.sliding_window_view(flat, (size, size), axis=(1, 2))  # (N, oh, ow, C, K, K)
-    out_h, out_w = height - size + 1, width - size + 1
-    patch_index = windows.transpose(0, 1, 2, 4, 5, 3).reshape(batch * out_h * out_w, size * size * channels)
-    patch_index.flags.writeable = False
-    return patch_index
+def _window_view(x: np.ndarray, size: int) -> np.ndarray:
+    """A read-only view `(N, out_h, out_w, K, K, C)` of C-contiguous NHWC `x`: [n, i, j, k, l, c] is
+    x[n, i + k, j + l, c], what window (i, j) sees at kernel position (k, l, c). Built from strides, as
+    sliding_window_view does (NumPy's ndarray constructor checks that every element lies inside `x`)."""
+    batch, height, width, channels = x.shape
+    n, row, column, channel = x.strides
+    view = np.ndarray(
+        (batch, height - size + 1, width - size + 1, size, size, channels),
+        dtype=x.dtype,
+        buffer=x,
+        strides=(n, row, column, row, column, channel),
+    )
+    view.flags.writeable = False
+    return view
 
 
 class ConvLoops(Conv):
