@@ -266,10 +266,14 @@ def run(args: argparse.Namespace) -> int:
     from reports.writer import check_destination
 
     check_destination(options.out)  # before minutes of work, not after
+    from scratch.data import run_steps
+
+    run_steps(options.epochs, options.train_size, options.batch_size)  # a run that cannot end is refused now
 
     import torch
     from tqdm import tqdm
 
+    from parity.cli.errors import mark_written
     from parity.lockstep.parallel import run_experiments
     from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
@@ -301,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
             demonstrations=demonstrations,
         )
         report = write_document(options.out, document, results)
+        mark_written(args, report, 0 if document["passed"] else 1)  # complete: a Ctrl-C from here on is no failure
     finally:
         torch.set_num_threads(threads)  # in-process callers (tests) get their setting back
     print(summary_table(document, tablefmt="simple"))

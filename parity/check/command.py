@@ -20,7 +20,7 @@ from parity.check.run import (
     RunResult,
     check_impl,
 )
-from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
+from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError, mark_written
 from parity.engine.compare import TensorComparison
 from parity.engine.tables import text_table
 from parity.lockstep.stepper import MODES
@@ -81,8 +81,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """Load, check, print; exit 0 parity, 1 divergence (unusable input raises UsageError: exit 2)."""
-    from scratch.data import load_experiment_data
+    from scratch.data import check_steps, load_experiment_data
 
+    check_steps(args.steps, f"--steps {args.steps}")  # a run that cannot end is refused now, not hours later
     try:
         impl = load_impl(args.impl, Mapping.parse(args.map))
     except ImplError as error:
@@ -128,6 +129,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(render(result, time.perf_counter() - started))
     if args.out:
         path = write_check_report(result, args.out, command=_command_line(args), data_source=train.source)
+        mark_written(args, path, EXIT_PARITY if result.passed else EXIT_DIVERGENCE)
         print(f"\nreport: {path}")
     return EXIT_PARITY if result.passed else EXIT_DIVERGENCE
 
