@@ -81,15 +81,11 @@ class Conv(Layer):
         return out.reshape(batch, out_h, out_w, self.num_filters)
 
     def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:
-        """dL/dfilters = windows^T . dL/dout; dL/dbiases = sum of dL/dout; dL/dinput scatters each window back."""
+        """The parameter gradients (`parameter_backward`), then dL/dinput: each window's gradient scattered back."""
+        self.parameter_backward(d_L_d_out)
         num_filters, size = self.num_filters, self.kernel
         d_out_matrix = d_L_d_out.reshape(-1, num_filters)  # (N * windows, F)
-        kernel = self._kernel()
-        d_L_d_kernel = (d_out_matrix.T @ self._patches).reshape(kernel.shape)  # (F, K, K, C)
-        self.grads = {"filters": d_L_d_kernel.reshape(self.filters.shape)}
-        if self.has_bias:
-            self.grads["biases"] = d_out_matrix.sum(axis=0)
-        d_windows = d_out_matrix @ kernel.reshape(num_filters, -1)  # (N * windows, K*K*C): each window's gradient
+        d_windows = d_out_matrix @ self._kernel().reshape(num_filters, -1)  # (N * windows, K*K*C): per window
         # Summed back over the K*K kernel offsets: offset (k, l)'s share goes, shifted by (k, l), into plane
         # K*k + l, then the planes are summed along axis 0, plane after plane for every pixel, just as adding
         # K*K shifted slices one after another would (so it rounds the same).
@@ -100,6 +96,14 @@ class Conv(Layer):
             input_shape[0], out_h, out_w, size, size, -1
         )
         return planes.sum(axis=0)  # (N, H, W, C), a fresh array
+
+    def parameter_backward(self, d_L_d_out: np.ndarray) -> None:
+        """dL/dfilters = windows^T . dL/dout; dL/dbiases = sum of dL/dout: `backward` without dL/dinput."""
+        d_out_matrix = d_L_d_out.reshape(-1, self.num_filters)  # (N * windows, F)
+        d_L_d_kernel = d_out_matrix.T @ self._patches  # (F, K*K*C)
+        self.grads = {"filters": d_L_d_kernel.reshape(self.filters.shape)}
+        if self.has_bias:
+            self.grads["biases"] = d_out_matrix.sum(axis=0)
 
 
 def _shifted_planes(planes: np.ndarray, size: int, out_h: int, out_w: int) -> np.ndarray:
@@ -139,6 +143,8 @@ def _window_view(x: np.ndarray, size: int) -> np.ndarray:
 class ConvLoops(Conv):
     """The tutorial's loop code, line by line, for any kernel, channels and bias (plus the input gradient the
     tutorial leaves as an exercise): the spec."""
+
+    parameter_backward = Layer.parameter_backward  # one region walk computes every gradient: no shortcut here
 
     def iterate_regions(self, image: np.ndarray):
         """Generate every K x K region of one `(H, W, C)` image with its top-left corner (i, j)."""

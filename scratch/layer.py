@@ -24,6 +24,12 @@ class Layer:
             # In place on the live array. (`param[...] -= g` would also copy the result onto itself afterwards.)
             param -= lr * self.grads[name]
 
+    def parameter_backward(self, d_L_d_out: np.ndarray) -> None:
+        """Only the parameter gradients, into `grads`: all that training needs of the first layer, whose input
+        gradient (dL/d(image)) nothing uses. This default runs the whole `backward`; a layer whose input gradient
+        costs much (the conv's) computes only its parameters' instead."""
+        self.backward(d_L_d_out)
+
     def backprop(self, d_L_d_out: np.ndarray, learn_rate: float | None = None) -> np.ndarray:
         """The tutorial's interface: backward, then (for layers with weights) the SGD update."""
         d_L_d_input = self.backward(d_L_d_out)
