@@ -76,6 +76,10 @@ def parameter_links(twin: Twin) -> tuple[ParameterLink, ...]:
 def to_torch(net: scratch.Network, tie_policy: str = "first") -> Twin:
     """A twin of `net`'s spec holding exactly `net`'s weights (same dtype, same bits, torch layouts); its pools
     route ties by `tie_policy` (PyTorch's "first", or the tutorial's "all")."""
+    from scratch.network import Network  # scratch is NumPy only: cheap, and only needed here
+
+    if not isinstance(net, Network):
+        raise ValueError(f"net: expected a scratch.Network (from scratch.build_network), got {type(net).__name__}")
     twin = Twin(net.spec, torch_dtype(net.dtype), tie_policy)
     load_into_torch(twin, net.parameters())
     return twin
@@ -83,6 +87,10 @@ def to_torch(net: scratch.Network, tie_policy: str = "first") -> Twin:
 
 def load_into_torch(twin: Twin, params: dict[str, np.ndarray]) -> None:
     """Copy scratch-layout parameters into `twin` in place; every name, shape and dtype is checked first."""
+    if not isinstance(twin, Twin):
+        raise ValueError(f"twin: expected a reference.Twin (from reference.to_torch(net)), got {type(twin).__name__}")
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict of arrays by spec name, got {type(params).__name__}")
     links = parameter_links(twin)
     check_parameters(twin, links, params)
     with torch.no_grad():
