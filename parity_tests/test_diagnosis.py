@@ -261,3 +261,18 @@ def test_the_suite_helper_fails_a_layer_wrong_on_its_own(tutorial_data, monkeypa
     monkeypatch.setattr(Conv, "backward", every_filter_the_same_summed_gradient)
     with pytest.raises(ParityError, match="conv1"):
         assert_lockstep(tutorial_run(tutorial_data, steps=1))
+
+
+def test_a_large_learning_rate_is_not_blamed_on_an_unshifted_exp(tutorial_data):
+    """Correct code that shifts its softmax, driven at lr 10: the logits explode and a probability underflows to 0,
+    so -log(p) is infinite where log-sum-exp is not. That is said; an unshifted exp is not blamed."""
+    train, _ = tutorial_data
+    impl = load_impl(str(DEFAULT_BASE))
+    main = check_impl(impl, train.images, train.labels, steps=5, lr=10.0, probes=()).main
+    diagnosis = main.record.first_divergence.diagnosis
+    assert (diagnosis.kind, diagnosis.evidence["side"], diagnosis.evidence["cause"]) == (
+        "non_finite",
+        "scratch",
+        "probability_underflow",
+    )
+    assert "unshifted" not in diagnosis.text

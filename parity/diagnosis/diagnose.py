@@ -149,10 +149,16 @@ def _exp_overflow(info: TensorInfo, scratch, context: Context) -> dict[str, obje
     if info.kind not in ("loss", "dense") or info.role not in ("probs", "loss", "d_out"):
         return {}
     logits = scratch.get(context.spec.name_of(context.spec.layers[-1].name, "out"))
+    probs = scratch.get("probs")
     if not isinstance(logits, np.ndarray) or not np.all(np.isfinite(logits)):
         return {}
     largest, limit = float(np.abs(logits).max(initial=0.0)), float(np.log(np.finfo(context.dtype).max))
-    return {"largest_logit": largest, "exp_overflows_at": limit} if largest > limit else {}
+    finite_probs = isinstance(probs, np.ndarray) and bool(np.all(np.isfinite(probs)))
+    if largest > limit and not finite_probs:
+        return {"cause": "unshifted_exp", "largest_logit": largest, "exp_overflows_at": limit}
+    if finite_probs and info.role in ("loss", "d_out") and bool(np.any(probs == 0)):
+        return {"cause": "probability_underflow", "largest_logit": largest}
+    return {}
 
 
 def _layer_of(info: TensorInfo, spec: NetworkSpec) -> LayerSpec | None:
@@ -304,7 +310,13 @@ def _non_finite_text(name: str, evidence: dict) -> str:
     where = f"{name} is non-finite ({sorts}, {evidence['scratch_count']} element(s)) in scratch only, where the " + (
         "reference's is finite"
     )
-    if "largest_logit" in evidence:
+    if evidence.get("cause") == "probability_underflow":
+        return (
+            f"{where}: a probability underflowed to 0 (the logits reach {evidence['largest_logit']:.4g}), so "
+            "-log(p) or -1/p is infinite where the reference's log-sum-exp stays finite: the logits have grown huge "
+            "(a learning rate too large for this network?); the softmax itself is fine"
+        )
+    if evidence.get("cause") == "unshifted_exp":
         return (
             f"{where}: the logits are finite but reach {evidence['largest_logit']:.4g}, past "
             f"{evidence['exp_overflows_at']:.4g} where exp overflows: an unshifted softmax (subtract the largest "

@@ -78,8 +78,10 @@ def label(kind: str, evidence: dict[str, object]) -> str:
     if kind == "tie_policy" and "rule" in evidence:
         return f"{LABELS[kind]} ({evidence['rule']})"
     if kind == "non_finite" and "side" in evidence:
-        if "largest_logit" in evidence:
+        if evidence.get("cause") == "unshifted_exp":
             return "overflow: an unshifted softmax exp"
+        if evidence.get("cause") == "probability_underflow":
+            return "a probability underflowed to 0 (huge logits)"
         return {"both": "overflow on both sides", "reference": "overflow in the reference"}.get(
             str(evidence["side"]), "overflow in the code under test"
         )
