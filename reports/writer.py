@@ -23,9 +23,17 @@ def check_destination(out_dir: Path) -> None:
     """Refuse (OSError, one clear message) a destination that is not new, empty, or a previous report, or that
     cannot be created there (under a file, read-only, not permitted, full): before any work, not after."""
     out_dir = Path(out_dir)
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+    if not str(out_dir).strip() or str(out_dir) == ".":  # Path("") is "."
+        raise atomic.OutputError("--out: empty, or the current directory; pass a new directory for the report")
+    try:
+        not_a_directory = out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir())
+        foreign = not not_a_directory and out_dir.is_dir() and any(out_dir.iterdir()) and not _is_report_dir(out_dir)
+    except OSError as error:  # e.g. a name too long, or a parent that cannot be read
+        where = atomic.existing_or(out_dir)
+        raise atomic.OutputError(f"cannot write the report to {out_dir}: {atomic.describe(error, where)}") from None
+    if not_a_directory:
         raise NotADirectoryError(f"{out_dir} exists and is not a directory; pass a new directory for the report")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_report_dir(out_dir):
+    if foreign:
         raise FileExistsError(
             f"{out_dir} is not empty and holds no cnn-parity report (no {REPORT_JSON} with schema "
             f"{jsondoc.SCHEMA!r}); refusing to replace it - pass a new directory for the report"

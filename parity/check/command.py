@@ -88,7 +88,7 @@ def run_check(args: argparse.Namespace) -> int:
         impl = load_impl(args.impl, Mapping.parse(args.map))
     except ImplError as error:
         raise UsageError(str(error)) from None
-    if args.out:
+    if args.out is not None:  # --out "" is refused, not taken for "no report"
         from reports.writer import check_destination
 
         check_destination(args.out)  # before the run, not after
@@ -127,7 +127,7 @@ def run_check(args: argparse.Namespace) -> int:
             f"the tutorial's interface gives {TUTORIAL_SHAPES.get(div.tensor, 'the reference shape')}"
         )
     print(render(result, time.perf_counter() - started))
-    if args.out:
+    if args.out is not None:
         path = write_check_report(result, args.out, command=_command_line(args), data_source=train.source)
         mark_written(args, path, EXIT_PARITY if result.passed else EXIT_DIVERGENCE)
         print(f"\nreport: {path}")

@@ -60,6 +60,8 @@ def run_record(args: argparse.Namespace) -> int:
 
     if args.steps is not None:
         check_steps(args.steps, f"--steps {args.steps}")
+    if not args.out.strip():
+        raise UsageError("--out '': pass a file name for the golden record, e.g. golden.json.gz")
     atomic.check_creatable(Path(args.out), "the golden record", directory=False)  # before the run, not after
     train, _ = load_experiment_data(args.data_dir)
     if args.steps is None:
