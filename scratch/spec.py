@@ -28,6 +28,9 @@ DEFAULT_SPEC = "conv3x8,pool2,dense10"
 KINDS = ("conv", "relu", "pool", "dense")
 _ITEM = re.compile(r"conv(?P<conv_k>\d+)x(?P<filters>\d+)(?P<bias>b?)|relu|pool(?P<pool_k>\d+)|dense(?P<units>\d+)")
 _ITEM_FORMS = "conv{K}x{F}, conv{K}x{F}b, relu, pool{K}, dense{N}"
+# The most elements a layer's parameter, or its output for one image, may hold: 50 million float64s are 400 MB, and
+# the gradients, a batch and the twin's copy multiply that. Larger layers cannot train here; they are refused.
+MAX_ELEMENTS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ def parse_spec(text: str = DEFAULT_SPEC, image_shape: tuple[int, int] = (28, 28)
     layers = []
     for position, item in enumerate(items, start=1):
         layer = _parse_item(item, position, shape, counts)
+        _check_size(layer, position, shape)
         layers.append(layer)
         shape = layer.out_shape
     last = layers[-1]
@@ -220,6 +224,17 @@ def _parse_item(item: str, position: int, shape: tuple[int, ...], counts: dict[s
     params = (("filters", filter_shape),) + ((("biases", (filters,)),) if bias else ())
     out_shape = (height - kernel + 1, width - kernel + 1, filters)
     return LayerSpec("conv", name, item, shape, out_shape, kernel=kernel, units=filters, bias=bias, params=params)
+
+
+def _check_size(layer: LayerSpec, position: int, shape: tuple[int, ...]) -> None:
+    """Refuse a layer whose parameters or output (per image) exceed MAX_ELEMENTS, before anything is allocated."""
+    sizes = [(f"its {param}", math.prod(param_shape)) for param, param_shape in layer.params]
+    for what, size in sizes + [("its output", math.prod(layer.out_shape))]:
+        if size > MAX_ELEMENTS:
+            raise ValueError(
+                f"network spec item {position} {layer.item!r} (input {_shape_text(shape)}): {what} would hold "
+                f"{size:,} elements, more than the {MAX_ELEMENTS:,} a layer may; use fewer units or filters"
+            )
 
 
 def _tensor_infos(layers: tuple[LayerSpec, ...]) -> tuple[TensorInfo, ...]:
