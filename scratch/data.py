@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scratch._checks import check_seed
+
 PathLike = str | os.PathLike
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -313,7 +315,10 @@ def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
     `check` all train in these orders, so their runs line up. Each order indexes the original training set (the
     tutorial shuffles the already-shuffled arrays instead: an equally uniform, different sequence).
     """
-    rng = np.random.default_rng(seed)
+    _check_count("n_train", n_train)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise DataError(f"epochs must be a non-negative integer, got {epochs!r}.")
+    rng = np.random.default_rng(check_seed(seed))
     for _ in range(epochs):
         yield rng.permutation(n_train)
 
@@ -334,10 +339,11 @@ def check_steps(steps: int, what: str) -> int:
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """ceil(n_train / batch_size): an epoch's SGD steps, the last partial batch included."""
-    return -(-n_train // batch_size)
+    return -(-_check_count("n_train", n_train) // _check_count("batch_size", batch_size))
 
 
 def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """`order` cut into batches of `batch_size` indices; the last partial batch is trained on as it is."""
+    _check_count("batch_size", batch_size)
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]

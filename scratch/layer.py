@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from scratch._checks import check_lr
+
 
 class Layer:
     """A layer: `forward` caches, `backward` returns dL/d(input) and fills `grads`, `update` moves weights."""
@@ -19,6 +21,7 @@ class Layer:
 
     def update(self, lr: float) -> None:
         """Plain SGD, in place: param -= lr * grad (lr is a Python float, so float32 stays float32)."""
+        lr = check_lr(lr)  # backprop(d) without a learn_rate, or a NaN, would otherwise fail deep in NumPy or spread
         for name in self.param_names:
             param = getattr(self, name)
             # In place on the live array. (`param[...] -= g` would also copy the result onto itself afterwards.)

@@ -96,7 +96,13 @@ def train_epoch(net: Network, train: Dataset, order: np.ndarray, lr: float, out=
     num_correct = 0
     num_samples = 0
     for i, index in enumerate(batches(order, batch_size)):
-        loss, correct = net.train_step(train.images[index], train.labels[index], lr)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # an overflow is reported just below
+            loss, correct = net.train_step(train.images[index], train.labels[index], lr)
+        if not np.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss is {loss} at step {i + 1} of the epoch (lr {lr:g}): the weights outgrew {net.dtype}; "
+                "try a smaller --lr"
+            )
         loss_sum += loss
         num_correct += correct
         num_samples += len(index)
@@ -155,8 +161,13 @@ def run(args: argparse.Namespace, out=None) -> tuple[float, float]:
     return loss, accuracy
 
 
+class TrainingDiverged(ArithmeticError):
+    """The loss became NaN or infinite: the learning rate is too large for the network."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the experiment; 0 on success, 2 (with one `error:` line on stderr) on bad options or data."""
+    """Run the experiment; 0 on success, 1 when the training overflows, 2 (with one `error:` line on stderr) on bad
+    options or data."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -167,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # DataError is a ValueError: bad files, sizes, shapes
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
