@@ -149,12 +149,27 @@ def render(document: dict[str, object]) -> str:
 
 
 def render_file(path: str | Path) -> str:
-    """report.md for a saved report.json; ValueError for a file of another schema."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    """report.md for a saved report.json; ValueError (one line) for a file that is missing, not JSON, of another
+    schema, or damaged."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file; pass the report.json a report wrote") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory; pass the report.json inside it") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except ValueError as error:  # not UTF-8, or not JSON
+        raise ValueError(f"{path}: not a report.json (not JSON text: {error})") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         found = document.get("schema") if isinstance(document, dict) else None
         raise ValueError(f"{path}: not a report.json of schema {SCHEMA!r} (schema {found!r})")
-    return render(document)
+    try:
+        return render(document)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ValueError(
+            f"{path}: damaged report.json ({type(error).__name__}: {error}); write it again with `cnn-parity report`"
+        ) from None
 
 
 def _architectures(runs: Sequence[dict[str, object]]) -> list[str]:
