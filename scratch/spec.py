@@ -87,6 +87,9 @@ class NetworkSpec:
         object.__setattr__(self, "_tensors", _tensor_infos(self.layers))
         object.__setattr__(self, "_by_name", {info.name: info for info in self._tensors})
         object.__setattr__(self, "_names", tuple(self._by_name))
+        last = self.layers[-1].name if self.layers else ""
+        roles = {(last if i.layer == "loss" else i.layer, i.role, i.param): i.name for i in self._tensors}
+        object.__setattr__(self, "_by_role", roles)
 
     @property
     def tensors(self) -> tuple[TensorInfo, ...]:
@@ -123,9 +126,9 @@ class NetworkSpec:
 
     def name_of(self, layer: str, role: str, param: str = "") -> str:
         """The name of the tensor of `layer` with `role` (and `param`): `name_of("conv1", "d_param", "filters")`."""
-        for info in self._tensors:
-            if info.role == role and info.param == param and self.judged_at(info.name) == layer:
-                return info.name
+        name = self._by_role.get((layer, role, param))
+        if name is not None:
+            return name
         raise KeyError(f"{layer} of {self.text} has no tensor of role {role!r}{f' ({param})' if param else ''}")
 
     @property

@@ -108,11 +108,18 @@ class LocalJudge:
         verdicts: dict[str, LayerVerdict],
     ) -> dict[str, LocalStep]:
         """Judge every layer at step `index`; update `verdicts` and return each layer's result."""
+        feeds = list(self.feeds(images, labels, reference, params_before))
+        given = [side.run_layer(feed) for feed in feeds]
+        # One comparison pass over every layer's tensors (their names are distinct), split by layer after.
+        names = [
+            [name for name in self.names[feed.layer.name] if name in ours and name in reference]
+            for feed, ours in zip(feeds, given, strict=True)
+        ]
+        merged = {name: ours[name] for ours, layer_names in zip(given, names, strict=True) for name in layer_names}
+        compared = iter(compare_many(list(merged), merged, reference, self.dtype, workspace=self.workspace))
         results = {}
-        for feed in self.feeds(images, labels, reference, params_before):
-            ours = side.run_layer(feed)
-            names = [name for name in self.names[feed.layer.name] if name in ours and name in reference]
-            comparisons = compare_many(names, ours, reference, self.dtype, workspace=self.workspace)
+        for feed, ours, layer_names in zip(feeds, given, names, strict=True):
+            comparisons = [next(compared) for _ in layer_names]
             verdict = verdicts[feed.layer.name]
             verdict.checked_steps += 1
             failed = [c for c in comparisons if not c.passed]
