@@ -215,6 +215,8 @@ def _check_checkpoints(checkpoints: object, config: dict, spec: NetworkSpec, ind
             raise BadField(
                 f"{where}.step", f"expected a checkpoint step (every {config['every']} steps and the last), got {step}"
             )
+        if step != expected[position]:
+            raise BadField(f"{where}.step", f"expected step {expected[position]} (a checkpoint is missing), got {step}")
         previous = step
         _check_keys(f"{where}.digests", checkpoint["digests"], spec.parameter_names)
         for name, value in checkpoint["digests"].items():

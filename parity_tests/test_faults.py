@@ -1,0 +1,445 @@
+"""Bad input and faults, by class: each is refused in one line that names the field or argument (exit 2 on the
+command line, ValueError in Python), never a traceback, never a silent or false result.
+
+Classes: damaged or hand-edited golden records; sizes that cannot run; outputs that cannot be written (and what a
+killed run leaves behind); wrong arguments to the Python API; bad values on the command line and in the
+environment; an interrupt once the output is complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reference
+import scratch
+from parity import atomic
+from parity.cli import UsageError, main
+from parity.golden.records import DEFAULT_PATH, GoldenComparison, compare_golden, read_golden, seal
+from reference import bridge
+from scratch import data as scratch_data
+from scratch import train as scratch_train
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED = str(ROOT / "parity" / "check" / "examples" / "fixed_cnn")
+SMALL_REPORT = ("--epochs", "1", "--train-size", "20", "--test-size", "10", "--dtypes", "float64", "--no-faithful")
+DEAD_PID = 4_194_305  # above Linux's largest pid_max (2**22): no process has it
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `cnn-parity ARGV` in process: (exit code, stdout, stderr); argparse's exits count as codes."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(result: tuple[int, str, str], *names: str, code: int = 2) -> str:
+    """Exit `code`, one error line on stderr naming every one of `names`, no traceback, no raw errno or temporary."""
+    exit_code, out, err = result
+    assert exit_code == code, out + err
+    assert "Traceback" not in out + err
+    line = err.strip().splitlines()[-1]
+    assert "error: " in line and (code != 2 or len(err.strip().splitlines()) == 1 or "usage:" in err), err
+    for name in names:
+        assert name in line, f"{name!r} not named in: {line}"
+    assert "[Errno" not in line and ".partial" not in line and ".probe" not in line and ".tmp" not in line
+    return line
+
+
+# --- golden records -------------------------------------------------------------------------------------------
+
+
+def _shipped() -> dict:
+    return json.loads(gzip.decompress(DEFAULT_PATH.read_bytes()))
+
+
+def _set(path: tuple, value):
+    def edit(document):
+        target = document
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return edit
+
+
+def _delete(path: tuple):
+    def edit(document):
+        target = document
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+
+    return edit
+
+
+def _move_checkpoint_out_of_the_run(document):  # the issue's case: "5 of 5 checkpoints bit-exact"
+    document["checkpoints"][1]["step"] = 99_999
+    document["checkpoints"][1]["digests"]["conv1.filters"] = "0" * 64
+
+
+def _swap_checkpoints(document):
+    checkpoints = document["checkpoints"]
+    checkpoints[2], checkpoints[3] = checkpoints[3], checkpoints[2]
+
+
+def _drop_checkpoint(document):
+    del document["checkpoints"][5]
+
+
+# (edit, the field the refusal must name). Each edited record is sealed again (its checksums made anew, as a
+# hand-edit that recomputed them, or a faulty writer, would leave it): the field checks, not the checksum, refuse it.
+GOLDEN_FAULTS = {
+    "epochs -5": (_set(("config", "epochs"), -5), "config.epochs"),
+    "dtype float16": (_set(("config", "dtype"), "float16"), "config.dtype"),
+    "seed 'abc'": (_set(("config", "seed"), "abc"), "config.seed"),
+    "seed true": (_set(("config", "seed"), True), "config.seed"),
+    "lr NaN": (_set(("config", "lr"), float("nan")), "config.lr"),
+    "steps 0": (_set(("config", "steps"), 0), "config.steps"),
+    "steps beyond the run": (_set(("config", "steps"), 3001), "config.steps"),
+    "batch size 2.0": (_set(("config", "batch_size"), 2.0), "config.batch_size"),
+    "tie policy 'last'": (_set(("config", "tie_policy"), "last"), "config.tie_policy"),
+    "arch dense9": (_set(("config", "arch"), "conv3x8,pool2,dense9"), "config.arch"),
+    "config missing every": (_delete(("config", "every")), "config.every"),
+    "config unknown field": (_set(("config", "momentum"), 0.9), "config.momentum"),
+    "string loss": (_set(("loss", 17), "abc"), "loss[17]"),
+    "null loss": (_set(("loss", 3), None), "loss[3]"),
+    "losses cut short": (_delete(("loss", 5)), "loss"),
+    "correct 5 of a batch of 1": (_set(("correct", 2), 5), "correct[2]"),
+    "checkpoint step out of the run": (_move_checkpoint_out_of_the_run, "checkpoints[1].step"),
+    "checkpoints out of order": (_swap_checkpoints, "checkpoints[2].step"),
+    "a checkpoint missing": (_drop_checkpoint, "checkpoints[5].step"),
+    "digest not hex": (_set(("checkpoints", 0, "digests", "conv1.filters"), "xyz"), "checkpoints[0].digests"),
+    "sample 'abc'": (_set(("checkpoints", 4, "samples", "loss", 0), "abc"), "checkpoints[4].samples.loss[0]"),
+    "sample index outside its tensor": (_set(("sample_indices", "conv1.out", 0), 10**6), "sample_indices.conv1.out"),
+    "sample index -1": (_set(("sample_indices", "loss", 0), -1), "sample_indices.loss[0]"),
+    "data shape 2-D": (_set(("data", "shape"), [1000, 28]), "data.shape"),
+    "data images not n_train": (_set(("data", "shape", 0), 999), "data.shape[0]"),
+    "fingerprint a number": (_set(("data", "train_sha256"), 123), "data.train_sha256"),
+    "environment a list": (_set(("environment",), ["numpy"]), "environment"),
+    "unknown section": (_set(("extra",), 1), "extra"),
+}
+
+
+@pytest.mark.parametrize("case", GOLDEN_FAULTS, ids=list(GOLDEN_FAULTS))
+def test_a_damaged_golden_record_is_refused_naming_the_field(capsys, tmp_path, case):
+    edit, field = GOLDEN_FAULTS[case]
+    document = _shipped()
+    edit(document)
+    path = tmp_path / "edited.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(seal(document)).encode()))
+    line = assert_refused(cli(capsys, "compare-golden", str(path)), field, "damaged or hand-edited")
+    assert "MATCHES" not in line
+
+
+@pytest.mark.parametrize(
+    ("edit", "section"),
+    [(_set(("loss", 5), 2.3), "loss"), (_set(("config", "lr"), 0.006), "config")],
+    ids=["a loss changed", "the lr changed"],
+)
+def test_a_hand_edit_that_keeps_every_type_is_caught_by_its_section_checksum(capsys, tmp_path, edit, section):
+    document = _shipped()
+    edit(document)
+    path = tmp_path / "edited.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(document).encode()))  # the checksums left as recorded
+    assert_refused(cli(capsys, "compare-golden", str(path)), f"{section}: its content does not match its checksum")
+
+
+def test_a_record_without_checksums_is_refused(capsys, tmp_path):
+    document = _shipped()
+    document["format"] = "cnn-parity-golden/2"
+    del document["sha256"]
+    path = tmp_path / "old.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(document).encode()))
+    assert_refused(cli(capsys, "compare-golden", str(path)), "cnn-parity-golden/2", "no checksums", "re-record")
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"[1, 2]", b'{"format": 3}'], ids=["empty file", "a JSON list", "format a number"]
+)
+def test_a_file_that_is_no_golden_record_is_refused(capsys, tmp_path, content):
+    path = tmp_path / "not.json.gz"
+    path.write_bytes(content)
+    assert_refused(cli(capsys, "compare-golden", str(path)), str(path))
+
+
+def test_no_match_is_reported_over_zero_steps_or_fewer_than_recorded(monkeypatch):
+    import parity.golden.records as records
+
+    assert not GoldenComparison().passed  # a comparison that ran no step is no match
+    document = read_golden(DEFAULT_PATH)
+    train, _ = scratch_data.load_experiment_data()
+    real = records.scratch_steps
+
+    def ten_steps(*args):  # data that run out early
+        for step, trace, net in real(*args):
+            if step == 10:
+                return
+            yield step, trace, net
+
+    monkeypatch.setattr(records, "scratch_steps", ten_steps)
+    with pytest.raises(UsageError, match="the data give only 10 of the golden record's 3000 steps"):
+        compare_golden(document, train.images, train.labels)
+
+
+def test_a_record_whose_last_checkpoint_is_a_short_batch_round_trips(capsys, tmp_path):
+    """1,000 digits in batches of 3: the last batch holds one image, and the last step is always a checkpoint
+    (its samples of batched tensors are taken in the first image; this was an IndexError)."""
+    path = tmp_path / "batches.json.gz"
+    code, out, err = cli(capsys, "record", "--out", str(path), "--epochs", "1", "--batch-size", "3")
+    assert code == 0 and "Traceback" not in err
+    code, out, _ = cli(capsys, "compare-golden", str(path))
+    assert code == 0 and "MATCHES the golden record over 334 steps" in out
+
+
+# --- sizes that cannot run ------------------------------------------------------------------------------------
+
+TOO_LONG = {
+    "report --epochs": (("report", "--epochs", "100000000", "--out", "{tmp}/r"), "epochs 100,000,000"),
+    "check --steps": (("check", "--impl", FIXED, "--steps", "100000000"), "--steps"),
+    "record --epochs": (("record", "--epochs", "100000000", "--out", "{tmp}/g.json.gz"), "--epochs 100000000"),
+    "record --steps": (("record", "--steps", "2000000", "--out", "{tmp}/g.json.gz"), "--steps 2000000"),
+    "report --arch, a 1 TB layer": (
+        ("report", "--arch", "conv3x8,pool2,dense100000000,dense10", "--out", "{tmp}/r"),
+        "dense100000000",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TOO_LONG, ids=list(TOO_LONG))
+def test_a_size_that_cannot_run_is_refused_at_once(capsys, tmp_path, case):
+    argv, named = TOO_LONG[case]
+    line = assert_refused(cli(capsys, *(arg.replace("{tmp}", str(tmp_path)) for arg in argv)), named)
+    assert "more than" in line
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_scratch_train_refuses_a_run_beyond_max_steps(capsys):
+    assert scratch_train.main(["--epochs", "100000000"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs 100,000,000" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+# --- outputs that cannot be written -----------------------------------------------------------------------------
+
+
+def _read_only(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/x/.out.123.abcdef.probe")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    return "read-only file system"
+
+
+def _not_permitted(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/mnt/x/.out.123.abcdef.probe")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    return "permission denied"
+
+
+def _full(monkeypatch):
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, stat):
+            self.f_frsize, self.f_bavail = stat.f_frsize, 0
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full(real(path)))
+    return "the file system is full"
+
+
+def _under_a_file(monkeypatch):
+    return "is a file, so nothing can be made under it"
+
+
+DESTINATION_FAULTS = {"under a file": _under_a_file, "read-only": _read_only, "no permission": _not_permitted}
+DESTINATION_FAULTS["full"] = _full
+OUTPUT_COMMANDS = {
+    "report": (("report", *SMALL_REPORT, "--out"), "report", "parity.lockstep.parallel.run_experiments"),
+    "check": (("check", "--impl", FIXED, "--steps", "2", "--out"), "report", "parity.check.command.check_impl"),
+    "record": (("record", "--steps", "3", "--out"), "golden.json.gz", "parity.golden.command.record_golden"),
+}
+
+
+@pytest.mark.parametrize("fault", DESTINATION_FAULTS, ids=list(DESTINATION_FAULTS))
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS, ids=list(OUTPUT_COMMANDS))
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(capsys, tmp_path, monkeypatch, command, fault):
+    argv, name, runner = OUTPUT_COMMANDS[command]
+    (tmp_path / "afile").write_text("not a directory")
+    out = tmp_path / ("afile" if fault == "under a file" else "new") / name
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the run started before the output was checked")
+
+    monkeypatch.setattr(runner, trained)
+    problem = DESTINATION_FAULTS[fault](monkeypatch)
+    assert_refused(cli(capsys, *argv, str(out)), str(out), problem)
+
+
+def test_a_write_that_fails_midway_names_the_destination_not_the_temporary(tmp_path):
+    out = tmp_path / "latest"
+    with pytest.raises(atomic.OutputError) as refused, atomic.directory(out) as staging:
+        raise OSError(errno.ENOSPC, "No space left on device", str(staging / "report.json"))
+    message = str(refused.value)
+    assert message == f"cannot write {out}: no space left on the file system holding {tmp_path}"
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing left behind
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_temporaries_left_by_a_killed_run_are_removed_by_the_next_write(tmp_path, kind):
+    name = "latest" if kind == "directory" else "golden.json.gz"
+    suffix = ".partial" if kind == "directory" else ".tmp"
+    dead = [f".{name}.{DEAD_PID}.abc{suffix}", f".{name}.older-version{suffix}", f".{name}.{DEAD_PID}.d.old"]
+    alive = f".{name}.{os.getppid()}.xyz{suffix}"  # a run writing here now
+    for entry in [*dead, alive]:
+        (tmp_path / entry).mkdir() if entry.endswith((".partial", ".old")) else (tmp_path / entry).write_text("x")
+    other = tmp_path / ".unrelated.1.partial"
+    other.mkdir()
+    if kind == "directory":
+        with atomic.directory(tmp_path / name) as staging:
+            (staging / "report.md").write_text("done")
+    else:
+        atomic.write_bytes(tmp_path / name, b"done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive, name, other.name])
+
+
+def test_an_atomically_written_file_gets_a_plain_files_mode(tmp_path):
+    path = atomic.write_bytes(tmp_path / "golden.json.gz", b"x")
+    umask = atomic._umask()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS, ids=list(OUTPUT_COMMANDS))
+def test_an_empty_out_is_refused(capsys, command):
+    argv, _, _ = OUTPUT_COMMANDS[command]
+    assert_refused(cli(capsys, *argv, ""), "--out")
+
+
+# --- the Python API ---------------------------------------------------------------------------------------------
+
+
+def _net():
+    return scratch.tutorial_network(0)
+
+
+API_FAULTS = {
+    "build_network(seed=-1)": (lambda: scratch.build_network(seed=-1), "seed"),
+    "build_network(seed='abc')": (lambda: scratch.build_network(seed="abc"), "seed"),
+    "build_network(image_shape='28x28')": (lambda: scratch.build_network(image_shape="28x28"), "image_shape"),
+    "build_network(num_classes=0)": (lambda: scratch.build_network(num_classes=0), "num_classes"),
+    "build_network(dtype='float16')": (lambda: scratch.build_network(dtype="float16"), "dtype"),
+    "build_network(tie_policy='last')": (lambda: scratch.build_network(tie_policy="last"), "tie_policy"),
+    "build_network(a 1 TB dense)": (lambda: scratch.build_network("conv3x8,pool2,dense100000000,dense10"), "dense1"),
+    "tutorial_network(num_filters=2.5)": (lambda: scratch.tutorial_network(num_filters=2.5), "num_filters"),
+    "to_torch('hello')": (lambda: reference.to_torch("hello"), "net"),
+    "load_into_torch('x', {})": (lambda: bridge.load_into_torch("x", {}), "twin"),
+    "load_into_torch(twin, 'x')": (lambda: bridge.load_into_torch(reference.to_torch(_net()), "x"), "params"),
+    "ReferenceRunner('x')": (lambda: reference.ReferenceRunner("x"), "twin"),
+    "ReferenceRunner(lr=-1)": (lambda: reference.ReferenceRunner(reference.to_torch(_net()), lr=-1), "lr"),
+    "train_step(lr=nan)": (lambda: _net().train_step(np.zeros((28, 28), np.uint8), 3, float("nan")), "lr"),
+    "Layer.update(None)": (lambda: _net().layers[0].update(None), "lr"),
+    "epoch_orders(epochs=-5)": (lambda: list(scratch_data.epoch_orders(10, -5, 0)), "epochs"),
+    "batches(batch_size=0)": (lambda: list(scratch_data.batches(np.arange(4), 0)), "batch_size"),
+    "steps_per_epoch(batch_size=0)": (lambda: scratch_data.steps_per_epoch(10, 0), "batch_size"),
+    "run_steps(10**9 epochs)": (lambda: scratch_data.run_steps(10**9, 1000), "epochs"),
+}
+
+
+@pytest.mark.parametrize("case", API_FAULTS, ids=list(API_FAULTS))
+def test_a_wrong_api_argument_gets_one_message_naming_it(case):
+    call, argument = API_FAULTS[case]
+    with pytest.raises((ValueError, TypeError)) as refused:
+        call()
+    message = str(refused.value)
+    assert message.startswith(argument) or f" {argument}" in message or f"'{argument}" in message, message
+    assert "expected" in message or "more than" in message or "must be" in message, message
+    assert "\n" not in message
+
+
+# --- values on the command line and in the environment ---------------------------------------------------------
+
+
+def test_check_at_lr_1e300_says_so_without_a_traceback(capsys):
+    """Both sides overflow float64: the check fails (exit 1) with the first non-finite tensor, and does not crash."""
+    code, out, err = cli(capsys, "check", "--impl", FIXED, "--lr", "1e300", "--steps", "3", "--no-probes")
+    assert code == 1 and "Traceback" not in out + err
+    assert "lr 1e+300" in out and "DIVERGENCE" in out.splitlines()[-1]
+
+
+def test_scratch_train_stops_at_a_non_finite_loss(capsys):
+    code = scratch_train.main(["--lr", "1e300", "--epochs", "1", "--train-size", "10", "--test-size", "10"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "Warning" not in err
+    assert err.strip().splitlines() == [err.strip()] and "--lr" in err and "lr 1e+300" in err
+
+
+@pytest.mark.parametrize("content", ["", '{"schema": "cnn-parity/report/v3"}'], ids=["not JSON", "damaged"])
+def test_rendering_a_bad_report_json_is_one_line(capsys, tmp_path, content):
+    from reports import markdown
+
+    path = tmp_path / "report.json"
+    path.write_text(content)
+    assert markdown.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_bogus_mplbackend_falls_back_to_agg_and_says_so_once(tmp_path):
+    """matplotlib raises at import on an unknown MPLBACKEND; the report draws with Agg anyway (a new process: this
+    one imported matplotlib long ago)."""
+    out = tmp_path / "r"
+    script = (
+        f"import sys; from parity.cli import main; sys.exit(main({['report', *SMALL_REPORT, '--out', str(out)]!r}))"
+    )
+    env = {**os.environ, "MPLBACKEND": "bogus"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("MPLBACKEND='bogus' is not a matplotlib backend") == 1
+    assert "file backend Agg" in done.stderr and len(list(out.glob("*.png"))) == 2
+
+
+# --- an interrupt once the output is complete -------------------------------------------------------------------
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_after_the_report_is_written_exits_with_the_runs_code(capsys, tmp_path, monkeypatch):
+    import reports.summary
+
+    monkeypatch.setattr(reports.summary, "summary_table", _interrupt)  # the first thing after the report is written
+    out = tmp_path / "r"
+    code, _, err = cli(capsys, "report", *SMALL_REPORT, "--out", str(out))
+    assert code == 0 and (out / "report.md").is_file()
+    assert err.strip() == f"cnn-parity report: interrupted after {out / 'report.md'} was completely written"
+
+
+def test_a_ctrl_c_after_the_golden_record_is_written_exits_0(capsys, tmp_path, monkeypatch):
+    import parity.golden.command
+
+    monkeypatch.setattr(parity.golden.command, "batch_of", _interrupt)  # used for its summary, after the write
+    path = tmp_path / "g.json.gz"
+    code, _, err = cli(capsys, "record", "--steps", "5", "--out", str(path))
+    assert code == 0 and read_golden(path)["config"].steps == 5 and "completely written" in err
+
+
+def test_a_ctrl_c_before_the_report_is_written_exits_130_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("parity.lockstep.parallel.run_experiments", _interrupt)
+    out = tmp_path / "r"
+    code, _, err = cli(capsys, "report", *SMALL_REPORT, "--out", str(out))
+    assert code == 130 and not out.exists() and "nothing was written" in err
