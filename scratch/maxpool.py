@@ -30,10 +30,10 @@ class MaxPool(Layer):
         super().__init__()
         self.kernel = kernel
         self.tie_policy = check_choice("tie_policy", tie_policy, TIE_POLICIES)
-        self.tied_windows = 0
+        self._tied_windows: int | None = 0
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """out[n, i, j, c] = max of x[n, Ki:Ki+K, Kj:Kj+K, c]; counts windows whose max is tied."""
+        """out[n, i, j, c] = max of x[n, Ki:Ki+K, Kj:Kj+K, c]; `tied_windows` then counts windows whose max is tied."""
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             raise ValueError(f"pool input: expected an (N, H, W, C) array, got {getattr(x, 'shape', type(x))}")
         size = self.kernel
@@ -44,10 +44,21 @@ class MaxPool(Layer):
         windows = planes.reshape(size * size, *planes.shape[2:])  # a copy: (K*K, N, out_h, out_w, C)
         out = np.maximum.reduce(windows, axis=0)  # NaN propagates, as np.maximum does
         self._is_max = windows == out  # which elements equal their window's max
-        # A window is tied when two or more of its elements equal the max.
-        maxima = np.add.reduce(self._is_max, axis=0, dtype=np.uint8 if size * size < 256 else np.int64)
-        self.tied_windows = int(np.count_nonzero(maxima > 1))
+        self._tied_windows = None  # counted when asked for: a training step never asks
         return out
+
+    @property
+    def tied_windows(self) -> int:
+        """How many windows of the last forward have a tied max: two or more elements equal to it."""
+        if self._tied_windows is None:
+            size = self.kernel
+            maxima = np.add.reduce(self._is_max, axis=0, dtype=np.uint8 if size * size < 256 else np.int64)
+            self._tied_windows = int(np.count_nonzero(maxima > 1))
+        return self._tied_windows
+
+    @tied_windows.setter
+    def tied_windows(self, count: int) -> None:  # the loop spec counts as it walks the windows
+        self._tied_windows = count
 
     def backward(self, d_L_d_out: np.ndarray) -> np.ndarray:
         """Send each window's gradient to its max element(s), by the tie policy."""

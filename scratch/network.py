@@ -92,11 +92,11 @@ class Network:
 
     def forward_backward(self, images: np.ndarray, labels: object) -> StepTrace:
         """Forward and backward on one image or a batch; every named tensor in the trace, no weight moved."""
-        return self._forward_backward(images, labels, image_gradient=True)
+        return self._forward_backward(images, labels, full=True)
 
-    def _forward_backward(self, images: np.ndarray, labels: object, image_gradient: bool) -> StepTrace:
-        """`forward_backward`; without `image_gradient` the first layer computes only its parameter gradients, and
-        the trace lacks its input gradient."""
+    def _forward_backward(self, images: np.ndarray, labels: object, full: bool) -> StepTrace:
+        """`forward_backward`; not `full`, only what the SGD update needs: the first layer computes only its
+        parameter gradients (the trace lacks its input gradient) and no tied windows are counted."""
         out = self.normalize(images)  # the images first: how many labels are wanted depends on them
         labels = check_labels(labels, self.num_classes, images)
         tensors: dict[str, np.ndarray] = {}  # filled in the spec's order: forward, loss, backward
@@ -109,17 +109,17 @@ class Network:
         tensors[self._loss_gradient] = gradient
         for index in range(len(self._steps) - 1, -1, -1):
             layer, _, param_gradients, in_gradient = self._steps[index]
-            if index == 0 and not image_gradient:
+            if index == 0 and not full:
                 if param_gradients:
                     layer.parameter_backward(gradient)
             else:
                 gradient = layer.backward(gradient)
             for param, name in param_gradients:
                 tensors[name] = layer.grads[param]
-            if index or image_gradient:
+            if index or full:
                 # dL/d(normalised image) for the first layer; dL/d(raw pixel) is this / 255.
                 tensors[in_gradient] = gradient
-        ties = {name: layer.tied_windows for name, layer in self._pools}
+        ties = {name: layer.tied_windows for name, layer in self._pools} if full else {}
         return StepTrace(tensors, ties, int(np.count_nonzero(probs.argmax(axis=1) == labels)))
 
     def update(self, lr: float) -> None:
@@ -131,10 +131,10 @@ class Network:
     def train_step(self, images: np.ndarray, labels: object, lr: float = 0.005) -> tuple[float, int]:
         """One SGD step on one image or a batch; (mean loss, number right). Bad input raises before any update.
 
-        The gradient of the image itself is not computed: no weight needs it (nor does PyTorch's autograd compute it
-        for an input that does not require grad)."""
+        Neither the gradient of the image itself nor the tied pool windows are computed: no weight needs them (nor
+        does PyTorch's autograd compute the gradient of an input that does not require grad)."""
         lr = check_lr(lr)
-        trace = self._forward_backward(images, labels, image_gradient=False)
+        trace = self._forward_backward(images, labels, full=False)
         self.update(lr)
         return trace.loss, trace.correct
 
