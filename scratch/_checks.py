@@ -22,8 +22,8 @@ def check_dtype(dtype: object) -> np.dtype:
     return resolved
 
 
-def check_array(name: str, value: object, ndim: int, dtype: np.dtype) -> np.ndarray:
-    """Check that `value` is a finite ndarray with `ndim` dims and exactly `dtype`."""
+def check_array(name: str, value: object, ndim: int, dtype: np.dtype, finite: bool = True) -> np.ndarray:
+    """Check that `value` is an ndarray with `ndim` dims and exactly `dtype`, and (unless told not to) finite."""
     if not isinstance(value, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array, got {type(value).__name__}")
     if value.ndim != ndim:
@@ -33,7 +33,7 @@ def check_array(name: str, value: object, ndim: int, dtype: np.dtype) -> np.ndar
             f"{name}: expected dtype {dtype}, got {value.dtype} "
             f"(the layer computes in {dtype}; cast explicitly, nothing is cast silently)"
         )
-    if not np.isfinite(value).all():  # the method, not np.all(): half the call overhead on every conv step
+    if finite and not np.isfinite(value).all():  # the method, not np.all(): half the call overhead
         raise ValueError(f"{name}: contains NaN or Inf at index {_first_bad(value)}")
     return value
 

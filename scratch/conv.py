@@ -46,7 +46,7 @@ class Conv(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """out[n, i, j, f] = sum_{k, l, c} x[n, i + k, j + l, c] * filters[f, k, l, c] (+ biases[f])."""
-        check_array("conv input", x, 4, self.filters.dtype)
+        check_array("conv input", x, 4, self.filters.dtype, finite=self.check_finite)
         batch, height, width, channels = x.shape
         kernel = self._kernel()  # (F, K, K, C)
         if height < self.kernel or width < self.kernel:

@@ -11,6 +11,10 @@ class Layer:
     """A layer: `forward` caches, `backward` returns dL/d(input) and fills `grads`, `update` moves weights."""
 
     param_names: tuple[str, ...] = ()
+    # Whether `forward` scans its input for NaN and Inf (the conv's does). A network turns it off in its layers: it
+    # checks the images once, and past them a non-finite value means training diverged, which should reach the loss
+    # (as it would in PyTorch) rather than stop a step halfway.
+    check_finite = True
 
     def __init__(self) -> None:
         self.grads: dict[str, np.ndarray] = {}

@@ -46,6 +46,8 @@ class Network:
 
     def __init__(self, spec: NetworkSpec, layers: list[Layer], loss: SoftmaxCrossEntropy, dtype: np.dtype) -> None:
         self.spec, self.layers, self.loss, self.dtype = spec, layers, loss, np.dtype(dtype)
+        for layer in layers:
+            layer.check_finite = False  # `normalize` checks the images; see Layer.check_finite
         self.image_shape = spec.image_shape
         self.num_classes = spec.num_classes
         self._named = list(zip(spec.layers, layers, strict=True))
