@@ -37,8 +37,9 @@ class SoftmaxCrossEntropy:
                 self.probs = self.exp / np.sum(self.exp, axis=1, keepdims=True)
                 losses = -np.log(self.probs[rows, labels])
             return self.probs, _mean(losses)
-        shift = logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits - shift)
+        shift = np.maximum.reduce(logits, axis=1, keepdims=True)  # the ufunc itself: ndarray.max wraps it in Python
+        exp = logits - shift
+        np.exp(exp, out=exp)
         exp_sum = np.add.reduce(exp, axis=1, keepdims=True)
         # Shifted, every exp is <= 1 and the sum >= 1: the division cannot raise; NaN logits give NaN quietly.
         self.probs = exp / exp_sum
