@@ -1,4 +1,7 @@
-"""`cnn-parity check`: the tutorial's own code, the corrected code, renamed code, and every kind of unusable input."""
+"""`cnn-parity check`: the tutorial's own code, the corrected code, renamed code, and every kind of unusable input.
+
+Networks other than the tutorial's (inferred architectures, `--layers`, layouts, time-outs, the user's own errors,
+suggested options) are in test_check_networks.py."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import numpy as np
 import pytest
 
 import scratch
-from parity.check.adapter import TutorialSide, _recovered, tutorial_spec
+from parity.check.adapter import ImplSide, _recovered, tutorial_spec
+from parity.check.infer import infer_architecture
 from parity.check.loader import ImplError, Mapping, load_impl
 from parity.check.run import large_logit_weights
 from parity.cli import main
@@ -44,7 +48,8 @@ def tutorial_report(tmp_path_factory):
 def test_tutorial_code_diverges_at_the_pool_gradient_by_tie_policy(tutorial_report):
     code, out, err, _ = tutorial_report
     assert code == 1 and err == ""
-    assert "checked as conv3x8,pool2,dense10: Conv3x3 is conv1, MaxPool2 pool1, Softmax dense1" in out
+    assert "inferred:  conv3x8,pool2,dense10 on 28x28 images:" in out
+    assert "conv1   Conv3x3(8)         3x3 conv, 8 filters on 1 channel: filters (8, 3, 3) as (F, K, K)" in out
     assert (
         "Main run: DIVERGED at step 0, pool1 pool1.d_in from MaxPool2.backprop (200 of 200 steps out of tolerance)"
         in out
@@ -112,8 +117,19 @@ def renamed_copy(directory: Path) -> Path:
     return directory
 
 
-def test_mapping_option_checks_renamed_code(capsys, tmp_path):
+def test_renamed_code_is_found_by_fit_and_mapping_still_works(capsys, tmp_path):
+    """Classes, a method and an attribute renamed: each the only one that fits, so no option is needed; --map
+    naming them gives the same run."""
     impl = renamed_copy(tmp_path / "renamed")
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "30")
+    assert (code, err) == (0, ""), out
+    assert "Conv3x3 as Convolution" in out and "Softmax as Dense" in out
+    assert (
+        "found:     Convolution.backward is its backprop: the only method taking a gradient and a learning rate" in out
+    )
+    assert "found:     Dense.W holds its weights: the only 2-D array" in out
+    assert "Main run: PARITY over 30 steps" in out
+
     maps = [
         "Conv3x3=Convolution,Softmax=Dense",
         "Softmax.weights=W",
@@ -123,13 +139,7 @@ def test_mapping_option_checks_renamed_code(capsys, tmp_path):
     ]
     code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "30", *(f"--map={m}" for m in maps))
     assert (code, err) == (0, ""), out
-    assert "Conv3x3 as Convolution" in out and "Softmax as Dense" in out
-    assert "Main run: PARITY over 30 steps" in out
-
-    code, out, err = cli(capsys, "check", "--impl", str(impl))
-    assert code == 2 and out == ""
-    assert "no class Conv3x3, Softmax (classes found: Convolution (layers.py), MaxPool2 (layers.py)" in err
-    assert "pass --map Conv3x3=NAME --map Softmax=NAME" in err
+    assert "names mapped: Conv3x3=Convolution, Softmax=Dense, Softmax.weights=W" in out and "found:" not in out
 
 
 def test_mapping_parse_rejects_unknown_keys():
@@ -177,20 +187,20 @@ def _chw_output(d: Path) -> None:
     _edit(_copy_fixed(d) / "conv.py", 'return np.einsum("ijkl,fkl->ijf"', 'return np.einsum("ijkl,fkl->fij"')
 
 
-def _no_backprop(d: Path) -> None:
-    _edit(_copy_fixed(d) / "maxpool.py", "def backprop(self, d_L_d_out):", "def backward(self, d_L_d_out):")
+def _input_length_wrong(d: Path) -> None:
+    _edit(_copy_fixed(d) / "softmax.py", "standard_normal((input_len, nodes))", "standard_normal((1000, nodes))")
 
 
 UNUSABLE = {
     "nonexistent path": (None, "no such file or directory"),
-    "module without Softmax": (
-        _no_softmax,
-        "no class Softmax (classes found: Conv3x3 (conv.py), MaxPool2 (maxpool.py))",
-    ),
     "syntax error": (_syntax_error, "softmax.py:17: syntax error"),
     "import error": (_import_error, "ModuleNotFoundError: No module named 'no_such_module_for_cnn_parity'"),
-    "wrong weight shapes": (_transposed_weights, "Softmax.weights has shape (10, 1352), expected (1352, 10)"),
-    "missing method": (_no_backprop, "MaxPool2 has no method backprop (methods: backward, forward"),
+    # (nodes, input_len) is a layout of its own, read as such: the code then multiplies the wrong way round.
+    "transposed weights": (_transposed_weights, "Softmax.forward: raised ValueError: shapes (1352,) and (10,1352)"),
+    "weights for another input size": (
+        _input_length_wrong,
+        "Softmax.weights has shape (1000, 10), but the layer before it gives 13x13x8 = 1352 inputs",
+    ),
     "raises on the first step": (
         _raises_on_first_step,
         "Softmax.forward: raised ValueError: shapes (1352,10) and (1352,) not aligned",
@@ -214,13 +224,31 @@ def test_unusable_input_is_one_line_and_exit_2(capsys, tmp_path, case):
 
 def test_bad_map_key_is_a_usage_error(capsys):
     code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--map", "Conv3x3.weights=w")
-    assert code == 2 and out == "" and "unknown key 'Conv3x3.weights'" in err and err.count("\n") == 1
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "unknown key 'Conv3x3.weights' (Conv3x3 has forward, backprop, filters, biases)" in err
+
+
+def test_a_missing_class_is_listed_with_what_the_code_has(capsys, tmp_path):
+    """No class plays the Softmax: the message lists it, every class found with its methods, and no placeholder."""
+    impl = tmp_path / "impl"
+    _no_softmax(impl)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "2", "--no-probes")
+    assert code == 2 and out == "" and "Traceback" not in err
+    first, *rest = err.splitlines()
+    assert first.startswith(f"cnn-parity check: error: {impl}: the layers cannot be built or driven as they are")
+    assert "  - no class Softmax (classes found: Conv3x3 (conv.py), MaxPool2 (maxpool.py))" in rest
+    assert (
+        "    Conv3x3(num_filters, rng=...) in conv.py: regions(image), forward(input), backprop(d_L_d_out, learn_rate)"
+        in rest
+    )
+    assert "NAME" not in err
 
 
 def test_loader_imports_files_privately():
     """Two implementations with the same file names do not share modules, and sys.path is left as it was."""
     path_before, modules_before = list(sys.path), set(sys.modules)
     fixed, tutorial = load_impl(str(FIXED)), load_impl(str(TUTORIAL))
+    infer_architecture(fixed)  # constructing and probing the classes imports nothing more
     assert fixed.classes["Softmax"] is not tutorial.classes["Softmax"]
     assert sys.path == path_before
     assert not {"conv", "maxpool", "softmax"} & (set(sys.modules) - modules_before)
@@ -249,7 +277,7 @@ def test_adapter_is_a_lockstep_side_under_the_spec_names():
     assert spec.text == "conv3x8,pool2,dense10"
     net = scratch.build_network(spec, 0, np.float64)
     initial = {name: value.copy() for name, value in net.parameters().items()}
-    side = TutorialSide(load_impl(str(FIXED)), initial, (28, 28), 0.005)
+    side = ImplSide(infer_architecture(load_impl(str(FIXED))), initial, 0.005)
     assert side.spec == spec
     assert list(side.parameters()) == list(spec.parameter_names)
     image = np.random.default_rng(0).integers(0, 256, (1, 28, 28)).astype(np.uint8)
@@ -277,7 +305,7 @@ def test_large_logit_probe_raises_logits_but_not_probabilities():
     initial = net.parameters()
     images = np.stack([np.random.default_rng(i).integers(0, 256, (28, 28)).astype(np.uint8) for i in range(20)])
     labels = np.arange(20) % 10
-    chosen, weights = large_logit_weights({k: v.copy() for k, v in initial.items()}, images, labels, seed=0)
+    chosen, weights = large_logit_weights(net.spec, {k: v.copy() for k, v in initial.items()}, images, labels, seed=0)
     shifted = scratch.tutorial_network(0, np.float64)
     shifted.load_parameters({**initial, "dense1.weights": weights})
     for index in chosen:

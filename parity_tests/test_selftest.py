@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from parity.check.bugs import BUGS, Bug, with_bug
+from parity.check.bugs import BUGS, TUTORIAL, TWO_CONV, Bug, with_bug
 from parity.check.loader import load_impl
 from parity.check.run import DEFAULT_STEPS
-from parity.check.selftest import DEFAULT_BASE, run_bugs
+from parity.check.selftest import DEFAULT_BASE, load_bases, run_all, run_bugs
 from parity.cli import main
 from scratch.data import load_experiment_data
 
@@ -18,30 +18,43 @@ CAUGHT_BY = {"pool-odd-edge-shift": "odd-size", "softmax-unshifted-exp": "large-
 
 @pytest.fixture(scope="module")
 def outcomes():
-    """The correct code over the default steps and every probe, then each bug until its first divergence."""
+    """Each correct implementation over the default steps and every probe, then each bug until its first
+    divergence."""
     import torch
 
     torch.set_num_threads(1)
     train, _ = load_experiment_data()
-    results = run_bugs(load_impl(str(DEFAULT_BASE)), train.images, train.labels, steps=DEFAULT_STEPS)
-    return {outcome.bug.name if outcome.bug else "clean": outcome for outcome in results}
+    results = run_all(load_bases(), train.images, train.labels, steps=DEFAULT_STEPS)
+    return {outcome.bug.name if outcome.bug else f"clean {outcome.base}": outcome for outcome in results}
 
 
 def test_catalogue_is_large_and_covers_every_layer():
-    assert len(BUGS) >= 10 and len(BY_NAME) == len(BUGS)
-    assert {bug.cls for bug in BUGS} == {"Conv3x3", "MaxPool2", "Softmax"}
+    assert len(BUGS) >= 20 and len(BY_NAME) == len(BUGS)
+    tutorial = [bug for bug in BUGS if bug.base == TUTORIAL]
+    two_conv = [bug for bug in BUGS if bug.base == TWO_CONV]
+    assert {bug.cls for bug in tutorial} == {"Conv3x3", "MaxPool2", "Softmax"}
     # Spec layers: the tutorial's Softmax is dense1 and the softmax of the loss.
-    assert {bug.layer for bug in BUGS} == {"conv1", "pool1", "dense1", "loss"}
+    assert {bug.layer for bug in tutorial} == {"conv1", "pool1", "dense1", "loss"}
+    # The two-conv network: both convs (the one on 8 channels three times), a ReLU and the second pool.
+    assert {bug.layer for bug in two_conv} == {"conv1", "conv2", "relu2", "pool2"}
     for name in ("flipped-kernel", "chw-flatten", "missing-bias-update", "lr-applied-twice", "softmax-jacobian-sign"):
         assert name in BY_NAME
 
 
-def test_correct_code_passes_everything(outcomes):
-    clean = outcomes["clean"]
+@pytest.mark.parametrize("base", [TUTORIAL, TWO_CONV])
+def test_correct_code_passes_everything(outcomes, base):
+    clean = outcomes[f"clean {base}"]
     assert clean.ok and clean.result.passed
     assert len(clean.result.main.record.steps) == DEFAULT_STEPS
     assert [probe.name for probe in clean.result.probes] == ["constant", "large-logits", "odd-size"]
-    assert all(probe.passed for probe in clean.result.probes)
+    assert all(probe.passed and not probe.skipped for probe in clean.result.probes)
+
+
+def test_the_two_conv_network_is_read_from_its_code(outcomes):
+    arch = outcomes[f"clean {TWO_CONV}"].result.arch
+    assert arch.spec.text == "conv5x8,relu,pool2,conv5x16,relu,pool2,dense10"
+    assert [(b.param, b.layout, b.shape) for b in arch.layers[3].params] == [("filters", "(F, C, K, K)", (16, 8, 5, 5))]
+    assert arch.layers[0].image_input and not arch.layers[3].image_input
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))
@@ -75,6 +88,9 @@ def test_bug_is_caught_and_blamed_on_its_layer(outcomes, name):
         ("bias-gradient-mean", "dense1.d_out", "scale", {"factor": pytest.approx(0.1), "reading": "divided by 10"}),
         ("input-gradient-after-update", "dense1.d_in", "stale_weights", {}),
         ("softmax-unshifted-exp", "probs", "non_finite", {"side": "scratch"}),
+        ("deep-input-gradient-one-channel", "conv2.d_in", "dropped", {}),
+        ("first-conv-first-window-only", "conv1.d_filters", "partial", {}),
+        ("two-conv-pool-last-max", "pool2.d_in", "tie_policy", {"rule": "last"}),
     ],
 )
 def test_divergence_names_the_tensor_and_the_kind_of_bug(outcomes, name, tensor, kind, evidence):
@@ -114,7 +130,7 @@ def test_selftest_command(capsys):
     assert (code, err) == (0, "")
     assert f"PASS: {len(BUGS)} of {len(BUGS)} bugs caught and blamed on the right layer" in out
     assert "the correct code passes everywhere (no false positive) (exit 0)" in out
-    assert out.count("| OK ") == len(BUGS) + 1
+    assert out.count("| OK ") == len(BUGS) + 2  # every bug, and each of the two correct implementations
 
 
 def test_selftest_list_and_unknown_bug(capsys):

@@ -1,28 +1,28 @@
-"""`TutorialSide`: drive tutorial-interface layers exactly as the tutorial's `train()` does, for the lockstep engine.
+"""`ImplSide`: drive a user's layer objects exactly as the tutorial's `train()` drives its three, for the lockstep.
 
-The tutorial's classes are the spec `conv3x{F},pool2,dense{classes}` (`tutorial_spec`): `Conv3x3` is `conv1`,
-`MaxPool2` is `pool1`, and `Softmax` is `dense1` followed by the softmax of the loss. One step, as in the tutorial::
+Each user layer object is one spec layer (`parity.check.infer.Architecture`). One step, as in the tutorial::
 
-    out = conv.forward((image / 255) - 0.5); out = pool.forward(out); out = softmax.forward(out)
+    out = image / 255 - 0.5
+    for layer in layers: out = layer.forward(out)           # the last returns the probabilities
     loss = -np.log(out[label]); gradient = np.zeros(10); gradient[label] = -1 / out[label]
-    gradient = softmax.backprop(gradient, lr); gradient = pool.backprop(gradient)
-    gradient = conv.backprop(gradient, lr)
+    for layer in reversed(layers): gradient = layer.backprop(gradient, lr)   # (gradient) alone for a pool, a ReLU
 
-The user's code is per sample (HWC activations, weights (in, out), as scratch keeps them); this adapter is the one
-place that adds the batch axis of 1 the engine's scratch layouts have (and takes it off the images). What the
+The user's code is per sample (HWC activations); this adapter is the one place that adds the batch axis of 1 the
+engine's scratch layouts have, and that converts the user's weight layouts (`ParamBinding`) to scratch's. What the
 engine gets, under the spec's names:
-- seen directly: `conv1.out`, `pool1.out`, `probs` (forward return values), `dense1.d_in`, `pool1.d_in` (backprop
-  return values), `conv1.d_in` (the conv's return value: dL/d(normalised image), shaped `(1, H, W, 1)`; missing
-  when it returns None, as the tutorial's does), `dense1.out` (`Softmax.last_totals`, when cached);
-- computed as `train()` does: `loss` = -log(out[label]);
-- recovered from the in-place SGD update: `conv1.d_filters`, `dense1.d_weights`, `dense1.d_biases` =
-  (before - after) / lr, and `dense1.d_out` = the recovered bias gradient (dL/dbiases = dL/dlogits).
+- seen directly: every layer's `out` (forward return values; the last layer's is `probs`), every `d_in` (backprop
+  return values; the first layer's may be None, as the tutorial's conv returns, and is then not compared), the
+  logits `{last}.out` when the last layer caches them;
+- computed as `train()` does: `loss` = -log(probs[label]);
+- recovered from the in-place SGD update: every parameter gradient = (before - after) / lr, and `{last}.d_out` =
+  the recovered bias gradient of the last layer (dL/dbiases = dL/dlogits).
 
 Recovery precision: `after = fl(before - fl(lr * g))`, so `(before - after) / lr` is off by at most half an ulp of
 `after` divided by lr, plus ~2 eps relative: |error| <= eps/2 * |w| / lr + 2 eps |g|. For float64 at lr 0.005 that
 is ~2.2e-14 * |w|: ~1e-14 for filters (|w| < ~0.5), ~1e-16 for dense weights and biases, 100x inside the float64
 tolerance (atol 1e-12 + rtol 1e-10 * |reference|). It grows with |w| / lr: the large-logit probe therefore raises
-the logits through weights of ~4 (error ~1e-13), not through biases of ~800 (error ~2e-11, over the atol).
+the logits through weights of ~4 (error ~1e-13), not through biases of ~800 (error ~2e-11, over the atol), and
+runs at a larger lr where a small network needs larger weights for the same shift (`parity.check.run`).
 
 Because the update happens inside `backprop`, `update(lr)` is a no-op that only checks the lr is the one used.
 """
@@ -33,43 +33,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from parity.check.loader import ImplError, TutorialImpl
+from parity.check.infer import Architecture, BoundLayer, ParamBinding, construct
+from parity.check.loader import ImplError
+from parity.check.usercode import ImplCrash, guarded
 from parity.lockstep.feed import LayerFeed
-from scratch.spec import NetworkSpec, parse_spec
-
-# The spec layer each tutorial class implements, and back; the softmax of the loss (`probs`, layer `loss`) is
-# computed by the user's Softmax too.
-SPEC_LAYER = {"Conv3x3": "conv1", "MaxPool2": "pool1", "Softmax": "dense1"}
-TUTORIAL_CLASS = {"conv1": "Conv3x3", "pool1": "MaxPool2", "dense1": "Softmax", "loss": "Softmax"}
-PARAMETER_ATTRIBUTES = {  # spec parameter name -> (tutorial class, its attribute)
-    "conv1.filters": ("Conv3x3", "filters"),
-    "dense1.weights": ("Softmax", "weights"),
-    "dense1.biases": ("Softmax", "biases"),
-}
-LAYOUTS = {"conv1.filters": "(num_filters, 3, 3)", "dense1.weights": "(input_len, nodes)", "dense1.biases": "(nodes,)"}
-GRADIENT_OF = {
-    "conv1.filters": "conv1.d_filters",
-    "dense1.weights": "dense1.d_weights",
-    "dense1.biases": "dense1.d_biases",
-}
-# The tutorial member each tensor comes out of (mapped to the user's names in `TutorialSide.origin`).
-ORIGIN = {
-    "conv1.out": "Conv3x3.forward",
-    "pool1.out": "MaxPool2.forward",
-    "dense1.out": "Softmax.last_totals",
-    "probs": "Softmax.forward",
-    "loss": "Softmax.forward",
-    "dense1.d_out": "Softmax.backprop",
-    "dense1.d_weights": "Softmax.backprop",
-    "dense1.d_biases": "Softmax.backprop",
-    "dense1.d_in": "Softmax.backprop",
-    "pool1.d_in": "MaxPool2.backprop",
-    "conv1.d_filters": "Conv3x3.backprop",
-    "conv1.d_in": "Conv3x3.backprop",
-    "conv1.filters": "Conv3x3.backprop",
-    "dense1.weights": "Softmax.backprop",
-    "dense1.biases": "Softmax.backprop",
-}
+from scratch.spec import LayerSpec, NetworkSpec, parse_spec
 
 
 def tutorial_spec(image_shape: tuple[int, int] = (28, 28), num_filters: int = 8, num_classes: int = 10) -> NetworkSpec:
@@ -77,48 +45,26 @@ def tutorial_spec(image_shape: tuple[int, int] = (28, 28), num_filters: int = 8,
     return parse_spec(f"conv3x{num_filters},pool2,dense{num_classes}", tuple(image_shape), num_classes)
 
 
-class ImplCrash(Exception):
-    """The user's code raised (or returned something unusable) during a step; one line, class and method named.
+class ImplSide:
+    """A lockstep `Side` around fresh objects of an `Architecture`'s layers, holding `initial`'s weights (by spec
+    parameter name, scratch layouts)."""
 
-    `cls` is the tutorial class (`Softmax`), `layer` the spec layer it implements (`dense1`), which a crash blames.
-    """
-
-    def __init__(self, cls: str, method: str, message: str) -> None:
-        super().__init__(f"{cls}.{method}: {message}")
-        self.cls, self.method, self.detail = cls, method, message
-        self.layer = SPEC_LAYER[cls]
-
-
-class TutorialSide:
-    """A lockstep `Side` around fresh instances of a `TutorialImpl`'s classes, holding `initial`'s weights.
-
-    `initial` is keyed by spec parameter name; the spec (`self.spec`) is `tutorial_spec` with the number of
-    filters and classes of those arrays.
-    """
-
-    def __init__(
-        self,
-        impl: TutorialImpl,
-        initial: dict[str, np.ndarray],
-        image_shape: tuple[int, int],
-        lr: float,
-    ) -> None:
-        self.impl, self.lr, self.image_shape = impl, float(lr), tuple(image_shape)
-        self.num_filters = num_filters = initial["conv1.filters"].shape[0]
-        input_len, self.num_classes = initial["dense1.weights"].shape
-        self.spec = tutorial_spec(self.image_shape, num_filters, self.num_classes)
+    def __init__(self, arch: Architecture, initial: dict[str, np.ndarray], lr: float) -> None:
+        self.arch, self.spec, self.lr = arch, arch.spec, float(lr)
+        self.bound = arch.layers
         state = np.random.get_state()  # the tutorial's constructors draw from the global RNG: leave it as it was
         try:
-            self.conv = self._construct("Conv3x3", num_filters)
-            self.pool = self._construct("MaxPool2")
-            self.softmax = self._construct("Softmax", input_len, self.num_classes)
+            self.objects = [construct(arch.impl, layer.call, spec.name) for layer, spec in self._pairs()]
         finally:
             np.random.set_state(state)
-        self.layers = {"Conv3x3": self.conv, "MaxPool2": self.pool, "Softmax": self.softmax}
-        for name, (layer, attribute) in PARAMETER_ATTRIBUTES.items():
-            self._check_parameter(name, layer, attribute, initial[name])
+        for layer, obj in zip(self.bound, self.objects, strict=True):
+            for binding in layer.params:
+                _check_attribute(arch, layer, obj, binding)
         self.load_parameters(initial)
-        self.missing: dict[str, str] = {}  # tensor -> why it could not be seen (filled by the first step)
+        self.missing: dict[str, str] = {}  # tensor -> why it could not be seen (filled by each step)
+
+    def _pairs(self) -> list[tuple[BoundLayer, LayerSpec]]:
+        return list(zip(self.bound, self.spec.layers, strict=True))
 
     # --- the lockstep Side interface ---------------------------------------------------------------
 
@@ -137,109 +83,66 @@ class TutorialSide:
             )
         image, label = images[0], int(labels[0])
         before = self.parameters()
-        with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
-            x = (image / 255) - 0.5
-            height, width = x.shape
-            conv_shape = (height - 2, width - 2, self.num_filters)
-            pool_shape = ((height - 2) // 2, (width - 2) // 2, self.num_filters)
-            out = self._call("Conv3x3", "forward", x)
-            conv_out = self._checked("Conv3x3", "forward", out, conv_shape, "HWC (h - 2, w - 2, num_filters)")
-            out = self._call("MaxPool2", "forward", out)
-            pool_out = self._checked("MaxPool2", "forward", out, pool_shape, "HWC (h // 2, w // 2, num_filters)")
-            out = self._call("Softmax", "forward", out)
-            probs = self._checked("Softmax", "forward", out, (self.num_classes,), "(nodes,)")
-            logits = getattr(self.softmax, self._name("Softmax.last_totals"), None)
-            loss = -np.log(out[label])
-            gradient = np.zeros(self.num_classes)
-            gradient[label] = -1 / out[label]
-            gradient = self._call("Softmax", "backprop", gradient, self.lr)
-            d_pool_out = self._checked("Softmax", "backprop", gradient, pool_shape, "the shape of its input")
-            gradient = self._call("MaxPool2", "backprop", gradient)
-            d_conv_out = self._checked("MaxPool2", "backprop", gradient, conv_shape, "the shape of its input")
-            gradient = self._call("Conv3x3", "backprop", gradient, self.lr)
-            if gradient is not None:
-                gradient = self._checked("Conv3x3", "backprop", gradient, x.shape, "the image's shape, or None")
-            after = self.parameters()
-            tensors = {
-                "conv1.out": conv_out[np.newaxis],
-                "pool1.out": pool_out[np.newaxis],
-                "probs": probs[np.newaxis],
-                "loss": np.asarray(loss, dtype=np.float64),
-                "dense1.d_in": d_pool_out[np.newaxis],
-                "pool1.d_in": d_conv_out[np.newaxis],
-            }
-            for name, gradient_name in GRADIENT_OF.items():
-                tensors[gradient_name] = _recovered(before[name], after[name], self.lr)
-        biases = tensors["dense1.d_biases"]
-        # dL/dlogits of a batch of one is the bias gradient; a shape the update changed is left for the comparison.
-        tensors["dense1.d_out"] = biases[np.newaxis].copy() if biases.ndim == 1 else biases.copy()
+        tensors: dict[str, np.ndarray] = {}
         self.missing = {}
-        if isinstance(logits, np.ndarray) and logits.shape == (self.num_classes,):
-            tensors["dense1.out"] = logits[np.newaxis].copy()
-        else:
-            self.missing["dense1.out"] = (
-                f"{self._name('Softmax')} caches no {self._name('Softmax.last_totals')} of shape ({self.num_classes},)"
-            )
-        if gradient is None:
-            self.missing["conv1.d_in"] = f"{self._name('Conv3x3')}.{self._name('Conv3x3.backprop')} returned None"
-        else:
-            tensors["conv1.d_in"] = gradient.reshape(1, height, width, 1)
+        last = len(self.bound) - 1
+        with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
+            out = (image / 255) - 0.5
+            out = out if self.bound[0].image_input else out[..., np.newaxis]
+            inputs = []
+            for index, spec in enumerate(self.spec.layers):
+                inputs.append(out)
+                out = self._forward(index, out)
+                if index == last:
+                    tensors |= self._loss_tensors(index, out, label)
+                else:
+                    tensors[self.spec.name_of(spec.name, "out")] = out[np.newaxis]
+            probs = out
+            gradient = np.zeros(self.spec.num_classes)
+            gradient[label] = -1 / probs[label]
+            for index in reversed(range(len(self.bound))):
+                gradient = self._backprop(index, gradient, inputs[index])
+                if gradient is not None:
+                    tensors[self.spec.name_of(self.spec.layers[index].name, "d_in")] = gradient[np.newaxis]
+            after = self.parameters()
+            for name in before:
+                layer, param = name.split(".")
+                tensors[self.spec.name_of(layer, "d_param", param)] = _recovered(before[name], after[name], self.lr)
+        self._d_logits(tensors)
         return {name: tensors[name] for name in self.spec.tensor_names if name in tensors}
 
     def run_layer(self, feed: LayerFeed) -> dict[str, np.ndarray]:
-        """One tutorial class alone, on the reference's input, output gradient and weights (see
+        """One user layer alone, on the reference's input, output gradient and weights (see
         `parity.lockstep.local`); gradients recovered from its update, then its own weights put back."""
+        index = next(i for i, spec in enumerate(self.spec.layers) if spec.name == feed.layer.name)
+        layer, spec = self.bound[index], self.spec.layers[index]
         own = self.parameters()
-        names = {param: f"{feed.layer.name}.{param}" for param in feed.params}
+        names = {param: f"{spec.name}.{param}" for param in feed.params}
+        tensors: dict[str, np.ndarray] = {}
         try:
             self.load_parameters({**own, **{names[param]: value for param, value in feed.params.items()}})
             with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
-                tensors = getattr(self, f"_alone_{feed.layer.kind}")(feed)
-            after = self.parameters()
-            for param, name in names.items():
-                tensors[f"{feed.layer.name}.d_{param}"] = _recovered(feed.params[param], after[name], self.lr)
+                x = feed.inputs[0]
+                x = x[..., 0] if index == 0 and layer.image_input else x.reshape(spec.in_shape)
+                out = self._forward(index, x)
+                if index == len(self.bound) - 1:
+                    label = int(feed.labels[0])
+                    tensors |= self._loss_tensors(index, out, label)
+                    gradient = np.zeros(self.spec.num_classes)
+                    gradient[label] = -1 / out[label]  # as train() starts backprop: from the layer's own probabilities
+                else:
+                    tensors[self.spec.name_of(spec.name, "out")] = out[np.newaxis]
+                    gradient = feed.d_out[0].reshape(spec.out_shape)
+                d_in = self._backprop(index, gradient, x)
+                if d_in is not None:
+                    tensors[self.spec.name_of(spec.name, "d_in")] = d_in[np.newaxis]
+                after = self.parameters()
+                for param, name in names.items():
+                    gradient_name = self.spec.name_of(spec.name, "d_param", param)
+                    tensors[gradient_name] = _recovered(feed.params[param], after[name], self.lr)
         finally:
             self.load_parameters(own)
-        if feed.layer.kind == "dense" and tensors["dense1.d_biases"].ndim == 1:
-            tensors["dense1.d_out"] = tensors["dense1.d_biases"][np.newaxis].copy()
-        return tensors
-
-    def _alone_conv(self, feed: LayerFeed) -> dict[str, np.ndarray]:
-        x = feed.inputs[0, :, :, 0]
-        shape = (x.shape[0] - 2, x.shape[1] - 2, self.num_filters)
-        out = self._checked("Conv3x3", "forward", self._call("Conv3x3", "forward", x), shape, "HWC")
-        gradient = self._call("Conv3x3", "backprop", feed.d_out[0], self.lr)
-        tensors = {"conv1.out": out[np.newaxis]}
-        if gradient is not None:
-            gradient = self._checked("Conv3x3", "backprop", gradient, x.shape, "the image's shape, or None")
-            tensors["conv1.d_in"] = gradient.reshape(1, *x.shape, 1)
-        return tensors
-
-    def _alone_pool(self, feed: LayerFeed) -> dict[str, np.ndarray]:
-        x = feed.inputs[0]
-        shape = (x.shape[0] // 2, x.shape[1] // 2, x.shape[2])
-        out = self._checked("MaxPool2", "forward", self._call("MaxPool2", "forward", x), shape, "HWC")
-        gradient = self._call("MaxPool2", "backprop", feed.d_out[0])
-        d_in = self._checked("MaxPool2", "backprop", gradient, x.shape, "the shape of its input")
-        return {"pool1.out": out[np.newaxis], "pool1.d_in": d_in[np.newaxis]}
-
-    def _alone_dense(self, feed: LayerFeed) -> dict[str, np.ndarray]:
-        x, label = feed.inputs[0], int(feed.labels[0])
-        out = self._call("Softmax", "forward", x)
-        probs = self._checked("Softmax", "forward", out, (self.num_classes,), "(nodes,)")
-        logits = getattr(self.softmax, self._name("Softmax.last_totals"), None)
-        gradient = np.zeros(self.num_classes)
-        gradient[label] = -1 / probs[label]  # as train() starts backprop: from the layer's own probabilities
-        d_in = self._checked(
-            "Softmax", "backprop", self._call("Softmax", "backprop", gradient, self.lr), x.shape, "its input's shape"
-        )
-        tensors = {
-            "probs": probs[np.newaxis],
-            "loss": np.asarray(-np.log(probs[label])),
-            "dense1.d_in": d_in[np.newaxis],
-        }
-        if isinstance(logits, np.ndarray) and logits.shape == (self.num_classes,):
-            tensors["dense1.out"] = logits[np.newaxis].copy()
+        self._d_logits(tensors)
         return tensors
 
     def update(self, lr: float) -> None:
@@ -248,101 +151,156 @@ class TutorialSide:
             raise ValueError(f"lr {lr} differs from the lr {self.lr} this side passes to backprop")
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Copies of the live parameters, under the spec's names."""
-        return {
-            name: _copy(getattr(self.layers[layer], self._name(f"{layer}.{attribute}")))
-            for name, (layer, attribute) in PARAMETER_ATTRIBUTES.items()
-        }
+        """Copies of the live parameters, under the spec's names, in scratch layouts."""
+        params = {}
+        for (layer, spec), obj in zip(self._pairs(), self.objects, strict=True):
+            for binding in layer.params:
+                value = getattr(obj, binding.attribute)
+                if np.shape(value) == binding.shape:
+                    value = binding.to_scratch(value)
+                params[f"{spec.name}.{binding.param}"] = np.array(value, dtype=np.float64, copy=True)
+        return params
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
-        """Set each parameter attribute to a copy of `params[name]` (spec names)."""
-        for name, (layer, attribute) in PARAMETER_ATTRIBUTES.items():
-            setattr(self.layers[layer], self._name(f"{layer}.{attribute}"), np.array(params[name], copy=True))
+        """Set each parameter attribute from `params[name]` (spec names, scratch layouts), in the user's layout."""
+        for (layer, spec), obj in zip(self._pairs(), self.objects, strict=True):
+            for binding in layer.params:
+                value = binding.to_user(params[f"{spec.name}.{binding.param}"])
+                setattr(obj, binding.attribute, np.array(value, dtype=np.float64, copy=True))
 
     # --- provenance, for reports ----------------------------------------------------------------------
 
     def origin(self, tensor: str) -> str:
         """The user's class and member a tensor comes out of, in the user's names: `MaxPool2.backprop`."""
-        key = ORIGIN[tensor]
-        return f"{self._name(key.split('.')[0])}.{self._name(key)}"
+        info = self.spec.tensor(tensor)
+        layer = self.bound[self._index(self.spec.judged_at(tensor))]
+        if info.role == "out" and info.layer == self.spec.layers[-1].name and layer.logits:
+            return f"{layer.cls_name}.{layer.logits}"
+        method = layer.methods.forward if info.phase == "forward" else layer.methods.backprop
+        return f"{layer.cls_name}.{method}"
 
     def provenance(self) -> dict[str, str]:
         """How each tensor was obtained from the implementation (or why it was not), in spec order."""
-        c, p, s = (self._name(layer) for layer in ("Conv3x3", "MaxPool2", "Softmax"))
-        how = {
-            "conv1.out": f"{self.origin('conv1.out')} return value",
-            "pool1.out": f"{self.origin('pool1.out')} return value",
-            "dense1.out": f"{self.origin('dense1.out')} (cached by forward)",
-            "probs": f"{self.origin('probs')} return value",
-            "loss": "-log(probs[label]), as train() computes it",
-            "dense1.d_out": "recovered from the bias update: dL/dlogits = dL/dbiases = (before - after) / lr",
-            "dense1.d_weights": f"recovered from the update of {s}.{self._name('Softmax.weights')}: "
-            "(before - after) / lr",
-            "dense1.d_biases": f"recovered from the update of {s}.{self._name('Softmax.biases')}: "
-            "(before - after) / lr",
-            "dense1.d_in": f"{s}.{self._name('Softmax.backprop')} return value",
-            "pool1.d_in": f"{p}.{self._name('MaxPool2.backprop')} return value",
-            "conv1.d_filters": f"recovered from the update of {c}.{self._name('Conv3x3.filters')}: "
-            "(before - after) / lr",
-            "conv1.d_in": f"{c}.{self._name('Conv3x3.backprop')} return value (dL/d normalised image)",
-        }
+        how = {}
+        last = self.spec.layers[-1].name
+        for info in self.spec.tensors:
+            layer = self.bound[self._index(self.spec.judged_at(info.name))]
+            if info.role == "param":
+                continue
+            if info.role == "loss":
+                how[info.name] = "-log(probs[label]), as train() computes it"
+            elif info.role == "d_out":
+                how[info.name] = "recovered from the bias update: dL/dlogits = dL/dbiases = (before - after) / lr"
+            elif info.role == "d_param":
+                attribute = next(b.attribute for b in layer.params if b.param == info.param)
+                how[info.name] = f"recovered from the update of {layer.cls_name}.{attribute}: (before - after) / lr"
+            elif info.role == "out" and info.layer == last:
+                how[info.name] = f"{self.origin(info.name)} (cached by forward)"
+            else:
+                how[info.name] = f"{self.origin(info.name)} return value"
         for name, why in self.missing.items():
             how[name] = f"not compared: {why}"
-        return {name: how[name] for name in self.spec.tensor_names if name in how}
+        return how
 
-    # --- helpers ----------------------------------------------------------------------------------------
+    @property
+    def recovered(self) -> tuple[str, ...]:
+        """The tensors read off the in-place update rather than seen (a wrong update rule shows there too)."""
+        last = self.spec.layers[-1].name
+        return tuple(
+            info.name
+            for info in self.spec.tensors
+            if info.role == "d_param" or (info.role == "d_out" and info.layer == last)
+        )
 
-    def _name(self, key: str) -> str:
-        return self.impl.mapping.name(key)
+    # --- one layer's calls -------------------------------------------------------------------------------
 
-    def _construct(self, layer: str, *args: int):
-        cls = self.impl.classes[layer]
-        call = f"{cls.__name__}({', '.join(map(str, args))})"
-        try:
-            return cls(*args)
-        except Exception as error:  # the user's constructor is arbitrary code
-            raise ImplError(
-                f"{self.impl.label}: {call} raised {_one_line(error)} (constructed as in the tutorial)"
-            ) from None
+    def _index(self, layer_name: str) -> int:
+        return next(i for i, spec in enumerate(self.spec.layers) if spec.name == layer_name)
 
-    def _check_parameter(self, name: str, layer: str, attribute: str, want: np.ndarray) -> None:
-        instance = self.layers[layer]
-        attr = self._name(f"{layer}.{attribute}")
-        cls = type(instance).__name__
-        if not hasattr(instance, attr):
-            raise ImplError(
-                f"{self.impl.label}: {cls} has no attribute {attr} after construction "
-                f"(the tutorial keeps it there); pass --map {layer}.{attribute}=NAME if yours is named differently"
+    def _forward(self, index: int, x: np.ndarray) -> np.ndarray:
+        layer, spec = self.bound[index], self.spec.layers[index]
+        value = self._call(index, layer.methods.forward, x)
+        if index == len(self.bound) - 1:
+            return self._checked(
+                index, layer.methods.forward, value, (self.spec.num_classes,), "(nodes,) probabilities"
             )
-        got = getattr(instance, attr)
-        shape = getattr(got, "shape", None)
-        if shape != want.shape:
-            raise ImplError(
-                f"{self.impl.label}: {cls}.{attr} has shape {shape}, expected {want.shape} as in the tutorial "
-                f"({LAYOUTS[name]})"
-            )
+        return self._checked(index, layer.methods.forward, value, spec.out_shape, _layout_text(spec.out_shape))
 
-    def _checked(self, layer: str, method: str, value, shape: tuple[int, ...], layout: str) -> np.ndarray:
-        """A private copy of a returned array, which must have the tutorial's shape (else ImplCrash)."""
-        name = self._name(f"{layer}.{method}")
+    def _backprop(self, index: int, gradient: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+        """The layer's input gradient in the spec's input shape (None when the first layer returns None)."""
+        layer, spec = self.bound[index], self.spec.layers[index]
+        args = (gradient, self.lr) if layer.methods.backprop_takes_lr else (gradient,)
+        value = self._call(index, layer.methods.backprop, *args)
+        if value is None and index == 0:
+            self.missing[self.spec.name_of(spec.name, "d_in")] = (
+                f"{layer.cls_name}.{layer.methods.backprop} returned None"
+            )
+            return None
+        array = self._checked(index, layer.methods.backprop, value, None, "")
+        if array.shape != x.shape and array.size != x.size:
+            raise ImplCrash(
+                layer.cls_name,
+                layer.methods.backprop,
+                f"returned shape {array.shape}, expected {x.shape}: the shape of its input",
+                spec.name,
+            )
+        return array.reshape(spec.in_shape)
+
+    def _loss_tensors(self, index: int, probs: np.ndarray, label: int) -> dict[str, np.ndarray]:
+        layer, spec = self.bound[index], self.spec.layers[index]
+        tensors = {"probs": probs[np.newaxis], "loss": np.asarray(-np.log(probs[label]), dtype=np.float64)}
+        logits = getattr(self.objects[index], layer.logits, None) if layer.logits else None
+        name = self.spec.name_of(spec.name, "out")
+        if isinstance(logits, np.ndarray) and logits.shape == probs.shape:
+            tensors[name] = np.array(logits, dtype=np.float64)[np.newaxis]
+        else:
+            cached = f"no {layer.logits} of shape {probs.shape}" if layer.logits else "no logits the check could find"
+            self.missing[name] = f"{layer.cls_name} caches {cached}"
+        return tensors
+
+    def _d_logits(self, tensors: dict[str, np.ndarray]) -> None:
+        """dL/dlogits of a batch of one is the last layer's bias gradient; a shape the update changed is left for
+        the comparison."""
+        last = self.spec.layers[-1].name
+        biases = tensors.get(self.spec.name_of(last, "d_param", "biases"))
+        if biases is not None:
+            tensors[self.spec.name_of(last, "d_out")] = biases[np.newaxis].copy() if biases.ndim == 1 else biases.copy()
+
+    def _call(self, index: int, method: str, *args):
+        layer = self.bound[index]
+        function = getattr(self.objects[index], method)
+        return guarded(layer.cls_name, method, self.spec.layers[index].name, function, *args, timeout=self.arch.timeout)
+
+    def _checked(self, index: int, method: str, value, shape: tuple[int, ...] | None, layout: str) -> np.ndarray:
+        """A private float64 copy of a returned array, which must have `shape` when given (else ImplCrash)."""
+        layer, name = self.bound[index], self.spec.layers[index].name
         if value is None:
-            raise ImplCrash(layer, name, f"returned None, expected an array of shape {shape}: {layout}")
-        array = _copy(value)
-        if array.shape != shape:
-            raise ImplCrash(layer, name, f"returned shape {array.shape}, expected {shape}: {layout}")
+            raise ImplCrash(layer.cls_name, method, f"returned None, expected an array of shape {shape}", name)
+        try:
+            array = np.array(value, dtype=np.float64, copy=True)
+        except (TypeError, ValueError) as error:
+            raise ImplCrash(
+                layer.cls_name, method, f"returned {type(value).__name__}, not an array: {error}", name
+            ) from None
+        if shape is not None and array.shape != shape:
+            raise ImplCrash(layer.cls_name, method, f"returned shape {array.shape}, expected {shape}: {layout}", name)
         return array
 
-    def _call(self, layer: str, method: str, *args):
-        name = self._name(f"{layer}.{method}")
-        try:
-            return getattr(self.layers[layer], name)(*args)
-        except Exception as error:  # the user's code is arbitrary code
-            raise ImplCrash(layer, name, f"raised {_one_line(error)}") from error
+
+TutorialSide = ImplSide  # the name this side had when it drove only the tutorial's three classes
 
 
-def _copy(value) -> np.ndarray:
-    """A private copy of what the user's code returned (it may keep and later change its own arrays)."""
-    return np.array(value, copy=True)
+def _check_attribute(arch: Architecture, layer: BoundLayer, obj, binding: ParamBinding) -> None:
+    value = getattr(obj, binding.attribute, None)
+    if np.shape(value) != binding.shape:
+        raise ImplError(
+            f"{arch.impl.label}: {layer.cls_name}.{binding.attribute} has shape {np.shape(value)} in a fresh "
+            f"{layer.call.text()}, but {binding.shape} when the architecture was read; construct it the same way"
+        )
+
+
+def _layout_text(shape: tuple[int, ...]) -> str:
+    return "HWC (height, width, channels)" if len(shape) == 3 else "(nodes,)"
 
 
 def _recovered(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndarray:
@@ -350,8 +308,3 @@ def _recovered(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndarray:
     if before.shape != after.shape:
         return after  # the update changed the shape; the comparison reports the shape mismatch
     return (before - after) / lr
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

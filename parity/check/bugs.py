@@ -1,26 +1,37 @@
-"""Realistic bugs for the self-test, each a small patch over the correct tutorial-interface code in
-parity/check/examples/fixed_cnn.
+"""Realistic bugs for the self-test, each a small patch over a correct implementation: the tutorial's three
+classes in parity/check/examples/fixed_cnn, and a two-conv network in parity/check/examples/two_conv_cnn
+(`TWO_CONV_LAYERS`: a 5x5 conv on the image, ReLU, pool, a 5x5 conv on 8 channels with (F, C, K, K) filters,
+ReLU, pool, the tutorial's Softmax).
 
-A patch is a mixin class that overrides one or two methods of one tutorial class (the line that differs from the
-correct code is marked `# BUG:`); `with_bug` puts it in front of that class. Each bug says which spec layer holds
-the mistake (`conv1` is `Conv3x3`, `pool1` is `MaxPool2`, `dense1` is `Softmax`'s dense part and `loss` its
-softmax, see `parity.check.adapter`) and what a real person would have done to make it; the self-test passes when
-`cnn-parity check` catches every one and blames that layer. Some are loud (a flipped kernel breaks the forward pass at
-step 0), some are invisible in the loss (the conv's input gradient is never used to train anything), and two
-only show under an edge probe (an unshifted softmax, an odd-size pool edge).
+A patch is a mixin class that overrides one or two methods of one class (the line that differs from the correct
+code is marked `# BUG:`); `with_bug` puts it in front of that class. Each bug says which spec layer the check must
+blame first (`conv1` is `Conv3x3`, `pool1` is `MaxPool2`, `dense1` is `Softmax`'s dense part and `loss` its
+softmax; in the two-conv network, a class used twice is blamed at its later layer, which backprop reaches first)
+and what a real person would have done to make it; the self-test passes when `cnn-parity check` catches every one
+and blames that layer. Some are loud (a flipped kernel breaks the forward pass at step 0), some are invisible in the
+loss (the conv's input gradient is never used to train anything), and two only show under an edge probe (an
+unshifted softmax, an odd-size pool edge).
 
-The patches use the correct implementation's helpers (`Conv3x3.regions`, `MaxPool2.windows`/`max_position`,
-`Softmax.totals_gradient`/`last_probs`), so they apply to parity/check/examples/fixed_cnn, not to arbitrary code.
+The patches use the correct implementations' helpers (`Conv3x3.regions`, `MaxPool2.windows`/`max_position`,
+`Softmax.totals_gradient`/`last_probs`, `ConvDeep.regions`/`input_gradient`), so they apply to those examples, not
+to arbitrary code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from parity.check.adapter import TUTORIAL_CLASS
-from parity.check.loader import TutorialImpl
+from parity.check.loader import Impl
+
+# The tutorial class that implements each spec layer of `conv3x8,pool2,dense10` (its Softmax computes the loss's
+# softmax too).
+TUTORIAL_CLASS = {"conv1": "Conv3x3", "pool1": "MaxPool2", "dense1": "Softmax", "loss": "Softmax"}
+
+
+TUTORIAL, TWO_CONV = "tutorial", "two-conv"  # the correct implementations the bugs patch
+TWO_CONV_LAYERS = "ConvFirst(8),ReLU(),MaxPool2(),ConvDeep(16,8),ReLU(),MaxPool2(),Softmax(256,10)"
 
 
 @dataclass(frozen=True)
@@ -28,23 +39,23 @@ class Bug:
     """One injected bug: where it is, what a person did to write it, and the patch."""
 
     name: str
-    layer: str  # "conv1", "pool1", "dense1" or "loss": the spec layer whose code is wrong (and the check must blame)
+    layer: str  # the spec layer the check must blame: the one whose code is wrong (`conv1`, ..., `loss`)
     mistake: str  # one sentence: what a real person would have done wrong
     patch: type  # a mixin overriding methods of the correct class that implements that layer
+    base: str = TUTORIAL  # which correct implementation it patches
+    in_class: str = ""  # the class the patch goes in front of (default: the tutorial class of `layer`)
 
     @property
     def cls(self) -> str:
-        """The tutorial class the patch goes in front of: `Conv3x3`, `MaxPool2` or `Softmax`."""
-        return TUTORIAL_CLASS[self.layer]
+        """The class the patch goes in front of: `Conv3x3`, `MaxPool2`, `Softmax`, `ConvDeep`, ..."""
+        return self.in_class or TUTORIAL_CLASS[self.layer]
 
 
-def with_bug(base: TutorialImpl, bug: Bug) -> TutorialImpl:
+def with_bug(base: Impl, bug: Bug) -> Impl:
     """`base` with `bug.patch` in front of the class that implements `bug.layer`."""
     correct = base.classes[bug.cls]
     buggy = type(f"{correct.__name__}_{bug.name.replace('-', '_')}", (bug.patch, correct), {})
-    return TutorialImpl(
-        {**base.classes, bug.cls: buggy}, f"{base.label} + {bug.name}", dict(base.sources), base.mapping
-    )
+    return replace(base, classes={**base.classes, bug.cls: buggy}, label=f"{base.label} + {bug.name}")
 
 
 # --- Conv3x3 (conv1) --------------------------------------------------------------------------------------------------
@@ -232,7 +243,111 @@ class _UnshiftedExp:
         return self.last_probs
 
 
-BUGS: tuple[Bug, ...] = (
+# --- the two-conv network (parity/check/examples/two_conv_cnn) ----------------------------------------------------
+
+
+class _DeepFiltersReadChannelsLast:
+    def forward(self, input):
+        self.last_input = input
+        f, c, k, _ = self.filters.shape
+        # BUG: the (F, C, K, K) filters reshaped as if they were (F, K, K, C), as in the tutorial-style code it came
+        # from; the shapes still fit when C is reshaped in, so nothing complains.
+        filters = self.filters.reshape(f, k, k, c).transpose(0, 3, 1, 2)
+        return np.einsum("ijckl,fckl->ijf", self.regions(input), filters)
+
+
+class _DeepInputGradientFirstChannel:
+    def input_gradient(self, d_L_d_out):
+        out_h, out_w, _ = d_L_d_out.shape
+        d_L_d_input = np.zeros(self.last_input.shape)
+        for k in range(5):
+            for l in range(5):
+                # BUG: written for one input channel and never generalised: only channel 0 gets its gradient.
+                d_L_d_input[k : k + out_h, l : l + out_w, 0] += d_L_d_out @ self.filters[:, 0, k, l]
+        return d_L_d_input
+
+
+class _DeepFilterGradientSummedOverChannels:
+    def backprop(self, d_L_d_out, learn_rate):
+        per_channel = np.einsum("ijf,ijckl->fckl", d_L_d_out, self.regions(self.last_input))
+        # BUG: the channels summed as in the forward pass, then broadcast back: every channel gets the same update.
+        d_L_d_filters = np.broadcast_to(per_channel.sum(axis=1, keepdims=True), self.filters.shape)
+        d_L_d_input = self.input_gradient(d_L_d_out)
+        self.filters -= learn_rate * d_L_d_filters
+        return d_L_d_input
+
+
+class _ReluGradientUnmasked:
+    def backprop(self, d_L_d_out):
+        # BUG: "ReLU's derivative is 1" (for positive inputs): the gradient passes through everywhere.
+        return d_L_d_out
+
+
+class _FirstConvFirstWindowOnly:
+    def backprop(self, d_L_d_out, learn_rate):
+        # BUG: a `break` meant for the filter loop ends the region loop: only the first window's share is summed.
+        d_L_d_filters = np.einsum("f,kl->fkl", d_L_d_out[0, 0], self.regions(self.last_input)[0, 0])
+        out_h, out_w, _ = d_L_d_out.shape
+        d_L_d_input = np.zeros(self.last_input.shape)
+        for k in range(5):
+            for l in range(5):
+                d_L_d_input[k : k + out_h, l : l + out_w] += d_L_d_out @ self.filters[:, k, l]
+        self.filters -= learn_rate * d_L_d_filters
+        return d_L_d_input
+
+
+TWO_CONV_BUGS: tuple[Bug, ...] = (
+    Bug(
+        "deep-filters-read-channels-last",
+        "conv2",
+        "reshaped (F, C, K, K) filters as if they were (F, K, K, C)",
+        _DeepFiltersReadChannelsLast,
+        TWO_CONV,
+        "ConvDeep",
+    ),
+    Bug(
+        "deep-input-gradient-one-channel",
+        "conv2",
+        "computed the input gradient for channel 0 only, as the single-channel code did",
+        _DeepInputGradientFirstChannel,
+        TWO_CONV,
+        "ConvDeep",
+    ),
+    Bug(
+        "deep-filter-gradient-channels-summed",
+        "conv2",
+        "summed the filter gradient over channels and gave every channel that sum",
+        _DeepFilterGradientSummedOverChannels,
+        TWO_CONV,
+        "ConvDeep",
+    ),
+    Bug(
+        "relu-gradient-unmasked",
+        "relu2",
+        "passed the gradient through the ReLU everywhere, negative inputs included",
+        _ReluGradientUnmasked,
+        TWO_CONV,
+        "ReLU",
+    ),
+    Bug(
+        "first-conv-first-window-only",
+        "conv1",
+        "broke out of the region loop after the first window",
+        _FirstConvFirstWindowOnly,
+        TWO_CONV,
+        "ConvFirst",
+    ),
+    Bug(
+        "two-conv-pool-last-max",
+        "pool2",
+        "kept the running max with >=, so a tied window routes to its last maximum",
+        _LastMax,
+        TWO_CONV,
+        "MaxPool2",
+    ),
+)
+
+TUTORIAL_BUGS: tuple[Bug, ...] = (
     Bug("flipped-kernel", "conv1", "implemented a textbook convolution, flipping the kernel", _FlippedKernel),
     Bug(
         "lr-applied-twice",
@@ -291,3 +406,5 @@ BUGS: tuple[Bug, ...] = (
     ),
     Bug("softmax-unshifted-exp", "loss", "removed the max-subtraction from the softmax as a no-op", _UnshiftedExp),
 )
+
+BUGS: tuple[Bug, ...] = TUTORIAL_BUGS + TWO_CONV_BUGS

@@ -6,25 +6,48 @@ Nothing here imports torch at module level (the CLI imports every command module
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import time
 from pathlib import Path
 from types import ModuleType
 
-from parity.check.loader import ImplError, Mapping, load_impl
+from parity.check.infer import Architecture, infer_architecture
+from parity.check.layercalls import LayersError, format_layers, parse_layers
+from parity.check.loader import ImplError, Mapping, NamesError, load_impl
 from parity.check.run import (
     DEFAULT_LR,
     DEFAULT_STEPS,
     PROBES,
-    TUTORIAL_SHAPES,
+    SHAPES_BY_ROLE,
     CheckResult,
     RunResult,
     check_impl,
 )
+from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
 from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError, mark_written
 from parity.engine.compare import TensorComparison
 from parity.engine.tables import text_table
 from parity.lockstep.stepper import MODES
 from scratch.argtypes import learning_rate, nonnegative_int, positive_int
+
+DEFAULT_TRAIN_SIZE = 1000  # the report's split: the first 1,000 digits of the seeded shuffle
+# How the tutorial's train() calls the layers, for the message when the code raises before the first step.
+TRAIN_CALLS = (
+    "called as the tutorial's train() calls it: out = layer.forward(out) from image / 255 - 0.5, then "
+    "gradient = layer.backprop(gradient, lr) in reverse (a pool's and a ReLU's backprop(gradient) without lr)"
+)
+
+
+def timeout_seconds(text: str) -> float | None:
+    """argparse type: seconds a layer method may take, > 0; 0 turns the limit off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds (0: no limit), got {text!r}")
+    return None if value == 0 else value
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,19 +56,43 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         "--impl",
         required=True,
         metavar="PATH",
-        help="a directory of .py files, a .py file, or a module name holding Conv3x3, MaxPool2 and Softmax "
-        "(checked as the spec conv3x8,pool2,dense10: conv1, pool1, dense1)",
+        help="a directory of .py files, a .py file, or a module name holding your layer classes (by default the "
+        "tutorial's Conv3x3, MaxPool2 and Softmax; see --layers); the architecture is read from them",
+    )
+    parser.add_argument(
+        "--layers",
+        default=None,
+        metavar="CALLS",
+        help="the layer objects to build, in order, from your classes, e.g. "
+        '"ConvA(8),MaxPool(),ConvB(16,8),MaxPool(),Softmax(4*4*16,10)" (default: the tutorial\'s Conv3x3(8), '
+        "MaxPool2(), Softmax(input_len, 10))",
     )
     parser.add_argument(
         "--map",
         action="append",
         default=[],
         metavar="KEY=NAME",
-        help="your name for a tutorial class, method or attribute, e.g. --map Softmax=Dense "
-        "--map Softmax.weights=W --map Conv3x3.backprop=backward (repeat, or separate with commas)",
+        help="your name for a tutorial class, or for a method or attribute of a class (a tutorial class or one in "
+        "--layers), e.g. --map Softmax=Dense --map Softmax.weights=W --map ConvA.backprop=backward "
+        "(repeat, or separate with commas)",
     )
     parser.add_argument(
         "--steps", type=positive_int, default=DEFAULT_STEPS, help=f"lockstep steps on real MNIST ({DEFAULT_STEPS})"
+    )
+    parser.add_argument(
+        "--train-size",
+        type=positive_int,
+        default=DEFAULT_TRAIN_SIZE,
+        metavar="N",
+        help=f"training digits the steps draw from, in seeded epochs ({DEFAULT_TRAIN_SIZE})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=timeout_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop a layer method that has not returned after SECONDS and report it (exit 1); 0: no limit "
+        f"({DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--seed", type=nonnegative_int, default=0, help="seeds the shared initial weights and the data order (0)"
@@ -80,25 +127,31 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Load, check, print; exit 0 parity, 1 divergence (unusable input raises UsageError: exit 2)."""
-    from scratch.data import check_steps, load_experiment_data
+    """Load, read the architecture, check, print; exit 0 parity, 1 divergence or a hang (unusable input raises
+    UsageError: exit 2)."""
+    from scratch.data import check_steps
 
     check_steps(args.steps, f"--steps {args.steps}")  # a run that cannot end is refused now, not hours later
     try:
-        impl = load_impl(args.impl, Mapping.parse(args.map))
-    except ImplError as error:
+        calls = parse_layers(args.layers) if args.layers is not None else None
+        mapping = Mapping.parse(args.map)
+    except (LayersError, ImplError, ValueError) as error:
         raise UsageError(str(error)) from None
     if args.out is not None:  # --out "" is refused, not taken for "no report"
         from reports.writer import check_destination
 
         check_destination(args.out)  # before the run, not after
+    train = _training_data(args)
+    image_shape = tuple(train.images.shape[1:])
+    started = time.perf_counter()
+    arch = _architecture(args, mapping, calls, image_shape)
+    if arch is None:
+        return EXIT_DIVERGENCE  # a layer method hung while the architecture was read (said on stdout)
     torch = import_torch("check")
     torch.set_num_threads(1)  # batch-size-1 ops: more threads only add synchronisation cost
-    train, _ = load_experiment_data(args.data_dir)
-    started = time.perf_counter()
     try:
         result = check_impl(
-            impl,
+            arch.impl,
             train.images,
             train.labels,
             steps=args.steps,
@@ -108,23 +161,23 @@ def run_check(args: argparse.Namespace) -> int:
             probes=() if args.no_probes else PROBES,
             data_source=train.source,
             tie_policy=args.tie_policy,
+            timeout=args.timeout,
+            arch=arch,
         )
     except ImplError as error:
         raise UsageError(str(error)) from None
-    if result.main.crash is not None and result.main.crash_step == 0:
-        raise UsageError(
-            f"{impl.label}: {result.main.crash} on the first step (called as the tutorial's train() calls it: "
-            "conv.forward(image/255 - 0.5), pool.forward, softmax.forward, then softmax.backprop(gradient, lr), "
-            "pool.backprop(gradient), conv.backprop(gradient, lr))"
-        )
-    div = result.main.record.first_divergence
+    main = result.main
+    if main.crash is not None and main.crash_step == 0 and not main.crash.timed_out:
+        raise UsageError(f"{arch.impl.label}: {main.crash} on the first step ({TRAIN_CALLS})")
+    div = main.record.first_divergence
     if div is not None and div.step == 0 and div.comparison.problem.startswith("shape mismatch"):
         problem = div.comparison.problem.split(";")[0]
+        role = main.record.spec.tensor(div.tensor).role
         raise UsageError(
-            f"{impl.label}: wrong shape on the first step: {div.tensor} ({div.layer}, from "
-            f"{result.main.origins.get(div.tensor, div.layer)}) "
+            f"{arch.impl.label}: wrong shape on the first step: {div.tensor} ({div.layer}, from "
+            f"{main.origins.get(div.tensor, div.layer)}) "
             f"{problem.replace('scratch', 'yours', 1).replace('reference', 'the twin', 1)}; "
-            f"the tutorial's interface gives {TUTORIAL_SHAPES.get(div.tensor, 'the reference shape')}"
+            f"the tutorial's interface gives {SHAPES_BY_ROLE.get(role, 'the reference shape')}"
         )
     print(render(result, time.perf_counter() - started))
     if args.out is not None:
@@ -134,20 +187,62 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_PARITY if result.passed else EXIT_DIVERGENCE
 
 
+def _training_data(args: argparse.Namespace):
+    """The first --train-size digits of the report's seeded split; a request beyond the data names the option."""
+    from scratch.data import DataError, load_experiment_data, load_idx_dir, load_mnist_5k
+
+    held_out = 1000  # the report's test split, kept apart so the training digits are the report's
+    try:
+        train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=held_out)
+    except DataError as error:
+        try:
+            available = (
+                len(load_mnist_5k()) - held_out if args.data_dir is None else len(load_idx_dir(args.data_dir, "train"))
+            )
+        except (DataError, OSError):
+            raise UsageError(str(error)) from None
+        if args.train_size <= available:
+            raise UsageError(str(error)) from None
+        raise UsageError(
+            f"--train-size {args.train_size}: the data hold {available:,} training digits (besides the {held_out:,} "
+            f"the report tests on); pass --train-size {available} or fewer"
+        ) from None
+    return train
+
+
+def _architecture(args, mapping: Mapping, calls, image_shape) -> Architecture | None:
+    """The implementation read as a network; UsageError for what does not fit, None (after saying so) for a hang."""
+    try:
+        impl = load_impl(args.impl, mapping, calls)
+        return infer_architecture(impl, image_shape, timeout=args.timeout)
+    except NamesError as error:
+        from parity.check.suggest import names_message
+
+        command = _rerun_command(args)
+        raise UsageError(names_message(error, args.impl, mapping, calls, image_shape, command, args.timeout)) from None
+    except ImplError as error:
+        raise UsageError(str(error)) from None
+    except ImplCrash as crash:
+        if not crash.timed_out:
+            raise UsageError(f"{args.impl}: {crash} when first called ({TRAIN_CALLS})") from None
+        print(f"cnn-parity check {args.impl}")
+        print(
+            f"HUNG before the first step: {crash.where} ({crash.layer}) {crash.detail} on a probe input while the "
+            f"architecture was read; pass --timeout SECONDS to allow longer (exit 1)"
+        )
+        return None
+
+
 def render(result: CheckResult, seconds: float | None = None) -> str:
-    """The terminal summary: what was driven, the main run's first divergence, the probe table, the verdict."""
-    impl, main = result.impl, result.main
+    """The terminal summary: what was inferred and driven, the main run, each layer, the probes, the verdict."""
+    impl, main, arch = result.impl, result.main, result.arch
     seen = [n for n, how in main.provenance.items() if "return value" in how or "cached" in how]
     recovered = [n for n, how in main.provenance.items() if how.startswith("recovered")]
     missing = {n: how for n, how in main.provenance.items() if how.startswith("not compared")}
-    lines = [
-        f"cnn-parity check {impl.label}",
-        f"  classes:   {impl.describe()}"
-        + (f"; names mapped: {impl.mapping.describe()}" if impl.mapping.names else ""),
-        f"  checked as {main.record.spec.text}: Conv3x3 is conv1, MaxPool2 pool1, Softmax dense1 and the loss's "
-        "softmax; tensors carry a batch axis of 1",
+    lines = [f"cnn-parity check {impl.label}", *header_lines(arch)]
+    lines += [
         f"  driven as the tutorial's train(): lr {main.lr:g}, float64, {result.mode}-running, weights from seed "
-        f"{result.seed} shared with the PyTorch twin",
+        f"{result.seed} shared with the PyTorch twin; tensors carry a batch axis of 1",
         f"  data:      {main.steps_planned} steps of {result.data_source or 'real MNIST'}",
         f"  seen:      {', '.join(seen)}; loss as -log(probs[label])",
         f"  recovered: {', '.join(recovered)} from the in-place SGD update, (before - after) / lr "
@@ -175,8 +270,29 @@ def render(result: CheckResult, seconds: float | None = None) -> str:
         for probe in result.probes:
             if not probe.passed:
                 lines.append(f"  - {probe.name}: {probe.explanation()}")
+            elif probe.skipped:
+                lines.append(f"  - {probe.name}: skipped: {probe.skipped}")
     lines += ["", verdict_line(result) + (f" [{seconds:.1f} s]" if seconds is not None else "")]
     return "\n".join(lines)
+
+
+def header_lines(arch: Architecture) -> list[str]:
+    """The first lines of the output: the classes, the layers built, the spec read from them and how, per layer."""
+    impl = arch.impl
+    built = "from --layers" if impl.calls is not None else "the tutorial's, sized from the code"
+    lines = [
+        f"  classes:   {impl.describe()}"
+        + (f"; names mapped: {impl.mapping.describe()}" if impl.mapping.names else ""),
+        f"  layers:    {format_layers(arch.calls)} ({built})",
+        f"  inferred:  {arch.spec.text} on {'x'.join(map(str, arch.spec.image_shape))} images:",
+    ]
+    width = max(len(row["layer"]) for row in arch.rows())
+    objects = max(len(row["object"]) for row in arch.rows())
+    for row in arch.rows():
+        lines.append(f"    {row['layer']:<{width}}  {row['object']:<{objects}}  {row['inferred']}")
+    for choice in arch.found:
+        lines.append(f"  found:     {choice.text()}")
+    return lines
 
 
 def _run_headline(label: str, run: RunResult) -> str:
@@ -186,7 +302,7 @@ def _run_headline(label: str, run: RunResult) -> str:
             f"(worst step used {100 * run.record.worst_tolerance_used:.2g}% of it)"
         )
     if run.record.first_divergence is None:
-        return f"{label}: CRASHED at step {run.crash_step} of {run.steps_planned}"
+        return f"{label}: {run.verdict} at step {run.crash_step} of {run.steps_planned}: {run.crash_text()}"
     div = run.record.first_divergence
     origin = f" from {run.origins[div.tensor]}" if div.tensor in run.origins else ""
     return (
@@ -216,7 +332,7 @@ def probe_table(probes: list[RunResult]) -> str:
         if not probe.passed:
             step = probe.failure_step
             where = f"{probe.layer} {probe.tensor}" if probe.tensor else probe.layer
-            first = f"step {step}, {where}: {probe.cause()}"
+            first = f"step {step}, {where}: {probe.cause()}" if probe.tensor else probe.cause()
         rows.append(
             {
                 "probe": probe.name,
@@ -232,20 +348,28 @@ def probe_table(probes: list[RunResult]) -> str:
 def verdict_line(result: CheckResult) -> str:
     """`PARITY (exit 0)` or `DIVERGENCE: ... (exit 1)`."""
     if result.passed:
-        probes = f" and {len(result.probes)} edge probes" if result.probes else ""
-        return f"PARITY: the main run{probes} agree with PyTorch tensor by tensor (exit 0)"
+        ran = [probe for probe in result.probes if not probe.skipped]
+        skipped = len(result.probes) - len(ran)
+        probes = f" and {len(ran)} edge probe{'s' if len(ran) != 1 else ''}" if ran else ""
+        note = f" ({skipped} probe skipped)" if skipped else ""
+        return f"PARITY: the main run{probes} agree with PyTorch tensor by tensor{note} (exit 0)"
     failing = [run for run in result.runs if not run.passed]
     first = result.first_failure
-    where = f"{first.layer} {first.tensor or ''}".strip()
     names = ", ".join("main run" if run.name == "main" else run.name for run in failing)
     run = "main run" if first.name == "main" else f"{first.name} probe"
+    if first.record.first_divergence is None:  # the code raised or hung
+        what = "HUNG" if first.crash.timed_out else "RAISED"
+        where = f"{first.crash.where} ({first.layer})"
+        return f"{what} in {names}; first: {where} at step {first.failure_step} of the {run} (exit 1)"
+    where = f"{first.layer} {first.tensor or ''}".strip()
     return f"DIVERGENCE in {names}; first: {where} at step {first.failure_step} of the {run} (exit 1)"
 
 
 def write_check_report(result: CheckResult, out_dir: str, command: str, data_source: str = "") -> Path:
-    """The same report.md / report.json as `cnn-parity report`: one ExperimentResult per run."""
+    """The same report.md / report.json as `cnn-parity report` (one ExperimentResult per run), with what was read
+    from the code under the document's `check` key."""
     try:
-        from reports.writer import write_report
+        from reports.writer import build_document, write_document
     except ImportError as error:
         raise UsageError(f"--out needs reports.writer, which is not available ({error})") from None
     from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, progress_lines
@@ -264,13 +388,76 @@ def write_check_report(result: CheckResult, out_dir: str, command: str, data_sou
         )
         results.append(ExperimentResult(config, run.record, progress=progress_lines(run.record.steps, 0)))
     title = f"cnn-parity check: {result.impl.label}"
-    return write_report(out_dir, results, title=title, command=command, data_source=data_source)
+    document = build_document(results, title=title, command=command, data_source=data_source)
+    document["check"] = check_entry(result)
+    return write_document(out_dir, document, results)
+
+
+def check_entry(result: CheckResult) -> dict[str, object]:
+    """report.json's `check`: the layers built, the spec inferred, each layer's binding, and every run's outcome."""
+    arch = result.arch
+    layers = []
+    for row, layer in zip(arch.rows(), arch.layers, strict=True):
+        layers.append(
+            {
+                **row,
+                "kind": layer.kind,
+                "class": layer.cls_name,
+                "forward": layer.methods.forward,
+                "backprop": layer.methods.backprop,
+                "backprop_takes_lr": layer.methods.backprop_takes_lr,
+                "takes_2d_image": layer.image_input,
+                "logits": layer.logits,
+                "params": {
+                    b.param: {"attribute": b.attribute, "shape": list(b.shape), "layout": b.layout}
+                    for b in layer.params
+                },
+            }
+        )
+    return {
+        "implementation": result.impl.label,
+        "layers_option": format_layers(result.impl.calls) if result.impl.calls is not None else None,
+        "mapping": dict(result.impl.mapping.names),
+        "architecture": arch.spec.text,
+        "image_shape": list(arch.spec.image_shape),
+        "layers": layers,
+        "found": [{"class": c.role, "member": c.member, "chosen": c.chosen, "reason": c.reason} for c in arch.found],
+        "runs": [
+            {
+                "name": run.name,
+                "verdict": run.verdict,
+                "skipped": run.skipped,
+                "crash": None
+                if run.crash is None
+                else {
+                    "class": run.crash.cls,
+                    "method": run.crash.method,
+                    "layer": run.crash.layer,
+                    "step": run.crash_step,
+                    "timed_out": run.crash.timed_out,
+                    "text": run.crash.detail,
+                },
+            }
+            for run in result.runs
+        ],
+    }
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    parts = ["cnn-parity check", f"--impl {args.impl}", *(f"--map {m}" for m in args.map)]
+    parts = [_rerun_command(args)]
+    if args.layers is not None:
+        parts.append(f"--layers {shlex.quote(args.layers)}")
+    parts += [f"--map {m}" for m in args.map]
+    return " ".join(parts + [f"--out {args.out}"])
+
+
+def _rerun_command(args: argparse.Namespace) -> str:
+    """The command line as given, without --layers, --map and --out (which a suggestion replaces)."""
+    parts = ["cnn-parity check", f"--impl {shlex.quote(args.impl)}"]
     for option, default in (
         ("steps", DEFAULT_STEPS),
+        ("train_size", DEFAULT_TRAIN_SIZE),
+        ("timeout", DEFAULT_TIMEOUT),
         ("seed", 0),
         ("lr", DEFAULT_LR),
         ("mode", "free"),
@@ -279,10 +466,10 @@ def _command_line(args: argparse.Namespace) -> str:
     ):
         value = getattr(args, option)
         if value != default:
-            parts.append(f"--{option.replace('_', '-')} {value}")
+            parts.append(f"--{option.replace('_', '-')} {0 if value is None else value}")
     if args.no_probes:
         parts.append("--no-probes")
-    return " ".join(parts + [f"--out {args.out}"])
+    return " ".join(parts)
 
 
 def import_torch(command: str) -> ModuleType:

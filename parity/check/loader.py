@@ -1,26 +1,46 @@
-"""Finding a user's tutorial-interface classes: a directory of `.py` files, one `.py` file, or a module name.
+"""Finding a user's layer classes: a directory of `.py` files, one `.py` file, or a module name.
 
-A directory is scanned with `ast` first and only the files that define a wanted class are imported, so a
-training script beside the layers (the tutorial's `cnn.py` trains on import) is never run. Every way this can
-fail raises `ImplError` with one line that says what was wrong and what to do.
+Two ways to say which classes make the network:
+- the tutorial's trio (the default): `Conv3x3`, `MaxPool2`, `Softmax`, under the user's names when `--map` gives
+  them, or the only class that looks like each (`conv3x3`, `MaxPool2x2`: the one conv-like, the one pool-like);
+- `--layers "ConvA(8),MaxPool(),ConvB(16,8),MaxPool(),Softmax(256,10)"`: the classes to construct, in order.
+
+A directory is scanned with `ast` first (`parity.check.catalogue`) and only the files that define a wanted class
+are imported, so a training script beside the layers (the tutorial's `cnn.py` trains on import) is never run.
+Every way this can fail raises `ImplError` with what was wrong and what to do; names that do not match raise
+`NamesError`, which carries each mismatch as data (`Missing`) for `parity.check.suggest` to propose the options.
 """
 
 from __future__ import annotations
 
-import ast
+import difflib
 import importlib
 import importlib.util
 import itertools
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parity.check.catalogue import Catalogue, ClassInfo, scan_files, scan_module
+from parity.check.layercalls import LayerCall, format_layers
+from parity.check.usercode import one_line
+
 LAYERS = ("Conv3x3", "MaxPool2", "Softmax")
+ROLE_KIND = {"Conv3x3": "conv", "MaxPool2": "pool", "Softmax": "dense"}
+# How a class that plays each tutorial role is recognised by its name when it is not called as in the tutorial.
+KIND_WORDS = {
+    "conv": re.compile(r"conv", re.IGNORECASE),
+    "pool": re.compile(r"pool", re.IGNORECASE),
+    "dense": re.compile(r"softmax|dense|fc|linear|full|affine|classif", re.IGNORECASE),
+}
 METHODS = ("forward", "backprop")
+MEMBERS = ("forward", "backprop", "filters", "biases", "weights", "last_totals")
 # The tutorial's attribute names: parameters, and the cached logits (`last_totals`) read when present.
 ATTRIBUTES = {"Conv3x3": ("filters",), "MaxPool2": (), "Softmax": ("weights", "biases", "last_totals")}
-MAPPING_KEYS = LAYERS + tuple(f"{layer}.{name}" for layer in LAYERS for name in METHODS + ATTRIBUTES[layer])
+# What `--map` may name for each tutorial class: its attributes, and a conv bias when there is one.
+ATTRIBUTES_OF = {**ATTRIBUTES, "Conv3x3": ("filters", "biases")}
 _counter = itertools.count()
 
 
@@ -29,8 +49,66 @@ class ImplError(ValueError):
 
 
 @dataclass(frozen=True)
+class Missing:
+    """One name the check looked for and did not find (or found more than once), with the nearest real names."""
+
+    what: str  # "class", "method", "attribute" or "arguments" (a constructor the given arguments do not fit)
+    role: str  # the tutorial class or --layers class it belongs to: `Conv3x3`, `ConvA`
+    member: str  # `forward`, `backprop`, `filters`, ... ("" for a class or its arguments)
+    wanted: str  # the name looked for
+    candidates: tuple[str, ...] = ()  # the nearest real names, best first
+    detail: str = ""  # what the class has, or why no single candidate could be chosen
+    owner: str = ""  # the user's name of the class it belongs to, when that is not `role`
+    index: int | None = None  # "arguments": the position of the call in the layer sequence
+    corrected: LayerCall | None = None  # "arguments": the call with arguments that fit, when one argument is off
+
+    @property
+    def key(self) -> str:
+        """The `--map` key that names it: `Conv3x3`, `Softmax.weights`."""
+        return f"{self.role}.{self.member}" if self.member else self.role
+
+    def sentence(self) -> str:
+        """`no method MaxPool2x2.forward (methods: feedForward(image), getRegions(image), backprop(gradient))`."""
+        if self.what == "arguments":
+            return f"{self.wanted}: {self.detail}"
+        owner = self.wanted if self.what == "class" else f"{self.owner or self.role}.{self.wanted}"
+        return f"no {self.what} {owner}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A class, method or attribute taken because it was the only one that fits, and why (said in the output)."""
+
+    role: str  # the tutorial class or --layers class: `Conv3x3`, `ConvA`
+    member: str  # "" for the class itself; `forward`, `backprop`, `filters`, `biases`, `weights`, `last_totals`
+    chosen: str  # the user's name
+    reason: str  # `the only conv-like class`
+    owner: str = ""  # the user's class name, for a member
+
+    def text(self) -> str:
+        """`Conv3x3 is conv3x3: the only conv-like class`, `MaxPool.feed is its forward: the only ...`."""
+        if not self.member:
+            return f"{self.role} is {self.chosen}: {self.reason}"
+        verb = "is its" if self.member in METHODS else "holds its"
+        what = "logits" if self.member == "last_totals" else self.member
+        return f"{self.owner}.{self.chosen} {verb} {what}: {self.reason}"
+
+
+class NamesError(ImplError):
+    """Names that do not match: every `Missing` found at one stage, as data."""
+
+    def __init__(self, label: str, problems: Iterable[Missing], catalogue: Catalogue | None = None) -> None:
+        self.label, self.problems, self.catalogue = label, tuple(problems), catalogue
+        super().__init__(f"{label}: " + "; ".join(problem.sentence() for problem in self.problems))
+
+
+@dataclass(frozen=True)
 class Mapping:
-    """The user's names for the tutorial's classes, methods and attributes (`Softmax.weights` -> `W`)."""
+    """The user's names for classes, methods and attributes: `Softmax=Dense`, `Softmax.weights=W`, `ConvA.filters=k`.
+
+    Keys are a tutorial class (`Conv3x3`, `MaxPool2`, `Softmax`) or a class named in `--layers`, alone (the class's
+    own name: tutorial classes only) or with a member: `forward`, `backprop`, `filters`, `biases`, `weights`,
+    `last_totals`."""
 
     names: dict[str, str] = field(default_factory=dict)
 
@@ -38,9 +116,21 @@ class Mapping:
         """The user's name for `key` (`Conv3x3`, `Softmax.backprop`, ...): mapped, else the tutorial's own."""
         return self.names.get(key, key.rsplit(".", 1)[-1])
 
+    def mapped(self, key: str) -> str | None:
+        """The name `--map` gave `key`, or None."""
+        return self.names.get(key)
+
     def describe(self) -> str:
         """`Softmax=Dense, Softmax.weights=W`, or `tutorial names` when nothing is mapped."""
         return ", ".join(f"{k}={v}" for k, v in self.names.items()) or "tutorial names"
+
+    def with_names(self, names: dict[str, str]) -> Mapping:
+        """This mapping with `names` added (a later name for the same key wins)."""
+        return Mapping({**self.names, **names})
+
+    def options(self) -> list[str]:
+        """The `--map KEY=NAME` options that give this mapping."""
+        return [f"--map {key}={value}" for key, value in self.names.items()]
 
     @classmethod
     def parse(cls, entries: Iterable[str] | None) -> Mapping:
@@ -51,131 +141,201 @@ class Mapping:
                 key, sep, value = (part.strip() for part in item.partition("="))
                 if not sep or not value:
                     raise ImplError(f"--map {item!r}: expected KEY=NAME, e.g. Softmax.weights=W")
-                if key not in MAPPING_KEYS:
-                    raise ImplError(f"--map {item!r}: unknown key {key!r}; expected one of {', '.join(MAPPING_KEYS)}")
+                role, dot, member = key.partition(".")
+                if not role.isidentifier() or (dot and member not in MEMBERS):
+                    raise ImplError(
+                        f"--map {item!r}: unknown key {key!r}; expected CLASS or CLASS.MEMBER, MEMBER one of "
+                        f"{', '.join(MEMBERS)} (CLASS: {', '.join(LAYERS)}, or a class named in --layers)"
+                    )
                 if not value.isidentifier():
                     raise ImplError(f"--map {item!r}: {value!r} is not a Python identifier")
                 names[key] = value
         return cls(names)
 
+    def check_roles(self, roles: Iterable[str], label: str) -> None:
+        """ImplError for a key whose class is not one of `roles` (or renames a class named in --layers)."""
+        roles = tuple(roles)
+        for key in self.names:
+            role, dot, member = key.partition(".")
+            if dot and role in ATTRIBUTES and member not in METHODS + ATTRIBUTES_OF[role]:
+                raise ImplError(
+                    f"--map {key}={self.names[key]}: unknown key {key!r} ({role} has "
+                    f"{', '.join(METHODS + ATTRIBUTES_OF[role])})"
+                )
+            if role not in roles:
+                raise ImplError(
+                    f"--map {key}={self.names[key]}: unknown class {role!r}; the classes checked are {', '.join(roles)}"
+                )
+            if not dot and role not in LAYERS:
+                raise ImplError(
+                    f"--map {key}={self.names[key]}: a class named in --layers is renamed there, not with --map"
+                )
+
 
 @dataclass(frozen=True)
-class TutorialImpl:
-    """Three tutorial-interface classes, where they came from, and the names they use."""
+class Impl:
+    """The classes of one implementation, where they came from, the names they use and the layers to build.
 
-    classes: dict[str, type]  # "Conv3x3" / "MaxPool2" / "Softmax" -> the user's class
+    `classes` is keyed by role: the tutorial's class name (`Conv3x3`) when `calls` is None (the tutorial's trio),
+    else the user's class name as `--layers` gives it."""
+
+    classes: dict[str, type]
     label: str  # what the user passed (a path or module name)
-    sources: dict[str, str] = field(default_factory=dict)  # layer -> file or module it was found in
+    sources: dict[str, str] = field(default_factory=dict)  # role -> file or module it was found in
     mapping: Mapping = field(default_factory=Mapping)
+    calls: tuple[LayerCall, ...] | None = None  # --layers; None: the tutorial's trio
+    catalogue: Catalogue | None = None
+    found: tuple[Choice, ...] = ()  # classes taken because they were the only ones that fit
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The classes checked, by role key."""
+        return LAYERS if self.calls is None else tuple(dict.fromkeys(call.cls for call in self.calls))
+
+    def class_name(self, role: str) -> str:
+        """The user's own name of the class playing `role`."""
+        return self.classes[role].__name__
 
     def describe(self) -> str:
         """`Conv3x3 (conv.py), MaxPool2 (maxpool.py), Softmax as Dense (layers.py)`."""
         parts = []
-        for layer in LAYERS:
-            name = self.mapping.name(layer)
-            where = self.sources.get(layer, "")
-            parts.append(f"{layer}{'' if name == layer else ' as ' + name}{f' ({where})' if where else ''}")
+        for role in self.roles:
+            name = self.class_name(role) if role in self.classes else self.mapping.name(role)
+            where = self.sources.get(role, "")
+            parts.append(f"{role}{'' if name == role else ' as ' + name}{f' ({where})' if where else ''}")
         return ", ".join(parts)
 
-
-def impl_from_classes(
-    conv: type, pool: type, softmax: type, label: str, mapping: Mapping | None = None
-) -> TutorialImpl:
-    """A `TutorialImpl` from classes already in hand (the self-test's injected bugs)."""
-    impl = TutorialImpl({"Conv3x3": conv, "MaxPool2": pool, "Softmax": softmax}, label, mapping=mapping or Mapping())
-    _check_methods(impl)
-    return impl
+    def options(self) -> list[str]:
+        """The command-line options that select these layers and names (`--layers ...`, `--map ...`)."""
+        layers = [f'--layers "{format_layers(self.calls)}"'] if self.calls is not None else []
+        return layers + self.mapping.options()
 
 
-def load_impl(spec: str, mapping: Mapping | None = None) -> TutorialImpl:
-    """Load the three classes from a directory, a `.py` file, or an importable module name."""
+TutorialImpl = Impl  # the name this type had when only the tutorial's trio could be checked
+
+
+def impl_from_classes(conv: type, pool: type, softmax: type, label: str, mapping: Mapping | None = None) -> Impl:
+    """An `Impl` of the tutorial's trio from classes already in hand (the self-test's injected bugs)."""
+    return Impl({"Conv3x3": conv, "MaxPool2": pool, "Softmax": softmax}, label, mapping=mapping or Mapping())
+
+
+def load_impl(spec: str, mapping: Mapping | None = None, calls: tuple[LayerCall, ...] | None = None) -> Impl:
+    """Load the classes to check from a directory, a `.py` file, or an importable module name: the tutorial's trio,
+    or the classes `calls` (from `--layers`) construct. NamesError when names do not match."""
     mapping = mapping or Mapping()
     path = Path(spec)
     if path.is_dir():
-        classes, sources = _from_files(sorted(path.glob("*.py")), mapping, spec)
-    elif path.is_file():
+        files = sorted(path.glob("*.py"))
+        if not files:
+            raise ImplError(f"{spec}: no .py files here")
+        return _from_files(files, mapping, spec, calls)
+    if path.is_file():
         if path.suffix != ".py":
             raise ImplError(f"{spec}: not a .py file; pass a directory of .py files, a .py file or a module name")
-        classes, sources = _from_files([path], mapping, spec)
-    elif _looks_like_module(spec):
-        classes, sources = _from_module(spec, mapping)
-    else:
-        raise ImplError(
-            f"{spec}: no such file or directory (expected a directory of .py files, a .py file or a module name)"
-        )
-    impl = TutorialImpl(classes, spec, sources, mapping)
-    _check_methods(impl)
-    return impl
+        return _from_files([path], mapping, spec, calls)
+    if _looks_like_module(spec):
+        return _from_module(spec, mapping, calls)
+    raise ImplError(
+        f"{spec}: no such file or directory (expected a directory of .py files, a .py file or a module name)"
+    )
 
 
 def _looks_like_module(spec: str) -> bool:
     return all(part.isidentifier() for part in spec.split("."))
 
 
-def _from_module(spec: str, mapping: Mapping) -> tuple[dict[str, type], dict[str, str]]:
+def _from_module(spec: str, mapping: Mapping, calls: tuple[LayerCall, ...] | None) -> Impl:
     try:
         module = importlib.import_module(spec)
     except ModuleNotFoundError as error:
         if error.name and spec.startswith(error.name):
             raise ImplError(f"{spec}: no such file or directory, and no importable module of that name") from None
-        raise ImplError(f"importing module {spec} failed: {_one_line(error)}") from None
+        raise ImplError(f"importing module {spec} failed: {one_line(error)}") from None
     except (Exception, SystemExit) as error:  # the user's module is arbitrary code
-        raise ImplError(f"importing module {spec} failed: {_one_line(error)}") from None
-    classes, missing = {}, []
-    for layer in LAYERS:
-        found = getattr(module, mapping.name(layer), None)
-        if isinstance(found, type):
-            classes[layer] = found
-        else:
-            missing.append(layer)
-    if missing:
-        defined = sorted(n for n, v in vars(module).items() if isinstance(v, type))
-        raise ImplError(_missing_message(spec, missing, mapping, defined))
-    return classes, {layer: spec for layer in LAYERS}
+        raise ImplError(f"importing module {spec} failed: {one_line(error)}") from None
+    catalogue = scan_module(module, spec)
+    chosen, found = choose_classes(catalogue, mapping, calls, spec)
+    classes = {role: getattr(module, name) for role, name in chosen.items()}
+    return Impl(classes, spec, {role: spec for role in chosen}, mapping, calls, catalogue, found)
 
 
-def _from_files(files: list[Path], mapping: Mapping, spec: str) -> tuple[dict[str, type], dict[str, str]]:
-    """Scan the files' top-level classes with `ast`; import only the files that define wanted classes."""
-    wanted = {mapping.name(layer): layer for layer in LAYERS}
-    where: dict[str, list[Path]] = {layer: [] for layer in LAYERS}
-    defined: list[str] = []
-    syntax_errors: list[str] = []
-    for file in files:
-        try:
-            tree = ast.parse(file.read_bytes(), filename=str(file))
-        except SyntaxError as error:
-            syntax_errors.append(f"{file}:{error.lineno}: syntax error: {error.msg}")
-            continue
-        except (OSError, ValueError) as error:
-            syntax_errors.append(f"{file}: cannot read: {_one_line(error)}")
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef):
-                defined.append(f"{node.name} ({file.name})")
-                if node.name in wanted:
-                    where[wanted[node.name]].append(file)
-    missing = [layer for layer in LAYERS if not where[layer]]
-    if missing:
-        if syntax_errors:  # the class is most likely in the file that does not parse
-            raise ImplError(syntax_errors[0])
-        if not files:
-            raise ImplError(f"{spec}: no .py files here")
-        raise ImplError(_missing_message(spec, missing, mapping, defined))
-    for layer, found in where.items():
-        if len(found) > 1:
+def _from_files(files: list[Path], mapping: Mapping, spec: str, calls: tuple[LayerCall, ...] | None) -> Impl:
+    """Scan the files with `ast`; import only the files that define the chosen classes."""
+    catalogue = scan_files(files)
+    try:
+        chosen, found = choose_classes(catalogue, mapping, calls, spec)
+    except NamesError:
+        if catalogue.syntax_errors:  # the class is most likely in the file that does not parse
+            raise ImplError(catalogue.syntax_errors[0]) from None
+        raise
+    by_name = {file.name: file for file in files}
+    for name in chosen.values():
+        defined_in = catalogue.duplicates.get(name, [])
+        if len(defined_in) > 1:
             raise ImplError(
-                f"{spec}: class {mapping.name(layer)} is defined in {len(found)} files "
-                f"({', '.join(f.name for f in found)}); pass the one file to check"
+                f"{spec}: class {name} is defined in {len(defined_in)} files ({', '.join(defined_in)}); "
+                "pass the one file to check"
             )
-    modules = {file: _import_file(file) for file in dict.fromkeys(where[layer][0] for layer in LAYERS)}
+    modules = {}
     classes, sources = {}, {}
-    for layer in LAYERS:
-        file = where[layer][0]
-        found = getattr(modules[file], mapping.name(layer), None)
-        if not isinstance(found, type):
-            raise ImplError(f"{file}: {mapping.name(layer)} is not a class after importing the file")
-        classes[layer], sources[layer] = found, str(file)
-    return classes, sources
+    for role, name in chosen.items():
+        file = by_name[catalogue.classes[name].where]
+        if file not in modules:
+            modules[file] = _import_file(file)
+        found_class = getattr(modules[file], name, None)
+        if not isinstance(found_class, type):
+            raise ImplError(f"{file}: {name} is not a class after importing the file")
+        classes[role], sources[role] = found_class, str(file)
+    return Impl(classes, spec, sources, mapping, calls, catalogue, found)
+
+
+def choose_classes(
+    catalogue: Catalogue, mapping: Mapping, calls: tuple[LayerCall, ...] | None, label: str
+) -> tuple[dict[str, str], tuple[Choice, ...]]:
+    """The class name for each role, and how any was chosen; NamesError listing every role without a class."""
+    roles = LAYERS if calls is None else tuple(dict.fromkeys(call.cls for call in calls))
+    mapping.check_roles(roles, label)
+    chosen, found, problems = {}, [], []
+    layer_classes = catalogue.layers()
+    exact = {mapping.name(role) for role in roles if mapping.name(role) in catalogue.classes}
+    for role in roles:
+        name = mapping.name(role) if calls is None else role
+        if name in catalogue.classes:
+            chosen[role] = name
+            continue
+        candidates = [info.name for info in layer_classes if info.name not in exact]
+        if calls is None and mapping.mapped(role) is None:
+            kind = ROLE_KIND[role]
+            alike = [n for n in candidates if KIND_WORDS[kind].search(n) and not _model_like(n)]
+            if len(alike) == 1:
+                chosen[role] = alike[0]
+                found.append(Choice(role, "", alike[0], f"the only {kind}-like class"))
+                continue
+            candidates = alike + [n for n in candidates if n not in alike]
+            detail = f"{len(alike)} {kind}-like classes: {', '.join(alike)}" if alike else ""
+        else:
+            candidates = closest(name, candidates)
+            detail = ""
+        problems.append(Missing("class", role, "", name, tuple(candidates), detail or _classes_here(catalogue)))
+    if problems:
+        raise NamesError(label, problems, catalogue)
+    return chosen, tuple(found)
+
+
+def _model_like(name: str) -> bool:
+    """`ConvNet`, `CNNModel`: a whole network, not a layer, even when its name says conv."""
+    return bool(re.search(r"net|model|cnn", name, re.IGNORECASE))
+
+
+def _classes_here(catalogue: Catalogue) -> str:
+    found = [f"{info.name} ({info.where})" for info in catalogue.classes.values()]
+    return f"classes found: {', '.join(found)}" if found else "no classes found"
+
+
+def closest(name: str, names: Iterable[str]) -> list[str]:
+    """`names` ordered by likeness to `name` (case ignored), the likest first."""
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda n: -difflib.SequenceMatcher(None, name.lower(), n.lower()).ratio())
 
 
 def _import_file(file: Path):
@@ -193,7 +353,7 @@ def _import_file(file: Path):
         sys.modules.pop(name, None)
         if isinstance(error, SyntaxError):
             raise ImplError(f"{error.filename}:{error.lineno}: syntax error: {error.msg}") from None
-        raise ImplError(f"importing {file} failed: {_one_line(error)}") from None
+        raise ImplError(f"importing {file} failed: {one_line(error)}") from None
     finally:
         sys.path.remove(directory)
         # Sibling modules imported from that directory (`from conv import ...`) must not leak into the next check.
@@ -204,26 +364,7 @@ def _import_file(file: Path):
     return module
 
 
-def _missing_message(spec: str, missing: list[str], mapping: Mapping, defined: list[str]) -> str:
-    names = ", ".join(mapping.name(layer) for layer in missing)
-    hint = "; if yours is named differently, pass --map " + " --map ".join(f"{layer}=NAME" for layer in missing)
-    found = f" (classes found: {', '.join(defined)})" if defined else " (no classes found)"
-    return f"{spec}: no class {names}{found}{hint}"
-
-
-def _check_methods(impl: TutorialImpl) -> None:
-    for layer in LAYERS:
-        cls = impl.classes[layer]
-        for method in METHODS:
-            name = impl.mapping.name(f"{layer}.{method}")
-            if not callable(getattr(cls, name, None)):
-                public = sorted(n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n, None)))
-                raise ImplError(
-                    f"{impl.label}: {cls.__name__} has no method {name} (methods: {', '.join(public) or 'none'}); "
-                    f"pass --map {layer}.{method}=NAME if yours is named differently"
-                )
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+def describe_class(info: ClassInfo) -> str:
+    """`MaxPool2x2() in MaxPool2x2.py: getRegions(image) [generator], feedForward(image), backprop(gradient)`."""
+    methods = ", ".join(m.signature() + (" [generator]" if m.generator else "") for m in info.methods.values())
+    return f"{info.constructor()} in {info.where}: {methods or 'no public methods'}"

@@ -11,40 +11,48 @@ import numpy as np
 from parity.diagnosis.patterns import matches
 from parity.engine.tolerances import tolerance_for
 from parity.lockstep.stepper import Divergence
-
-# Where the adapter obtained a tensor by arithmetic rather than seeing it: a divergence there says so.
-RECOVERED = ("dense1.d_out", "dense1.d_weights", "dense1.d_biases", "conv1.d_filters")
+from scratch.spec import NetworkSpec
 
 
-def refine(div: Divergence, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> Divergence:
-    """The divergence with a note on recovery added to its diagnosis (text and evidence) when its tensor was
-    recovered from the update; unchanged otherwise."""
-    if div.tensor not in RECOVERED:
+def refine(
+    div: Divergence,
+    ours: dict[str, np.ndarray],
+    theirs: dict[str, np.ndarray],
+    recovered: tuple[str, ...],
+    spec: NetworkSpec,
+) -> Divergence:
+    """The divergence with a note on recovery added to its diagnosis (text and evidence) when its tensor is one of
+    `recovered` (obtained by arithmetic from the update, not seen); unchanged otherwise."""
+    if div.tensor not in recovered:
         return div
-    note, evidence = _recovery_note(div.tensor, ours, theirs)
+    last = spec.layers[-1].name
+    d_logits, d_weights = spec.name_of(last, "d_out"), spec.name_of(last, "d_param", "weights")
+    note, evidence = _recovery_note(div.tensor, d_logits, d_weights, ours, theirs)
     diagnosis = div.diagnosis
     diagnosis = replace(diagnosis, text=f"{diagnosis.text}; {note}", evidence={**diagnosis.evidence, **evidence})
     return replace(div, diagnosis=diagnosis)
 
 
-def _recovery_note(tensor: str, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> tuple[str, dict]:
+def _recovery_note(
+    tensor: str, d_logits: str, d_weights: str, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]
+) -> tuple[str, dict]:
     """What a divergence in a recovered gradient can mean, since it was read off the weight update."""
-    if tensor != "dense1.d_out":
+    if tensor != d_logits:
         return (
             f"{tensor} is recovered from the in-place update as (before - after) / lr: a wrong update rule shows "
             "here too",
             {"recovered_from_update": True},
         )
-    mine, reference = ours.get("dense1.d_weights"), theirs.get("dense1.d_weights")
+    mine, reference = ours.get(d_weights), theirs.get(d_weights)
     agree = isinstance(mine, np.ndarray) and matches(mine, reference, tolerance_for(np.float64))
     if agree:
         return (
-            "dense1.d_out is recovered from the bias update, and the weight gradient agrees, so dL/dlogits itself "
+            f"{d_logits} is recovered from the bias update, and the weight gradient agrees, so dL/dlogits itself "
             "is right: the bias gradient or its update is wrong",
             {"recovered_from_update": True, "weight_gradient_agrees": True},
         )
     return (
-        "dense1.d_out is recovered from the bias update, and the weight gradient disagrees too, so dL/dlogits itself "
+        f"{d_logits} is recovered from the bias update, and the weight gradient disagrees too, so dL/dlogits itself "
         "is wrong: check the softmax Jacobian and the initial gradient",
         {"recovered_from_update": True, "weight_gradient_agrees": False},
     )

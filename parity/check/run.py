@@ -1,22 +1,23 @@
-"""Checking code written to the tutorial's interface, tensor by tensor, against PyTorch.
+"""Checking a user's from-scratch CNN, tensor by tensor, against PyTorch.
 
-The implementation (`Conv3x3`, `MaxPool2`, `Softmax` with `forward` and `backprop`, weights in `filters`,
-`weights`, `biases`, as in the seed tutorial) is the spec `conv3x8,pool2,dense10`: `Conv3x3` is `conv1`, `MaxPool2`
-`pool1`, `Softmax` `dense1` and the softmax of the loss. It gets the same initial weights as the PyTorch twin of
-that spec and is driven exactly as the tutorial's `train()` drives it (see `parity.check.adapter`), in lockstep with
-the twin on real MNIST; the lockstep engine compares every tensor it can see, under the spec's names
-(`conv1.out`, `pool1.d_in`, ...), at every step and names the first divergence.
-Then edge probes, each a short lockstep run from the same seeded weights:
+The implementation's layer objects (the tutorial's `Conv3x3`, `MaxPool2`, `Softmax`, or any sequence given by
+`--layers`) are read as a network spec (`parity.check.infer`): `conv5x16` from a conv whose filters are
+(16, 5, 5, 8), `pool2` from what a pool does to a probe's shape, `dense10` from the classifier's weights. The code
+gets the same initial weights as the PyTorch twin of that spec and is driven exactly as the tutorial's `train()`
+drives its layers (see `parity.check.adapter`), in lockstep with the twin on real MNIST; the lockstep engine
+compares every tensor it can see, under the spec's names (`conv1.out`, `pool2.d_in`, ...), at every step, names
+the first divergence, and judges every layer on its own. Then edge probes, each a short lockstep run from the same
+seeded weights:
 
-- constant images: every 2x2 pool window is tied, so any tie policy other than PyTorch's first-maximum shows;
-- large logits: dense weights shifted the same for every class, so every logit rises by >= 800 while the
+- constant images: every pool window is tied, so any tie policy other than PyTorch's first-maximum shows;
+- large logits: classifier weights shifted the same for every class, so every logit rises by >= 800 while the
   probabilities stay as they were (softmax is shift-invariant): an unshifted `exp` overflows to inf and the
   probabilities become NaN (see `large_logit_weights` for why the weights, not the biases, carry the shift);
-- odd image size: 27x27 crops of the digits (conv 25x25, pool 12x12, `Softmax(1152, 10)`): the pool's floor and
-  the untouched last row and column.
+- odd image size: crops one or two pixels smaller (27x27 for MNIST), rebuilt for that size: a pool's floor and
+  the untouched last row and column. Skipped, with the reason, when the network cannot be built at that size.
 
-Exit 0: parity everywhere; 1: a divergence (or the code raised during a probe); 2: unusable input (cannot import,
-missing class or method, weights or returned arrays of the wrong shape, or the code raises on the very first step).
+Exit 0: parity everywhere; 1: a divergence, or the code raised or hung in a run; 2: unusable input (cannot import,
+names or shapes that do not fit, or the code raises before the first step).
 
 Nothing here imports torch at module level (the CLI imports every command module to build its parser).
 """
@@ -30,32 +31,33 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import scratch
-from parity.check.adapter import ImplCrash, TutorialSide, tutorial_spec
-from parity.check.loader import TutorialImpl
+from parity.check.adapter import ImplSide
+from parity.check.infer import Architecture, infer_architecture
+from parity.check.loader import Impl
 from parity.check.refine import refine
+from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
 from parity.lockstep.stepper import Lockstep, LockstepRecord
 from scratch.data import epoch_orders
-from scratch.spec import NetworkSpec
+from scratch.spec import NetworkSpec, parse_spec
 
 DEFAULT_STEPS = 200  # the tutorial's loop code (~15 ms a step) and the twin: ~5 s with the probes on 2 cores
 DEFAULT_LR = 0.005  # the tutorial's train(im, label, lr=.005)
 PROBES = ("constant", "large-logits", "odd-size")
+PROBE_NAMES = {"constant": "constant images", "large-logits": "large logits", "odd-size": "odd sizes"}
 LARGE_LOGIT_SHIFT = 800.0  # exp(800) overflows float64 (max ~709.78)
+# The largest classifier weight the large-logit probe lets the shift need at the run's lr: gradients recovered from
+# an update are exact to eps/2 * |w| / lr (see the adapter), 1.8e-13 at |w| = 8 and lr 0.005, 5x inside the float64
+# atol; a network that needs larger weights for the same shift runs the probe at a proportionally larger lr.
+LARGE_LOGIT_WEIGHT = 8.0
 PROBE_IMAGES = 20  # the probes draw from the first 20 digits of the training order
 # For the message when an implementation's tensors do not fit the tutorial's layout: the user's per-sample shapes
-# (the engine's tensors carry a leading batch axis of 1 that the adapter adds).
-TUTORIAL_SHAPES = {
-    "conv1.out": "(h - 2, w - 2, num_filters), HWC",
-    "pool1.out": "(h // 2, w // 2, num_filters), HWC",
-    "dense1.out": "(nodes,)",
+# by tensor role (the engine's tensors carry a leading batch axis of 1 that the adapter adds).
+SHAPES_BY_ROLE = {
+    "out": "the layer's output, HWC (height, width, channels) or (nodes,)",
     "probs": "(nodes,)",
-    "dense1.d_in": "the pool output's shape (h // 2, w // 2, num_filters)",
-    "pool1.d_in": "the conv output's shape (h - 2, w - 2, num_filters)",
-    "conv1.d_in": "the image's shape (h, w)",
-    "conv1.d_filters": "(num_filters, 3, 3)",
-    "dense1.d_weights": "(input_len, nodes)",
-    "dense1.d_biases": "(nodes,)",
-    "dense1.d_out": "(nodes,)",
+    "d_in": "the shape of the layer's input",
+    "d_param": "the parameter's shape",
+    "d_out": "(nodes,)",
 }
 
 
@@ -71,21 +73,22 @@ class RunResult:
     record: LockstepRecord
     provenance: dict[str, str] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)  # tensor -> the user's `Class.member` it comes out of
-    crash: ImplCrash | None = None
+    crash: ImplCrash | None = None  # the user's code raised, returned something unusable, or hung
     crash_step: int | None = None
+    skipped: str | None = None  # why a probe could not run (the network does not fit its image size)
     seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
-        """Every step within tolerance and no exception from the implementation."""
+        """Every step within tolerance and no exception from the implementation (a skipped probe claims nothing)."""
         return self.crash is None and self.record.passed
 
     @property
     def layer(self) -> str | None:
         """The spec layer blamed for the first failure (`conv1`, `pool1`, `dense1`, `loss`; None when it passed)."""
-        if self.crash is not None:
-            return self.crash.layer
-        return self.record.first_divergence.layer if self.record.first_divergence else None
+        if self.record.first_divergence is not None:
+            return self.record.first_divergence.layer
+        return self.crash.layer if self.crash is not None else None
 
     @property
     def tensor(self) -> str | None:
@@ -95,46 +98,68 @@ class RunResult:
     @property
     def failure_step(self) -> int | None:
         """The step of the first failure."""
-        if self.crash is not None and self.record.first_divergence is None:
-            return self.crash_step
-        return self.record.first_divergence.step if self.record.first_divergence else None
+        if self.record.first_divergence is not None:
+            return self.record.first_divergence.step
+        return self.crash_step if self.crash is not None else None
 
     @property
     def verdict(self) -> str:
-        """PARITY, DIVERGED or CRASHED."""
+        """PARITY, DIVERGED, CRASHED, HUNG or SKIPPED."""
         if self.record.first_divergence is not None:
             return "DIVERGED"
-        return "CRASHED" if self.crash is not None else "PARITY"
+        if self.crash is not None:
+            return "HUNG" if self.crash.timed_out else "CRASHED"
+        return "SKIPPED" if self.skipped else "PARITY"
 
     @property
     def failing_steps(self) -> int:
         """How many steps had a tensor out of tolerance."""
         return sum(not step.passed for step in self.record.steps)
 
+    @property
+    def run_name(self) -> str:
+        """`main run`, or what the probe exercises: `odd sizes`."""
+        return "main run" if self.name == "main" else PROBE_NAMES.get(self.name, self.name)
+
     def cause(self) -> str:
-        """A short cause for tables: `tie-policy difference`, `softmax overflow`, `implementation mismatch`."""
+        """A short cause for tables: `tie-policy difference`, `softmax overflow`, `MaxPool2.forward raised ...`."""
         if self.record.first_divergence is None:
-            return f"raised at step {self.crash_step}: {self.crash}" if self.crash else ""
+            return self.crash_text() if self.crash else ""
         div = self.record.first_divergence
         if div.comparison.problem and div.diagnosis.kind == "unexplained":
             return div.comparison.problem.split(";")[0]
         return div.diagnosis.label
 
+    def crash_text(self) -> str:
+        """`MaxPool2.forward (pool1) raised ValueError: ... at step 0`, with whether every tensor agreed before."""
+        crash = self.crash
+        text = f"{crash.where} ({crash.layer}) {crash.detail} at step {self.crash_step}"
+        if crash.timed_out:
+            text += " (--timeout SECONDS allows a call longer)"
+        earlier = len(self.record.steps)
+        if earlier and self.record.first_divergence is None and self.record.passed:
+            text += f"; every tensor agreed with PyTorch at the {earlier} step{'s' if earlier > 1 else ''} before it"
+        return text
+
     def explanation(self) -> str:
         """The first divergence in full (the engine's diagnosis, refined with the step's tensors), or the crash."""
         if self.record.first_divergence is None:
             if self.crash is None:
-                return "no divergence"
-            held = "; parity held before that step" if self.crash_step else ""
-            return f"step {self.crash_step}: {self.crash} (the implementation raised{held})"
-        return self.record.first_divergence.message()
+                return f"skipped: {self.skipped}" if self.skipped else "no divergence"
+            verb = "fails on" if self.name != "main" else "fails in the"
+            return f"{verb} {self.run_name}: {self.crash_text()}"
+        message = self.record.first_divergence.message()
+        if self.crash is not None:
+            message += f" Then {self.crash_text()}."
+        return message
 
 
 @dataclass
 class CheckResult:
-    """A main lockstep run and the edge probes, for one implementation."""
+    """A main lockstep run and the edge probes, for one implementation read as one architecture."""
 
-    impl: TutorialImpl
+    impl: Impl
+    arch: Architecture
     main: RunResult
     probes: list[RunResult]
     data_source: str
@@ -158,7 +183,7 @@ class CheckResult:
 
 
 def check_impl(
-    impl: TutorialImpl,
+    impl: Impl,
     train_images: np.ndarray,
     train_labels: np.ndarray,
     *,
@@ -170,25 +195,30 @@ def check_impl(
     stop_at_first: bool = False,
     data_source: str = "",
     tie_policy: str = "first",
+    timeout: float | None = DEFAULT_TIMEOUT,
+    arch: Architecture | None = None,
 ) -> CheckResult:
-    """Run the main lockstep run on the first `steps` images of seeded epoch orders, then the probes.
+    """Read the architecture (unless given), run the main lockstep run on the first `steps` images of seeded epoch
+    orders, then the probes.
 
     With `stop_at_first`, each run stops at its first divergence and the probes run only after a clean main run
-    (what the self-test needs); otherwise every run goes to the end. `tie_policy` "all" judges the max-pool against
-    the tutorial's rule (every tied maximum gets the gradient) instead of PyTorch's. Raises `ImplError` when the
-    classes cannot be constructed with the tutorial's arguments or hold wrongly shaped weights.
+    (what the self-test needs); otherwise every run goes to the end. `tie_policy` "all" judges the max-pools against
+    the tutorial's rule (every tied maximum gets the gradient) instead of PyTorch's. `timeout` limits every call
+    into the user's code. Raises `ImplError` (NamesError) when the layers cannot be read as a network, `ImplCrash`
+    when the code raises or hangs while its architecture is read.
     """
+    if arch is None:
+        arch = infer_architecture(impl, tuple(train_images.shape[1:]), timeout=timeout)
     images, labels = _training_order(train_images, train_labels, max(steps, PROBE_IMAGES), seed)
-    spec = tutorial_spec(train_images.shape[1:])
-    initial = _initial_parameters(spec, seed)
-    title = f"{steps} real MNIST steps"
     how = _How(impl, lr, mode, seed, stop_at_first, tie_policy)
-    main = _lockstep(how, spec, "main", title, images[:steps], labels[:steps], initial)
-    result = CheckResult(impl, main, [], data_source, seed, mode)
+    initial = _initial_parameters(arch.spec, seed)
+    title = f"{steps} real MNIST steps"
+    main = _lockstep(how, arch, "main", title, images[:steps], labels[:steps], initial, lr)
+    result = CheckResult(impl, arch, main, [], data_source, seed, mode)
     if stop_at_first and not main.passed:
         return result
     for probe in probes:
-        run = _probe(probe, how, spec, images, labels)
+        run = _probe(probe, how, arch, images, labels)
         result.probes.append(run)
         if stop_at_first and not run.passed:
             break
@@ -211,7 +241,7 @@ def _initial_parameters(spec: NetworkSpec, seed: int) -> dict[str, np.ndarray]:
 class _How:
     """How every run of one check is driven."""
 
-    impl: TutorialImpl
+    impl: Impl
     lr: float
     mode: str
     seed: int
@@ -219,73 +249,119 @@ class _How:
     tie_policy: str
 
 
-def _probe(name: str, how: _How, spec: NetworkSpec, images: np.ndarray, labels: np.ndarray) -> RunResult:
-    seed = how.seed
+def odd_image_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """One or two pixels smaller, to the next odd size: 28 -> 27 (a 3x3 conv gives 25, a 2x2 pool floors it to 12)."""
+    return tuple(size - 1 if size % 2 == 0 else size - 2 for size in shape)
+
+
+def _probe(name: str, how: _How, arch: Architecture, images: np.ndarray, labels: np.ndarray) -> RunResult:
+    spec, seed = arch.spec, how.seed
     initial = _initial_parameters(spec, seed)
     if name == "constant":
         constant = np.stack([np.full(spec.image_shape, value, dtype=np.uint8) for value in (0, 128, 255)])
         title = "constant images (0, 128, 255): every pool window tied"
-        return _lockstep(how, spec, name, title, constant, np.array([0, 1, 2]), initial)
+        return _lockstep(how, arch, name, title, constant, np.array([0, 1, 2]), initial, how.lr)
     if name == "large-logits":
-        chosen, weights = large_logit_weights(initial, images, labels, seed)
-        initial["dense1.weights"] = weights
+        chosen, weights = large_logit_weights(spec, initial, images, labels, seed)
+        initial[f"{spec.layers[-1].name}.weights"] = weights
+        largest = float(np.abs(weights).max())
+        lr = how.lr * max(1.0, largest / LARGE_LOGIT_WEIGHT)
         title = f"large logits: every logit raised by >= {LARGE_LOGIT_SHIFT:g} (probabilities unchanged; exp overflows)"
-        return _lockstep(how, spec, name, title, images[chosen], labels[chosen], initial)
+        mode = how.mode
+        if lr != how.lr:
+            # Steps that large move the weights far: each step then starts from the twin's weights, so what is
+            # judged is the overflow, not drift.
+            mode = "teacher"
+            title += (
+                f"; lr {lr:.3g}, teacher-forced, so gradients recovered from weights up to {largest:.3g} stay exact"
+            )
+        return _lockstep(how, arch, name, title, images[chosen], labels[chosen], initial, lr, mode)
     if name == "odd-size":
-        shape = spec.image_shape
-        odd = tuple(size - 1 if size % 2 == 0 else size - 2 for size in shape)  # 28 -> 27: conv 25, pool floors to 12
-        height, width = odd
-        slack = np.array(shape) - np.array(odd) + 1  # how far each crop may be offset, per dimension
-        offsets = np.random.default_rng(seed).integers(0, slack, size=(PROBE_IMAGES, 2))
-        crops = np.stack(
-            [image[r : r + height, c : c + width] for image, (r, c) in zip(images[:PROBE_IMAGES], offsets, strict=True)]
-        )  # a random crop of each digit
-        odd_spec = tutorial_spec(odd, spec.layer("conv1").units, spec.num_classes)
-        initial = _initial_parameters(odd_spec, seed)
-        pooled = initial["dense1.weights"].shape[0]
-        title = (
-            f"odd image size: {height}x{width} crops, pool {height - 2} -> {(height - 2) // 2}, Softmax({pooled}, 10)"
-        )
-        return _lockstep(how, odd_spec, name, title, crops, labels[:PROBE_IMAGES], initial)
+        return _odd_size_probe(how, arch, images, labels)
     raise ValueError(f"unknown probe {name!r}: expected one of {PROBES}")
 
 
-def large_logit_weights(initial, images, labels, seed, count: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Dense weights whose logits all exceed the usual ones by >= LARGE_LOGIT_SHIFT on `count` of `images`.
+def _odd_size_probe(how: _How, arch: Architecture, images: np.ndarray, labels: np.ndarray) -> RunResult:
+    from parity.check.infer import ProbeSkipped, at_image_size
 
-    Adding delta_f to every weight that reads channel f, the same for all classes, adds sum_f delta_f * S_f to every
-    logit, where S_f sums the pool output of channel f: softmax is shift-invariant, so the probabilities, the loss and
-    every gradient stay ordinary, while exp(logit) overflows. delta_f = k * sign(S_f), k chosen so that the smallest
-    shift over the chosen images is LARGE_LOGIT_SHIFT; |w| ~ k stays small (~4), so gradients recovered from the
-    update stay exact to ~eps * k / lr ~ 1e-13 (a bias of 800 would give ~2e-11 at lr 0.005, over the atol).
+    shape = arch.spec.image_shape
+    odd = odd_image_shape(shape)
+    height, width = odd
+    title = f"odd image size: {height}x{width} crops"
+    try:
+        odd_spec = parse_spec(arch.spec.text, odd, arch.spec.num_classes)
+        odd_arch = at_image_size(arch, odd)
+    except ProbeSkipped as skip:
+        return _not_run(how, arch.spec, "odd-size", title, odd, skipped=str(skip))
+    except ValueError as error:  # the network does not fit the odd size
+        return _not_run(how, arch.spec, "odd-size", title, odd, skipped=str(error))
+    except ImplCrash as crash:  # raised (or hung) while the layers were read at the odd size: before its step 0
+        return _not_run(how, odd_spec, "odd-size", title, odd, crash=crash)
+    sizes = " -> ".join(
+        "x".join(map(str, layer.out_shape[:2])) for layer in odd_spec.layers if layer.kind in ("conv", "pool")
+    )
+    title = f"odd image size: {height}x{width} crops ({sizes}), {odd_arch.calls[-1].text()}"
+    slack = np.array(shape) - np.array(odd) + 1  # how far each crop may be offset, per dimension
+    offsets = np.random.default_rng(how.seed).integers(0, slack, size=(PROBE_IMAGES, 2))
+    crops = np.stack(
+        [image[r : r + height, c : c + width] for image, (r, c) in zip(images[:PROBE_IMAGES], offsets, strict=True)]
+    )  # a random crop of each digit
+    initial = _initial_parameters(odd_spec, how.seed)
+    return _lockstep(how, odd_arch, "odd-size", title, crops, labels[:PROBE_IMAGES], initial, how.lr)
+
+
+def _not_run(how, spec, name, title, image_shape, skipped=None, crash=None) -> RunResult:
+    """A probe that could not take a step: skipped (with the reason), or the code raised while it was set up."""
+    record = LockstepRecord(dtype="float64", mode=how.mode, stride=1, lr=how.lr, spec=spec)
+    return RunResult(name, title, 0, how.lr, tuple(image_shape), record, crash=crash, crash_step=0, skipped=skipped)
+
+
+def large_logit_weights(
+    spec: NetworkSpec, initial: dict[str, np.ndarray], images: np.ndarray, labels: np.ndarray, seed: int, count: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classifier weights whose logits all exceed the usual ones by >= LARGE_LOGIT_SHIFT on `count` of `images`.
+
+    Adding delta_f to every weight that reads channel f (its last axis: a flat input's every element is a channel
+    of its own), the same for all classes, adds sum_f delta_f * S_f to every logit, where S_f sums the classifier's
+    input of channel f: softmax is shift-invariant, so the probabilities, the loss and every gradient stay ordinary,
+    while exp(logit) overflows. delta_f = k * sign(S_f), k chosen so that the smallest shift over the chosen images
+    is LARGE_LOGIT_SHIFT; for the tutorial's network |w| ~ k stays small (~4), so gradients recovered from the update
+    stay exact to ~eps * k / lr ~ 1e-13 (a bias of 800 would give ~2e-11 at lr 0.005, over the atol).
     """
-    spec = tutorial_spec(images.shape[1:], initial["conv1.filters"].shape[0], initial["dense1.biases"].shape[0])
     net = scratch.build_network(spec, seed, np.float64)
     net.load_parameters(initial)
-    # One forward + backward of the first images as a batch (no update): only their pool outputs are read.
-    pooled = net.forward_backward(images[:PROBE_IMAGES], labels[:PROBE_IMAGES]).tensors["pool1.out"]  # (n, H, W, C)
-    sums = pooled.sum(axis=(1, 2))  # (n, channels): S_f per image
+    last = spec.layers[-1]
+    # One forward + backward of the first images as a batch (no update): only the classifier's inputs are read.
+    batch = images[:PROBE_IMAGES], labels[:PROBE_IMAGES]
+    if len(spec.layers) > 1:
+        inputs = net.forward_backward(*batch).tensors[spec.name_of(spec.layers[-2].name, "out")]
+    else:
+        inputs = net.normalize(batch[0])
+    channels = last.in_shape[-1]
+    sums = inputs.reshape(len(inputs), -1, channels).sum(axis=1)  # (n, channels): S_f per image
     direction = np.where(sums.sum(axis=0) >= 0, 1.0, -1.0)
     shift = sums @ direction  # each image's logit shift per unit k
     chosen = np.flatnonzero(shift > 0)[:count]
     if len(chosen) == 0:
         raise ValueError("no image gives a positive logit shift for the large-logit probe")
     k = LARGE_LOGIT_SHIFT / shift[chosen].min()
-    height, width, channels = pooled.shape[1:]
-    weights = initial["dense1.weights"].reshape(height, width, channels, -1) + (k * direction)[:, np.newaxis]
-    return chosen, weights.reshape(initial["dense1.weights"].shape)
+    weights = initial[f"{last.name}.weights"]
+    shifted = weights.reshape(-1, channels, weights.shape[1]) + (k * direction)[:, np.newaxis]
+    return chosen, shifted.reshape(weights.shape)
 
 
-def _lockstep(how: _How, spec, name, title, images, labels, initial) -> RunResult:
+def _lockstep(
+    how: _How, arch: Architecture, name, title, images, labels, initial, lr: float, mode: str | None = None
+) -> RunResult:
     """Step the implementation and the twin together one image at a time (so a crash or a stop is exact)."""
     import reference  # torch: only when a check actually runs
 
-    lr = how.lr
-    side = _Recording(TutorialSide(how.impl, initial, spec.image_shape, lr))
+    spec = arch.spec
+    side = _Recording(ImplSide(arch, initial, lr))
     net = scratch.build_network(spec, how.seed, np.float64)
     net.load_parameters(initial)
     twin = _Recording(reference.ReferenceRunner(reference.to_torch(net, how.tie_policy), lr=lr))
-    lockstep = Lockstep(side, twin, spec, np.float64, lr, stride=1, mode=how.mode)
+    lockstep = Lockstep(side, twin, spec, np.float64, lr, stride=1, mode=mode or how.mode)
     record = lockstep.record
     run = RunResult(name, title, len(labels), lr, tuple(spec.image_shape), record)
     started = time.perf_counter()
@@ -296,7 +372,8 @@ def _lockstep(how: _How, spec, name, title, images, labels, initial) -> RunResul
             run.crash, run.crash_step = crash, index
             break
         if record.first_divergence is not None and record.first_divergence.step == index:
-            record.first_divergence = refine(record.first_divergence, side.tensors(), twin.tensors())
+            recovered = side.side.recovered
+            record.first_divergence = refine(record.first_divergence, side.tensors(), twin.tensors(), recovered, spec)
             if how.stop_at_first:
                 break
     lockstep.finish()

@@ -1,12 +1,14 @@
 """`cnn-parity selftest`: does `check` catch real bugs, blame the right layer, and pass correct code?
 
-The correct tutorial-interface implementation in parity/check/examples/fixed_cnn (first-max pool routing, a shifted
-softmax, a conv that returns its input gradient) is checked as it is, and then once per bug in `parity.check.bugs`,
-each a small patch of one layer. It passes when the correct code shows parity over the default steps and every edge
-probe (no false positive), and every bug is caught, by the main run or a probe, with its first divergence blamed
-on the spec layer the bug is in (`conv1` for `Conv3x3`, `pool1` for `MaxPool2`, `dense1` for `Softmax`, `loss` for
-the softmax it computes). The "loss" column shows whether the loss alone would have noticed at that step.
-Exit 0 when all of that holds, 1 otherwise.
+Two correct implementations are checked as they are, and then once per bug in `parity.check.bugs`, each a small
+patch of one layer: the tutorial's three classes in parity/check/examples/fixed_cnn (first-max pool routing, a
+shifted softmax, a conv that returns its input gradient), and the two-conv network in
+parity/check/examples/two_conv_cnn, built from `--layers` (`bugs.TWO_CONV_LAYERS`) with its architecture read from
+the code. It passes when the correct code shows parity over the default steps and every edge probe (no false
+positive), and every bug is caught, by the main run or a probe, with its first divergence blamed on the spec layer
+the bug is in (`conv1` for `Conv3x3`, `pool1` for `MaxPool2`, `dense1` for `Softmax`, `loss` for the softmax it
+computes; `conv2` for the two-conv network's `ConvDeep`, ...). The "loss" column shows whether the loss alone would
+have noticed at that step. Exit 0 when all of that holds, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.check.bugs import BUGS, Bug, with_bug
+from parity.check.bugs import BUGS, TUTORIAL, TUTORIAL_BUGS, TWO_CONV, TWO_CONV_LAYERS, Bug, with_bug
 from parity.check.command import import_torch
-from parity.check.loader import ImplError, TutorialImpl, load_impl
+from parity.check.layercalls import parse_layers
+from parity.check.loader import Impl, ImplError, load_impl
 from parity.check.run import DEFAULT_LR, DEFAULT_STEPS, PROBES, CheckResult, check_impl
 from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.engine.tables import text_table
@@ -29,6 +32,7 @@ from parity.engine.tolerances import tolerance_for
 from scratch.argtypes import nonnegative_int, positive_int
 
 DEFAULT_BASE = Path(__file__).resolve().parent / "examples" / "fixed_cnn"  # package data
+TWO_CONV_BASE = DEFAULT_BASE.parent / "two_conv_cnn"
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Outcome:
     bug: Bug | None
     result: CheckResult
     seconds: float
+    base: str = TUTORIAL  # which correct implementation was checked (or patched)
 
     @property
     def caught(self) -> bool:
@@ -76,6 +81,7 @@ class Outcome:
             tensor = f" {failure.tensor}" if failure.tensor else ""
             first = f"step {failure.failure_step}{tensor}: {failure.cause()}"
         return {
+            "network": self.base,
             "bug": self.bug.name if self.bug else "(none: the correct code)",
             "injected in": f"{self.bug.layer} ({self.bug.cls})" if self.bug else "-",
             "caught by": where,
@@ -88,23 +94,50 @@ class Outcome:
         }
 
 
-def run_bugs(
-    base: TutorialImpl,
+def load_bases(tutorial: str | Path = DEFAULT_BASE) -> dict[str, Impl]:
+    """The correct implementations the bugs patch: the tutorial's trio, and the two-conv network from --layers."""
+    return {
+        TUTORIAL: load_impl(str(tutorial)),
+        TWO_CONV: load_impl(_shown(str(TWO_CONV_BASE)), calls=parse_layers(TWO_CONV_LAYERS)),
+    }
+
+
+def run_all(
+    bases: dict[str, Impl],
     train_images: np.ndarray,
     train_labels: np.ndarray,
     *,
     bugs: tuple[Bug, ...] = BUGS,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
+) -> list[Outcome]:
+    """`run_bugs` for each base with bugs among `bugs`, its correct code first."""
+    outcomes = []
+    for name, base in bases.items():
+        mine = tuple(bug for bug in bugs if bug.base == name)
+        if mine:
+            outcomes += run_bugs(base, train_images, train_labels, bugs=mine, steps=steps, seed=seed, base_name=name)
+    return outcomes
+
+
+def run_bugs(
+    base: Impl,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    bugs: tuple[Bug, ...] = TUTORIAL_BUGS,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
     lr: float = DEFAULT_LR,
     clean: bool = True,
+    base_name: str = TUTORIAL,
 ) -> list[Outcome]:
     """Check the correct implementation over every step and probe, then each bug until its first divergence."""
     outcomes = []
     if clean:
         started = time.perf_counter()
         result = check_impl(base, train_images, train_labels, steps=steps, seed=seed, lr=lr, probes=PROBES)
-        outcomes.append(Outcome(None, result, time.perf_counter() - started))
+        outcomes.append(Outcome(None, result, time.perf_counter() - started, base_name))
     for bug in bugs:
         started = time.perf_counter()
         result = check_impl(
@@ -117,7 +150,7 @@ def run_bugs(
             probes=PROBES,
             stop_at_first=True,
         )
-        outcomes.append(Outcome(bug, result, time.perf_counter() - started))
+        outcomes.append(Outcome(bug, result, time.perf_counter() - started, base_name))
     return outcomes
 
 
@@ -127,7 +160,8 @@ def add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
         "--base",
         default=str(DEFAULT_BASE),
         metavar="PATH",
-        help="the correct tutorial-interface implementation the bugs patch (parity/check/examples/fixed_cnn)",
+        help="the correct tutorial-interface implementation the tutorial's bugs patch "
+        "(parity/check/examples/fixed_cnn); the two-conv bugs patch parity/check/examples/two_conv_cnn",
     )
     parser.add_argument(
         "--bug", action="append", default=[], metavar="NAME", help="run only these bugs (repeat); see --list"
@@ -142,7 +176,7 @@ def run_selftest(args: argparse.Namespace) -> int:
     """Run the self-test and print one row per bug; exit 0 when every bug is caught and blamed right."""
     if args.list:
         for bug in BUGS:
-            print(f"{bug.name:30} {bug.layer:7} {bug.cls:9} {bug.mistake}")
+            print(f"{bug.name:36} {bug.base:9} {bug.layer:7} {bug.cls:10} {bug.mistake}")
         return EXIT_PARITY
     known = {bug.name: bug for bug in BUGS}
     unknown = [name for name in args.bug if name not in known]
@@ -150,7 +184,7 @@ def run_selftest(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown bug {', '.join(unknown)}; `cnn-parity selftest --list` shows them")
     bugs = tuple(known[name] for name in args.bug) if args.bug else BUGS
     try:
-        base = load_impl(_shown(args.base))
+        bases = load_bases(_shown(args.base))
     except ImplError as error:
         raise UsageError(f"the correct implementation: {error}") from None
 
@@ -161,10 +195,10 @@ def run_selftest(args: argparse.Namespace) -> int:
     train, _ = load_experiment_data(args.data_dir)
     started = time.perf_counter()
     try:
-        outcomes = run_bugs(base, train.images, train.labels, bugs=bugs, steps=args.steps, seed=args.seed)
+        outcomes = run_all(bases, train.images, train.labels, bugs=bugs, steps=args.steps, seed=args.seed)
     except ImplError as error:
         raise UsageError(f"the correct implementation: {error}") from None
-    print(render(base, outcomes, args.steps, time.perf_counter() - started))
+    print(render(bases, outcomes, args.steps, time.perf_counter() - started))
     return EXIT_PARITY if all(outcome.ok for outcome in outcomes) else EXIT_DIVERGENCE
 
 
@@ -174,11 +208,16 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
-def render(base: TutorialImpl, outcomes: list[Outcome], steps: int, seconds: float) -> str:
+def render(bases: dict[str, Impl], outcomes: list[Outcome], steps: int, seconds: float) -> str:
     """The self-test table, each bug's mistake, and the verdict."""
-
+    injected = ", ".join(
+        f"{sum(o.bug is not None and o.base == name for o in outcomes)} into {base.label}"
+        + (f" (--layers {TWO_CONV_LAYERS})" if base.calls is not None else "")
+        for name, base in bases.items()
+        if any(o.base == name for o in outcomes)
+    )
     lines = [
-        f"cnn-parity selftest: {len(outcomes) - (outcomes[0].bug is None)} bugs injected into {base.label}, "
+        f"cnn-parity selftest: {sum(o.bug is not None for o in outcomes)} bugs injected: {injected}; "
         f"each checked like `cnn-parity check` ({steps} real MNIST steps, then the edge probes {', '.join(PROBES)}; "
         "a bug's run stops at its first divergence)",
         "",
@@ -188,7 +227,7 @@ def render(base: TutorialImpl, outcomes: list[Outcome], steps: int, seconds: flo
     ]
     lines += [f"  {o.bug.name}: {o.bug.mistake} ({o.bug.layer}, in {o.bug.cls})" for o in outcomes if o.bug]
     bugs = [o for o in outcomes if o.bug]
-    clean = next((o for o in outcomes if o.bug is None), None)
+    cleans = [o for o in outcomes if o.bug is None]
     caught = sum(o.ok for o in bugs)
     subtle = [o.bug.name for o in bugs if o.ok and o.loss_agrees() == "agrees"]
     lines.append("")
@@ -197,9 +236,9 @@ def render(base: TutorialImpl, outcomes: list[Outcome], steps: int, seconds: flo
             f"Invisible in the loss when caught (only a tensor-by-tensor comparison sees them): {', '.join(subtle)}."
         )
     verdict = f"{caught} of {len(bugs)} bugs caught and blamed on the right layer"
-    if clean is not None:
+    if cleans:
         verdict += "; the correct code " + (
-            "passes everywhere (no false positive)" if clean.ok else "FAILS (a false positive)"
+            "passes everywhere (no false positive)" if all(o.ok for o in cleans) else "FAILS (a false positive)"
         )
     ok = all(o.ok for o in outcomes)
     lines.append(

@@ -1,0 +1,94 @@
+"""Calling the user's code: its exceptions named, a time limit per call, and its printing kept off the report.
+
+Whatever the user's method raises becomes an `ImplCrash` naming the class, the method and the layer, with the
+error in one line (`MaxPool2.forward raised ValueError: ...`); the run that called it says at which step.
+
+A layer method that never returns (an index that stops advancing in a `while` loop) would hang `check` for good.
+`user_call` arms a one-shot interval timer (SIGALRM) around every call into the user's code; when it fires, the
+handler raises `MethodTimeout` inside that code, which unwinds it. `MethodTimeout` derives from `BaseException`,
+as `KeyboardInterrupt` does, so a user's `except Exception:` cannot swallow it; Ctrl-C is untouched.
+
+The timer only interrupts Python code: a single NumPy call that runs for minutes returns first. Where there is no
+SIGALRM (Windows) or `check` does not run in the main thread, calls run without a limit.
+
+What the user's code prints (progress lines, shapes) goes to a sink instead of the terminal: the report is
+`check`'s output, and a print in `forward` would put 200 lines into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+import threading
+from collections.abc import Callable
+
+DEFAULT_TIMEOUT = 30.0  # seconds per call: the tutorial's loop conv takes ~15 ms, a two-conv loop code ~0.2 s
+
+
+class ImplCrash(Exception):
+    """The user's code raised, returned something unusable, or did not return in time: one line.
+
+    `cls` is the user's class, `method` the method, `layer` the spec layer it implements (`pool2`), which a crash
+    blames; `timed_out` when the method did not return within its time limit.
+    """
+
+    def __init__(self, cls: str, method: str, message: str, layer: str, timed_out: bool = False) -> None:
+        super().__init__(f"{cls}.{method}: {message}")
+        self.cls, self.method, self.detail, self.layer, self.timed_out = cls, method, message, layer, timed_out
+
+    @property
+    def where(self) -> str:
+        """`MaxPool2.forward`."""
+        return f"{self.cls}.{self.method}"
+
+
+def guarded(cls: str, method: str, layer: str, function: Callable, *args, timeout: float | None = DEFAULT_TIMEOUT):
+    """`user_call(function, *args)` with whatever it raises, or a time-out, turned into an `ImplCrash`."""
+    try:
+        return user_call(function, *args, timeout=timeout)
+    except MethodTimeout as stop:
+        raise ImplCrash(cls, method, str(stop), layer, timed_out=True) from None
+    except Exception as error:  # the user's code is arbitrary code
+        raise ImplCrash(cls, method, f"raised {one_line(error)}", layer) from error
+
+
+def one_line(error: BaseException) -> str:
+    """`ValueError: the message`, whitespace collapsed to single spaces (a traceback never shows)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class MethodTimeout(BaseException):
+    """A call into the user's code ran past its time limit (a BaseException: `except Exception` does not stop it)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"did not return within {seconds:g} s")
+        self.seconds = seconds
+
+
+def limits_supported() -> bool:
+    """Whether calls can be interrupted here: SIGALRM exists and this is the main thread."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def user_call(function: Callable, *args, timeout: float | None = DEFAULT_TIMEOUT):
+    """`function(*args)`, stopped by `MethodTimeout` after `timeout` seconds (None: no limit), its prints dropped."""
+    sink = io.StringIO()
+    if timeout is None or not limits_supported():
+        with contextlib.redirect_stdout(sink):
+            return function(*args)
+
+    def expire(signum, frame):
+        raise MethodTimeout(timeout)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    try:
+        with contextlib.redirect_stdout(sink):
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                return function(*args)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)

