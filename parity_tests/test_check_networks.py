@@ -376,3 +376,31 @@ def test_timeout_option_is_checked(capsys, value, message):
     with pytest.raises(SystemExit) as caught:
         main(["check", "--impl", str(FIXED), "--timeout", value])
     assert caught.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_class_misnamed_in_layers_gets_the_nearest_real_one(capsys):
+    layers = TWO_CONV_LAYERS.replace("MaxPool2()", "MaxPool()")
+    code, out, err = cli(capsys, "check", "--impl", str(TWO_CONV), "--layers", layers, "--steps", "2", "--no-probes")
+    assert code == 2 and out == ""
+    assert "  - no class MaxPool (" in err
+    argv = rerun_argv(err)
+    assert argv[argv.index("--layers") + 1] == TWO_CONV_LAYERS
+    assert cli(capsys, *argv)[0] == 0
+
+
+def test_a_folder_whose_layers_are_in_a_subfolder_is_pointed_there(capsys, tmp_path):
+    shutil.copytree(FIXED, tmp_path / "project" / "layers")
+    (tmp_path / "project" / "train.py").write_text("print('trains')\n")
+    code, out, err = cli(capsys, "check", "--impl", str(tmp_path / "project"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "no layer classes in its .py files, but layers/ holds some (subfolders are not searched)" in err
+    assert f"pass --impl {tmp_path / 'project' / 'layers'}" in err
+
+
+def test_a_first_layer_that_wants_channels_first_is_told_the_layout(capsys, tmp_path):
+    chw = "        self.last_input = input\n        assert input.ndim == 3 and input.shape[0] == 1\n"
+    impl = copy_fixed(tmp_path / "impl", "conv.py", "        self.last_input = input\n", chw)
+    code, out, err = cli(capsys, "check", "--impl", str(impl))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "Conv3x3.forward: raised AssertionError, given a 28x28x1 (HWC) input and the 2-D image 28x28" in err
+    assert "check passes activations as height, width, channels" in err

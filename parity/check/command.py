@@ -224,7 +224,7 @@ def _architecture(args, mapping: Mapping, calls, image_shape) -> Architecture | 
         raise UsageError(str(error)) from None
     except ImplCrash as crash:
         if not crash.timed_out:
-            raise UsageError(f"{args.impl}: {crash} when first called ({TRAIN_CALLS})") from None
+            raise UsageError(f"{args.impl}: when first called, {crash} ({TRAIN_CALLS})") from None
         print(f"cnn-parity check {args.impl}")
         print(
             f"HUNG before the first step: {crash.where} ({crash.layer}) {crash.detail} on a probe input while the "

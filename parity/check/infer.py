@@ -331,7 +331,18 @@ class _Binder:
                     raise
                 crashes.append(crash)
         else:
-            raise crashes[0]
+            first = crashes[0]
+            tried = f"a {_hwc(x.shape)} (HWC) input" + (
+                f" and the 2-D image {_hwc(x.shape[:2])}" if channels == 1 else ""
+            )
+            raise ImplCrash(
+                first.cls,
+                first.method,
+                f"{first.detail}, given {tried}; check passes activations as height, "
+                "width, channels, as the tutorial does",
+                first.layer,
+                first.timed_out,
+            )
         if len(layouts) > 1:
             layouts = _matching_layouts(layouts, filters, x, out) or layouts[:1]
         layout, (kernel, count) = layouts[0]

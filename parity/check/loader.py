@@ -267,6 +267,8 @@ def _from_files(files: list[Path], mapping: Mapping, spec: str, calls: tuple[Lay
     except NamesError:
         if catalogue.syntax_errors:  # the class is most likely in the file that does not parse
             raise ImplError(catalogue.syntax_errors[0]) from None
+        if not catalogue.layers() and files[0].parent == Path(spec):
+            _point_to_subfolders(Path(spec))
         raise
     by_name = {file.name: file for file in files}
     for name in chosen.values():
@@ -320,6 +322,21 @@ def choose_classes(
     if problems:
         raise NamesError(label, problems, catalogue)
     return chosen, tuple(found)
+
+
+def _point_to_subfolders(folder: Path) -> None:
+    """ImplError naming the subfolders that hold layer classes, when the folder given holds none itself."""
+    holding = [
+        sub
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir())
+        if scan_files(sorted(sub.glob("*.py"))).layers()
+    ]
+    if holding:
+        where = ", ".join(f"{sub.name}/" for sub in holding)
+        raise ImplError(
+            f"{folder}: no layer classes in its .py files, but {where} {'holds' if len(holding) == 1 else 'hold'} some "
+            f"(subfolders are not searched); pass --impl {holding[0]}"
+        )
 
 
 def _model_like(name: str) -> bool:
