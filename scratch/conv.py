@@ -60,7 +60,8 @@ class Conv(Layer):
         windows = _window_view(x, self.kernel)  # (N, out_h, out_w, K, K, C), no copy yet
         if channels == 1:
             # Copied as its transpose, (K*K, N * windows), each row the image shifted by (k, l): the copy moves runs
-            # of out_w pixels instead of one pixel at a time. The matrix product gives the same bits either way.
+            # of out_w pixels instead of one pixel at a time. OpenBLAS gives the products of this layout the same
+            # bits as those of the window-by-window one (the shipped golden record holds).
             self._patches = windows.transpose(3, 4, 5, 0, 1, 2).reshape(-1, batch * out_h * out_w).T
         else:
             # Window by window, each kernel position copying C channels in a run. (For a few channels, OpenBLAS
