@@ -199,7 +199,7 @@ def test_layers_option_parses_literals_and_arithmetic():
         LayerCall("ConvB", (16,), (("channels", 8),)),
         LayerCall("Softmax", (256, 10, "random", None)),
     )
-    assert format_layers(calls) == "ConvA(8),MaxPool(),ConvB(16,channels=8),Softmax(256,10,'random',None)"
+    assert format_layers(calls) == 'ConvA(8),MaxPool(),ConvB(16,channels=8),Softmax(256,10,"random",None)'
 
 
 @pytest.mark.parametrize(
@@ -404,3 +404,19 @@ def test_a_first_layer_that_wants_channels_first_is_told_the_layout(capsys, tmp_
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "Conv3x3.forward: raised AssertionError, given a 28x28x1 (HWC) input and the 2-D image 28x28" in err
     assert "check passes activations as height, width, channels" in err
+
+
+def test_code_that_loads_trained_weights_gets_values_its_constructors_take(capsys):
+    """predict.py builds the layers from loaded arrays (no literals) for 25 classes: the printed --layers puts the
+    value the constructors take for random weights in their place, and 10 classes; it gives a verdict."""
+    impl = str(IMPLS / "loaded_weights")
+    code, out, err = cli(capsys, "check", "--impl", impl, "--steps", "3", "--no-probes")
+    assert code == 2 and out == ""
+    assert (
+        '  - Softmax(1352, 25, "", ""): a classifier of 25 units; MNIST, which check trains on, has 10 classes' in err
+    )
+    assert "with an empty string for biases, filters, weights, which are no literals" in err
+    argv = rerun_argv(err)
+    assert argv[argv.index("--layers") + 1] == 'Conv3x3(8,""),MaxPool2(),Softmax(1352,10,"","")'
+    code, out, err = cli(capsys, *argv)
+    assert (code, err) == (0, ""), out

@@ -76,10 +76,26 @@ class ClassInfo:
         return self.init.signature().replace("__init__", self.name, 1) if self.init else f"{self.name}()"
 
 
+class Unknown:
+    """An argument a script passes that is not a literal (`nominal_filters_test`): its source text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unknown) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
 @dataclass(frozen=True)
 class ScriptSequence:
     """The layer objects one function (or module) of a script constructs, in source order: `Model.__init__` in
-    cnn.py constructs ConvA(8), MaxPool(), ... An argument that is not a literal is None."""
+    cnn.py constructs ConvA(8), MaxPool(), ... An argument that is not a literal is an `Unknown`."""
 
     where: str  # `cnn.py, Model.__init__`
     calls: tuple[LayerCall, ...]
@@ -262,17 +278,23 @@ def _sequences(tree: ast.Module, where: str, layer_names: set[str]) -> list[Scri
             name = _called_class(node, layer_names)
             if name is None:
                 continue
-            try:
-                args = tuple(literal(_resolved(arg, constants)) for arg in node.args)
-                kwargs = tuple((k.arg, literal(_resolved(k.value, constants))) for k in node.keywords if k.arg)
-            except ValueError:
-                args, kwargs = (), ()
+            args = tuple(_argument(arg, constants) for arg in node.args)
+            kwargs = tuple((k.arg, _argument(k.value, constants)) for k in node.keywords if k.arg)
+            if any(isinstance(value, Unknown) for value in args + tuple(v for _, v in kwargs)):
                 unknown.append(len(calls))
             calls.append(LayerCall(name, args, kwargs))
             source.append(ast.unparse(node))
         if calls:
             found.append(ScriptSequence(f"{where}, {scope}", tuple(calls), tuple(unknown), tuple(source)))
     return found
+
+
+def _argument(node: ast.expr, constants: dict[str, ast.expr]) -> object:
+    """A literal argument's value, or an `Unknown` holding its source."""
+    try:
+        return literal(_resolved(node, constants))
+    except ValueError:
+        return Unknown(ast.unparse(node))
 
 
 def _walk_scope(body: list[ast.stmt]):

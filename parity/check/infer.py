@@ -180,6 +180,8 @@ def _infer(impl, methods, calls, image_shape, num_classes, timeout, layer_names)
         raise NamesError(impl.label, problems, impl.catalogue)
     text = ",".join(layer.item for layer in bound)
     last = bound[-1]
+    if last.kind == "dense" and last.item != f"dense{num_classes}" and calls is not None:
+        _other_class_count(impl, last, num_classes, len(bound) - 1)
     if last.kind != "dense" or last.item != f"dense{num_classes}":
         raise ImplError(
             f"{impl.label}: the last layer must be the classifier, a dense layer of {num_classes} units whose forward "
@@ -190,6 +192,29 @@ def _infer(impl, methods, calls, image_shape, num_classes, timeout, layer_names)
     except ValueError as error:
         raise ImplError(f"{impl.label}: the layers found make no network: {error}") from None
     return Architecture(impl, tuple(bound), spec, timeout, tuple(found))
+
+
+def _other_class_count(impl: Impl, last: BoundLayer, num_classes: int, index: int) -> None:
+    """A classifier for another number of classes (code written for another data set), one argument of which is
+    that number: NamesError with the call corrected to `num_classes`."""
+    units = int(last.item.removeprefix("dense"))
+    position = _argument_equal_to(last.call, units)
+    if position is None:
+        return
+    shown = LayerCall(last.cls_name, last.call.args, last.call.kwargs)
+    corrected = shown.with_arg(position, num_classes)
+    detail = f"a classifier of {units} units; MNIST, which check trains on, has {num_classes} classes"
+    problem = Missing(
+        "arguments",
+        last.call.cls,
+        "",
+        shown.text(),
+        detail=detail,
+        owner=last.cls_name,
+        index=index,
+        corrected=corrected,
+    )
+    raise NamesError(impl.label, [problem], impl.catalogue)
 
 
 def _bind_all(impl, methods, calls, image_shape, num_classes, timeout, layer_names):

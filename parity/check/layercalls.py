@@ -27,10 +27,10 @@ class LayerCall:
     args: tuple = ()
     kwargs: tuple[tuple[str, object], ...] = field(default=())
 
-    def text(self) -> str:
+    def text(self, separator: str = ", ") -> str:
         """`ConvB(16, 8)`, as it would be written in `--layers`."""
-        parts = [repr(value) for value in self.args] + [f"{key}={value!r}" for key, value in self.kwargs]
-        return f"{self.cls}({', '.join(parts)})"
+        parts = [_shown(value) for value in self.args] + [f"{key}={_shown(value)}" for key, value in self.kwargs]
+        return f"{self.cls}({separator.join(parts)})"
 
     def with_arg(self, position: int | str, value: object) -> LayerCall:
         """The same call with one argument (by position or keyword) replaced."""
@@ -39,6 +39,15 @@ class LayerCall:
             args[position] = value
             return LayerCall(self.cls, tuple(args), self.kwargs)
         return LayerCall(self.cls, self.args, tuple((k, value if k == position else v) for k, v in self.kwargs))
+
+
+def _shown(value: object) -> str:
+    """A literal as `--layers` writes it: strings in double quotes, so the option pastes inside single quotes."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(_shown, value)) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
 
 
 def parse_layers(text: str) -> tuple[LayerCall, ...]:
@@ -71,7 +80,7 @@ def parse_layers(text: str) -> tuple[LayerCall, ...]:
 
 def format_layers(calls: tuple[LayerCall, ...] | list[LayerCall]) -> str:
     """The `--layers` text of `calls`: `ConvA(8),MaxPool(),...` (no spaces, so it pastes without quoting trouble)."""
-    return ",".join(call.text().replace(", ", ",") for call in calls)
+    return ",".join(call.text(",") for call in calls)
 
 
 def literal(node: ast.expr) -> object:

@@ -13,7 +13,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from parity.check.catalogue import Catalogue, ClassInfo
+from parity.check.catalogue import Catalogue, ClassInfo, Unknown
 from parity.check.infer import infer_architecture, shape_after
 from parity.check.layercalls import LayerCall, format_layers
 from parity.check.loader import (
@@ -144,7 +144,7 @@ def _fix(proposal, problems, catalogue, label, image_shape, timeout) -> Proposal
         elif problem.what == "arguments":
             if problem.corrected is not None and calls is not None:
                 calls = tuple(problem.corrected if i == problem.index else c for i, c in enumerate(calls))
-                sources.append(f"--layers: {problem.corrected.text()}, for the inputs the layer before gives")
+                sources.append(f"--layers: {problem.corrected.text()} instead of {problem.wanted}")
                 continue
             switched = _layers_instead(catalogue, mapping, label, image_shape, timeout)
             if switched is None or switched.calls == calls:
@@ -162,12 +162,51 @@ def _layers_instead(catalogue, mapping, label, image_shape, timeout) -> Proposal
     if sequence is not None and not sequence.unknown:
         calls = sequence.calls
         source = f"--layers: the layers {sequence.where} constructs"
+    elif sequence is not None and (filled := _filled_unknowns(sequence, mapping, label, image_shape, timeout)):
+        calls, value = filled
+        unknowns = sorted({repr(v) for call in sequence.calls for v in _values(call) if isinstance(v, Unknown)})
+        source = (
+            f"--layers: the layers {sequence.where} constructs, with {'None' if value is None else 'an empty string'}"
+            f" for {', '.join(unknowns)}, which are no literals; the constructors take that"
+        )
     else:
         calls = _from_constructors(catalogue, label, image_shape, timeout)
         if calls is None:
             return None
         source = "--layers: built from the classes' constructors; check that the order is your network's"
     return Proposal(_carried(mapping, calls), calls, [source])
+
+
+def _values(call: LayerCall) -> tuple:
+    return call.args + tuple(value for _, value in call.kwargs)
+
+
+def _filled_unknowns(sequence, mapping, label, image_shape, timeout) -> tuple[tuple[LayerCall, ...], object] | None:
+    """The script's layers with each argument that is no literal replaced by one value (None, then an empty
+    string: what code that takes 'a loaded array, or anything else for random weights' accepts), the first that
+    builds a network; None when neither does."""
+
+    def filled(value: object) -> tuple[LayerCall, ...]:
+        def one(v):
+            return value if isinstance(v, Unknown) else v
+
+        return tuple(
+            LayerCall(c.cls, tuple(one(v) for v in c.args), tuple((k, one(v)) for k, v in c.kwargs))
+            for c in sequence.calls
+        )
+
+    for value in (None, ""):
+        calls = filled(value)
+        try:
+            infer_architecture(load_impl(label, _carried(mapping, calls), calls), image_shape, timeout=timeout)
+        except NamesError as error:  # a classifier for another number of classes still counts: it is fixed next
+            if all(problem.corrected is not None for problem in error.problems):
+                return calls, value
+            continue
+        except (ImplError, ImplCrash):
+            continue
+        return calls, value
+    return None
 
 
 def _carried(mapping: Mapping, calls: tuple[LayerCall, ...]) -> Mapping:
