@@ -330,8 +330,12 @@ def test_a_probe_the_code_raises_in_is_named_as_its_error(capsys, tmp_path):
     divergence, and a crash at step 0 never claims parity before it."""
     odd = '        if input.shape[0] % 2:\n            raise ValueError(f"odd input {input.shape}")\n'
     impl = copy_fixed(tmp_path / "impl", "maxpool.py", '        """(h, w, c) -> (h // 2, w // 2, c)."""\n', odd)
-    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5")
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5", "--out", str(tmp_path / "report"))
     assert (code, err) == (1, "")
+    document = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert not document["passed"] and [run["passed"] for run in document["runs"]] == [True, True, True, False]
+    crash = document["check"]["runs"][3]["crash"]
+    assert (crash["class"], crash["method"], crash["layer"], crash["step"]) == ("MaxPool2", "forward", "pool1", 0)
     assert "Main run: PARITY over 5 steps" in out
     explanation = "fails on odd sizes: MaxPool2.forward (pool1) raised ValueError: odd input (25, 25, 8) at step 0"
     assert f"  - odd-size: {explanation}\n" in out
@@ -420,3 +424,25 @@ def test_code_that_loads_trained_weights_gets_values_its_constructors_take(capsy
     assert argv[argv.index("--layers") + 1] == 'Conv3x3(8,""),MaxPool2(),Softmax(1352,10,"","")'
     code, out, err = cli(capsys, *argv)
     assert (code, err) == (0, ""), out
+
+
+def test_a_probe_the_network_cannot_be_built_for_is_skipped_with_the_reason(capsys, tmp_path):
+    """A classifier that sizes its input itself: nothing to change for 27x27 crops, so the odd-size probe is
+    skipped and says why; the other probes still run, and the verdict and the report say so."""
+    fixed_size = "    def __init__(self, nodes, rng=None):\n        input_len = 13 * 13 * 8\n"
+    impl = copy_fixed(
+        tmp_path / "impl", "softmax.py", "    def __init__(self, input_len, nodes, rng=None):\n", fixed_size
+    )
+    argv = ["check", "--impl", str(impl), "--layers", "Conv3x3(8),MaxPool2(),Softmax(10)", "--steps", "3"]
+    code, out, err = cli(capsys, *argv, "--out", str(tmp_path / "report"))
+    assert (code, err) == (0, ""), out
+    document = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(document["runs"]) == 3  # a probe that took no step claims nothing in the report
+    assert document["check"]["runs"][3]["verdict"] == "SKIPPED"
+    assert (
+        "  - odd-size: skipped: Softmax(10): no argument is its input length 1352, so it cannot be constructed for "
+        "27x27 images"
+    ) in out
+    assert (
+        "PARITY: the main run and 2 edge probes agree with PyTorch tensor by tensor (1 probe skipped) (exit 0)" in out
+    )

@@ -366,16 +366,20 @@ def verdict_line(result: CheckResult) -> str:
 
 
 def write_check_report(result: CheckResult, out_dir: str, command: str, data_source: str = "") -> Path:
-    """The same report.md / report.json as `cnn-parity report` (one ExperimentResult per run), with what was read
-    from the code under the document's `check` key."""
+    """The same report.md / report.json as `cnn-parity report` (one ExperimentResult per run that took steps), with
+    what was read from the code, and every run's outcome, under the document's `check` key.
+
+    A run the code raised (or hung) in fails like a divergence, whatever its steps before agreed; a skipped probe
+    took no step and claims nothing, so it is only listed under `check`."""
     try:
         from reports.writer import build_document, write_document
     except ImportError as error:
         raise UsageError(f"--out needs reports.writer, which is not available ({error})") from None
     from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, progress_lines
+    from reports.jsondoc import DIVERGED
 
-    results = []
-    for run in result.runs:
+    results, runs = [], [run for run in result.runs if not run.skipped]
+    for run in runs:
         impl = f"check:{result.impl.label}" + ("" if run.name == "main" else f" probe:{run.name}")
         config = ExperimentConfig(
             arch=run.record.spec.text,
@@ -389,6 +393,10 @@ def write_check_report(result: CheckResult, out_dir: str, command: str, data_sou
         results.append(ExperimentResult(config, run.record, progress=progress_lines(run.record.steps, 0)))
     title = f"cnn-parity check: {result.impl.label}"
     document = build_document(results, title=title, command=command, data_source=data_source)
+    for entry, run in zip(document["runs"], runs, strict=True):
+        if run.crash is not None:
+            entry.update(passed=False, verdict=DIVERGED, fails_exit_code=True)
+    document["passed"] = all(entry["passed"] for entry in document["runs"] if entry["role"] == "parity claim")
     document["check"] = check_entry(result)
     return write_document(out_dir, document, results)
 
