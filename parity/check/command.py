@@ -218,7 +218,7 @@ def _architecture(args, mapping: Mapping, calls, image_shape) -> Architecture | 
     except NamesError as error:
         from parity.check.suggest import names_message
 
-        command = _rerun_command(args)
+        command = _rerun_command(args) + (f" --out {shlex.quote(args.out)}" if args.out is not None else "")
         raise UsageError(names_message(error, args.impl, mapping, calls, image_shape, command, args.timeout)) from None
     except ImplError as error:
         raise UsageError(str(error)) from None
@@ -460,7 +460,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _rerun_command(args: argparse.Namespace) -> str:
-    """The command line as given, without --layers, --map and --out (which a suggestion replaces)."""
+    """The command line as given, without --layers and --map (which a suggestion replaces) and --out."""
     parts = ["cnn-parity check", f"--impl {shlex.quote(args.impl)}"]
     for option, default in (
         ("steps", DEFAULT_STEPS),
