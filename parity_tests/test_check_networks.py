@@ -446,3 +446,16 @@ def test_a_probe_the_network_cannot_be_built_for_is_skipped_with_the_reason(caps
     assert (
         "PARITY: the main run and 2 edge probes agree with PyTorch tensor by tensor (1 probe skipped) (exit 0)" in out
     )
+
+
+def test_without_a_script_the_layers_are_built_from_the_constructors(capsys, tmp_path):
+    """No training script to read: conv, pool for each conv class (the one taking no channel count first), then the
+    classifier sized from the shapes before it; said to be a guess at the order, and tried."""
+    impl = tmp_path / "impl"
+    shutil.copytree(TWO_CONV, impl, ignore=shutil.ignore_patterns("train.py"))
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "2", "--no-probes")
+    assert code == 2 and out == ""
+    assert "(--layers: built from the classes' constructors; check that the order is your network's)" in err
+    argv = rerun_argv(err)
+    assert argv[argv.index("--layers") + 1] == "ConvA(8),MaxPool2(),ConvB(16,8),MaxPool2(),Softmax(256,10)"
+    assert cli(capsys, *argv)[0] == 0
