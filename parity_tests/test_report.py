@@ -409,8 +409,9 @@ def test_command_module_imports_without_torch():
 # --- atomic writes ---------------------------------------------------------------------------------------------
 
 
-def _fail_on_second_call(monkeypatch, module, name, error):
-    original, calls = getattr(module, name), []
+def _fail_on_second_call(monkeypatch, where, name, error):
+    """`where.name` (or `where[name]` for a dict) raises `error` on its second call."""
+    original, calls = (where[name] if isinstance(where, dict) else getattr(where, name)), []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -418,7 +419,10 @@ def _fail_on_second_call(monkeypatch, module, name, error):
             raise error
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(module, name, failing)
+    if isinstance(where, dict):
+        monkeypatch.setitem(where, name, failing)
+    else:
+        monkeypatch.setattr(where, name, failing)
 
 
 def test_failure_mid_write_keeps_the_previous_report(report_cli, tmp_path, monkeypatch):
@@ -427,9 +431,9 @@ def test_failure_mid_write_keeps_the_previous_report(report_cli, tmp_path, monke
     out = tmp_path / "report"
     assert report_cli("--out", str(out), *TINY) == 0
     before = {path.name: path.read_bytes() for path in out.iterdir()}
-    _fail_on_second_call(monkeypatch, plots, "loss_plot", RuntimeError("disk on fire"))
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        report_cli("--out", str(out), *TINY, "--dtypes", "float64,float32")
+    _fail_on_second_call(monkeypatch, plots.PLOTS, "loss", RuntimeError("disk on fire"))
+    with pytest.raises(RuntimeError, match="disk on fire"):  # serial: the plots are drawn while writing
+        report_cli("--out", str(out), *TINY, "--dtypes", "float64,float32", "--jobs", "1")
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"], "temporary directories left behind"
 

@@ -275,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
 
     from parity.cli.errors import mark_written
     from parity.lockstep.parallel import run_experiments
+    from reports.plots import render as render_plots
     from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
     from scratch.data import load_experiment_data, steps_per_epoch
@@ -296,7 +297,9 @@ def run(args: argparse.Namespace) -> int:
         jobs = min(options.jobs, len(runs))
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
             bar.set_description(f"{len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else ""), refresh=False)
-            results = run_experiments(runs, train, test, jobs, on_steps=lambda _config, steps: bar.update(steps))
+            results, drawn = run_experiments(
+                runs, train, test, jobs, on_steps=lambda _config, steps: bar.update(steps), then=render_plots
+            )
         document = build_document(
             results,
             title=title(options.arch),
@@ -304,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
             data_source=f"{train.source}; {test.source}",
             demonstrations=demonstrations,
         )
-        report = write_document(options.out, document, results)
+        report = write_document(options.out, document, results, drawn)
         mark_written(args, report, 0 if document["passed"] else 1)  # complete: a Ctrl-C from here on is no failure
     finally:
         torch.set_num_threads(threads)  # in-process callers (tests) get their setting back

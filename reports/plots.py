@@ -9,10 +9,11 @@ Every number drawn comes from the lockstep record (the comparison engine); nothi
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def import_matplotlib() -> None:
         import matplotlib  # noqa: F401
 
 
-def _save(figure: Figure, path: Path) -> None:
+def _save(figure: Figure, path: Path | BinaryIO) -> None:
     figure.savefig(path, format="png", dpi=DPI)
 
 
@@ -124,7 +125,7 @@ def _moving_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def loss_plot(result: ExperimentResult, path: Path) -> None:
+def loss_plot(result: ExperimentResult, path: Path | BinaryIO) -> None:
     """Training loss of scratch and reference over the steps (trailing 100-step mean), overlaid."""
     steps = result.record.steps
     x = np.arange(len(steps))
@@ -205,7 +206,7 @@ def tensor_groups(result: ExperimentResult) -> list[tuple[str, list[str]]]:
     return [(title, [info.name for info in tensors if info.phase == phase]) for phase, title in GROUPS]
 
 
-def error_plot(result: ExperimentResult, path: Path) -> None:
+def error_plot(result: ExperimentResult, path: Path | BinaryIO) -> None:
     """log10 max |scratch - reference| of every tensor over the steps, one panel per phase of a step."""
     series = error_series(result)
     n_steps = len(result.record.steps)
@@ -248,3 +249,16 @@ def error_plot(result: ExperimentResult, path: Path) -> None:
     )
     figure.tight_layout()
     _save(figure, path)
+
+
+PLOTS = {"loss": loss_plot, "errors": error_plot}  # kind -> drawing function, in the report's order
+
+
+def render(result: ExperimentResult) -> dict[str, bytes]:
+    """Every plot of one run as PNG bytes, by kind: what a worker process can draw beside the others."""
+    drawn = {}
+    for kind, draw in PLOTS.items():
+        buffer = io.BytesIO()
+        draw(result, buffer)
+        drawn[kind] = buffer.getvalue()
+    return drawn

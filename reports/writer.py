@@ -118,16 +118,22 @@ def build_document(
 
 
 def write_document(
-    out_dir: str | os.PathLike, document: dict[str, object], results: Sequence[ExperimentResult]
+    out_dir: str | os.PathLike,
+    document: dict[str, object],
+    results: Sequence[ExperimentResult],
+    drawn: Sequence[dict[str, bytes]] | None = None,
 ) -> Path:
-    """Write `document` (from `build_document(results, ...)`) with its markdown and plots; return report.md's path."""
+    """Write `document` (from `build_document(results, ...)`) with its markdown and plots; return report.md's path.
+    `drawn`: each run's plots already rendered (`plots.render`, e.g. by the worker that ran it), else drawn here."""
     out_dir = Path(out_dir)
     check_destination(out_dir)
     with atomic.directory(out_dir) as staging:
-        for result, run in zip(results, document["runs"], strict=True):
+        for index, (result, run) in enumerate(zip(results, document["runs"], strict=True)):
             for kind, name in run["plots"].items():
-                draw = {"loss": plots.loss_plot, "errors": plots.error_plot}[kind]
-                draw(result, staging / name)
+                if drawn is not None:
+                    (staging / name).write_bytes(drawn[index][kind])
+                else:
+                    plots.PLOTS[kind](result, staging / name)
         text = jsondoc.to_json(document)
         atomic.write_text(staging / REPORT_JSON, text)
         # Rendered from the JSON text itself, so a saved report.json re-renders exactly this report.md.

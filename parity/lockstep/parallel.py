@@ -13,10 +13,12 @@ import os
 import queue
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import TypeVar
 
 from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, run_experiment
 from scratch.data import Dataset
 
+T = TypeVar("T")
 PROGRESS_EVERY = 50  # steps between a worker's progress messages: often enough to read, rarely enough to be free
 _progress: multiprocessing.Queue | None = None  # a worker's end of the progress queue
 
@@ -32,19 +34,26 @@ def run_experiments(
     test: Dataset,
     jobs: int,
     on_steps: Callable[[ExperimentConfig, int], None] | None = None,
-) -> list[ExperimentResult]:
+    then: Callable[[ExperimentResult], T] | None = None,
+) -> tuple[list[ExperimentResult], list[T] | None]:
     """Every experiment, in the order given; `jobs` > 1 runs them in that many worker processes. `on_steps(config,
-    n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker)."""
+    n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker).
+    `then(result)` (a module-level function) runs in the worker after each experiment, for work that can be done
+    side by side too (the report's plots); its values come back in order, or None when not asked for or serial."""
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
-        return [run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)) for config in configs]
+        results = []
+        for config in configs:
+            results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
+        return results, None
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "parity.lockstep.experiment"])
     progress = context.Queue()
     with ProcessPoolExecutor(min(jobs, len(configs)), context, initializer=_start_worker, initargs=(progress,)) as pool:
-        futures = [pool.submit(_run_in_worker, index, config, train, test) for index, config in enumerate(configs)]
+        futures = [pool.submit(_run_in_worker, i, config, train, test, then) for i, config in enumerate(configs)]
         _follow(futures, progress, configs, report)
-        return [future.result() for future in futures]
+        done = [future.result() for future in futures]
+    return [result for result, _ in done], None if then is None else [extra for _, extra in done]
 
 
 def _follow(futures: list[Future], progress, configs: Sequence[ExperimentConfig], report) -> None:
@@ -77,7 +86,7 @@ def _start_worker(progress) -> None:
     torch.set_num_threads(1)  # as the serial run: one thread keeps the reference's reductions in one order
 
 
-def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: Dataset) -> ExperimentResult:
+def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: Dataset, then) -> tuple:
     counted = [0]
 
     def on_step(_step) -> None:
@@ -88,4 +97,4 @@ def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: D
 
     result = run_experiment(config, train, test, on_step=on_step)
     _progress.put((index, counted[0]))
-    return result
+    return result, None if then is None else then(result)
