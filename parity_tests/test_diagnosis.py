@@ -47,7 +47,8 @@ def test_a_diagnosis_kind_outside_the_vocabulary_is_refused():
     [
         (-1.0, "a sign error"),
         (0.005, "the learning rate applied twice"),
-        (0.5, "divided by 2 (a sum where a mean belongs, or a gradient counted twice)"),
+        (2.0, "times 2 (a sum where a mean belongs, or a gradient counted twice)"),
+        (0.5, "divided by 2 (a mean where a sum belongs, or a gradient halved)"),
     ],
 )
 def test_scale_finds_the_factor_and_says_what_it_means(step, factor, reading):

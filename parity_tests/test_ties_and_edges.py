@@ -304,7 +304,8 @@ def test_a_full_comparison_that_fails_replays_the_strided_steps_before_it(tutori
 
     def d_image_wrong_for_digits_3_and_5(self, images, labels, names=None):
         tensors = correct_step(self, images, labels, names)
-        if any(np.array_equal(images, train.images[i][np.newaxis]) for i in (3, 5)):
+        wrong = any(np.array_equal(images, train.images[i][np.newaxis]) for i in (3, 5))
+        if wrong and "conv1.d_in" in tensors:  # a strided step does not compute the image's gradient
             tensors = {**tensors, "conv1.d_in": tensors["conv1.d_in"] + 1e-6}
         return tensors
 

@@ -92,9 +92,10 @@ class Network:
         probs, loss = self.loss.forward(logits, labels)
         return float(loss), int(np.count_nonzero(probs.argmax(axis=1) == labels))
 
-    def forward_backward(self, images: np.ndarray, labels: object) -> StepTrace:
-        """Forward and backward on one image or a batch; every named tensor in the trace, no weight moved."""
-        return self._forward_backward(images, labels, full=True)
+    def forward_backward(self, images: np.ndarray, labels: object, full: bool = True) -> StepTrace:
+        """Forward and backward on one image or a batch; every named tensor in the trace, no weight moved. Not
+        `full`: all but the gradient of the image itself, and no tied windows counted (what training needs)."""
+        return self._forward_backward(images, labels, full=full)
 
     def _forward_backward(self, images: np.ndarray, labels: object, full: bool) -> StepTrace:
         """`forward_backward`; not `full`, only what the SGD update needs: the first layer computes only its

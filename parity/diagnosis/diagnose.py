@@ -149,7 +149,7 @@ def _exp_overflow(info: TensorInfo, scratch, context: Context) -> dict[str, obje
     if info.kind not in ("loss", "dense") or info.role not in ("probs", "loss", "d_out"):
         return {}
     logits = scratch.get(context.spec.name_of(context.spec.layers[-1].name, "out"))
-    probs = scratch.get("probs")
+    probs = scratch.get(context.spec.name_of(context.spec.layers[-1].name, "probs"))
     if not isinstance(logits, np.ndarray) or not np.all(np.isfinite(logits)):
         return {}
     largest, limit = float(np.abs(logits).max(initial=0.0)), float(np.log(np.finfo(context.dtype).max))
@@ -214,12 +214,11 @@ def _rearranged_feeds(feed: LayerFeed):
         ):
             yield transform, {**feed.params, "filters": np.ascontiguousarray(kernel)}, feed.inputs
     elif feed.inputs.ndim == 4:  # a dense after an image-shaped input: the flatten order
-        batch = feed.inputs.shape[0]
         channel_first = feed.inputs.transpose(0, 3, 1, 2).reshape(feed.inputs.shape)  # CHW order, read as HWC
         yield (
             "the input flattened channel-first (CHW, PyTorch's order) against HWC-ordered weights",
             feed.params,
-            (channel_first.reshape(batch, *feed.inputs.shape[1:])),
+            channel_first,
         )
 
 
@@ -231,7 +230,8 @@ def _stale_weights(ours: np.ndarray, scratch, context: Context, tolerance) -> di
     for whose in ("own", "reference's"):
         updated = {}
         for param, before in feed.params.items():
-            gradient = scratch.get(f"{feed.layer.name}.d_{param}") if whose == "own" else feed.gradients[param]
+            own = scratch.get(context.spec.name_of(feed.layer.name, "d_param", param))
+            gradient = own if whose == "own" else feed.gradients[param]
             if not isinstance(gradient, np.ndarray) or gradient.shape != before.shape:
                 break
             updated[param] = before - before.dtype.type(context.lr) * gradient

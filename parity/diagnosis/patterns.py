@@ -14,6 +14,10 @@ from parity.engine.tolerances import Tolerance, tolerance_for
 
 # Factors worth a name: what an exact multiple of the reference usually means.
 _SMALL_INTEGER = 100_000
+_TWO = {  # what a factor of exactly 2 either way usually is
+    "times": " (a sum where a mean belongs, or a gradient counted twice)",
+    "divided by": " (a mean where a sum belongs, or a gradient halved)",
+}
 
 
 def beyond(scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> np.ndarray:
@@ -68,7 +72,7 @@ def _reading(factor: float, lr: float | None) -> str:
     for value, word in ((factor, "times"), (1 / factor, "divided by")):
         n = round(value)
         if 2 <= abs(n) <= _SMALL_INTEGER and abs(value - n) < 1e-6 * abs(n):
-            return f"{word} {n}" + (" (a sum where a mean belongs, or a gradient counted twice)" if n == 2 else "")
+            return f"{word} {n}" + (_TWO[word] if n == 2 else "")
     return ""
 
 
@@ -139,6 +143,8 @@ def border(scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> 
     if scratch.shape != reference.shape or scratch.ndim != 4:
         return None
     bad = beyond(scratch, reference, tolerance)
+    if not bad.any():
+        return None
     height, width = bad.shape[1:3]
     best = None
     for top, bottom, left, right in itertools.product(range(3), repeat=4):

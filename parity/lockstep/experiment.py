@@ -61,10 +61,13 @@ class ScratchSide:
 
     def __init__(self, net: scratch.Network) -> None:
         self.net = net
+        self._image_gradient = net.spec.name_of(net.spec.layers[0].name, "d_in")
 
     def forward_backward(self, images: np.ndarray, labels: np.ndarray, names=None) -> dict[str, np.ndarray]:
-        """Every named tensor of one step (a training step computes them all anyway)."""
-        return self.net.forward_backward(images, labels).tensors
+        """The named tensors of one step: every one when `names` is None or asks for the image's own gradient,
+        else all but that one (which only a comparison needs, as a bare training step does not compute it)."""
+        full = names is None or self._image_gradient in names
+        return self.net.forward_backward(images, labels, full=full).tensors
 
     def update(self, lr: float) -> None:
         """SGD on every layer."""

@@ -11,7 +11,9 @@ A side takes part when it has `run_layer(feed) -> {name: array}` (see `parity.lo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -21,6 +23,12 @@ from parity.diagnosis.record import Diagnosis
 from parity.engine.compare import TensorComparison, Workspace, compare_many
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import NetworkSpec
+
+
+class LayerRunner(Protocol):
+    """A side that can run one of its layers alone, on what the reference feeds it."""
+
+    def run_layer(self, feed: LayerFeed) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -44,10 +52,11 @@ class LayerVerdict:
 
     @property
     def origin(self) -> str | None:
-        """`local` (the layer's own error), `propagated` (right locally, fed inputs already off), None (no error)."""
+        """`local` (the layer's own error), `propagated` (right locally, fed inputs already off), None (no error,
+        or never judged on its own: then nothing tells the two apart)."""
         if self.failed_steps:
             return "local"
-        return "propagated" if self.lockstep_failed_steps else None
+        return "propagated" if self.lockstep_failed_steps and self.checked_steps else None
 
 
 @dataclass
@@ -77,12 +86,18 @@ class LocalJudge:
         self.names = {layer.name: spec.layer_tensors(layer.name) for layer in spec.layers}
         self.workspace = Workspace()
         # The normalised image, as both sides compute it (bit-identical: tested in parity_tests/test_bridge.py).
-        self._images = scratch.build_network(spec, dtype=self.dtype)
+        self._normalizer = scratch.build_network(spec, dtype=self.dtype)
 
-    def feeds(self, images, labels, reference: dict[str, np.ndarray], params_before: dict[str, np.ndarray]):
+    def feeds(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        reference: dict[str, np.ndarray],
+        params_before: dict[str, np.ndarray],
+    ) -> Iterator[LayerFeed]:
         """The `LayerFeed` of every layer, from the reference's tensors of a step compared in full."""
         layers, spec = self.spec.layers, self.spec
-        inputs = [self._images.normalize(images)] + [reference[spec.name_of(layer.name, "out")] for layer in layers]
+        inputs = [self._normalizer.normalize(images)] + [reference[spec.name_of(layer.name, "out")] for layer in layers]
         d_outs = [reference[spec.name_of(layer.name, "d_in")] for layer in layers[1:]]
         d_outs.append(reference[spec.name_of(layers[-1].name, "d_out")])
         for position, layer in enumerate(layers):
@@ -90,7 +105,7 @@ class LocalJudge:
                 layer,
                 inputs[position],
                 d_outs[position],
-                {param: params_before[f"{layer.name}.{param}"] for param, _ in layer.params},
+                {param: params_before[spec.name_of(layer.name, "param", param)] for param, _ in layer.params},
                 {param: reference[spec.name_of(layer.name, "d_param", param)] for param, _ in layer.params},
                 labels,
                 self.lr,
@@ -99,7 +114,7 @@ class LocalJudge:
 
     def judge(
         self,
-        side,
+        side: LayerRunner,
         index: int,
         images: np.ndarray,
         labels: np.ndarray,

@@ -39,13 +39,13 @@ def run_experiments(
     """Every experiment, in the order given; `jobs` > 1 runs them in that many worker processes. `on_steps(config,
     n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker).
     `then(result)` (a module-level function) runs in the worker after each experiment, for work that can be done
-    side by side too (the report's plots); its values come back in order, or None when not asked for or serial."""
+    side by side too (the report's plots); its values come back in order (None when `then` is None)."""
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
         results = []
         for config in configs:
             results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
-        return results, None
+        return results, None if then is None else [then(result) for result in results]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "parity.lockstep.experiment"])
     progress = context.Queue()
