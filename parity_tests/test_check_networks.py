@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.check.infer import ParamBinding, infer_architecture
+from parity.check.infer import infer_architecture
 from parity.check.layercalls import LayerCall, LayersError, format_layers, parse_layers
+from parity.check.layouts import ParamBinding
 from parity.check.loader import ImplError, Mapping, NamesError, load_impl
 from parity.cli import main
 

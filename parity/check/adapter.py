@@ -33,7 +33,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from parity.check.infer import Architecture, BoundLayer, ParamBinding, construct
+from parity.check.binding import BoundLayer
+from parity.check.infer import Architecture, construct
+from parity.check.layouts import ParamBinding
 from parity.check.loader import ImplError
 from parity.check.usercode import ImplCrash, guarded
 from parity.lockstep.feed import LayerFeed
