@@ -5,7 +5,8 @@
 
 from parity.engine.compare import TensorComparison, compare, compare_many
 from parity.engine.tolerances import TOLERANCES, Tolerance, tolerance_for
-from parity.lockstep.stepper import Divergence, Lockstep, LockstepRecord, StepRecord, run_lockstep
+from parity.lockstep.records import Divergence, LockstepRecord, StepRecord
+from parity.lockstep.stepper import Lockstep, run_lockstep
 
 __all__ = [
     "TOLERANCES",

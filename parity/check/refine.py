@@ -10,7 +10,7 @@ import numpy as np
 
 from parity.diagnosis.patterns import matches
 from parity.engine.tolerances import tolerance_for
-from parity.lockstep.stepper import Divergence
+from parity.lockstep.records import Divergence
 from scratch.spec import NetworkSpec
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from parity.diagnosis.patterns import beyond as beyond_tolerance
 from parity.engine.tolerances import Tolerance
+from scratch.spec import NetworkSpec
 
 
 def windows(x: np.ndarray, size: int) -> np.ndarray:
@@ -160,3 +161,9 @@ def _tie_rule(routed: np.ndarray, maxima: np.ndarray) -> str:
     only_last = np.zeros_like(maxima)
     only_last[np.arange(len(maxima)), last] = True
     return "last" if np.array_equal(routed, only_last) else "other"
+
+
+def pool_input(spec: NetworkSpec, pool: str, tensors: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The input of pool layer `pool` as the trace names it: the previous layer's output (None if not there)."""
+    position = [layer.name for layer in spec.layers].index(pool)
+    return tensors.get(f"{spec.layers[position - 1].name}.out") if position else None

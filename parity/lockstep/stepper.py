@@ -21,15 +21,12 @@ from typing import Protocol
 
 import numpy as np
 
-from parity.diagnosis import patterns
-from parity.diagnosis.diagnose import DRIFT_SHARE, Context, diagnose_tensor
 from parity.diagnosis.flips import explain_flips
-from parity.diagnosis.pool import count_tied_windows
-from parity.diagnosis.record import Diagnosis
+from parity.diagnosis.pool import count_tied_windows, pool_input
 from parity.engine.compare import Workspace, compare, compare_many
-from parity.engine.tolerances import tolerance_for
-from parity.lockstep.local import LocalJudge, LocalStep, copy_verdicts, fresh_verdicts
-from parity.lockstep.records import Divergence, LockstepRecord, StepRecord
+from parity.lockstep.divergence import Evidence, first_divergence
+from parity.lockstep.local import LocalJudge, copy_verdicts, fresh_verdicts
+from parity.lockstep.records import LockstepRecord, StepRecord
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
@@ -289,8 +286,9 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     if index == 0 or (not step.passed and record.first_divergence is None):
         _detail(spec, step, scratch_tensors, reference_tensors, dtype)
     if not step.passed and record.first_divergence is None:
-        evidence = _Evidence(scratch_tensors, reference_tensors, local, before)
-        record.first_divergence = _divergence(lockstep, step, evidence)
+        evidence = Evidence(scratch_tensors, reference_tensors, local, before)
+        previous = record.steps[-1].tolerance_used if record.steps else 0.0  # this step is not appended yet
+        record.first_divergence = first_divergence(spec, dtype, lr, step, previous, evidence)
     elif step.tolerance_used > record.worst_tolerance_used:
         names = [c.name for c in step.comparisons]
         record.pending_worst = (step, {n: (scratch_tensors[n].copy(), reference_tensors[n].copy()) for n in names})
@@ -312,12 +310,6 @@ def _count_lockstep_failures(spec: NetworkSpec, step: StepRecord, record: Lockst
 def _correct(scores: np.ndarray | None, labels: np.ndarray) -> int:
     """Samples whose largest logit (or probability, for code that keeps no logits) is the label's."""
     return 0 if scores is None else int(np.count_nonzero(np.argmax(scores, axis=-1) == labels))
-
-
-def pool_input(spec: NetworkSpec, pool: str, tensors: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The input of pool layer `pool` as the trace names it: the previous layer's output (None if not there)."""
-    position = [layer.name for layer in spec.layers].index(pool)
-    return tensors.get(f"{spec.layers[position - 1].name}.out") if position else None
 
 
 def _tied_windows(spec: NetworkSpec, tensors: dict[str, np.ndarray]) -> int | None:
@@ -351,74 +343,3 @@ def _detail_pending_worst(record: LockstepRecord) -> None:
             np.dtype(record.dtype),
         )
         record.pending_worst = None
-
-
-@dataclass
-class _Evidence:
-    """What a step leaves for explaining its first divergence."""
-
-    scratch: dict[str, np.ndarray]
-    reference: dict[str, np.ndarray]
-    local: dict[str, LocalStep]  # each layer judged on its own (empty when the side cannot be)
-    before: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None  # both sides' weights before the step
-
-
-def _divergence(lockstep: Lockstep, step: StepRecord, evidence: _Evidence) -> Divergence:
-    spec, record = lockstep.spec, lockstep.record
-    failure = next(c for c in step.comparisons if not c.ok)
-    info = spec.tensor(failure.name)
-    layer = spec.judged_at(failure.name)
-    tied = step.tied_windows
-    if info.kind == "pool" and info.role == "d_in":
-        inputs = pool_input(spec, info.layer, evidence.reference)
-        tied = tied if inputs is None else count_tied_windows(inputs, spec.layer(info.layer).kernel)
-    previous = record.steps[-1].tolerance_used if record.steps else 0.0  # this step is not appended yet
-    local = evidence.local.get(layer)
-    if local is not None and not local.passed:
-        diagnosis = local.diagnose(evidence.reference)  # the layer itself is wrong
-    elif local is not None:
-        diagnosis = _inherited(lockstep, layer, failure.name, evidence, previous)
-    else:  # no local verdict: judged from the whole run's tensors
-        context = Context(spec, lockstep.dtype, lockstep.lr, previous_tolerance_used=previous)
-        diagnosis = diagnose_tensor(failure, evidence.scratch, evidence.reference, context)
-    return Divergence(step.step, failure.name, info.layer, failure, tied, diagnosis)
-
-
-def _inherited(lockstep: Lockstep, layer: str, tensor: str, evidence: _Evidence, previous: float) -> Diagnosis:
-    """A layer that is right on the reference's inputs and weights diverged: the two sides held different weights
-    (a layout or update problem, named by a detector when one fits), or the error accumulated."""
-    spec, tolerance = lockstep.spec, tolerance_for(lockstep.dtype)
-    ours, theirs = evidence.before
-    for name in (name for name in spec.parameter_names if name in ours and spec.judged_at(name) == layer):
-        if patterns.matches(ours[name], theirs[name], tolerance):
-            continue
-        info = spec.tensor(name)
-        axes = ("input", "unit") if info.param == "weights" else ("filter", "kernel row", "kernel column", "channel")
-        flatten = spec.layer(layer).in_shape if info.param == "weights" else None
-        found = patterns.permuted(ours[name], theirs[name], tolerance, axes[: ours[name].ndim], flatten)
-        how = f"equal up to {found['transform']}" if found else "not related by a permutation"
-        return Diagnosis(
-            "permuted" if found else "unexplained",
-            layer,
-            name,
-            f"{layer} computes right from the reference's inputs and weights, but the two sides held different "
-            f"{name} before this step ({how}): check how weights are copied between them (the layouts)",
-            {"transform": found["transform"]} if found else {"weights_differ": name},
-        )
-    if previous > DRIFT_SHARE:
-        return Diagnosis(
-            "drift",
-            layer,
-            tensor,
-            f"accumulated numerical drift: {layer} is right on the reference's inputs and weights, and the step "
-            f"before already used {100 * previous:.0f}% of the tolerance",
-            {"previous_tolerance_used": previous},
-        )
-    return Diagnosis(
-        "unexplained",
-        layer,
-        tensor,
-        f"{layer} is right on the reference's inputs and weights, yet its {tensor} differs in the whole-network "
-        "step: the difference comes from how the side chains its layers, not from the layer",
-        {"locally": "passed"},
-    )

@@ -1,0 +1,90 @@
+"""The first divergence of a lockstep run, explained: by the failing layer's own verdict when it has one, by the
+weights the two sides held when the layer is right on its own, else from the whole run's tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.diagnosis import patterns
+from parity.diagnosis.diagnose import DRIFT_SHARE, Context, diagnose_tensor
+from parity.diagnosis.pool import count_tied_windows, pool_input
+from parity.diagnosis.record import Diagnosis
+from parity.engine.tolerances import tolerance_for
+from parity.lockstep.local import LocalStep
+from parity.lockstep.records import Divergence, StepRecord
+from scratch.spec import NetworkSpec
+
+
+@dataclass
+class Evidence:
+    """What a step leaves for explaining its first divergence."""
+
+    scratch: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    local: dict[str, LocalStep]  # each layer judged on its own (empty when the side cannot be)
+    before: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None  # both sides' weights before the step
+
+
+def first_divergence(
+    spec: NetworkSpec, dtype: np.dtype, lr: float, step: StepRecord, previous: float, evidence: Evidence
+) -> Divergence:
+    """The first tensor of `step` out of tolerance, and why; `previous` is the share of tolerance the step before
+    used."""
+    failure = next(c for c in step.comparisons if not c.ok)
+    info = spec.tensor(failure.name)
+    layer = spec.judged_at(failure.name)
+    tied = step.tied_windows
+    if info.kind == "pool" and info.role == "d_in":
+        inputs = pool_input(spec, info.layer, evidence.reference)
+        tied = tied if inputs is None else count_tied_windows(inputs, spec.layer(info.layer).kernel)
+    local = evidence.local.get(layer)
+    if local is not None and not local.passed:
+        diagnosis = local.diagnose(evidence.reference)  # the layer itself is wrong
+    elif local is not None:
+        diagnosis = _inherited(spec, dtype, layer, failure.name, evidence, previous)
+    else:  # no local verdict: judged from the whole run's tensors
+        context = Context(spec, dtype, lr, previous_tolerance_used=previous)
+        diagnosis = diagnose_tensor(failure, evidence.scratch, evidence.reference, context)
+    return Divergence(step.step, failure.name, info.layer, failure, tied, diagnosis)
+
+
+def _inherited(spec: NetworkSpec, dtype, layer: str, tensor: str, evidence: Evidence, previous: float) -> Diagnosis:
+    """A layer that is right on the reference's inputs and weights diverged: the two sides held different weights
+    (a layout or update problem, named by a detector when one fits), or the error accumulated."""
+    tolerance = tolerance_for(dtype)
+    ours, theirs = evidence.before
+    for name in (name for name in spec.parameter_names if name in ours and spec.judged_at(name) == layer):
+        if patterns.matches(ours[name], theirs[name], tolerance):
+            continue
+        info = spec.tensor(name)
+        axes = ("input", "unit") if info.param == "weights" else ("filter", "kernel row", "kernel column", "channel")
+        flatten = spec.layer(layer).in_shape if info.param == "weights" else None
+        found = patterns.permuted(ours[name], theirs[name], tolerance, axes[: ours[name].ndim], flatten)
+        how = f"equal up to {found['transform']}" if found else "not related by a permutation"
+        return Diagnosis(
+            "permuted" if found else "unexplained",
+            layer,
+            name,
+            f"{layer} computes right from the reference's inputs and weights, but the two sides held different "
+            f"{name} before this step ({how}): check how weights are copied between them (the layouts)",
+            {"transform": found["transform"]} if found else {"weights_differ": name},
+        )
+    if previous > DRIFT_SHARE:
+        return Diagnosis(
+            "drift",
+            layer,
+            tensor,
+            f"accumulated numerical drift: {layer} is right on the reference's inputs and weights, and the step "
+            f"before already used {100 * previous:.0f}% of the tolerance",
+            {"previous_tolerance_used": previous},
+        )
+    return Diagnosis(
+        "unexplained",
+        layer,
+        tensor,
+        f"{layer} is right on the reference's inputs and weights, yet its {tensor} differs in the whole-network "
+        "step: the difference comes from how the side chains its layers, not from the layer",
+        {"locally": "passed"},
+    )
