@@ -11,7 +11,7 @@ from pathlib import Path
 
 from parity.check.infer import Architecture
 from parity.check.layercalls import format_layers
-from parity.check.run import CheckResult, RunResult
+from parity.check.results import CheckResult, RunResult
 from parity.cli.errors import UsageError
 from parity.engine.compare import TensorComparison
 from parity.engine.tables import text_table

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,15 +35,16 @@ from parity.check.adapter import ImplSide
 from parity.check.infer import Architecture, infer_architecture
 from parity.check.loader import Impl
 from parity.check.refine import refine
+from parity.check.results import CheckResult, RunResult
 from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
-from parity.lockstep.stepper import Lockstep, LockstepRecord
+from parity.lockstep.records import LockstepRecord
+from parity.lockstep.stepper import Lockstep
 from scratch.data import epoch_orders
 from scratch.spec import NetworkSpec, parse_spec
 
 DEFAULT_STEPS = 200  # the tutorial's loop code (~15 ms a step) and the twin: ~5 s with the probes on 2 cores
 DEFAULT_LR = 0.005  # the tutorial's train(im, label, lr=.005)
 PROBES = ("constant", "large-logits", "odd-size")
-PROBE_NAMES = {"constant": "constant images", "large-logits": "large logits", "odd-size": "odd sizes"}
 LARGE_LOGIT_SHIFT = 800.0  # exp(800) overflows float64 (max ~709.78)
 # The largest classifier weight the large-logit probe lets the shift need at the run's lr: gradients recovered from
 # an update are exact to eps/2 * |w| / lr (see the adapter), 1.8e-13 at |w| = 8 and lr 0.005, 5x inside the float64
@@ -59,127 +60,6 @@ SHAPES_BY_ROLE = {
     "d_param": "the parameter's shape",
     "d_out": "(nodes,)",
 }
-
-
-@dataclass
-class RunResult:
-    """One lockstep run of the implementation: the main run or a probe."""
-
-    name: str
-    title: str
-    steps_planned: int
-    lr: float
-    image_shape: tuple[int, int]
-    record: LockstepRecord
-    provenance: dict[str, str] = field(default_factory=dict)
-    origins: dict[str, str] = field(default_factory=dict)  # tensor -> the user's `Class.member` it comes out of
-    crash: ImplCrash | None = None  # the user's code raised, returned something unusable, or hung
-    crash_step: int | None = None
-    skipped: str | None = None  # why a probe could not run (the network does not fit its image size)
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        """Every step within tolerance and no exception from the implementation (a skipped probe claims nothing)."""
-        return self.crash is None and self.record.passed
-
-    @property
-    def layer(self) -> str | None:
-        """The spec layer blamed for the first failure (`conv1`, `pool1`, `dense1`, `loss`; None when it passed)."""
-        if self.record.first_divergence is not None:
-            return self.record.first_divergence.layer
-        return self.crash.layer if self.crash is not None else None
-
-    @property
-    def tensor(self) -> str | None:
-        """The first tensor out of tolerance (None for a pass or a crash)."""
-        return self.record.first_divergence.tensor if self.record.first_divergence else None
-
-    @property
-    def failure_step(self) -> int | None:
-        """The step of the first failure."""
-        if self.record.first_divergence is not None:
-            return self.record.first_divergence.step
-        return self.crash_step if self.crash is not None else None
-
-    @property
-    def verdict(self) -> str:
-        """PARITY, DIVERGED, CRASHED, HUNG or SKIPPED."""
-        if self.record.first_divergence is not None:
-            return "DIVERGED"
-        if self.crash is not None:
-            return "HUNG" if self.crash.timed_out else "CRASHED"
-        return "SKIPPED" if self.skipped else "PARITY"
-
-    @property
-    def failing_steps(self) -> int:
-        """How many steps had a tensor out of tolerance."""
-        return sum(not step.passed for step in self.record.steps)
-
-    @property
-    def run_name(self) -> str:
-        """`main run`, or what the probe exercises: `odd sizes`."""
-        return "main run" if self.name == "main" else PROBE_NAMES.get(self.name, self.name)
-
-    def cause(self) -> str:
-        """A short cause for tables: `tie-policy difference`, `softmax overflow`, `MaxPool2.forward raised ...`."""
-        if self.record.first_divergence is None:
-            return self.crash_text() if self.crash else ""
-        div = self.record.first_divergence
-        if div.comparison.problem and div.diagnosis.kind == "unexplained":
-            return div.comparison.problem.split(";")[0]
-        return div.diagnosis.label
-
-    def crash_text(self) -> str:
-        """`MaxPool2.forward (pool1) raised ValueError: ... at step 0`, with whether every tensor agreed before."""
-        crash = self.crash
-        text = f"{crash.where} ({crash.layer}) {crash.detail} at step {self.crash_step}"
-        if crash.timed_out:
-            text += " (--timeout SECONDS allows a call longer)"
-        earlier = len(self.record.steps)
-        if earlier and self.record.first_divergence is None and self.record.passed:
-            text += f"; every tensor agreed with PyTorch at the {earlier} step{'s' if earlier > 1 else ''} before it"
-        return text
-
-    def explanation(self) -> str:
-        """The first divergence in full (the engine's diagnosis, refined with the step's tensors), or the crash."""
-        if self.record.first_divergence is None:
-            if self.crash is None:
-                return f"skipped: {self.skipped}" if self.skipped else "no divergence"
-            verb = "fails on" if self.name != "main" else "fails in the"
-            return f"{verb} {self.run_name}: {self.crash_text()}"
-        message = self.record.first_divergence.message()
-        if self.crash is not None:
-            message += f" Then {self.crash_text()}."
-        return message
-
-
-@dataclass
-class CheckResult:
-    """A main lockstep run and the edge probes, for one implementation read as one architecture."""
-
-    impl: Impl
-    arch: Architecture
-    main: RunResult
-    probes: list[RunResult]
-    data_source: str
-    seed: int
-    mode: str
-
-    @property
-    def runs(self) -> list[RunResult]:
-        """The main run, then the probes."""
-        return [self.main, *self.probes]
-
-    @property
-    def passed(self) -> bool:
-        """Parity in the main run and every probe."""
-        return all(run.passed for run in self.runs)
-
-    @property
-    def first_failure(self) -> RunResult | None:
-        """The main run if it failed, else the first failing probe."""
-        return next((run for run in self.runs if not run.passed), None)
 
 
 def check_impl(

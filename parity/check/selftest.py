@@ -25,7 +25,8 @@ from parity.check.bugs import BUGS, TUTORIAL, TUTORIAL_BUGS, TWO_CONV, TWO_CONV_
 from parity.check.command import import_torch
 from parity.check.layercalls import parse_layers
 from parity.check.loader import Impl, ImplError, load_impl
-from parity.check.run import DEFAULT_LR, DEFAULT_STEPS, PROBES, CheckResult, check_impl
+from parity.check.results import CheckResult
+from parity.check.run import DEFAULT_LR, DEFAULT_STEPS, PROBES, check_impl
 from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.engine.tables import text_table
 from parity.engine.tolerances import tolerance_for
