@@ -177,39 +177,63 @@ def compare_many(
 
 
 class Workspace:
-    """Reusable flat work arrays for `compare_many`.
+    """Preallocated flat work arrays for `compare_many`, laid out once per set of tensor shapes.
 
-    Fresh arrays of this size (~330 KB each for the tutorial in float64) come from mmap and are page-faulted on
-    every step; reused ones stay in cache. One workspace per lockstep run; not shared between threads.
+    Every tensor of a batch has its slot in three contiguous arrays (|error|, allowance, share), and each slot's
+    view in the tensor's shape is made once: a step's comparison then writes into memory that stays in cache, and
+    its per-tensor work is two NumPy calls. Fresh arrays of this size (~330 KB each for the tutorial in float64)
+    would come from mmap and be page-faulted on every step. One workspace per lockstep run; not shared between
+    threads.
     """
 
     def __init__(self) -> None:
-        self._arrays: tuple[np.ndarray, ...] = ()
+        self._layouts: dict[tuple, _Layout] = {}
 
-    def arrays(self, size: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
-        """Three 1-D arrays of `size` elements of `dtype`: for |error|, allowance and share."""
-        if not self._arrays or self._arrays[0].size < size or self._arrays[0].dtype != dtype:
-            self._arrays = tuple(np.empty(size, dtype) for _ in range(3))
-        return tuple(array[:size] for array in self._arrays)
+    def layout(self, shapes: tuple[tuple[int, ...], ...], dtype: np.dtype) -> _Layout:
+        """The slots for tensors of `shapes` (in order) and `dtype`, made on first use."""
+        key = (dtype, shapes)
+        if key not in self._layouts:
+            if len(self._layouts) >= MAX_LAYOUTS:  # a caller comparing ever-new shapes: keep memory bounded
+                self._layouts.clear()
+            self._layouts[key] = _Layout(shapes, dtype)
+        return self._layouts[key]
+
+
+MAX_LAYOUTS = 8  # a lockstep run uses two or three (full steps, strided steps, layers run alone)
+
+
+class _Layout:
+    """Tensors of given shapes end to end in three flat arrays, with each tensor's views into them."""
+
+    def __init__(self, shapes: tuple[tuple[int, ...], ...], dtype: np.dtype) -> None:
+        self.starts = list(itertools.accumulate((math.prod(shape) for shape in shapes), initial=0))
+        self.abs_error, self.allowed, self.share = (np.empty(self.starts[-1], dtype) for _ in range(3))
+        bounds = list(itertools.pairwise(self.starts))
+        self.error_views = [self.abs_error[a:b].reshape(shape) for (a, b), shape in zip(bounds, shapes, strict=True)]
+        self.allowed_views = [self.allowed[a:b].reshape(shape) for (a, b), shape in zip(bounds, shapes, strict=True)]
+        self.share_slices = [self.share[a:b] for a, b in bounds]
+        self.segment_starts = np.array(self.starts[:-1], dtype=np.intp)
 
 
 def _compare_batched(pairs, dtype, tolerance, workspace) -> dict[str, TensorComparison]:
     """Compare `(name, scratch, reference)` pairs of matching shape and dtype; non-finite ones are left out."""
-    starts = list(itertools.accumulate((reference.size for _, _, reference in pairs), initial=0))
-    abs_error, allowed, share = workspace.arrays(starts[-1], dtype)  # 1-D: every tensor's elements end to end
+    layout = workspace.layout(tuple(reference.shape for _, _, reference in pairs), dtype)
+    slots = zip(pairs, layout.error_views, layout.allowed_views, strict=True)
     with np.errstate(invalid="ignore"):  # inf - inf gives NaN: such tensors go one by one
-        for (_, scratch, reference), (start, end) in zip(pairs, itertools.pairwise(starts), strict=True):
-            np.subtract(scratch, reference, out=abs_error[start:end].reshape(reference.shape))
-            np.abs(reference, out=allowed[start:end].reshape(reference.shape))
+        for (_, scratch, reference), error, allowed in slots:
+            np.copyto(allowed, reference)  # read once, in whatever layout (torch's NCHW views are strided); then
+            np.subtract(scratch, allowed, out=error)  # contiguous from here on
+    np.abs(layout.allowed, out=layout.allowed)
+    abs_error, allowed, share = layout.abs_error, layout.allowed, layout.share
     _shares(abs_error, allowed, tolerance, out=share)
-    max_abs = np.maximum.reduceat(abs_error, starts[:-1]).tolist()
+    max_abs = np.maximum.reduceat(abs_error, layout.segment_starts).tolist()
     # The first element of each tensor with the largest share of its allowance (a NaN share, if any, comes first).
-    worst = [start + int(share[start:end].argmax()) for start, end in itertools.pairwise(starts)]
+    worst = [start + int(shares.argmax()) for start, shares in zip(layout.starts, layout.share_slices, strict=False)]
     at_worst = [array[worst].tolist() for array in (abs_error, allowed, share)]
     dtype_name = dtype.name  # a slow property in NumPy 2: read once per batch
     results = {}
     for (name, scratch, reference), start, worst_at, tensor_max_abs, error, allowance, error_share in zip(
-        pairs, starts, worst, max_abs, *at_worst, strict=False
+        pairs, layout.starts, worst, max_abs, *at_worst, strict=False
     ):
         if not math.isfinite(error_share):
             continue  # non-finite values: the one-by-one path sorts out which of them match
