@@ -19,6 +19,7 @@ from parity.diagnosis.pool import classify_routing
 from parity.diagnosis.record import KINDS, Diagnosis
 from parity.engine.testing import ParityError, assert_lockstep
 from parity.engine.tolerances import tolerance_for
+from parity.lockstep import local
 from parity.lockstep.experiment import ScratchSide
 from parity.lockstep.stepper import run_lockstep
 from scratch.conv import Conv
@@ -277,3 +278,61 @@ def test_a_large_learning_rate_is_not_blamed_on_an_unshifted_exp(tutorial_data):
         "probability_underflow",
     )
     assert "unshifted" not in diagnosis.text
+
+
+# --- when layers run alone: a run that agrees everywhere implies its verdicts, a disagreement runs them -----------
+
+
+def count_runs_alone(monkeypatch) -> list[str]:
+    """The layers `ScratchSide.run_layer` is asked to run alone, in order, from now on."""
+    calls, correct = [], ScratchSide.run_layer
+
+    def counted(self, feed):
+        calls.append(feed.layer.name)
+        return correct(self, feed)
+
+    monkeypatch.setattr(ScratchSide, "run_layer", counted)
+    return calls
+
+
+def test_an_agreeing_run_runs_its_layers_alone_only_now_and_then(tutorial_data, monkeypatch):
+    """Every layer run alone at the first step and every ALONE_EVERY-th; the steps between, where every tensor
+    agreed in lockstep, are checked by implication."""
+    monkeypatch.setattr(local, "ALONE_EVERY", 4)
+    calls = count_runs_alone(monkeypatch)
+    record = tutorial_run(tutorial_data, steps=10)
+    assert record.passed
+    assert calls == ["conv1", "pool1", "dense1"] * 3  # steps 0, 4 and 8
+    assert all((v.checked_steps, v.implied_steps, v.failed_steps) == (10, 7, 0) for v in record.layers.values())
+
+
+def test_a_bug_that_starts_late_is_judged_alone_at_its_step(tutorial_data, monkeypatch):
+    """A dense input gradient that doubles from step 5 on, in a run whose layers would otherwise not run alone
+    again: the disagreement runs them, so the bug is named at its step and layer, and the pool and conv before it,
+    fed a doubled gradient, are right on their own."""
+    monkeypatch.setattr(local, "ALONE_EVERY", 1000)
+    steps, correct_forward_backward, correct_backward = [0], scratch.Network.forward_backward, scratch.Dense.backward
+
+    def counting(self, *args, **kwargs):
+        steps[0] += 1
+        return correct_forward_backward(self, *args, **kwargs)
+
+    def doubled_from_step_5(self, d_L_d_out):
+        d_input = correct_backward(self, d_L_d_out)
+        return 2 * d_input if steps[0] > 5 else d_input
+
+    monkeypatch.setattr(scratch.Network, "forward_backward", counting)
+    monkeypatch.setattr(scratch.Dense, "backward", doubled_from_step_5)
+    calls = count_runs_alone(monkeypatch)
+    record = tutorial_run(tutorial_data, steps=8)
+    dense = record.layers["dense1"]
+    assert (dense.step, dense.tensor, dense.diagnosis.kind, dense.diagnosis.evidence["factor"]) == (
+        5,
+        "dense1.d_in",
+        "scale",
+        2.0,
+    )
+    assert calls == ["conv1", "pool1", "dense1"] * 4  # step 0, then 5, 6 and 7: every step that disagrees
+    assert (dense.checked_steps, dense.implied_steps, dense.failed_steps) == (8, 4, 3)
+    assert all(record.layers[name].passed for name in ("conv1", "pool1"))
+    assert record.layers["pool1"].origin == "propagated"

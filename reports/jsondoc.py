@@ -116,6 +116,7 @@ def layer_entries(record: LockstepRecord) -> list[dict[str, object]]:
                 "diagnosis": None if verdict.diagnosis is None else verdict.diagnosis.as_dict(),
                 "origin": verdict.origin,
                 "checked_steps": verdict.checked_steps,
+                "implied_steps": verdict.implied_steps,
                 "failed_steps": verdict.failed_steps,
                 "lockstep_failed_steps": verdict.lockstep_failed_steps,
                 "percent_of_tolerance": percent(verdict.worst_tolerance_used),

@@ -6,6 +6,13 @@ reference's. A layer that is right given the reference's inputs passes, whatever
 one difference (a tutorial-style tie rule) never hides another bug (a wrong filter gradient): each is reported at
 its own layer. The side's own weights are left as they were, so training goes on unchanged.
 
+Running a layer alone is needed only where the lockstep run cannot tell: at a step where every tensor of the network
+was compared and agreed, each layer was given inputs and an output gradient within tolerance of the reference's and
+gave back every one of its tensors within tolerance of the reference's, so it is right at that step and a run alone
+would only repeat it. Such a step counts as checked for every layer (`implied_steps`) without running one. Layers
+still run alone at every step where some tensor disagrees, is explained or is missing, and, as a live check of that
+reasoning, at the first step compared in full and every `ALONE_EVERY`-th after it.
+
 A side takes part when it has `run_layer(feed) -> {name: array}` (see `parity.lockstep.feed.LayerFeed`).
 """
 
@@ -24,6 +31,10 @@ from parity.engine.compare import TensorComparison, Workspace, compare_many
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import NetworkSpec
 
+# Steps compared in full between two runs alone of every layer while the lockstep run agrees everywhere: often
+# enough to check on every run that agreeing in lockstep means agreeing alone, rarely enough to cost ~1% of a step.
+ALONE_EVERY = 100
+
 
 class LayerRunner(Protocol):
     """A side that can run one of its layers alone, on what the reference feeds it."""
@@ -37,12 +48,13 @@ class LayerVerdict:
 
     name: str
     kind: str  # conv, relu, pool or dense
-    checked_steps: int = 0  # steps at which the layer was judged on its own
+    checked_steps: int = 0  # steps at which the layer was judged on its own: run alone, or implied
+    implied_steps: int = 0  # of those, steps at which every tensor agreed in the lockstep run (see the module's doc)
     failed_steps: int = 0
     step: int | None = None  # the first local failure
     tensor: str | None = None
     diagnosis: Diagnosis | None = None
-    worst_tolerance_used: float = 0.0  # locally, over the run
+    worst_tolerance_used: float = 0.0  # locally, over the steps it ran alone
     lockstep_failed_steps: int = 0  # steps at which one of its tensors was out of tolerance in the lockstep run
 
     @property
@@ -111,6 +123,18 @@ class LocalJudge:
                 self.lr,
                 logits=inputs[-1] if position == len(layers) - 1 else None,
             )
+
+    def runs_alone(self, step_agreed: bool, verdicts: dict[str, LayerVerdict]) -> bool:
+        """Whether this step compared in full needs every layer run alone (`step_agreed`: every tensor of the
+        network compared and within tolerance in the lockstep run)."""
+        checked = next(iter(verdicts.values())).checked_steps  # the same for every layer; restored with a checkpoint
+        return not step_agreed or checked % ALONE_EVERY == 0
+
+    def imply(self, verdicts: dict[str, LayerVerdict]) -> None:
+        """Count a step at which every tensor agreed in lockstep as checked, and passed, for every layer."""
+        for verdict in verdicts.values():
+            verdict.checked_steps += 1
+            verdict.implied_steps += 1
 
     def judge(
         self,
