@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 
 from parity import atomic, cli
+from parity.cli.entry import build_parser
+from parity.lockstep import parallel
 from parity.lockstep.experiment import ExperimentConfig, run_experiment
+from reports import command as report_command
 from reports import jsondoc, markdown, writer
 from reports.suite import write_suite_report
 from scratch.data import load_experiment_data
@@ -523,6 +526,21 @@ def test_parallel_runs_give_the_same_report_as_serial_ones(report_cli, tmp_path)
         documents.append(jsondoc.stable_part(json.loads((out / "report.json").read_text(encoding="utf-8"))))
     assert len(documents[0]["runs"]) == 3
     assert documents[0] == documents[1]
+
+
+def test_workers_are_handed_the_longest_run_first():
+    """The demonstration (it runs its layers alone at every full step) goes first; the rest keep their order."""
+    runs = [ExperimentConfig(dtype="float64"), ExperimentConfig(dtype="float32")]
+    runs.append(ExperimentConfig(tie_policy="all", softmax="tutorial"))
+    assert parallel.longest_first(runs) == [2, 0, 1]
+
+
+def test_the_report_command_counts_its_runs_without_building_them():
+    """`run_count` (which decides, before torch is imported, whether to start the workers early) agrees with the
+    runs `configs` builds."""
+    for extra in ((), ("--no-faithful",), ("--dtypes", "float32"), ("--arch", "conv3x8,dense10")):
+        options = report_command.check_options(build_parser().parse_args(["report", *extra]))
+        assert report_command.run_count(options) == len(report_command.configs(options)[0])
 
 
 def test_jobs_must_be_a_positive_integer(report_cli, capsys):

@@ -237,6 +237,16 @@ def has_pool(arch: str) -> bool:
     return any(item.startswith("pool") for item in check_items(arch).split(","))
 
 
+def faithful_run(options: Options) -> bool:
+    """Whether the report adds the tutorial-faithful demonstration (a spec without a pool has no tie rule to show)."""
+    return options.faithful and has_pool(options.arch)
+
+
+def run_count(options: Options) -> int:
+    """How many runs `configs` makes, known without importing the experiment (nor torch)."""
+    return len(options.dtypes) + faithful_run(options)
+
+
 def configs(options: Options):
     """The parity runs (one per dtype), then the tutorial-faithful demonstration; and the set of demonstrations.
 
@@ -253,7 +263,7 @@ def configs(options: Options):
     }
     runs = [ExperimentConfig(dtype=dtype, tie_policy=options.tie_policy, **common) for dtype in options.dtypes]
     demonstrations = set()
-    if options.faithful and has_pool(options.arch):
+    if faithful_run(options):
         faithful = ExperimentConfig(dtype="float64", tie_policy="all", softmax="tutorial", **common)
         runs.append(faithful)
         demonstrations.add(faithful)
@@ -269,6 +279,10 @@ def run(args: argparse.Namespace) -> int:
     from scratch.data import run_steps
 
     run_steps(options.epochs, options.train_size, options.batch_size)  # a run that cannot end is refused now
+    if options.jobs > 1 and run_count(options) > 1:
+        from parity.lockstep.parallel import start_workers
+
+        start_workers()  # the workers' imports overlap this process's own, and the data's loading
 
     import torch
     from tqdm import tqdm

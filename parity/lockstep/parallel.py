@@ -2,8 +2,9 @@
 
 Each experiment is deterministic (seeded data order and weights, NumPy and CPU PyTorch on one thread), so a run's
 result does not depend on which process ran it: the report is the same with any number of jobs (a test shows it).
-Workers come from a fork server that has imported NumPy and PyTorch once, so starting one costs a fork, not an
-import of torch.
+Workers come from a fork server that has imported NumPy, PyTorch and the experiment once (`parity.lockstep.preload`),
+so starting one costs a fork, not an import of torch. `start_workers` starts that server early, so its imports
+overlap the caller's own start-up; this module imports neither torch nor the experiment until it runs one itself.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import os
 import queue
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, run_experiment
-from scratch.data import Dataset
+if TYPE_CHECKING:
+    from parity.lockstep.experiment import ExperimentConfig, ExperimentResult
+    from scratch.data import Dataset
 
 T = TypeVar("T")
 PROGRESS_EVERY = 50  # steps between a worker's progress messages: often enough to read, rarely enough to be free
@@ -26,6 +28,23 @@ _progress: multiprocessing.Queue | None = None  # a worker's end of the progress
 def default_jobs() -> int:
     """One worker per core this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def start_workers() -> None:
+    """Start the fork server the workers come from, now: it loads torch and the experiment while the caller goes on
+    (run_experiments waits for it when it needs a worker)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["parity.lockstep.preload"])
+    multiprocessing.forkserver.ensure_running()
+
+
+def longest_first(configs: Sequence[ExperimentConfig]) -> list[int]:
+    """The order to hand experiments to workers: the longest first, so no worker is left with a long one at the end.
+
+    A run that diverges (a demonstration: not PyTorch's semantics) takes longest: each layer is run alone at every
+    step compared in full, where a run that agrees runs its layers alone only now and then (parity.lockstep.local).
+    """
+    return sorted(range(len(configs)), key=lambda index: configs[index].expects_parity)
 
 
 def run_experiments(
@@ -42,17 +61,20 @@ def run_experiments(
     side by side too (the report's plots); its values come back in order (None when `then` is None)."""
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
+        from parity.lockstep.experiment import run_experiment
+
         results = []
         for config in configs:
             results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
         return results, None if then is None else [then(result) for result in results]
+    start_workers()  # a no-op when already started
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "parity.lockstep.experiment"])
     progress = context.Queue()
     with ProcessPoolExecutor(min(jobs, len(configs)), context, initializer=_start_worker, initargs=(progress,)) as pool:
-        futures = [pool.submit(_run_in_worker, i, config, train, test, then) for i, config in enumerate(configs)]
-        _follow(futures, progress, configs, report)
-        done = [future.result() for future in futures]
+        futures = {i: pool.submit(_run_in_worker, i, configs[i], train, test, then) for i in longest_first(configs)}
+        ordered = [futures[i] for i in range(len(configs))]
+        _follow(ordered, progress, configs, report)
+        done = [future.result() for future in ordered]
     return [result for result, _ in done], None if then is None else [extra for _, extra in done]
 
 
@@ -94,6 +116,8 @@ def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: D
         if counted[0] == PROGRESS_EVERY:
             _progress.put((index, counted[0]))
             counted[0] = 0
+
+    from parity.lockstep.experiment import run_experiment
 
     result = run_experiment(config, train, test, on_step=on_step)
     _progress.put((index, counted[0]))
