@@ -221,9 +221,13 @@ def _compare_batched(pairs, dtype, tolerance, workspace) -> dict[str, TensorComp
     slots = zip(pairs, layout.error_views, layout.allowed_views, strict=True)
     with np.errstate(invalid="ignore"):  # inf - inf gives NaN: such tensors go one by one
         for (_, scratch, reference), error, allowed in slots:
-            np.copyto(allowed, reference)  # read once, in whatever layout (torch's NCHW views are strided); then
-            np.subtract(scratch, allowed, out=error)  # contiguous from here on
-    np.abs(layout.allowed, out=layout.allowed)
+            if reference.flags.c_contiguous:
+                np.subtract(scratch, reference, out=error)
+                np.abs(reference, out=allowed)
+            else:  # torch's NCHW activations seen as NHWC: read the strided view once, then work contiguous
+                np.copyto(allowed, reference)
+                np.subtract(scratch, allowed, out=error)
+                np.abs(allowed, out=allowed)
     abs_error, allowed, share = layout.abs_error, layout.allowed, layout.share
     _shares(abs_error, allowed, tolerance, out=share)
     max_abs = np.maximum.reduceat(abs_error, layout.segment_starts).tolist()
@@ -237,7 +241,8 @@ def _compare_batched(pairs, dtype, tolerance, workspace) -> dict[str, TensorComp
     ):
         if not math.isfinite(error_share):
             continue  # non-finite values: the one-by-one path sorts out which of them match
-        index = _unravel(worst_at - start, reference.shape)
+        flat_index = worst_at - start  # C order over the tensor's shape, whatever its strides (as `item` reads it)
+        index = _unravel(flat_index, reference.shape)
         results[name] = TensorComparison(
             name=name,
             shape=reference.shape,
@@ -250,8 +255,8 @@ def _compare_batched(pairs, dtype, tolerance, workspace) -> dict[str, TensorComp
             mismatched=int(not error_share <= 1),
             size=reference.size,
             worst_index=index,
-            scratch_value=float(scratch[index]),
-            reference_value=float(reference[index]),
+            scratch_value=float(scratch.item(flat_index)),
+            reference_value=float(reference.item(flat_index)),
             worst_error=0.0 if error_share == 0 else error,  # as `_error_at` (a custom tolerance can round it)
             worst_allowed=allowance,
         )
