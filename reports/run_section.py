@@ -22,10 +22,13 @@ FLIP_EXPLANATION = (
 )
 
 LAYERS_EXPLANATION = (
-    "At every step compared in full, each layer of scratch is also run alone on the reference's input to it, the "
-    "reference's gradient at its output and the reference's weights, and judged on what it gives back (_on its "
-    "own_). A layer that is right there is never blamed for what the layers before it got wrong: its tensors may "
-    "still differ in the whole-network run (_inherited_), because it was fed inputs that were already off."
+    "At every step compared in full, each layer of scratch is judged on its own (_on its own_): run alone on the "
+    "reference's input to it, the reference's gradient at its output and the reference's weights, and judged on "
+    "what it gives back. At a step where every tensor of the network agreed, that agreement already vouches for "
+    "each layer, so layers are run alone there only at the first step and every 100th, as a check; at every step "
+    "where a tensor differs, they all are. A layer that is right on its own is never blamed for what the layers "
+    "before it got wrong: its tensors may still differ in the whole-network run (_inherited_), because it was fed "
+    "inputs that were already off."
 )
 
 
