@@ -295,15 +295,46 @@ def count_runs_alone(monkeypatch) -> list[str]:
     return calls
 
 
-def test_an_agreeing_run_runs_its_layers_alone_only_now_and_then(tutorial_data, monkeypatch):
-    """Every layer run alone at the first step and every ALONE_EVERY-th; the steps between, where every tensor
-    agreed in lockstep, are checked by implication."""
+EVERY_LAYER = ["conv1", "pool1", "dense1"]
+
+
+def test_an_agreeing_run_runs_its_smooth_layers_alone_only_now_and_then(tutorial_data, monkeypatch):
+    """Every layer run alone at the first step and every ALONE_EVERY-th; at the steps between, where every tensor
+    agreed in lockstep, the conv and dense verdicts are implied and only the pool, which routes by comparisons,
+    runs alone."""
     monkeypatch.setattr(local, "ALONE_EVERY", 4)
     calls = count_runs_alone(monkeypatch)
     record = tutorial_run(tutorial_data, steps=10)
     assert record.passed
-    assert calls == ["conv1", "pool1", "dense1"] * 3  # steps 0, 4 and 8
-    assert all((v.checked_steps, v.implied_steps, v.failed_steps) == (10, 7, 0) for v in record.layers.values())
+    assert calls == [name for step in range(10) for name in (EVERY_LAYER if step % 4 == 0 else ["pool1"])]
+    counts = {name: (v.checked_steps, v.implied_steps, v.failed_steps) for name, v in record.layers.items()}
+    assert counts == {"conv1": (10, 7, 0), "pool1": (10, 0, 0), "dense1": (10, 7, 0)}
+
+
+def test_a_pool_whose_rule_differs_only_on_the_references_exact_input_is_caught(tutorial_data, monkeypatch):
+    """A pool that gives a tied window's gradient to every maximum only when run alone (on the reference's exact
+    input) and routes like PyTorch in the lockstep run: every tensor agrees in lockstep, so only running the pool
+    alone at every step can catch it. (A real pool does this when its own input rounds an exact tie apart.)"""
+    monkeypatch.setattr(local, "ALONE_EVERY", 1000)
+    correct = ScratchSide.run_layer
+
+    def tutorial_rule_when_alone(self, feed):
+        layer = self.net.layer(feed.layer.name)
+        policy = getattr(layer, "tie_policy", None)
+        if policy is not None:
+            layer.tie_policy = "all"
+        try:
+            return correct(self, feed)
+        finally:
+            if policy is not None:
+                layer.tie_policy = policy
+
+    monkeypatch.setattr(ScratchSide, "run_layer", tutorial_rule_when_alone)
+    record = tutorial_run(tutorial_data, steps=3)
+    assert record.first_divergence is None  # nothing differs in the lockstep run
+    pool = record.layers["pool1"]
+    assert (pool.step, pool.tensor, pool.diagnosis.kind, pool.failed_steps) == (0, "pool1.d_in", "tie_policy", 3)
+    assert not record.passed
 
 
 def test_a_bug_that_starts_late_is_judged_alone_at_its_step(tutorial_data, monkeypatch):
@@ -332,7 +363,8 @@ def test_a_bug_that_starts_late_is_judged_alone_at_its_step(tutorial_data, monke
         "scale",
         2.0,
     )
-    assert calls == ["conv1", "pool1", "dense1"] * 4  # step 0, then 5, 6 and 7: every step that disagrees
+    # Every layer at step 0, the pool alone at steps 1-4, every layer at 5, 6 and 7: every step that disagrees.
+    assert calls == EVERY_LAYER + ["pool1"] * 4 + EVERY_LAYER * 3
     assert (dense.checked_steps, dense.implied_steps, dense.failed_steps) == (8, 4, 3)
     assert all(record.layers[name].passed for name in ("conv1", "pool1"))
     assert record.layers["pool1"].origin == "propagated"

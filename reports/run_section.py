@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from parity.lockstep.local import ALONE_EVERY
 from reports.blocks import comparison_table, run_spec, table
 from reports.jsondoc import EXPECTED
 from reports.summary import layer_rows, number
@@ -24,9 +25,10 @@ FLIP_EXPLANATION = (
 LAYERS_EXPLANATION = (
     "At every step compared in full, each layer of scratch is judged on its own (_on its own_): run alone on the "
     "reference's input to it, the reference's gradient at its output and the reference's weights, and judged on "
-    "what it gives back. At a step where every tensor of the network agreed, that agreement already vouches for "
-    "each layer, so layers are run alone there only at the first step and every 100th, as a check; at every step "
-    "where a tensor differs, they all are. A layer that is right on its own is never blamed for what the layers "
+    "what it gives back. Pools and ReLUs, which route by comparisons, always run alone. At a step where every "
+    "tensor of the network agreed, that agreement already vouches for each conv and dense layer, which then run "
+    f"alone only at the first step compared in full and every {ALONE_EVERY}th after it, as a check; at every step "
+    "where a tensor differs, every layer does. A layer that is right on its own is never blamed for what the layers "
     "before it got wrong: its tensors may still differ in the whole-network run (_inherited_), because it was fed "
     "inputs that were already off."
 )

@@ -6,12 +6,16 @@ reference's. A layer that is right given the reference's inputs passes, whatever
 one difference (a tutorial-style tie rule) never hides another bug (a wrong filter gradient): each is reported at
 its own layer. The side's own weights are left as they were, so training goes on unchanged.
 
-Running a layer alone is needed only where the lockstep run cannot tell: at a step where every tensor of the network
-was compared and agreed, each layer was given inputs and an output gradient within tolerance of the reference's and
-gave back every one of its tensors within tolerance of the reference's, so it is right at that step and a run alone
-would only repeat it. Such a step counts as checked for every layer (`implied_steps`) without running one. Layers
-still run alone at every step where some tensor disagrees, is explained or is missing, and, as a live check of that
-reasoning, at the first step compared in full and every `ALONE_EVERY`-th after it.
+Running a layer alone is needed only where the lockstep run cannot vouch for it. At a step where every tensor of
+the network was compared and agreed, a conv or dense layer was given inputs, weights and an output gradient within
+tolerance of the reference's and gave back every one of its tensors within tolerance; these layers are smooth in
+what they are fed (sums of products), so on the reference's exact inputs its own error is at most about the error
+it inherited, and a run alone would only repeat the agreement. Such a step counts as checked for them
+(`implied_steps`) without running them. A pool or a ReLU routes by comparisons (a window's maximum, the sign at 0):
+a window tied in the reference's input but not quite in the side's, or an input at exactly 0, is routed by a
+different rule than the one the lockstep run exercised, so these always run alone, and they are cheap to run.
+Every layer runs alone at every step where some tensor disagrees, is explained or is missing, and, as a live check
+of the reasoning, at the first step compared in full and every `ALONE_EVERY`-th after it.
 
 A side takes part when it has `run_layer(feed) -> {name: array}` (see `parity.lockstep.feed.LayerFeed`).
 """
@@ -34,6 +38,9 @@ from scratch.spec import NetworkSpec
 # Steps compared in full between two runs alone of every layer while the lockstep run agrees everywhere: often
 # enough to check on every run that agreeing in lockstep means agreeing alone, rarely enough to cost ~1% of a step.
 ALONE_EVERY = 100
+# Layers whose output routes by comparisons: agreeing on inputs near the reference's says nothing about the exact
+# ones (see the module's doc), so they run alone at every step compared in full.
+ROUTING_KINDS = frozenset({"pool", "relu"})
 
 
 class LayerRunner(Protocol):
@@ -96,6 +103,9 @@ class LocalJudge:
     def __init__(self, spec: NetworkSpec, dtype: object, lr: float) -> None:
         self.spec, self.dtype, self.lr = spec, np.dtype(dtype), lr
         self.names = {layer.name: spec.layer_tensors(layer.name) for layer in spec.layers}
+        self.every_layer = tuple(layer.name for layer in spec.layers)
+        self.routing_layers = tuple(layer.name for layer in spec.layers if layer.kind in ROUTING_KINDS)
+        self.alone_every = ALONE_EVERY
         self.workspace = Workspace()
         # The normalised image, as both sides compute it (bit-identical: tested in parity_tests/test_bridge.py).
         self._normalizer = scratch.build_network(spec, dtype=self.dtype)
@@ -124,17 +134,18 @@ class LocalJudge:
                 logits=inputs[-1] if position == len(layers) - 1 else None,
             )
 
-    def runs_alone(self, step_agreed: bool, verdicts: dict[str, LayerVerdict]) -> bool:
-        """Whether this step compared in full needs every layer run alone (`step_agreed`: every tensor of the
-        network compared and within tolerance in the lockstep run)."""
+    def layers_alone(self, step_agreed: bool, verdicts: dict[str, LayerVerdict]) -> tuple[str, ...]:
+        """The layers to run alone at this step compared in full (`step_agreed`: every tensor of the network compared
+        and within tolerance in the lockstep run); the others' verdicts are implied (`count_implied`)."""
         checked = next(iter(verdicts.values())).checked_steps  # the same for every layer; restored with a checkpoint
-        return not step_agreed or checked % ALONE_EVERY == 0
+        return self.every_layer if not step_agreed or checked % self.alone_every == 0 else self.routing_layers
 
-    def imply(self, verdicts: dict[str, LayerVerdict]) -> None:
-        """Count a step at which every tensor agreed in lockstep as checked, and passed, for every layer."""
-        for verdict in verdicts.values():
-            verdict.checked_steps += 1
-            verdict.implied_steps += 1
+    def count_implied(self, verdicts: dict[str, LayerVerdict], alone: tuple[str, ...]) -> None:
+        """Count this step as checked, and passed, for every layer not in `alone`."""
+        for name, verdict in verdicts.items():
+            if name not in alone:
+                verdict.checked_steps += 1
+                verdict.implied_steps += 1
 
     def judge(
         self,
@@ -145,9 +156,12 @@ class LocalJudge:
         reference: dict[str, np.ndarray],
         params_before: dict[str, np.ndarray],
         verdicts: dict[str, LayerVerdict],
+        layers: tuple[str, ...] | None = None,
     ) -> dict[str, LocalStep]:
-        """Judge every layer at step `index`; update `verdicts` and return each layer's result."""
+        """Judge `layers` (every layer by default) at step `index`; update `verdicts` and return each one's result."""
         feeds = list(self.feeds(images, labels, reference, params_before))
+        if layers is not None:
+            feeds = [feed for feed in feeds if feed.layer.name in layers]
         given = [side.run_layer(feed) for feed in feeds]
         # One comparison pass over every layer's tensors (their names are distinct), split by layer after.
         names = [

@@ -32,7 +32,7 @@ from scratch.spec import NetworkSpec
 MODES = ("free", "teacher")
 # `cnn-parity report`'s default stride. Comparing every element of every step costs about +85% over training both
 # models bare at stride 1, stride 10 about +35% (the lockstep section of `python -m parity.benchmark`; the target
-# for both is +30%). Stride 1 becomes the default again once it meets it.
+# for both is +30%). Stride 1 becomes the default once it meets it.
 DEFAULT_REPORT_STRIDE = 10
 
 
@@ -279,10 +279,12 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     local = {}
     if judged:
         agreed = len(step.comparisons) == len(spec.tensor_names) and all(c.passed for c in step.comparisons)
-        if lockstep.local.runs_alone(agreed, record.layers):
-            local = lockstep.local.judge(scratch, index, images, labels, reference_tensors, before[1], record.layers)
-        else:
-            lockstep.local.imply(record.layers)
+        alone = lockstep.local.layers_alone(agreed, record.layers)
+        lockstep.local.count_implied(record.layers, alone)
+        if alone:
+            local = lockstep.local.judge(
+                scratch, index, images, labels, reference_tensors, before[1], record.layers, alone
+            )
     _count_lockstep_failures(spec, step, record)
     # Full statistics (ULPs, relative error, tied windows) only for the steps a report shows: the first, the first
     # failure, and the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at
