@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity.engine.compare import Workspace, compare, compare_many
+from parity.engine.compare import MAX_LAYOUTS, Workspace, compare, compare_many
 from parity.engine.tolerances import Tolerance, tolerance_for
 
 PROPERTY_SETTINGS = settings(
@@ -100,6 +100,22 @@ def test_a_workspace_serves_batches_of_any_size_and_dtype():
         scratch = {name: (value * (1 + 1e-3)).astype(dtype) for name, value in reference.items()}
         batched = compare_many(["a", "b"], scratch, reference, dtype, workspace=workspace)
         assert_same(batched, one_by_one(["a", "b"], scratch, reference, dtype))
+
+
+def test_a_workspace_reused_past_its_layout_limit_still_compares_right():
+    """More shape sets than the workspace keeps, each seen again with new values and a transposed reference: a
+    layout evicted and made anew, or reused, never leaks an earlier batch's numbers."""
+    rng = np.random.default_rng(2)
+    workspace = Workspace()
+    shape_sets = [[(n, 3), (2, n)] for n in range(1, 2 * MAX_LAYOUTS + 2)]
+    for shapes in shape_sets + shape_sets[::-1]:
+        reference = {f"t{i}": np.ascontiguousarray(rng.normal(size=shape).T).T for i, shape in enumerate(shapes)}
+        scratch = {name: value * (1 + rng.choice([0.0, 1e-11, 1e-8])) for name, value in reference.items()}
+        names = list(reference)
+        assert_same(
+            compare_many(names, scratch, reference, "float64", workspace=workspace),
+            one_by_one(names, scratch, reference, "float64"),
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -192,21 +192,23 @@ class Workspace:
     def layout(self, shapes: tuple[tuple[int, ...], ...], dtype: np.dtype) -> _Layout:
         """The slots for tensors of `shapes` (in order) and `dtype`, made on first use."""
         key = (dtype, shapes)
-        if key not in self._layouts:
-            if len(self._layouts) >= MAX_LAYOUTS:  # a caller comparing ever-new shapes: keep memory bounded
-                self._layouts.clear()
-            self._layouts[key] = _Layout(shapes, dtype)
-        return self._layouts[key]
+        layout = self._layouts.pop(key, None) or _Layout(shapes, dtype)
+        self._layouts[key] = layout  # last: the most recently used
+        if len(self._layouts) > MAX_LAYOUTS:  # a caller comparing ever-new shapes: memory stays bounded
+            del self._layouts[next(iter(self._layouts))]  # the least recently used
+        return layout
 
 
-MAX_LAYOUTS = 8  # a lockstep run uses two or three (full steps, strided steps, layers run alone)
+# A lockstep run uses up to six: full steps, strided steps and layers run alone, each for the full batches and for
+# a short last one.
+MAX_LAYOUTS = 8
 
 
 class _Layout:
     """Tensors of given shapes end to end in three flat arrays, with each tensor's views into them."""
 
     def __init__(self, shapes: tuple[tuple[int, ...], ...], dtype: np.dtype) -> None:
-        self.starts = list(itertools.accumulate((math.prod(shape) for shape in shapes), initial=0))
+        self.starts: list[int] = list(itertools.accumulate((math.prod(shape) for shape in shapes), initial=0))
         self.abs_error, self.allowed, self.share = (np.empty(self.starts[-1], dtype) for _ in range(3))
         bounds = list(itertools.pairwise(self.starts))
         self.error_views = [self.abs_error[a:b].reshape(shape) for (a, b), shape in zip(bounds, shapes, strict=True)]
@@ -215,7 +217,9 @@ class _Layout:
         self.segment_starts = np.array(self.starts[:-1], dtype=np.intp)
 
 
-def _compare_batched(pairs, dtype, tolerance, workspace) -> dict[str, TensorComparison]:
+def _compare_batched(
+    pairs: list[tuple[str, np.ndarray, np.ndarray]], dtype: np.dtype, tolerance: Tolerance, workspace: Workspace
+) -> dict[str, TensorComparison]:
     """Compare `(name, scratch, reference)` pairs of matching shape and dtype; non-finite ones are left out."""
     layout = workspace.layout(tuple(reference.shape for _, _, reference in pairs), dtype)
     slots = zip(pairs, layout.error_views, layout.allowed_views, strict=True)
@@ -232,12 +236,14 @@ def _compare_batched(pairs, dtype, tolerance, workspace) -> dict[str, TensorComp
     _shares(abs_error, allowed, tolerance, out=share)
     max_abs = np.maximum.reduceat(abs_error, layout.segment_starts).tolist()
     # The first element of each tensor with the largest share of its allowance (a NaN share, if any, comes first).
-    worst = [start + int(shares.argmax()) for start, shares in zip(layout.starts, layout.share_slices, strict=False)]
+    worst = [
+        start + int(shares.argmax()) for start, shares in zip(layout.starts[:-1], layout.share_slices, strict=True)
+    ]
     at_worst = [array[worst].tolist() for array in (abs_error, allowed, share)]
     dtype_name = dtype.name  # a slow property in NumPy 2: read once per batch
     results = {}
     for (name, scratch, reference), start, worst_at, tensor_max_abs, error, allowance, error_share in zip(
-        pairs, layout.starts, worst, max_abs, *at_worst, strict=False
+        pairs, layout.starts[:-1], worst, max_abs, *at_worst, strict=True
     ):
         if not math.isfinite(error_share):
             continue  # non-finite values: the one-by-one path sorts out which of them match
