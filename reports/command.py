@@ -280,9 +280,9 @@ def run(args: argparse.Namespace) -> int:
 
     run_steps(options.epochs, options.train_size, options.batch_size)  # a run that cannot end is refused now
     if options.jobs > 1 and run_count(options) > 1:
-        from parity.lockstep.parallel import start_workers
+        from parity.lockstep.parallel import start_fork_server
 
-        start_workers()  # the workers' imports overlap this process's own, and the data's loading
+        start_fork_server()  # the workers' imports overlap this process's own, and the data's loading
 
     import torch
     from tqdm import tqdm

@@ -107,6 +107,7 @@ BARE = "bare: scratch + PyTorch steps"
 STRIDE_ONE = "lockstep, stride 1"
 REPORT_DEFAULT = f"lockstep, stride {DEFAULT_REPORT_STRIDE} (report default)"
 UNJUDGED = f"lockstep, stride {DEFAULT_REPORT_STRIDE}, layers not judged on their own"
+ALL_ALONE = f"lockstep, stride {DEFAULT_REPORT_STRIDE}, every layer run alone at every full step"
 LAYER_VERDICTS_AT_MOST = 1.25  # #10: judging every layer on its own adds at most 25% at the report's stride
 
 
@@ -123,10 +124,12 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
         bare[VECTORISED](i)
         bare[TORCH](i)
 
-    def lockstep(stride: int, judge_layers: bool = True) -> StepFn:
+    def lockstep(stride: int, judge_layers: bool = True, alone_every: int | None = None) -> StepFn:
         net = scratch.tutorial_network(0, dtype)
         runner = ReferenceRunner(to_torch(net), lr=LR)
         run = Lockstep(ScratchSide(net), runner, net.spec, dtype, LR, stride, judge_layers=judge_layers)
+        if alone_every is not None:  # as in a run that disagrees, where no verdict can be implied
+            run.local.alone_every = alone_every
 
         def step(i: int) -> None:
             run.step(images[i % count], labels[i % count])
@@ -138,6 +141,7 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
         STRIDE_ONE: lockstep(1),
         REPORT_DEFAULT: lockstep(DEFAULT_REPORT_STRIDE),
         UNJUDGED: lockstep(DEFAULT_REPORT_STRIDE, judge_layers=False),
+        ALL_ALONE: lockstep(DEFAULT_REPORT_STRIDE, alone_every=1),
     }
 
 
@@ -151,25 +155,30 @@ def lockstep_section(args: argparse.Namespace) -> None:
     samples = time_candidates(candidates, args.steps, args.repeats)
     rows = rows_against(samples, BARE, {STRIDE_ONE: Target(at_most=1.3), REPORT_DEFAULT: Target(at_most=1.3)})
     notes = [
-        "targets (#13): lockstep at most 1.30x the bare steps (recording and comparing add at most 30%), at stride 1 "
-        "with the layer verdicts; the report's default stride has had the same target since #7",
+        "targets: lockstep at most 1.30x the bare steps (recording and comparing add at most 30%), at stride 1 "
+        "with the layer verdicts and at the report's default stride",
         *(f"{row.candidate}: {100 * (row.ratio - 1):+.0f}%" for row in rows if row.candidate != BARE),
         f"stride K: every tensor compared every K steps; "
         f"{', '.join(always_compared(scratch.parse_spec(), 'free'))} at every step",
-        _layer_verdict_cost(samples),
+        *_layer_verdict_costs(samples),
     ]
     print_section("lockstep: recording and comparing vs training both models bare", rows, BARE, notes)
 
 
-def _layer_verdict_cost(samples: dict[str, list[float]]) -> str:
-    """The paired ratio of the report's default lockstep with and without each layer judged on its own."""
-    ratio = paired_ratio(samples[REPORT_DEFAULT], samples[UNJUDGED])
-    verdict = "PASS" if ratio <= LAYER_VERDICTS_AT_MOST else "FAIL"
-    return (
-        f"layer verdicts (each layer judged on its own at every full comparison, run alone or implied by the "
-        f"lockstep: parity.lockstep.local): {ratio:.2f}x the same lockstep "
-        f"without them, {100 * (ratio - 1):+.0f}% (target <= {LAYER_VERDICTS_AT_MOST:g}x): {verdict}"
-    )
+def _layer_verdict_costs(samples: dict[str, list[float]]) -> list[str]:
+    """Paired ratios of the report's default lockstep with and without each layer judged on its own: in a run that
+    agrees (conv and dense verdicts mostly implied) and with every layer run alone at every full step (a run that
+    disagrees), which the target is for."""
+    agreeing = paired_ratio(samples[REPORT_DEFAULT], samples[UNJUDGED])
+    every_step = paired_ratio(samples[ALL_ALONE], samples[UNJUDGED])
+    verdict = "PASS" if every_step <= LAYER_VERDICTS_AT_MOST else "FAIL"
+    return [
+        f"layer verdicts (each layer judged on its own at every full comparison, parity.lockstep.local), paired "
+        f"against the same lockstep without them: {agreeing:.2f}x ({100 * (agreeing - 1):+.0f}%) in a run that "
+        "agrees (pools run alone, conv and dense verdicts implied between checks)",
+        f"every layer run alone at every full step, as in a run that disagrees: {every_step:.2f}x "
+        f"({100 * (every_step - 1):+.0f}%; target <= {LAYER_VERDICTS_AT_MOST:g}x): {verdict}",
+    ]
 
 
 DEEP_SPEC = "conv5x16,relu,pool2,conv3x32,relu,pool2,dense10"

@@ -3,13 +3,14 @@
 Each experiment is deterministic (seeded data order and weights, NumPy and CPU PyTorch on one thread), so a run's
 result does not depend on which process ran it: the report is the same with any number of jobs (a test shows it).
 Workers come from a fork server that has imported NumPy, PyTorch and the experiment once (`parity.lockstep.preload`),
-so starting one costs a fork, not an import of torch. `start_workers` starts that server early, so its imports
+so starting one costs a fork, not an import of torch. `start_fork_server` starts that server early, so its imports
 overlap the caller's own start-up; this module imports neither torch nor the experiment until it runs one itself.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import queue
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def start_workers() -> None:
+def start_fork_server() -> None:
     """Start the fork server the workers come from, now: it loads torch and the experiment while the caller goes on
     (run_experiments waits for it when it needs a worker)."""
     context = multiprocessing.get_context("forkserver")
@@ -67,7 +68,7 @@ def run_experiments(
         for config in configs:
             results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
         return results, None if then is None else [then(result) for result in results]
-    start_workers()  # a no-op when already started
+    start_fork_server()  # a no-op when already started
     context = multiprocessing.get_context("forkserver")
     progress = context.Queue()
     with ProcessPoolExecutor(min(jobs, len(configs)), context, initializer=_start_worker, initargs=(progress,)) as pool:
