@@ -116,22 +116,31 @@ class LocalJudge:
         labels: np.ndarray,
         reference: dict[str, np.ndarray],
         params_before: dict[str, np.ndarray],
+        layers: tuple[str, ...] | None = None,
     ) -> Iterator[LayerFeed]:
-        """The `LayerFeed` of every layer, from the reference's tensors of a step compared in full."""
-        layers, spec = self.spec.layers, self.spec
-        inputs = [self._normalizer.normalize(images)] + [reference[spec.name_of(layer.name, "out")] for layer in layers]
-        d_outs = [reference[spec.name_of(layer.name, "d_in")] for layer in layers[1:]]
-        d_outs.append(reference[spec.name_of(layers[-1].name, "d_out")])
-        for position, layer in enumerate(layers):
+        """The `LayerFeed` of `layers` (every layer by default), in layer order, from the reference's tensors of a step
+        compared in full."""
+        spec, last = self.spec, len(self.spec.layers) - 1
+        for position, layer in enumerate(spec.layers):
+            if layers is not None and layer.name not in layers:
+                continue
+            if position == 0:
+                inputs = self._normalizer.normalize(images)
+            else:
+                inputs = reference[spec.name_of(spec.layers[position - 1].name, "out")]
+            if position == last:
+                d_out = reference[spec.name_of(layer.name, "d_out")]
+            else:
+                d_out = reference[spec.name_of(spec.layers[position + 1].name, "d_in")]
             yield LayerFeed(
                 layer,
-                inputs[position],
-                d_outs[position],
+                inputs,
+                d_out,
                 {param: params_before[spec.name_of(layer.name, "param", param)] for param, _ in layer.params},
                 {param: reference[spec.name_of(layer.name, "d_param", param)] for param, _ in layer.params},
                 labels,
                 self.lr,
-                logits=inputs[-1] if position == len(layers) - 1 else None,
+                logits=reference[spec.name_of(layer.name, "out")] if position == last else None,
             )
 
     def layers_alone(self, step_agreed: bool, verdicts: dict[str, LayerVerdict]) -> tuple[str, ...]:
@@ -159,9 +168,7 @@ class LocalJudge:
         layers: tuple[str, ...] | None = None,
     ) -> dict[str, LocalStep]:
         """Judge `layers` (every layer by default) at step `index`; update `verdicts` and return each one's result."""
-        feeds = list(self.feeds(images, labels, reference, params_before))
-        if layers is not None:
-            feeds = [feed for feed in feeds if feed.layer.name in layers]
+        feeds = list(self.feeds(images, labels, reference, params_before, layers))
         given = [side.run_layer(feed) for feed in feeds]
         # One comparison pass over every layer's tensors (their names are distinct), split by layer after.
         names = [
