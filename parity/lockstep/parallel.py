@@ -42,8 +42,9 @@ def start_fork_server() -> None:
 def longest_first(configs: Sequence[ExperimentConfig]) -> list[int]:
     """The order to hand experiments to workers: the longest first, so no worker is left with a long one at the end.
 
-    A run that diverges (a demonstration: not PyTorch's semantics) takes longest: each layer is run alone at every
-    step compared in full, where a run that agrees runs its layers alone only now and then (parity.lockstep.local).
+    A run that diverges (a demonstration: not PyTorch's semantics) takes longest: every layer is run alone at every
+    step compared in full, where a run that agrees runs its conv and dense layers alone only now and then
+    (parity.lockstep.local).
     """
     return sorted(range(len(configs)), key=lambda index: configs[index].expects_parity)
 

@@ -30,9 +30,9 @@ from parity.lockstep.records import LockstepRecord, StepRecord
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
-# `cnn-parity report`'s default stride. Comparing every element of every step costs about +85% over training both
-# models bare at stride 1, stride 10 about +35% (the lockstep section of `python -m parity.benchmark`; the target
-# for both is +30%). Stride 1 becomes the default once it meets it.
+# `cnn-parity report`'s default stride. Comparing every element of every step costs about +85-100% over training
+# both models bare at stride 1, stride 10 about +30% (the lockstep section of `python -m parity.benchmark`; the
+# target for both is +30%). Stride 1 becomes the default once it meets it.
 DEFAULT_REPORT_STRIDE = 10
 
 
