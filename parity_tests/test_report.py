@@ -543,6 +543,14 @@ def test_the_report_command_counts_its_runs_without_building_them():
         assert report_command.run_count(options) == len(report_command.configs(options)[0])
 
 
+def test_an_error_in_a_worker_is_raised_as_it_was_not_as_a_cancellation():
+    """`then` fails in a worker (here: int() of a result): that error comes back, and nothing hangs."""
+    train, test = load_experiment_data(n_train=4, n_test=2)
+    configs = [ExperimentConfig(epochs=1), ExperimentConfig(epochs=1, dtype="float32")]
+    with pytest.raises(TypeError, match="ExperimentResult"):
+        parallel.run_experiments(configs, train, test, jobs=2, then=int)
+
+
 def test_jobs_must_be_a_positive_integer(report_cli, capsys):
     assert report_cli("--jobs", "0") == 2
     assert "--jobs must be a positive integer, got '0'" in capsys.readouterr().err

@@ -59,8 +59,9 @@ def run_experiments(
 ) -> tuple[list[ExperimentResult], list[T] | None]:
     """Every experiment, in the order given; `jobs` > 1 runs them in that many worker processes. `on_steps(config,
     n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker).
-    `then(result)` (a module-level function) runs in the worker after each experiment, for work that can be done
-    side by side too (the report's plots); its values come back in order (None when `then` is None)."""
+    `then(result)` (a module-level function) runs in a worker after each experiment, for work that can be done
+    side by side too (the report's plots); its values come back in order (None when `then` is None). An error in
+    a worker is raised here as it was raised there."""
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
         from parity.lockstep.experiment import run_experiment
@@ -73,24 +74,35 @@ def run_experiments(
     context = multiprocessing.get_context("forkserver")
     progress = context.Queue()
     with ProcessPoolExecutor(min(jobs, len(configs)), context, initializer=_start_worker, initargs=(progress,)) as pool:
-        futures = {i: pool.submit(_run_in_worker, i, configs[i], train, test, then) for i in longest_first(configs)}
-        ordered = [futures[i] for i in range(len(configs))]
-        _follow(ordered, progress, configs, report)
-        done = [future.result() for future in ordered]
-    return [result for result, _ in done], None if then is None else [extra for _, extra in done]
+        runs = {pool.submit(_run_in_worker, i, configs[i], train, test): i for i in longest_first(configs)}
+        extras = _follow(pool, runs, then, progress, configs, report)
+        for future in [*runs, *extras.values()]:  # the error itself, not the cancellation of the tasks after it
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+        results = {index: future.result() for future, index in runs.items()}
+        drawn = None if then is None else [extras[index].result() for index in range(len(configs))]
+    return [results[index] for index in range(len(configs))], drawn
 
 
-def _follow(futures: list[Future], progress, configs: Sequence[ExperimentConfig], report) -> None:
-    """Pass the workers' progress on until every experiment is done (a worker's error surfaces from `result()`)."""
-    pending = set(futures)
+def _follow(pool, runs: dict[Future, int], then, progress, configs: Sequence[ExperimentConfig], report) -> dict:
+    """Pass the workers' progress on until every experiment and its `then` are done; `then(result)` is a task of its
+    own, handed to whichever worker is free first (a worker done with its run would otherwise idle while another
+    draws its plots). A worker's error surfaces from `result()`. Returns each experiment's `then` task by index."""
+    extras: dict[int, Future] = {}
+    pending = set(runs)
     while pending:
         done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
         _drain(progress, configs, report)
         if any(future.exception() is not None for future in done):
             for future in pending:
                 future.cancel()
-            return
+            return extras
+        for future in done:
+            if future in runs and then is not None:
+                extras[runs[future]] = pool.submit(then, future.result())
+                pending.add(extras[runs[future]])
     _drain(progress, configs, report)
+    return extras
 
 
 def _drain(progress, configs: Sequence[ExperimentConfig], report) -> None:
@@ -110,7 +122,7 @@ def _start_worker(progress) -> None:
     torch.set_num_threads(1)  # as the serial run: one thread keeps the reference's reductions in one order
 
 
-def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: Dataset, then) -> tuple:
+def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: Dataset) -> ExperimentResult:
     counted = [0]
 
     def on_step(_step) -> None:
@@ -123,4 +135,4 @@ def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: D
 
     result = run_experiment(config, train, test, on_step=on_step)
     _progress.put((index, counted[0]))
-    return result, None if then is None else then(result)
+    return result
