@@ -116,6 +116,36 @@ def test_refuses_a_name_that_is_not_a_step_tensor():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_the_runners_update_is_torch_optim_sgd_bit_for_bit(dtype):
+    """The runner calls PyTorch's functional SGD, not `torch.optim.SGD.step`: the same weights to the bit, over
+    steps with a changed lr and a parameter that got no gradient (as `step`, it is left alone)."""
+    import torch
+    import torch.nn.functional as F
+
+    spec = "conv3x4b,relu,pool2,dense32,relu,dense10"
+    runner = reference.ReferenceRunner(reference.to_torch(scratch.build_network(spec, seed=3, dtype=dtype)), lr=0.05)
+    twin = reference.to_torch(scratch.build_network(spec, seed=3, dtype=dtype))
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.05)
+    images, labels = digits(8, (28, 28), tie_free=False)
+    for step, lr in enumerate([None, None, 0.2, None]):
+        runner.forward_backward(images, labels, names=["loss"])
+        if step == 3:  # no gradient for one parameter: both must leave it as it is
+            runner._param_tensors[0].grad = None
+        runner.update(lr)
+        if lr is not None:
+            optimizer.param_groups[0]["lr"] = lr
+        x = (torch.from_numpy(images).to(twin.dtype) / 255 - 0.5).unsqueeze(1)
+        optimizer.zero_grad()
+        F.cross_entropy(twin(x), torch.from_numpy(labels.astype(np.int64))).backward()
+        if step == 3:
+            next(twin.parameters()).grad = None
+        optimizer.step()
+    theirs = reference.ReferenceRunner(twin).parameters()
+    for name, ours in runner.parameters().items():
+        np.testing.assert_array_equal(ours, theirs[name], err_msg=name, strict=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_one_sgd_step_and_evaluate_match(dtype):
     spec = "conv3x4b,relu,pool2,dense32,relu,dense10"
     net = scratch.build_network(spec, seed=1, dtype=dtype)

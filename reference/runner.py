@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.sgd import sgd
 
 from reference.bridge import ParameterLink, load_into_torch, parameter_links, parameters_to_scratch
 from reference.layouts import activation_to_scratch
@@ -39,7 +40,13 @@ class _Plan:
 
 
 class ReferenceRunner:
-    """The twin with plain `torch.optim.SGD`: one forward + backward per call, the update separate."""
+    """The twin with PyTorch's plain SGD: one forward + backward per call, the update separate.
+
+    The update calls `torch.optim.sgd.sgd`, the function `torch.optim.SGD.step` runs on CPU tensors (no momentum,
+    no weight decay: one `param.add_(grad, alpha=-lr)` per parameter), so the arithmetic is PyTorch's own and the
+    weights bit-identical to `torch.optim.SGD`'s (tested). It skips what `step` adds around it for `torch.compile`
+    and the profiler: a wrapper that imports `torch._dynamo` at the first step, about as long as importing torch.
+    """
 
     def __init__(self, twin: Twin, lr: float = 0.005) -> None:
         if not isinstance(twin, Twin):
@@ -47,7 +54,7 @@ class ReferenceRunner:
                 f"twin: expected a reference.Twin (from reference.to_torch(net)), got {type(twin).__name__}"
             )
         self.twin, self.spec, self.dtype = twin, twin.spec, twin.dtype
-        self.optimizer = torch.optim.SGD(twin.parameters(), lr=check_lr(lr))
+        self.lr = check_lr(lr)
         self._links = parameter_links(twin)  # spec name, torch tensor and layout converter per parameter
         self._param_tensors = tuple(link.tensor for link in self._links)
         self._step_names = tuple(info.name for info in self.spec.tensors if info.role != "param")
@@ -66,7 +73,7 @@ class ReferenceRunner:
             activations.append(self.twin.forward_layer(layer, activations[-1]))
         loss = F.cross_entropy(activations[-1], targets)
         wanted = tuple(activations[position] for position in plan.activation_targets)
-        # One backward pass for exactly the gradients needed; torch.optim.SGD reads the parameters' from `.grad`.
+        # One backward pass for exactly the gradients needed; `update` reads the parameters' from `.grad`.
         gradients = torch.autograd.grad(loss, self._param_tensors + wanted)
         for tensor, gradient in zip(self._param_tensors, gradients, strict=False):
             tensor.grad = gradient
@@ -79,12 +86,23 @@ class ReferenceRunner:
         return {name: extract(step) for name, extract in plan.extractors}
 
     def update(self, lr: float | None = None) -> None:
-        """One `torch.optim.SGD` step from the last backward's gradients (at `lr`, if given), then clear them."""
+        """One SGD step from the last backward's gradients (at `lr` from now on, if given), then clear them."""
         if lr is not None:
-            lr = check_lr(lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        self.optimizer.step()
+            self.lr = check_lr(lr)
+        params = [tensor for tensor in self._param_tensors if tensor.grad is not None]  # as `torch.optim.SGD.step`
+        with torch.no_grad():
+            sgd(
+                params,
+                [tensor.grad for tensor in params],
+                [None] * len(params),
+                foreach=False,  # what `torch.optim.SGD` picks for CPU tensors
+                weight_decay=0.0,
+                momentum=0.0,
+                lr=self.lr,
+                dampening=0.0,
+                nesterov=False,
+                maximize=False,
+            )
         for tensor in self._param_tensors:  # recorded gradients may be views of these: no later backward may add
             tensor.grad = None
 

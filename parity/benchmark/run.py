@@ -111,6 +111,25 @@ ALL_ALONE = f"lockstep, stride {DEFAULT_REPORT_STRIDE}, every layer run alone at
 LAYER_VERDICTS_AT_MOST = 1.25  # #10: judging every layer on its own adds at most 25% at the report's stride
 
 
+def reference_training_step(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> StepFn:
+    """Section 1's PyTorch eager step with the update the lockstep's reference makes (PyTorch's functional SGD,
+    see `reference.runner`), so the bare steps train both models as the lockstep does, minus the comparing."""
+    import torch
+    import torch.nn.functional as F
+
+    from reference import ReferenceRunner, to_torch
+
+    runner = ReferenceRunner(to_torch(scratch.tutorial_network(0, dtype)), lr=LR)
+    count, (height, width) = len(images), images.shape[1:]
+
+    def step(i: int) -> None:
+        x = (torch.from_numpy(images[i % count]).to(runner.twin.dtype) / 255 - 0.5).reshape(1, 1, height, width)
+        F.cross_entropy(runner.twin(x), torch.tensor([labels[i % count]])).backward()
+        runner.update()  # also clears the gradients, as zero_grad
+
+    return step
+
+
 def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> dict[str, StepFn]:
     """Training both models bare, against lockstep steps that also hand over and compare every tensor."""
     from parity.lockstep.experiment import ScratchSide
@@ -118,11 +137,12 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
     from reference import ReferenceRunner, to_torch
 
     bare = train_step_candidates(dtype, images, labels)
+    bare_reference = reference_training_step(dtype, images, labels)
     count = len(images)
 
     def bare_step(i: int) -> None:
         bare[VECTORISED](i)
-        bare[TORCH](i)
+        bare_reference(i)
 
     def lockstep(stride: int, judge_layers: bool = True, alone_every: int | None = None) -> StepFn:
         net = scratch.tutorial_network(0, dtype)
