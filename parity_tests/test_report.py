@@ -435,7 +435,7 @@ def test_failure_mid_write_keeps_the_previous_report(report_cli, tmp_path, monke
     assert report_cli("--out", str(out), *TINY) == 0
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     _fail_on_second_call(monkeypatch, plots.PLOTS, "loss", RuntimeError("disk on fire"))
-    with pytest.raises(RuntimeError, match="disk on fire"):  # serial: the plots are drawn while writing
+    with pytest.raises(RuntimeError, match="disk on fire"):  # serial: drawn in this process, before anything is written
         report_cli("--out", str(out), *TINY, "--dtypes", "float64,float32", "--jobs", "1")
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"], "temporary directories left behind"
@@ -548,7 +548,7 @@ def test_an_error_in_a_worker_is_raised_as_it_was_not_as_a_cancellation():
     train, test = load_experiment_data(n_train=4, n_test=2)
     configs = [ExperimentConfig(epochs=1), ExperimentConfig(epochs=1, dtype="float32")]
     with pytest.raises(TypeError, match="ExperimentResult"):
-        parallel.run_experiments(configs, train, test, jobs=2, then=int)
+        parallel.run_experiments(configs, train, test, jobs=2, then=[int])
 
 
 def test_jobs_must_be_a_positive_integer(report_cli, capsys):

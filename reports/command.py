@@ -14,6 +14,7 @@ experiment are imported only inside `run`.
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 import time
@@ -289,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
 
     from parity.cli.errors import mark_written
     from parity.lockstep.parallel import run_experiments
-    from reports.plots import render as render_plots
+    from reports.plots import PLOTS
+    from reports.plots import render as render_plot
     from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
     from scratch.data import load_experiment_data, steps_per_epoch
@@ -311,9 +313,17 @@ def run(args: argparse.Namespace) -> int:
         jobs = min(options.jobs, len(runs))
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
             bar.set_description(f"{len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else ""), refresh=False)
-            results, drawn = run_experiments(
-                runs, train, test, jobs, on_steps=lambda _config, steps: bar.update(steps), then=render_plots
+            # One task per plot, the costliest (the error panels) first: a run's plots are drawn side by side.
+            kinds = sorted(PLOTS, key=lambda kind: kind != "errors")
+            results, values = run_experiments(
+                runs,
+                train,
+                test,
+                jobs,
+                on_steps=lambda _config, steps: bar.update(steps),
+                then=[functools.partial(render_plot, kind) for kind in kinds],
             )
+            drawn = [dict(zip(kinds, run_values, strict=True)) for run_values in values]
         document = build_document(
             results,
             title=title(options.arch),

@@ -254,11 +254,8 @@ def error_plot(result: ExperimentResult, path: Path | BinaryIO) -> None:
 PLOTS = {"loss": loss_plot, "errors": error_plot}  # kind -> drawing function, in the report's order
 
 
-def render(result: ExperimentResult) -> dict[str, bytes]:
-    """Every plot of one run as PNG bytes, by kind: what a worker process can draw beside the others."""
-    drawn = {}
-    for kind, draw in PLOTS.items():
-        buffer = io.BytesIO()
-        draw(result, buffer)
-        drawn[kind] = buffer.getvalue()
-    return drawn
+def render(kind: str, result: ExperimentResult) -> bytes:
+    """One plot of a run as PNG bytes: what a worker process can draw beside the others."""
+    buffer = io.BytesIO()
+    PLOTS[kind](result, buffer)
+    return buffer.getvalue()

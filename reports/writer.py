@@ -124,7 +124,7 @@ def write_document(
     drawn: Sequence[dict[str, bytes]] | None = None,
 ) -> Path:
     """Write `document` (from `build_document(results, ...)`) with its markdown and plots; return report.md's path.
-    `drawn`: each run's plots already rendered (`plots.render`, e.g. by the worker that ran it), else drawn here."""
+    `drawn`: each run's plots already rendered by kind (`plots.render`, e.g. by worker processes), else drawn here."""
     out_dir = Path(out_dir)
     check_destination(out_dir)
     with atomic.directory(out_dir) as staging:

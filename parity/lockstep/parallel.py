@@ -55,12 +55,13 @@ def run_experiments(
     test: Dataset,
     jobs: int,
     on_steps: Callable[[ExperimentConfig, int], None] | None = None,
-    then: Callable[[ExperimentResult], T] | None = None,
-) -> tuple[list[ExperimentResult], list[T] | None]:
+    then: Sequence[Callable[[ExperimentResult], T]] = (),
+) -> tuple[list[ExperimentResult], list[list[T]]]:
     """Every experiment, in the order given; `jobs` > 1 runs them in that many worker processes. `on_steps(config,
     n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker).
-    `then(result)` (a module-level function) runs in a worker after each experiment, for work that can be done
-    side by side too (the report's plots); its values come back in order (None when `then` is None). An error in
+    Each function of `then` (module-level, or a partial of one) is a task of its own after each experiment, run by
+    whichever worker is free first, for work that can be done side by side too (the report's plots: the last run's
+    are then drawn by every worker at once). For each experiment, in order, the list of their values. An error in
     a worker is raised here as it was raised there."""
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
@@ -69,7 +70,7 @@ def run_experiments(
         results = []
         for config in configs:
             results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
-        return results, None if then is None else [then(result) for result in results]
+        return results, [[task(result) for task in then] for result in results]
     start_fork_server()  # a no-op when already started
     context = multiprocessing.get_context("forkserver")
     progress = context.Queue()
@@ -80,15 +81,15 @@ def run_experiments(
             if future.done() and not future.cancelled() and future.exception() is not None:
                 raise future.exception()
         results = {index: future.result() for future, index in runs.items()}
-        drawn = None if then is None else [extras[index].result() for index in range(len(configs))]
-    return [results[index] for index in range(len(configs))], drawn
+        values = [[extras[index, task].result() for task in range(len(then))] for index in range(len(configs))]
+    return [results[index] for index in range(len(configs))], values
 
 
 def _follow(pool, runs: dict[Future, int], then, progress, configs: Sequence[ExperimentConfig], report) -> dict:
-    """Pass the workers' progress on until every experiment and its `then` are done; `then(result)` is a task of its
-    own, handed to whichever worker is free first (a worker done with its run would otherwise idle while another
-    draws its plots). A worker's error surfaces from `result()`. Returns each experiment's `then` task by index."""
-    extras: dict[int, Future] = {}
+    """Pass the workers' progress on until every experiment and its `then` tasks are done; each is handed to
+    whichever worker is free first (a worker done with its run would otherwise idle while another draws plots).
+    A worker's error surfaces from `result()`. Returns the tasks by (experiment index, position in `then`)."""
+    extras: dict[tuple[int, int], Future] = {}
     pending = set(runs)
     while pending:
         done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -98,9 +99,10 @@ def _follow(pool, runs: dict[Future, int], then, progress, configs: Sequence[Exp
                 future.cancel()
             return extras
         for future in done:
-            if future in runs and then is not None:
-                extras[runs[future]] = pool.submit(then, future.result())
-                pending.add(extras[runs[future]])
+            if future in runs:
+                for position, task in enumerate(then):
+                    extras[runs[future], position] = pool.submit(task, future.result())
+                    pending.add(extras[runs[future], position])
     _drain(progress, configs, report)
     return extras
 
