@@ -7,4 +7,10 @@ the server starts with them loaded instead of importing torch again. (The refere
 
 from __future__ import annotations
 
+import gc
+
 import parity.lockstep.experiment  # noqa: F401  (loaded for the workers)
+
+# What the imports made lives as long as a worker: frozen, no garbage collection in one looks at it again (a full
+# collection over it took ~0.1 s of each run), nor writes to its pages (copy-on-write after the fork).
+gc.freeze()
