@@ -290,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
 
     from parity.cli.errors import mark_written
     from parity.lockstep.parallel import run_experiments
+    from reports.jsondoc import run_facts
     from reports.plots import PLOTS
     from reports.plots import render as render_plot
     from reports.summary import layers_table, summary_table, verdict_line
@@ -313,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         jobs = min(options.jobs, len(runs))
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
             bar.set_description(f"{len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else ""), refresh=False)
-            # One task per plot, the costliest (the error panels) first: a run's plots are drawn side by side.
+            # After each run, one task per plot (the costliest, the error panels, first) and one for what the
+            # report says of it: the last run's are worked out side by side.
             kinds = sorted(PLOTS, key=lambda kind: kind != "errors")
             results, values = run_experiments(
                 runs,
@@ -321,15 +323,16 @@ def run(args: argparse.Namespace) -> int:
                 test,
                 jobs,
                 on_steps=lambda _config, steps: bar.update(steps),
-                then=[functools.partial(render_plot, kind) for kind in kinds],
+                then=[*(functools.partial(render_plot, kind) for kind in kinds), run_facts],
             )
-            drawn = [dict(zip(kinds, run_values, strict=True)) for run_values in values]
+            drawn = [dict(zip(kinds, run_values[: len(kinds)], strict=True)) for run_values in values]
         document = build_document(
             results,
             title=title(options.arch),
             command=options.command_line(),
             data_source=f"{train.source}; {test.source}",
             demonstrations=demonstrations,
+            facts=[run_values[-1] for run_values in values],
         )
         report = write_document(options.out, document, results, drawn)
         mark_written(args, report, 0 if document["passed"] else 1)  # complete: a Ctrl-C from here on is no failure

@@ -50,11 +50,39 @@ def percent(fraction: float) -> float:
     return 100 * fraction
 
 
-def run_entry(result: ExperimentResult, *, claim: bool, slug: str, plots: dict[str, str]) -> dict[str, object]:
-    """One run: what it was, whether it held, where it first diverged, its largest errors, progress, test, time."""
+def run_facts(result: ExperimentResult) -> dict[str, object]:
+    """What report.json says of a run that takes reading every step (the costly part of `run_entry`): a function
+    of the result alone, so a worker can work it out beside the run's plots."""
+    record = result.record
+    largest = record.max_abs_error()
+    worst = record.worst_step()
+    return {
+        "max_abs_error": largest,
+        "percent_of_tolerance": percent_of_tolerance(record),
+        "max_abs_error_at": max_abs_error_at(record, largest),
+        "worst_step": None if worst is None else worst_step_entry(worst),
+        "shown_steps": shown_steps(record, worst),
+        "near_tie_flips": {
+            "windows": record.flipped_windows,
+            "steps": [step.step for step in record.steps if step.flipped_windows],
+            "resynced_steps": list(record.resynced_steps),
+        },
+    }
+
+
+def run_entry(
+    result: ExperimentResult,
+    *,
+    claim: bool,
+    slug: str,
+    plots: dict[str, str],
+    facts: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """One run: what it was, whether it held, where it first diverged, its largest errors, progress, test, time.
+    `facts`: `run_facts(result)`, when already worked out."""
     config, record = result.config, result.record
     spec = record.spec  # the run's own spec: a checked implementation's record carries the one it was run on
-    worst = record.worst_step()
+    facts = run_facts(result) if facts is None else facts
     divergence = record.first_divergence
     return {
         "name": config.name,
@@ -79,16 +107,12 @@ def run_entry(result: ExperimentResult, *, claim: bool, slug: str, plots: dict[s
         "verdict": verdict(record.passed, claim),
         "fails_exit_code": claim and not record.passed,
         "first_divergence": None if divergence is None else divergence_entry(divergence),
-        "max_abs_error": record.max_abs_error(),
-        "percent_of_tolerance": percent_of_tolerance(record),
-        "max_abs_error_at": max_abs_error_at(record),
-        "worst_step": None if worst is None else worst_step_entry(worst),
-        "shown_steps": shown_steps(record),
-        "near_tie_flips": {
-            "windows": record.flipped_windows,
-            "steps": [step.step for step in record.steps if step.flipped_windows],
-            "resynced_steps": list(record.resynced_steps),
-        },
+        "max_abs_error": facts["max_abs_error"],
+        "percent_of_tolerance": facts["percent_of_tolerance"],
+        "max_abs_error_at": facts["max_abs_error_at"],
+        "worst_step": facts["worst_step"],
+        "shown_steps": facts["shown_steps"],
+        "near_tie_flips": facts["near_tie_flips"],
         "missing_tensors": list(record.missing_tensors),
         "progress": [dict(line) for line in result.progress],
         "test": {side: dict(values) for side, values in result.test.items()},
@@ -135,10 +159,9 @@ def percent_of_tolerance(record: LockstepRecord) -> dict[str, float]:
     return {name: worst[name] for name in record.spec.tensor_names if name in worst}
 
 
-def max_abs_error_at(record: LockstepRecord) -> dict[str, dict[str, object]]:
-    """Where each tensor's largest |Δ| (`max_abs_error`) was first reached, and whether that step was an
-    explained near-tie flip."""
-    largest = record.max_abs_error()
+def max_abs_error_at(record: LockstepRecord, largest: dict[str, float]) -> dict[str, dict[str, object]]:
+    """Where each tensor's largest |Δ| (`largest`: `record.max_abs_error()`) was first reached, and whether that
+    step was an explained near-tie flip."""
     where: dict[str, dict[str, object]] = {}
     for step in record.steps:
         for c in step.comparisons:
@@ -163,11 +186,11 @@ def comparison_rows(comparisons: Sequence[TensorComparison]) -> list[dict[str, o
     return [c.row() for c in comparisons]
 
 
-def shown_steps(record: LockstepRecord) -> dict[str, dict[str, object]]:
-    """The steps report.md tabulates: the first, the worst and the first failing one (each once, first name wins)."""
+def shown_steps(record: LockstepRecord, worst: StepRecord | None) -> dict[str, dict[str, object]]:
+    """The steps report.md tabulates: the first, the worst (`record.worst_step()`) and the first failing one (each
+    once, first name wins)."""
     shown: dict[str, dict[str, object]] = {}
     seen: set[int] = set()
-    worst = record.worst_step()
     divergence = record.first_divergence
     by_number = {step.step: step for step in record.steps}
     candidates = [
@@ -231,11 +254,13 @@ def build_document(
     command: str,
     data_source: str,
     environment: dict[str, object],
+    facts: Sequence[dict[str, object] | None] | None = None,
 ) -> dict[str, object]:
-    """The whole report as JSON-able values."""
+    """The whole report as JSON-able values (`facts`: each run's `run_facts`, where already worked out)."""
+    facts = facts or [None] * len(results)
     runs = [
-        run_entry(result, claim=claim, slug=slug, plots=run_plots)
-        for result, claim, slug, run_plots in zip(results, claims, slugs, plots, strict=True)
+        run_entry(result, claim=claim, slug=slug, plots=run_plots, facts=run_facts)
+        for result, claim, slug, run_plots, run_facts in zip(results, claims, slugs, plots, facts, strict=True)
     ]
     claim_runs = [run for run in runs if run["role"] == "parity claim"]
     return {

@@ -93,8 +93,10 @@ def build_document(
     command: str,
     data_source: str = "",
     demonstrations: Collection[ExperimentConfig] | None = None,
+    facts: Sequence[dict[str, object]] | None = None,
 ) -> dict[str, object]:
-    """The report.json document for `results` (see `write_report` for what counts as a parity claim)."""
+    """The report.json document for `results` (see `write_report` for what counts as a parity claim); `facts`:
+    each run's `jsondoc.run_facts`, when worked out already (by the workers)."""
     results = list(results)
     if demonstrations is None:
         claims = [r.config.expects_parity for r in results]
@@ -114,6 +116,7 @@ def build_document(
         command=command,
         data_source=data_source,
         environment=env,
+        facts=facts,
     )
 
 
