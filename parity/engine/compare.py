@@ -215,6 +215,7 @@ class _Layout:
         self.allowed_views = [self.allowed[a:b].reshape(shape) for (a, b), shape in zip(bounds, shapes, strict=True)]
         self.share_slices = [self.share[a:b] for a, b in bounds]
         self.segment_starts = np.array(self.starts[:-1], dtype=np.intp)
+        self.dtype_name = dtype.name  # a slow property in NumPy 2: read once per layout
 
 
 def _compare_batched(
@@ -223,28 +224,27 @@ def _compare_batched(
     """Compare `(name, scratch, reference)` pairs of matching shape and dtype; non-finite ones are left out."""
     layout = workspace.layout(tuple(reference.shape for _, _, reference in pairs), dtype)
     slots = zip(pairs, layout.error_views, layout.allowed_views, strict=True)
-    with np.errstate(invalid="ignore"):  # inf - inf gives NaN: such tensors go one by one
-        for (_, scratch, reference), error, allowed in slots:
+    abs_error, allowed, share = layout.abs_error, layout.allowed, layout.share
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf gives NaN: such tensors go one by one
+        for (_, scratch, reference), error, allowance in slots:
             if reference.flags.c_contiguous:
                 np.subtract(scratch, reference, out=error)
-                np.abs(reference, out=allowed)
+                np.abs(reference, out=allowance)
             else:  # torch's NCHW activations seen as NHWC: read the strided view once, then work contiguous
-                np.copyto(allowed, reference)
-                np.subtract(scratch, allowed, out=error)
-                np.abs(allowed, out=allowed)
-    abs_error, allowed, share = layout.abs_error, layout.allowed, layout.share
-    _shares(abs_error, allowed, tolerance, out=share)
+                np.copyto(allowance, reference)
+                np.subtract(scratch, allowance, out=error)
+                np.abs(allowance, out=allowance)
+        _shares(abs_error, allowed, tolerance, out=share)
     max_abs = np.maximum.reduceat(abs_error, layout.segment_starts).tolist()
     # The first element of each tensor with the largest share of its allowance (a NaN share, if any, comes first).
     worst = [
         start + int(shares.argmax()) for start, shares in zip(layout.starts[:-1], layout.share_slices, strict=True)
     ]
-    at_worst = [array[worst].tolist() for array in (abs_error, allowed, share)]
-    dtype_name = dtype.name  # a slow property in NumPy 2: read once per batch
     results = {}
-    for (name, scratch, reference), start, worst_at, tensor_max_abs, error, allowance, error_share in zip(
-        pairs, layout.starts[:-1], worst, max_abs, *at_worst, strict=True
+    for (name, scratch, reference), start, worst_at, tensor_max_abs in zip(
+        pairs, layout.starts[:-1], worst, max_abs, strict=True
     ):
+        error, allowance, error_share = abs_error.item(worst_at), allowed.item(worst_at), share.item(worst_at)
         if not math.isfinite(error_share):
             continue  # non-finite values: the one-by-one path sorts out which of them match
         flat_index = worst_at - start  # C order over the tensor's shape, whatever its strides (as `item` reads it)
@@ -252,7 +252,7 @@ def _compare_batched(
         results[name] = TensorComparison(
             name=name,
             shape=reference.shape,
-            dtype=dtype_name,
+            dtype=layout.dtype_name,
             tolerance=tolerance,
             max_abs_error=tensor_max_abs,
             max_rel_error=math.nan,
@@ -280,23 +280,24 @@ def _unravel(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _elementwise(scratch, reference, tolerance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """|scratch - reference|, its allowance, and their ratio, elementwise (NaN where both are infinite)."""
-    with np.errstate(invalid="ignore"):  # inf - inf gives NaN, handled by the callers
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf gives NaN, handled by the callers
         abs_error = np.asarray(np.subtract(scratch, reference))
         allowed = np.asarray(np.abs(reference))
-    return abs_error, allowed, _shares(abs_error, allowed, tolerance)
+        return abs_error, allowed, _shares(abs_error, allowed, tolerance)
 
 
 def _shares(
     abs_error: np.ndarray, allowed: np.ndarray, tolerance: Tolerance, out: np.ndarray | None = None
 ) -> np.ndarray:
     """From `scratch - reference` and `|reference|` (both changed in place into |error| and its allowance), the
-    share of the allowance each element uses. The one place this arithmetic is written: both paths round alike."""
+    share of the allowance each element uses. The one place this arithmetic is written: both paths round alike.
+    Callers ignore invalid and overflowing values (np.errstate): inf / inf gives NaN, which they handle; an inf
+    allowance is fine."""
     # In place: allocations cost as much as the arithmetic here.
-    with np.errstate(invalid="ignore", over="ignore"):  # inf / inf: NaN, for the callers; an inf allowance is fine
-        np.abs(abs_error, out=abs_error)
-        allowed *= tolerance.rtol
-        allowed += tolerance.atol  # = tolerance.allowed(reference)
-        return np.asarray(np.divide(abs_error, allowed, out=out))
+    np.abs(abs_error, out=abs_error)
+    allowed *= tolerance.rtol
+    allowed += tolerance.atol  # = tolerance.allowed(reference)
+    return np.asarray(np.divide(abs_error, allowed, out=out))
 
 
 def _detailed_stats(scratch, reference, abs_error, share) -> dict[str, float | int]:

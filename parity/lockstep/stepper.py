@@ -315,7 +315,7 @@ def _count_lockstep_failures(spec: NetworkSpec, step: StepRecord, record: Lockst
 
 def _correct(scores: np.ndarray | None, labels: np.ndarray) -> int:
     """Samples whose largest logit (or probability, for code that keeps no logits) is the label's."""
-    return 0 if scores is None else int(np.count_nonzero(np.argmax(scores, axis=-1) == labels))
+    return 0 if scores is None else int(np.count_nonzero(scores.argmax(axis=-1) == labels))
 
 
 def _tied_windows(spec: NetworkSpec, tensors: dict[str, np.ndarray]) -> int | None:
