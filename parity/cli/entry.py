@@ -24,12 +24,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered; with `command`, only its options are (only its
+    module is imported: a command starts sooner without the others')."""
     parser = argparse.ArgumentParser(prog="cnn-parity", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if command is not None and name != command:
+            continue
         module = importlib.import_module(module_name)
         add_arguments = getattr(module, f"add_{name.replace('-', '_')}_arguments", None) or module.add_arguments
         add_arguments(sub)
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into one clear line and exit code 2."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     run = getattr(args.module, args.runner, None) or args.module.run
     try:
