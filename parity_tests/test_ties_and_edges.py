@@ -82,6 +82,45 @@ def test_a_gap_beyond_the_forward_tolerance_is_not_a_flip():
     assert near_tie_flips(2, scratch_in, reference_in, scratch_d, reference_d, F64, F64) == -1
 
 
+def every_maximum_window(values: list[float], routed_to: tuple[int, ...], amount: float = 1.0):
+    """`window_tensors` under the tutorial's rule: the whole gradient at each of `routed_to`."""
+    pool_input, gradient = window_tensors(values, routed_to[0], amount)
+    gradient.reshape(-1)[list(routed_to)] = amount
+    return pool_input, gradient
+
+
+def all_rule_flips(scratch_window, reference_window) -> int:
+    (scratch_in, scratch_d), (reference_in, reference_d) = scratch_window, reference_window
+    return near_tie_flips(2, scratch_in, reference_in, scratch_d, reference_d, F64, F64, tie_policy="all")
+
+
+def test_under_the_tutorial_rule_an_exact_tie_against_a_near_one_is_a_flip():
+    """A constant image's window: exactly tied in scratch, one ULP apart in torch's conv (seen with OpenBLAS's and
+    oneDNN's AVX-512 kernels): every maximum got the whole gradient on each side, and the sets differ only by it."""
+    ulp = float(np.spacing(4.6e-4))
+    scratch = every_maximum_window([4.6e-4] * 4, routed_to=(0, 1, 2, 3))
+    reference = every_maximum_window([4.6e-4, 4.6e-4, 4.6e-4 + ulp, 4.6e-4 + ulp], routed_to=(2, 3))
+    assert all_rule_flips(scratch, reference) == 1
+
+
+def test_under_the_tutorial_rule_a_gradient_off_the_own_maxima_is_not_a_flip():
+    reference = every_maximum_window([1.0, 1.0 - 1e-14, 0.0, 0.0], routed_to=(0,))
+    assert all_rule_flips(every_maximum_window([1.0, 1.0, 0.0, 0.0], routed_to=(0, 2)), reference) == -1  # a non-max
+    later = every_maximum_window([1.0 - 1e-14, 1.0, 0.0, 0.0], routed_to=(1,))
+    assert all_rule_flips(every_maximum_window([1.0, 1.0, 0.0, 0.0], routed_to=(0,)), later) == -1  # first only
+    half = every_maximum_window([1.0, 1.0, 0.0, 0.0], routed_to=(0, 1), amount=0.5)
+    assert all_rule_flips(half, reference) == -1  # split, not whole
+    assert all_rule_flips(every_maximum_window([1.0, 1.0, 0.0, 0.0], routed_to=(0, 1)), reference) == 1
+
+
+def test_under_the_tutorial_rule_an_exact_tie_in_both_or_a_wide_gap_is_not_a_flip():
+    values = [1.0, 1.0, 0.0, 0.0]
+    exact = every_maximum_window(values, routed_to=(0, 1))
+    assert all_rule_flips(every_maximum_window(values, routed_to=(0,)), exact) == -1  # PyTorch's rule
+    wide = every_maximum_window([1.0, 0.999, 0.0, 0.0], routed_to=(0,))
+    assert all_rule_flips(every_maximum_window([1.0, 1.0, 0.0, 0.0], routed_to=(0, 1)), wide) == -1
+
+
 # --- any K, any batch: 3x3 pools over a batch of two 7x7x2 inputs (one leftover row and column) -----------------
 
 K3 = 3

@@ -241,7 +241,7 @@ def _lockstep(
     net = scratch.build_network(spec, how.seed, np.float64)
     net.load_parameters(initial)
     twin = _Recording(reference.ReferenceRunner(reference.to_torch(net, how.tie_policy), lr=lr))
-    lockstep = Lockstep(side, twin, spec, np.float64, lr, stride=1, mode=mode or how.mode)
+    lockstep = Lockstep(side, twin, spec, np.float64, lr, stride=1, mode=mode or how.mode, tie_policy=how.tie_policy)
     record = lockstep.record
     run = RunResult(name, title, len(labels), lr, tuple(spec.image_shape), record)
     started = time.perf_counter()

@@ -32,8 +32,10 @@ def explain_flips(
     dtype: np.dtype,
     images: np.ndarray,
     lr: float,
+    tie_policy: str = "first",
 ) -> None:
     """Mark the failures of `step` that near-tie flips account for as explained (in place), with the evidence.
+    `tie_policy`: the rule both sides' pools route ties by (PyTorch's "first", or the tutorial's "all").
 
     Pools are taken deepest first. A flip at one pool changes the gradient every earlier layer receives, so each
     pool's routing is judged against the reference's tensors as the deeper flips change them; the rerouted parts of
@@ -58,14 +60,14 @@ def explain_flips(
         elsewhere = routed_elsewhere(pool.kernel, ours, theirs)
         count = near_tie_flips(
             pool.kernel, scratch_tensors[inputs], reference_tensors[inputs], ours, theirs, tolerance, tolerance,
-            rerouted=elsewhere,
+            rerouted=elsewhere, tie_policy=tie_policy,
         )  # fmt: skip
         if count < 0:
             return  # a routing difference that is not a near-tie flip: a real difference, left failing
         if count == 0:
             continue
         rerouted = np.where(beyond_tolerance(ours, theirs, tolerance) | elsewhere, ours - theirs, 0)
-        consequences = upstream_consequences(spec, position, rerouted, expected, images, lr)
+        consequences = upstream_consequences(spec, position, rerouted, expected, images, lr, tie_policy)
         if consequences is None:
             return
         expected.update(consequences, **{name: ours})
@@ -91,11 +93,14 @@ def upstream_consequences(
     reference_tensors: dict[str, np.ndarray],
     images: np.ndarray,
     lr: float,
+    tie_policy: str = "first",
 ) -> dict[str, np.ndarray] | None:
     """The reference's tensors of layers `0 .. position-1` as they become when `gradient` is added at the input of
-    layer `position`; None when the reference's tensors needed are not all there."""
+    layer `position` (pools before it routing by `tie_policy`); None when the reference's tensors needed are not all
+    there."""
     dtype = gradient.dtype
-    net = scratch.build_network(spec, dtype=dtype)  # its layers, run on the reference's inputs and weights
+    # Its layers, run on the reference's inputs and weights.
+    net = scratch.build_network(spec, dtype=dtype, tie_policy=tie_policy)
     params_before = {}
     for layer in spec.layers[:position]:
         for param, _ in layer.params:

@@ -49,15 +49,17 @@ def near_tie_flips(
     forward_tolerance: Tolerance,
     gradient_tolerance: Tolerance,
     rerouted: np.ndarray | None = None,
+    tie_policy: str = "first",
 ) -> int:
     """Count windows whose gradient went elsewhere only because rounding reordered two near-equal maxima.
 
     Returns that count when it explains every out-of-tolerance element of the pool's input gradient (or, given
-    `rerouted`, every element flagged there), else -1.
-    A window is such a flip when: scratch routed its whole gradient to one element, the first maximum of scratch's
-    *own* pool input; the reference routed it to its first maximum; the two candidates differ in the reference by
-    no more than the forward tolerance; and the amount routed agrees. An exact tie in both inputs routed elsewhere
-    (the tutorial's "all", or a last-max rule) is never a flip.
+    `rerouted`, every element flagged there), else -1. Both sides route by `tie_policy`, each on its own input.
+    With "first" (PyTorch's), a window is such a flip when: scratch routed its whole gradient to one element, the
+    first maximum of scratch's *own* pool input; the reference routed it to its first maximum; the two candidates
+    differ in the reference by no more than the forward tolerance; and the amount routed agrees. An exact tie in
+    both inputs routed elsewhere (the tutorial's "all", or a last-max rule) is never a flip. With "all" (the
+    tutorial's: every maximum gets the whole gradient), see `_every_maximum_flips`.
     """
     bad = beyond_tolerance(scratch_d_pool_input, reference_d_pool_input, gradient_tolerance)
     bad = bad if rerouted is None else bad | rerouted
@@ -69,6 +71,9 @@ def near_tie_flips(
     ref_in, own_in = windows(reference_pool_input, size)[bad_windows], windows(scratch_pool_input, size)[bad_windows]
     ref_d = windows(reference_d_pool_input, size)[bad_windows]
     own_d = windows(scratch_d_pool_input, size)[bad_windows]
+    if tie_policy == "all":
+        flips = _every_maximum_flips(ref_in, own_in, ref_d, own_d, forward_tolerance, gradient_tolerance)
+        return int(flips.sum()) if flips.all() else -1
     rows = np.arange(len(ref_in))
     ref_route, own_route = ref_in.argmax(axis=-1), own_in.argmax(axis=-1)  # first maximum, as PyTorch
     single_route = np.count_nonzero(own_d, axis=-1) <= 1
@@ -80,6 +85,29 @@ def near_tie_flips(
     )
     flips = single_route & routed_to_own_max & near_tie & same_amount
     return int(flips.sum()) if flips.all() else -1
+
+
+def _every_maximum_flips(
+    ref_in: np.ndarray,
+    own_in: np.ndarray,
+    ref_d: np.ndarray,
+    own_d: np.ndarray,
+    forward_tolerance: Tolerance,
+    gradient_tolerance: Tolerance,
+) -> np.ndarray:
+    """Per window `(windows, K*K)`, under the tutorial's rule: are its maxima a different set on each side only
+    because rounding split or joined near-equal values? That is: the sets differ; every element of either is
+    within forward tolerance of the reference's maximum; and scratch gave the reference's amount to each element
+    of its *own* set and nothing elsewhere (an element that is no maximum of scratch's own input is a bug)."""
+    ref_set = ref_in == ref_in.max(axis=-1, keepdims=True)
+    own_set = own_in == own_in.max(axis=-1, keepdims=True)
+    ref_max = ref_in.max(axis=-1, keepdims=True)
+    near = ref_max - ref_in <= forward_tolerance.allowed(ref_max)
+    candidates_near = np.all(near | ~(ref_set | own_set), axis=-1)
+    amount = np.where(ref_set, ref_d, 0).sum(axis=-1, keepdims=True) / ref_set.sum(axis=-1, keepdims=True)
+    same_amount = np.abs(own_d - amount) <= gradient_tolerance.allowed(amount)
+    routed_to_own_set = np.all(np.where(own_set, same_amount, own_d == 0), axis=-1)
+    return np.any(ref_set != own_set, axis=-1) & candidates_near & routed_to_own_set
 
 
 def routed_elsewhere(size: int, scratch_d_pool_input: np.ndarray, reference_d_pool_input: np.ndarray) -> np.ndarray:

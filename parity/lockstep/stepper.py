@@ -100,7 +100,8 @@ def as_batch(images: np.ndarray, labels: object) -> tuple[np.ndarray, np.ndarray
 class Lockstep:
     """Two sides stepped together one batch at a time; `record` holds everything measured so far."""
 
-    def __init__(  # `judge_layers`: judge each layer on its own where the side can (see parity.lockstep.local)
+    def __init__(  # `judge_layers`: judge each layer on its own where the side can (see parity.lockstep.local);
+        # `tie_policy`: the rule the reference's pools route ties by (see reference.twin)
         self,
         scratch: Side,
         reference: Side,
@@ -111,12 +112,14 @@ class Lockstep:
         mode: str = "free",
         record: LockstepRecord | None = None,
         judge_layers: bool = True,
+        tie_policy: str = "first",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if stride < 1:
             raise ValueError(f"stride: expected a positive integer, got {stride}")
         self.scratch, self.reference, self.spec = scratch, reference, spec
+        self.tie_policy = tie_policy  # the reference's max-pool tie rule: near-tie flips are proven against it
         self.dtype, self.lr = np.dtype(dtype), lr
         self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr, spec=spec)
         # Every layer judged on its own at the steps compared in full, when the side can run one layer alone.
@@ -272,7 +275,7 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         samples=len(labels),
     )
     if not step.passed:
-        explain_flips(spec, step, scratch_tensors, reference_tensors, dtype, images, lr)
+        explain_flips(spec, step, scratch_tensors, reference_tensors, dtype, images, lr, lockstep.tie_policy)
         if step.flipped_windows and step.passed:
             scratch.load_parameters(reference.parameters())
             record.resynced_steps.append(index)
