@@ -357,12 +357,11 @@ def test_a_bug_that_starts_late_is_judged_alone_at_its_step(tutorial_data, monke
     calls = count_runs_alone(monkeypatch)
     record = tutorial_run(tutorial_data, steps=8)
     dense = record.layers["dense1"]
-    assert (dense.step, dense.tensor, dense.diagnosis.kind, dense.diagnosis.evidence["factor"]) == (
-        5,
-        "dense1.d_in",
-        "scale",
-        2.0,
-    )
+    assert (dense.step, dense.tensor, dense.diagnosis.kind) == (5, "dense1.d_in", "scale")
+    # A least-squares factor over the tensor: exactly 2 only where scratch's and torch's dense backward round alike
+    # (not with OpenBLAS's SkylakeX kernel, whose last bit differs); the rounding of a dot product, not a tolerance.
+    assert dense.diagnosis.evidence["factor"] == pytest.approx(2.0, rel=1e-12)
+    assert dense.diagnosis.evidence["reading"].startswith("times 2")
     # Every layer at step 0, the pool alone at steps 1-4, every layer at 5, 6 and 7: every step that disagrees.
     assert calls == EVERY_LAYER + ["pool1"] * 4 + EVERY_LAYER * 3
     assert (dense.checked_steps, dense.implied_steps, dense.failed_steps) == (8, 4, 3)
