@@ -30,8 +30,8 @@ from parity.lockstep.records import LockstepRecord, StepRecord
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
-# `cnn-parity report`'s default stride. Comparing every element of every step costs about +100-115% over training
-# both models bare at stride 1, stride 10 +28-39% (the lockstep section of `python -m parity.benchmark`; the
+# `cnn-parity report`'s default stride. Comparing every element of every step costs about +130-155% over training
+# both models bare at stride 1, stride 10 +38-43% (the lockstep section of `python -m parity.benchmark`; the
 # target for both is +30%). Stride 1 becomes the default once it meets it.
 DEFAULT_REPORT_STRIDE = 10
 
