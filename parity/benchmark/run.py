@@ -17,6 +17,9 @@ tutorial's initial weights, one thread each:
 - tutorial loops: the tutorial's loop code (`impl="loops"`, tie policy "all", softmax "tutorial"), timed over
   `steps // 50` steps per round: it is ~100x slower.
 
+The lockstep section's bare steps train the reference with the update the lockstep's reference makes (PyTorch's
+functional SGD, `reference.runner`), so its ratios measure only the recording and comparing.
+
 Targets (from the issue): the vectorised step at least 3x faster than PyTorch eager and at least 100x faster than
 the loops, in float64. The ratio column is each candidate's time over the vectorised step's. The deep spec's
 section has the target of #13, scratch within 2x of PyTorch eager: PyTorch's time over scratch's at least 0.5.

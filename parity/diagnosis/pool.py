@@ -99,9 +99,8 @@ def _every_maximum_flips(
     because rounding split or joined near-equal values? That is: the sets differ; every element of either is
     within forward tolerance of the reference's maximum; and scratch gave the reference's amount to each element
     of its *own* set and nothing elsewhere (an element that is no maximum of scratch's own input is a bug)."""
-    ref_set = ref_in == ref_in.max(axis=-1, keepdims=True)
-    own_set = own_in == own_in.max(axis=-1, keepdims=True)
     ref_max = ref_in.max(axis=-1, keepdims=True)
+    ref_set, own_set = ref_in == ref_max, own_in == own_in.max(axis=-1, keepdims=True)
     near = ref_max - ref_in <= forward_tolerance.allowed(ref_max)
     candidates_near = np.all(near | ~(ref_set | own_set), axis=-1)
     amount = np.where(ref_set, ref_d, 0).sum(axis=-1, keepdims=True) / ref_set.sum(axis=-1, keepdims=True)
