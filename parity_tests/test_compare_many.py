@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity.engine.compare import MAX_LAYOUTS, Workspace, compare, compare_many
+from parity.engine.compare import MAX_LAYOUTS, Workspace, compare, compare_batch, compare_many
 from parity.engine.tolerances import Tolerance, tolerance_for
 
 PROPERTY_SETTINGS = settings(
@@ -73,6 +73,58 @@ def test_property_batched_equals_one_by_one(seed, dtype, picks):
     scratch = {name: pair[0] for name, pair in zip(names, pairs, strict=True)}
     reference = {name: pair[1] for name, pair in zip(names, pairs, strict=True)}
     assert_same(compare_many(names, scratch, reference, dtype), one_by_one(names, scratch, reference, dtype))
+
+
+@PROPERTY_SETTINGS
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(["float64", "float32"]),
+    picks=st.lists(
+        st.tuples(
+            st.sampled_from(SHAPES),
+            st.sampled_from(ERROR_SHARES),
+            st.booleans(),
+            st.one_of(st.none(), st.sampled_from(SPECIALS)),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_property_a_batch_that_agreed_holds_what_its_comparisons_say(seed, dtype, picks):
+    """The lockstep keeps only `max_abs_errors` and `tolerance_used` of a step that agreed: they must be the
+    comparisons' own figures, and `agreed` must mean every tensor was finite, non-empty and passed."""
+    rng = np.random.default_rng(seed)
+    names = [f"t{i}" for i in range(len(picks))]
+    pairs = [tensor_pair(rng, shape, np.dtype(dtype), *rest) for shape, *rest in picks]
+    scratch = {name: pair[0] for name, pair in zip(names, pairs, strict=True)}
+    reference = {name: pair[1] for name, pair in zip(names, pairs, strict=True)}
+    batch = compare_batch(names, scratch, reference, dtype)
+    single = one_by_one(names, scratch, reference, dtype)
+    finite = all(np.isfinite(s).all() and np.isfinite(r).all() and r.size for s, r in pairs)
+    assert batch.agreed == (finite and all(c.passed for c in single))
+    if batch.agreed:
+        assert batch.names == names
+        assert repr(batch.max_abs_errors) == repr([c.max_abs_error for c in single])
+        assert repr(batch.tolerance_used) == repr([c.tolerance_used for c in single])
+    assert_same(batch.comparisons(), single)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_batch_within_tolerance_agrees_with_the_figures_of_its_comparisons(dtype, transposed):
+    """Batches that agree, as nearly every lockstep step does: in float32 the share of tolerance must be worked out
+    as `TensorComparison.tolerance_used` works it out (in float64), not read off the float32 shares."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        names = [f"t{i}" for i in range(len(SHAPES))]
+        pairs = [tensor_pair(rng, shape, np.dtype(dtype), 0.9, transposed, None) for shape in SHAPES]
+        scratch = {name: pair[0] for name, pair in zip(names, pairs, strict=True)}
+        reference = {name: pair[1] for name, pair in zip(names, pairs, strict=True)}
+        batch = compare_batch(names, scratch, reference, dtype)
+        single = one_by_one(names, scratch, reference, dtype)
+        assert batch.agreed
+        assert repr(batch.max_abs_errors) == repr([c.max_abs_error for c in single])
+        assert repr(batch.tolerance_used) == repr([c.tolerance_used for c in single])
 
 
 def test_structural_problems_and_empty_tensors_take_the_one_by_one_path():

@@ -10,6 +10,7 @@ import reference
 import scratch
 from parity.engine.testing import assert_lockstep
 from parity.lockstep.experiment import ExperimentConfig, ScratchSide
+from parity.lockstep.retention import SummarisedComparisons
 from parity.lockstep.stepper import Lockstep, always_compared
 from scratch.data import batches
 
@@ -116,3 +117,30 @@ def test_a_last_partial_batch_is_trained_on_as_it_is(tutorial_data):
 
 def test_deep_spec_teacher_forced_keeps_parity(tutorial_data):
     assert_lockstep(lockstep_run(tutorial_data, SPECS["deep"], "float32", 8, 160, mode="teacher"))
+
+
+def test_a_step_that_agrees_is_packed_with_the_figures_its_comparisons_have(tutorial_data, monkeypatch):
+    """A step whose batch agreed keeps only its packed figures, made without `TensorComparison`s: the same run with
+    every step built from them gives every step the same names, errors, shares and verdicts, bit for bit."""
+    import parity.engine.compare
+
+    def figures(record):
+        return [
+            [(c.name, repr(c.max_abs_error), repr(c.tolerance_used), c.passed) for c in s.comparisons]
+            for s in record.steps
+        ]
+
+    batch_class = parity.engine.compare.BatchComparison
+    original = batch_class.__init__
+
+    def never_agreed(self, *args):
+        original(self, *args)
+        self.agreed = False  # every step then builds its `TensorComparison`s
+
+    packed = lockstep_run(tutorial_data, SPECS["relu-after-pool"], "float32", 1, 40)
+    monkeypatch.setattr(batch_class, "__init__", never_agreed)
+    built = lockstep_run(tutorial_data, SPECS["relu-after-pool"], "float32", 1, 40)
+    # Packed from the batch: every step but the first and the worst, which are detailed in full.
+    assert sum(isinstance(s.comparisons, SummarisedComparisons) for s in packed.steps) == 38
+    assert figures(packed) == figures(built)
+    assert packed.worst_tolerance_used == built.worst_tolerance_used

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from parity.diagnosis.record import Diagnosis
 from parity.engine.compare import TensorComparison
 from parity.lockstep.local import LayerVerdict
-from parity.lockstep.retention import StepList
+from parity.lockstep.retention import StepList, SummarisedComparisons
 from scratch.spec import NetworkSpec
 
 
@@ -29,11 +29,15 @@ class StepRecord:
     @property
     def passed(self) -> bool:
         """True when every compared tensor was within tolerance, or out of it for a proven harmless reason."""
+        if isinstance(self.comparisons, SummarisedComparisons):  # packed: read without unpacking
+            return self.comparisons.all_ok
         return all(c.ok for c in self.comparisons)
 
     @property
     def tolerance_used(self) -> float:
         """The largest share of tolerance used by any tensor this step (explained flips aside)."""
+        if isinstance(self.comparisons, SummarisedComparisons):
+            return self.comparisons.largest_tolerance_used
         return max((c.tolerance_used for c in self.comparisons if not c.explained), default=0.0)
 
 

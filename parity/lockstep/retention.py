@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
+    from parity.engine.compare import BatchComparison
     from parity.lockstep.records import LockstepRecord, StepRecord
 
 
@@ -55,6 +56,33 @@ class SummarisedComparisons(Sequence[ComparisonSummary]):
         self.verdicts = bytes(bool(c.passed) for c in comparisons)
         explained = tuple(c.explained for c in comparisons)
         self.explanations = explained if any(explained) else None
+
+    @classmethod
+    def agreed(
+        cls, batch: BatchComparison, names_cache: dict[tuple[str, ...], tuple[str, ...]]
+    ) -> SummarisedComparisons:
+        """A batch in which every tensor agreed, packed straight from its figures (no `TensorComparison` made)."""
+        packed = cls.__new__(cls)
+        names = tuple(batch.names)
+        packed.names = names_cache.setdefault(names, names)
+        packed.values = array("d", batch.max_abs_errors + batch.tolerance_used)
+        packed.verdicts = b"\x01" * len(names)
+        packed.explanations = None
+        return packed
+
+    @property
+    def all_ok(self) -> bool:
+        """Every tensor within tolerance or explained (as `all(c.ok for c in self)`)."""
+        if self.explanations is None:
+            return all(self.verdicts)
+        return all(c.ok for c in self)
+
+    @property
+    def largest_tolerance_used(self) -> float:
+        """The largest share of tolerance of an unexplained tensor (as `StepRecord.tolerance_used` reads it)."""
+        if self.explanations is None:
+            return max(self.values[len(self.names) :], default=0.0)
+        return max((c.tolerance_used for c in self if not c.explained), default=0.0)
 
     def __len__(self) -> int:
         return len(self.names)

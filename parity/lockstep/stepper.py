@@ -23,10 +23,11 @@ import numpy as np
 
 from parity.diagnosis.flips import explain_flips
 from parity.diagnosis.pool import count_tied_windows, pool_input
-from parity.engine.compare import Workspace, compare, compare_many
+from parity.engine.compare import Workspace, compare, compare_batch
 from parity.lockstep.divergence import Evidence, first_divergence
 from parity.lockstep.local import LocalJudge, copy_verdicts, fresh_verdicts
 from parity.lockstep.records import LockstepRecord, StepRecord
+from parity.lockstep.retention import SummarisedComparisons
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
@@ -262,6 +263,9 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     if index == 0:
         record.missing_tensors = tuple(name for name in spec.tensor_names if name not in scratch_tensors)
     names = [name for name in compared if name in scratch_tensors]
+    batch = compare_batch(names, scratch_tensors, reference_tensors, dtype, workspace=lockstep.workspace)
+    # A step that agrees keeps only what a report reads of it, packed at once; one that does not, every detail.
+    comparisons = SummarisedComparisons.agreed(batch, record.steps.names_cache) if batch.agreed else batch.comparisons()
     logits = lockstep.logits
     step = StepRecord(
         step=index,
@@ -270,7 +274,7 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         scratch_correct=_correct(scratch_tensors.get(logits, scratch_tensors.get("probs")), labels),
         reference_correct=_correct(reference_tensors[logits], labels),
         tied_windows=None,  # counted by `_detail`, for the steps a report shows
-        comparisons=compare_many(names, scratch_tensors, reference_tensors, dtype, workspace=lockstep.workspace),
+        comparisons=comparisons,
         full=full,
         samples=len(labels),
     )
@@ -281,14 +285,15 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
             record.resynced_steps.append(index)
     local = {}
     if judged:
-        agreed = len(step.comparisons) == len(spec.tensor_names) and all(c.passed for c in step.comparisons)
+        agreed = batch.agreed and len(names) == len(spec.tensor_names)
         alone = lockstep.local.layers_alone(agreed, record.layers)
         lockstep.local.count_implied(record.layers, alone)
         if alone:
             local = lockstep.local.judge(
                 scratch, index, images, labels, reference_tensors, before[1], record.layers, alone
             )
-    _count_lockstep_failures(spec, step, record)
+    if not step.passed:
+        _count_lockstep_failures(spec, step, record)
     # Full statistics (ULPs, relative error, tied windows) only for the steps a report shows: the first, the first
     # failure, and the worst (whose tensors are kept and detailed once the run ends, since a new worst can come at
     # any step).
@@ -299,7 +304,6 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         previous = record.steps[-1].tolerance_used if record.steps else 0.0  # this step is not appended yet
         record.first_divergence = first_divergence(spec, dtype, lr, step, previous, evidence)
     elif step.tolerance_used > record.worst_tolerance_used:
-        names = [c.name for c in step.comparisons]
         record.pending_worst = (step, {n: (scratch_tensors[n].copy(), reference_tensors[n].copy()) for n in names})
     record.worst_tolerance_used = max(record.worst_tolerance_used, step.tolerance_used)
     record.seconds["compare"] += timer() - started
