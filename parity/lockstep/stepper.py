@@ -31,8 +31,8 @@ from parity.lockstep.retention import SummarisedComparisons
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
-# `cnn-parity report`'s default stride. Comparing every element of every step costs about +130-155% over training
-# both models bare at stride 1, stride 10 +38-43% (the lockstep section of `python -m parity.benchmark`; the
+# `cnn-parity report`'s default stride. Comparing every element of every step costs about +115-130% over training
+# both models bare at stride 1, stride 10 +39-49% (the lockstep section of `python -m parity.benchmark`; the
 # target for both is +30%). Stride 1 becomes the default once it meets it.
 DEFAULT_REPORT_STRIDE = 10
 
