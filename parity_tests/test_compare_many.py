@@ -51,6 +51,15 @@ def tensor_pair(rng, shape, dtype, error_share, transposed, special):
     return np.asarray(scratch), np.asarray(reference)
 
 
+def named_pairs(rng, dtype, picks):
+    """Names, and the scratch and reference tensors by name, one pair per pick (see `tensor_pair`)."""
+    names = [f"t{i}" for i in range(len(picks))]
+    pairs = [tensor_pair(rng, shape, np.dtype(dtype), *rest) for shape, *rest in picks]
+    scratch = {name: pair[0] for name, pair in zip(names, pairs, strict=True)}
+    reference = {name: pair[1] for name, pair in zip(names, pairs, strict=True)}
+    return names, scratch, reference
+
+
 @PROPERTY_SETTINGS
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -67,46 +76,20 @@ def tensor_pair(rng, shape, dtype, error_share, transposed, special):
     ),
 )
 def test_property_batched_equals_one_by_one(seed, dtype, picks):
-    rng = np.random.default_rng(seed)
-    names = [f"t{i}" for i in range(len(picks))]
-    pairs = [tensor_pair(rng, shape, np.dtype(dtype), *rest) for shape, *rest in picks]
-    scratch = {name: pair[0] for name, pair in zip(names, pairs, strict=True)}
-    reference = {name: pair[1] for name, pair in zip(names, pairs, strict=True)}
-    assert_same(compare_many(names, scratch, reference, dtype), one_by_one(names, scratch, reference, dtype))
-
-
-@PROPERTY_SETTINGS
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    dtype=st.sampled_from(["float64", "float32"]),
-    picks=st.lists(
-        st.tuples(
-            st.sampled_from(SHAPES),
-            st.sampled_from(ERROR_SHARES),
-            st.booleans(),
-            st.one_of(st.none(), st.sampled_from(SPECIALS)),
-        ),
-        min_size=1,
-        max_size=8,
-    ),
-)
-def test_property_a_batch_that_agreed_holds_what_its_comparisons_say(seed, dtype, picks):
-    """The lockstep keeps only `max_abs_errors` and `tolerance_used` of a step that agreed: they must be the
-    comparisons' own figures, and `agreed` must mean every tensor was finite, non-empty and passed."""
-    rng = np.random.default_rng(seed)
-    names = [f"t{i}" for i in range(len(picks))]
-    pairs = [tensor_pair(rng, shape, np.dtype(dtype), *rest) for shape, *rest in picks]
-    scratch = {name: pair[0] for name, pair in zip(names, pairs, strict=True)}
-    reference = {name: pair[1] for name, pair in zip(names, pairs, strict=True)}
-    batch = compare_batch(names, scratch, reference, dtype)
+    """The batch gives what one by one gives; of a batch that agreed the lockstep keeps only `max_abs_errors` and
+    `tolerance_used`, which must be the comparisons' own figures, and `agreed` must mean every tensor was finite,
+    non-empty and passed."""
+    names, scratch, reference = named_pairs(np.random.default_rng(seed), dtype, picks)
     single = one_by_one(names, scratch, reference, dtype)
-    finite = all(np.isfinite(s).all() and np.isfinite(r).all() and r.size for s, r in pairs)
+    assert_same(compare_many(names, scratch, reference, dtype), single)
+    batch = compare_batch(names, scratch, reference, dtype)
+    assert_same(batch.comparisons(), single)
+    finite = all(np.isfinite(scratch[n]).all() and np.isfinite(reference[n]).all() and reference[n].size for n in names)
     assert batch.agreed == (finite and all(c.passed for c in single))
     if batch.agreed:
         assert batch.names == names
         assert repr(batch.max_abs_errors) == repr([c.max_abs_error for c in single])
         assert repr(batch.tolerance_used) == repr([c.tolerance_used for c in single])
-    assert_same(batch.comparisons(), single)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -116,10 +99,7 @@ def test_a_batch_within_tolerance_agrees_with_the_figures_of_its_comparisons(dty
     as `TensorComparison.tolerance_used` works it out (in float64), not read off the float32 shares."""
     rng = np.random.default_rng(7)
     for _ in range(20):
-        names = [f"t{i}" for i in range(len(SHAPES))]
-        pairs = [tensor_pair(rng, shape, np.dtype(dtype), 0.9, transposed, None) for shape in SHAPES]
-        scratch = {name: pair[0] for name, pair in zip(names, pairs, strict=True)}
-        reference = {name: pair[1] for name, pair in zip(names, pairs, strict=True)}
+        names, scratch, reference = named_pairs(rng, dtype, [(shape, 0.9, transposed, None) for shape in SHAPES])
         batch = compare_batch(names, scratch, reference, dtype)
         single = one_by_one(names, scratch, reference, dtype)
         assert batch.agreed
@@ -141,6 +121,10 @@ def test_structural_problems_and_empty_tensors_take_the_one_by_one_path():
     batched = compare_many(names, scratch, reference, np.float64)
     assert_same(batched, one_by_one(names, scratch, reference, np.float64))
     assert [c.passed for c in batched] == [True, False, False, True, False]
+    # A batch agrees only when every tensor was compared in it: an empty one passes, but is not packed as agreeing.
+    for name in names[1:]:
+        assert not compare_batch(["ok", name], scratch, reference, np.float64).agreed, name
+    assert compare_batch(["ok"], scratch, reference, np.float64).agreed
 
 
 def test_a_workspace_serves_batches_of_any_size_and_dtype():
