@@ -194,8 +194,9 @@ class BatchComparison:
 
     `agreed` says whether every tensor matched in shape and dtype and was finite and within tolerance; then
     `max_abs_errors` and `tolerance_used` hold what each one's `TensorComparison` says (bit for bit, tested), which
-    is all a lockstep step that agrees keeps of it. `comparisons()` builds the `TensorComparison`s from the
-    workspace's arrays: call it before the workspace compares another batch.
+    is all a lockstep step that agrees keeps of it. `comparisons()` builds the `TensorComparison`s from those
+    figures and the tensors themselves: call it before anything changes them (a side's update moves its live
+    parameters in place).
     """
 
     def __init__(
@@ -230,7 +231,9 @@ class BatchComparison:
     @property
     def tolerance_used(self) -> list[float]:
         """Each tensor's `TensorComparison.tolerance_used`, in a batch that `agreed` (where every allowance is
-        positive and finite)."""
+        positive and finite); any other batch's are its `comparisons()`'."""
+        if not self.agreed:
+            raise ValueError("tolerance_used: only a batch that agreed has it here; read comparisons() instead")
         return [(0.0 if share == 0 else error) / allowance for error, allowance, share in self.worst]
 
     def comparisons(self) -> list[TensorComparison]:
@@ -264,7 +267,7 @@ class BatchComparison:
 
 
 class Workspace:
-    """Preallocated flat work arrays for `compare_many`, laid out once per set of tensor shapes.
+    """Preallocated flat work arrays for `compare_batch`, laid out once per set of tensor shapes.
 
     Every tensor of a batch has its slot in three contiguous arrays (|error|, allowance, share), and each slot's
     view in the tensor's shape is made once: a step's comparison then writes into memory that stays in cache, and

@@ -21,7 +21,7 @@ class StepRecord:
     scratch_correct: int  # samples of the batch classified right
     reference_correct: int
     tied_windows: int | None  # tied pool windows (all pools) in the reference's forward; None unless detailed
-    comparisons: list[TensorComparison]
+    comparisons: list[TensorComparison] | SummarisedComparisons  # packed once the report needs only its figures
     flipped_windows: int = 0  # near-tie routing flips explained this step
     full: bool = True  # every tensor compared; False on a strided step (only `always_compared`)
     samples: int = 1  # images in the step's batch

@@ -3,9 +3,10 @@
 A step's comparisons (`TensorComparison`, ~15 a step, ~0.6 KB each) are needed in full only for the steps a report
 tabulates: the first, the first divergence and the worst (which the stepper details again from its kept tensors when
 the run ends). Every other step is read for each tensor's name, max |error|, share of tolerance, verdict and flip
-explanation (plots, `max_abs_error`, `percent_of_tolerance`, failing-step counts), so once the next step is appended
-its comparisons shrink to those five fields, packed (`SummarisedComparisons`, ~0.3 KB a step). A record's memory then
-grows by under 1 KB a step instead of ~10 KB.
+explanation (plots, `max_abs_error`, `percent_of_tolerance`, failing-step counts), so its comparisons shrink to those
+five fields, packed (`SummarisedComparisons`, ~0.3 KB a step): a step that agreed is packed by the stepper at once,
+straight from its batch's figures (`SummarisedComparisons.agreed`), any other once the next step is appended. A
+record's memory then grows by under 1 KB a step instead of ~10 KB.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class ComparisonSummary:
-    """What the report reads of one tensor's comparison at a past step (a `TensorComparison`'s fields, read-only)."""
+    """What the report reads of one tensor's comparison at a packed step (a `TensorComparison`'s fields, read-only)."""
 
     __slots__ = ("name", "max_abs_error", "tolerance_used", "passed", "explained")
 
@@ -43,8 +44,8 @@ class ComparisonSummary:
 
 
 class SummarisedComparisons(Sequence[ComparisonSummary]):
-    """A past step's comparisons, packed: the names (shared between steps), one array of errors and shares of
-    tolerance, the verdicts as bytes, and the flip explanations when there are any."""
+    """A step's comparisons, packed: the names (shared between steps), one array of errors and shares of tolerance,
+    the verdicts as bytes, and the flip explanations when there are any."""
 
     __slots__ = ("names", "values", "verdicts", "explanations")
 

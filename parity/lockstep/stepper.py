@@ -285,7 +285,9 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
             record.resynced_steps.append(index)
     local = {}
     if judged:
-        agreed = batch.agreed and len(names) == len(spec.tensor_names)
+        # Every tensor compared and within tolerance: a batch that agreed, or one that passed though it did not agree
+        # (an empty tensor, equal infinities).
+        agreed = len(names) == len(spec.tensor_names) and (batch.agreed or all(c.passed for c in step.comparisons))
         alone = lockstep.local.layers_alone(agreed, record.layers)
         lockstep.local.count_implied(record.layers, alone)
         if alone:
