@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity.engine.compare import MAX_LAYOUTS, Workspace, compare, compare_batch, compare_many
+from parity.engine.batch import MAX_LAYOUTS, Workspace, compare_batch, compare_many
+from parity.engine.compare import compare
 from parity.engine.tolerances import Tolerance, tolerance_for
 
 PROPERTY_SETTINGS = settings(

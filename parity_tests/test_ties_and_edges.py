@@ -12,7 +12,8 @@ import reference
 import scratch
 from parity.diagnosis.flips import explain_flips, upstream_consequences
 from parity.diagnosis.pool import count_tied_windows, near_tie_flips, routed_elsewhere, untied_routing_mismatches
-from parity.engine.compare import compare, compare_many
+from parity.engine.batch import compare_many
+from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance_for
 from parity.lockstep.experiment import ExperimentConfig, ScratchSide
 from parity.lockstep.records import StepRecord

@@ -31,7 +31,8 @@ import numpy as np
 import scratch
 from parity.diagnosis.diagnose import Context, diagnose_layer
 from parity.diagnosis.record import Diagnosis
-from parity.engine.compare import TensorComparison, Workspace, compare_many
+from parity.engine.batch import Workspace, compare_many
+from parity.engine.compare import TensorComparison
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import NetworkSpec
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, overload
 
 if TYPE_CHECKING:
-    from parity.engine.compare import BatchComparison
+    from parity.engine.batch import BatchComparison
     from parity.lockstep.records import LockstepRecord, StepRecord
 
 

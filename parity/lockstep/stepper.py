@@ -23,7 +23,8 @@ import numpy as np
 
 from parity.diagnosis.flips import explain_flips
 from parity.diagnosis.pool import count_tied_windows, pool_input
-from parity.engine.compare import Workspace, compare, compare_batch
+from parity.engine.batch import Workspace, compare_batch
+from parity.engine.compare import compare
 from parity.lockstep.divergence import Evidence, first_divergence
 from parity.lockstep.local import LocalJudge, copy_verdicts, fresh_verdicts
 from parity.lockstep.records import LockstepRecord, StepRecord
