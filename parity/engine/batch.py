@@ -65,13 +65,13 @@ class BatchComparison:
     ) -> None:
         self.pairs, self.dtype, self.tolerance = pairs, dtype, tolerance
         self.batched = [pair for pair in pairs if pair[2].size and not structural_problem(pair[1], pair[2], dtype)]
-        self.layout = workspace.layout(tuple(reference.shape for _, _, reference in self.batched), dtype)
+        # Nothing to batch takes no slot in the workspace (it would only push out a layout in use).
+        shapes = tuple(reference.shape for _, _, reference in self.batched)
+        self.layout = layout = workspace.layout(shapes, dtype) if self.batched else _Layout((), dtype)
+        self.max_abs_errors: list[float] = []
         if self.batched:
-            _fill_shares(self.batched, tolerance, self.layout)
-        layout = self.layout
-        self.max_abs_errors: list[float] = (
-            np.maximum.reduceat(layout.abs_error, layout.segment_starts).tolist() if self.batched else []
-        )
+            _fill_shares(self.batched, tolerance, layout)
+            self.max_abs_errors = np.maximum.reduceat(layout.abs_error, layout.segment_starts).tolist()
         # The first element of each tensor with the largest share of its allowance (a NaN share, if any, comes first).
         self.worst_at = [
             start + int(shares.argmax()) for start, shares in zip(layout.starts, layout.share_slices, strict=True)
