@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 
+import numpy as np
 import pytest
 
-from parity.benchmark.run import main
+import scratch
+from parity.benchmark.run import LR, layers_alone_step, main
+from scratch.data import load_experiment_data
 
 
 def test_every_section_runs_and_prints_its_targets():
@@ -25,3 +28,18 @@ def test_bad_usage_exits_2(capsys):
         main(["--steps", "0"])
     assert exit_info.value.code == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_the_layers_alone_do_the_arithmetic_of_train_step():
+    """The "layers alone" candidate times the same arithmetic as `train_step`, only without the network's own code:
+    after the same steps, its weights are bit for bit those of `train_step`'s."""
+    train, _ = load_experiment_data(n_train=20, n_test=1)
+    labels = [int(label) for label in train.labels]
+    stepped, alone = scratch.tutorial_network(0), scratch.tutorial_network(0)
+    step = layers_alone_step(alone, train.images, labels)
+    for i in range(2 * len(labels)):  # past the end of the data, as the benchmark's rounds go
+        stepped.train_step(train.images[i % len(labels)], labels[i % len(labels)], LR)
+        step(i)
+    after = alone.parameters()
+    for name, array in stepped.parameters().items():
+        assert np.array_equal(array, after[name]), name

@@ -12,6 +12,8 @@ machine's speed. Candidates train per-sample SGD (lr 0.005) on real MNIST digits
 tutorial's initial weights, one thread each:
 
 - scratch vectorised: `scratch.tutorial_network(0, dtype).train_step(image, label, lr)`;
+- scratch layers alone: the same network's layers and loss called in turn on images normalised beforehand, with no
+  input checks and no trace (`layers_alone_step`): how much of the step is the network's own code;
 - PyTorch eager: the same network bridged to its PyTorch twin, a bare step (normalise, cross-entropy,
   zero_grad, backward, `torch.optim.SGD.step`), with `torch.set_num_threads(1)`;
 - tutorial loops: the tutorial's loop code (`impl="loops"`, tie policy "all", softmax "tutorial"), timed over
@@ -50,6 +52,7 @@ LOOPS_STEP_DIVISOR = 50  # the loop code is ~100x slower: time it over fewer ste
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
 
 VECTORISED = "scratch vectorised"
+LAYERS_ALONE = "scratch layers alone (no network code)"
 TORCH = "PyTorch eager"
 LOOPS = "tutorial loops"
 
@@ -73,6 +76,8 @@ def train_step_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[
     def vectorised_step(i: int) -> None:
         vectorised.train_step(images[i % count], labels[i % count], LR)
 
+    layers_step = layers_alone_step(scratch.tutorial_network(0, dtype), images, labels)
+
     def loops_step(i: int) -> None:
         loops.train_step(images[i % count], labels[i % count], LR)
 
@@ -83,7 +88,31 @@ def train_step_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[
         loss.backward()
         optimizer.step()
 
-    return {VECTORISED: vectorised_step, TORCH: torch_step, LOOPS: loops_step}
+    return {VECTORISED: vectorised_step, LAYERS_ALONE: layers_step, TORCH: torch_step, LOOPS: loops_step}
+
+
+def layers_alone_step(net: scratch.Network, images: np.ndarray, labels: Sequence[int]) -> StepFn:
+    """`net.train_step` less the network's own code: its layers and loss called in turn on images normalised
+    beforehand, with no input checks and no trace. The same arithmetic (tested), so its time bounds what a leaner
+    `Network` could gain."""
+    normalised = net.normalize(images)
+    label_arrays = [np.array([label]) for label in labels]
+    first, *later = net.layers
+    count = len(images)
+
+    def step(i: int) -> None:
+        out = normalised[i % count : i % count + 1]
+        for layer in net.layers:
+            out = layer.forward(out)
+        net.loss.forward(out, label_arrays[i % count])
+        gradient = net.loss.backward()
+        for layer in reversed(later):
+            gradient = layer.backward(gradient)
+        first.parameter_backward(gradient)
+        for layer in net.layers:
+            layer.update(LR)
+
+    return step
 
 
 def train_step_section(args: argparse.Namespace) -> None:
@@ -93,13 +122,15 @@ def train_step_section(args: argparse.Namespace) -> None:
     train, _ = load_experiment_data()
     labels = [int(label) for label in train.labels]
     candidates = train_step_candidates(np.dtype(args.dtype), train.images, labels)
-    steps = {VECTORISED: args.steps, TORCH: args.steps, LOOPS: max(1, args.steps // LOOPS_STEP_DIVISOR)}
+    steps = {name: args.steps for name in candidates} | {LOOPS: max(1, args.steps // LOOPS_STEP_DIVISOR)}
     samples = time_candidates(candidates, steps, args.repeats)
     rows = rows_against(samples, VECTORISED, {TORCH: Target(at_least=3), LOOPS: Target(at_least=100)})
     notes = [
         f"{args.repeats} rounds of {', '.join(f'{count} steps ({name})' for name, count in steps.items())}; "
         f"dtype {args.dtype}",
         f"data: {train.source}",
+        f"{TORCH} / {LAYERS_ALONE}: {paired_ratio(samples[TORCH], samples[LAYERS_ALONE]):.2f}x (the most that "
+        "trimming the network's own code could reach; the rest is the layers' arithmetic)",
     ]
     if args.dtype != "float64":
         notes.append("note: the issue's targets are set for float64")
