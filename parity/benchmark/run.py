@@ -92,9 +92,9 @@ def train_step_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[
 
 
 def layers_alone_step(net: scratch.Network, images: np.ndarray, labels: Sequence[int]) -> StepFn:
-    """`net.train_step` less the network's own code: the image normalised, then its layers and loss called in turn,
-    with no label check, no trace and no count of hits. The same arithmetic (tested), so its time bounds what a
-    leaner `Network` could gain."""
+    """`net.train_step` less the network's own code: the image normalised (`normalize`, its check included), then
+    the layers and loss called in turn, with no label check, no trace and no count of hits. The same arithmetic
+    (tested), so its time bounds what a leaner `Network` could gain."""
     label_arrays = [np.array([label]) for label in labels]
     first, *later = net.layers
     count = len(images)
