@@ -4,6 +4,7 @@ the calls (the lockstep's hot path).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -69,20 +70,28 @@ class BatchComparison:
         shapes = tuple(reference.shape for _, _, reference in self.batched)
         self.layout = layout = workspace.layout(shapes, dtype) if self.batched else _Layout((), dtype)
         self.max_abs_errors: list[float] = []
+        self._max_shares: list[float] = []  # each tensor's largest share of its allowance (NaN if it has one)
         if self.batched:
             _fill_shares(self.batched, tolerance, layout)
             self.max_abs_errors = np.maximum.reduceat(layout.abs_error, layout.segment_starts).tolist()
-        # The first element of each tensor with the largest share of its allowance (a NaN share, if any, comes first).
-        self.worst_at = [
-            start + int(shares.argmax()) for start, shares in zip(layout.starts, layout.share_slices, strict=True)
-        ]
-        # (|error|, allowance, share) there, per tensor.
-        self.worst = [
-            (layout.abs_error.item(at), layout.allowed.item(at), layout.share.item(at)) for at in self.worst_at
-        ]
+            self._max_shares = np.maximum.reduceat(layout.share, layout.segment_starts).tolist()
         self.agreed = len(self.batched) == len(pairs) and all(
-            math.isfinite(share) and share <= 1 for _, _, share in self.worst
+            math.isfinite(share) and share <= 1 for share in self._max_shares
         )
+
+    @functools.cached_property
+    def worst_at(self) -> list[int]:
+        """The first element of each tensor with the largest share of its allowance (a NaN share, if any, comes
+        first), as an index into the layout's arrays. Found only when asked for: a batch that agrees in float64 never
+        needs it."""
+        layout = self.layout
+        return [start + int(shares.argmax()) for start, shares in zip(layout.starts, layout.share_slices, strict=True)]
+
+    @functools.cached_property
+    def worst(self) -> list[tuple[float, float, float]]:
+        """(|error|, allowance, share) at `worst_at`, per tensor."""
+        layout = self.layout
+        return [(layout.abs_error.item(at), layout.allowed.item(at), layout.share.item(at)) for at in self.worst_at]
 
     @property
     def names(self) -> list[str]:
@@ -95,6 +104,10 @@ class BatchComparison:
         positive and finite); any other batch's are its `comparisons()`'."""
         if not self.agreed:
             raise ValueError("tolerance_used: only a batch that agreed has it here; read comparisons() instead")
+        if self.dtype == np.float64:
+            # The float64 shares are the very division `TensorComparison.tolerance_used` does (in Python floats):
+            # the largest is its value, bit for bit, with no need to find where it is.
+            return list(self._max_shares)
         return [(0.0 if share == 0 else error) / allowance for error, allowance, share in self.worst]
 
     def comparisons(self) -> list[TensorComparison]:
