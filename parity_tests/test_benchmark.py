@@ -22,6 +22,7 @@ def test_every_section_runs_and_prints_its_targets():
         assert heading in text
     assert "lockstep, stride 1" in text and "<= 1.3x" in text  # #13's target row is printed, met or not
     assert "PyTorch eager / scratch layers alone (no network code): " in text
+    assert "stride 1, both sides recording every tensor, nothing compared: " in text  # item 1's floor, paired
 
 
 def test_bad_usage_exits_2(capsys):

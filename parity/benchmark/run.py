@@ -141,6 +141,7 @@ STRIDE_ONE = "lockstep, stride 1"
 REPORT_DEFAULT = f"lockstep, stride {DEFAULT_REPORT_STRIDE} (report default)"
 UNJUDGED = f"lockstep, stride {DEFAULT_REPORT_STRIDE}, layers not judged on their own"
 ALL_ALONE = f"lockstep, stride {DEFAULT_REPORT_STRIDE}, every layer run alone at every full step"
+RECORDING_ONLY = "stride 1, both sides recording every tensor, nothing compared"
 LAYER_VERDICTS_AT_MOST = 1.25  # #10: judging every layer on its own adds at most 25% at the report's stride
 
 
@@ -166,7 +167,7 @@ def reference_training_step(dtype: np.dtype, images: np.ndarray, labels: Sequenc
 def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[int]) -> dict[str, StepFn]:
     """Training both models bare, against lockstep steps that also hand over and compare every tensor."""
     from parity.lockstep.experiment import ScratchSide
-    from parity.lockstep.stepper import Lockstep
+    from parity.lockstep.stepper import Lockstep, as_batch, record_both
     from reference import ReferenceRunner, to_torch
 
     bare = train_step_candidates(dtype, images, labels)
@@ -177,15 +178,27 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
         bare[VECTORISED](i)
         bare_reference(i)
 
-    def lockstep(stride: int, judge_layers: bool = True, alone_every: int | None = None) -> StepFn:
+    def new_lockstep(stride: int, judge_layers: bool = True) -> Lockstep:
         net = scratch.tutorial_network(0, dtype)
         runner = ReferenceRunner(to_torch(net), lr=LR)
-        run = Lockstep(ScratchSide(net), runner, net.spec, dtype, LR, stride, judge_layers=judge_layers)
+        return Lockstep(ScratchSide(net), runner, net.spec, dtype, LR, stride, judge_layers=judge_layers)
+
+    def lockstep(stride: int, judge_layers: bool = True, alone_every: int | None = None) -> StepFn:
+        run = new_lockstep(stride, judge_layers)
         if alone_every is not None:  # as in a run that disagrees, where no verdict can be implied
             run.local.alone_every = alone_every
 
         def step(i: int) -> None:
             run.step(images[i % count], labels[i % count])
+
+        return step
+
+    def recording_only() -> StepFn:
+        """A stride-1 lockstep step less its comparing and judging: what the sides do and hand over."""
+        run = new_lockstep(1)
+
+        def step(i: int) -> None:
+            record_both(run, *as_batch(images[i % count], labels[i % count]), full=True)
 
         return step
 
@@ -195,6 +208,7 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: Sequence[in
         REPORT_DEFAULT: lockstep(DEFAULT_REPORT_STRIDE),
         UNJUDGED: lockstep(DEFAULT_REPORT_STRIDE, judge_layers=False),
         ALL_ALONE: lockstep(DEFAULT_REPORT_STRIDE, alone_every=1),
+        RECORDING_ONLY: recording_only(),
     }
 
 
@@ -214,6 +228,10 @@ def lockstep_section(args: argparse.Namespace) -> None:
         f"stride K: every tensor compared every K steps; "
         f"{', '.join(always_compared(scratch.parse_spec(), 'free'))} at every step",
         *_layer_verdict_costs(samples),
+        f"{RECORDING_ONLY}: {paired_ratio(samples[RECORDING_ONLY], samples[BARE]):.2f}x the bare steps: the floor "
+        "of stride 1 before anything is compared (each side's step with its image gradient, every tensor handed "
+        "over in scratch's layouts, the parameters after the update); comparing and judging then add "
+        f"{paired_ratio(samples[STRIDE_ONE], samples[RECORDING_ONLY]):.2f}x",
     ]
     print_section("lockstep: recording and comparing vs training both models bare", rows, BARE, notes)
 

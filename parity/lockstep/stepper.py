@@ -242,25 +242,13 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     timer = time.perf_counter
     if record.mode == "teacher":
         scratch.load_parameters(reference.parameters())
-    compared, wanted = lockstep.plans[full]
-    with_parameters = len(wanted) < len(compared)
+    compared = lockstep.plans[full][0]
     judged = full and lockstep.local is not None
     # The weights both sides start the step from: the layers are judged from the reference's, and a divergence
     # of layers that are right on their own is traced to weights that differ.
     before = (_copies(scratch.parameters()), reference.parameters()) if judged else None
+    scratch_tensors, reference_tensors = record_both(lockstep, images, labels, full)
     started = timer()
-    scratch_tensors = scratch.forward_backward(images, labels, wanted)
-    scratch.update(lr)
-    record.seconds["scratch"] += timer() - started
-    started = timer()
-    reference_tensors = reference.forward_backward(images, labels, None if full else wanted)
-    reference.update(lr)
-    if with_parameters:  # compared right after both updates, before the next step changes them
-        reference_tensors.update(reference.parameters())
-    record.seconds["reference"] += timer() - started
-    started = timer()
-    if with_parameters:
-        scratch_tensors = {**scratch_tensors, **scratch.parameters()}
     if index == 0:
         record.missing_tensors = tuple(name for name in spec.tensor_names if name not in scratch_tensors)
     names = [name for name in compared if name in scratch_tensors]
@@ -311,6 +299,31 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     record.worst_tolerance_used = max(record.worst_tolerance_used, step.tolerance_used)
     record.seconds["compare"] += timer() - started
     return step
+
+
+def record_both(
+    lockstep: Lockstep, images: np.ndarray, labels: np.ndarray, full: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Both sides' training step on one batch, and the tensors each hands over for a step of this kind (`full`:
+    every tensor; else the `always_compared` ones), the parameters after the update among them where compared:
+    all a lockstep step does but compare. Each side's time goes to the record's `seconds`."""
+    scratch, reference, seconds = lockstep.scratch, lockstep.reference, lockstep.record.seconds
+    timer = time.perf_counter
+    compared, wanted = lockstep.plans[full]
+    with_parameters = len(wanted) < len(compared)
+    started = timer()
+    scratch_tensors = scratch.forward_backward(images, labels, wanted)
+    scratch.update(lockstep.lr)
+    seconds["scratch"] += timer() - started
+    started = timer()
+    reference_tensors = reference.forward_backward(images, labels, None if full else wanted)
+    reference.update(lockstep.lr)
+    if with_parameters:  # compared right after both updates, before the next step changes them
+        reference_tensors.update(reference.parameters())
+    seconds["reference"] += timer() - started
+    if with_parameters:
+        scratch_tensors = {**scratch_tensors, **scratch.parameters()}
+    return scratch_tensors, reference_tensors
 
 
 def _copies(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
