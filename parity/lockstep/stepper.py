@@ -306,8 +306,9 @@ def record_both(
     lockstep: Lockstep, images: np.ndarray, labels: np.ndarray, full: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Both sides' training step on one batch, and the tensors each hands over for a step of this kind (`full`:
-    every tensor; else the `always_compared` ones), the parameters after the update among them where compared:
-    all a lockstep step does but compare. Each side's time goes to the record's `seconds`."""
+    every tensor; else the `always_compared` ones), the parameters after the update among them where compared: the
+    sides' half of a lockstep step, before anything is compared or judged. Each side's time goes to the record's
+    `seconds`."""
     scratch, reference, seconds = lockstep.scratch, lockstep.reference, lockstep.record.seconds
     timer = time.perf_counter
     compared, wanted = lockstep.plans[full]
