@@ -101,7 +101,7 @@ class Conv(Layer):
     def parameter_backward(self, d_L_d_out: np.ndarray) -> None:
         """dL/dfilters = windows^T . dL/dout; dL/dbiases = sum of dL/dout: `backward` without dL/dinput."""
         d_out_matrix = d_L_d_out.reshape(-1, self.num_filters)  # (N * windows, F)
-        d_L_d_kernel = d_out_matrix.T @ self._patches  # (F, K*K*C)
+        d_L_d_kernel = np.dot(d_out_matrix.T, self._patches)  # (F, K*K*C); np.dot: as `@`, with less overhead
         self.grads = {"filters": d_L_d_kernel.reshape(self.filters.shape)}
         if self.has_bias:
             self.grads["biases"] = d_out_matrix.sum(axis=0)
