@@ -107,6 +107,13 @@ def test_requested_names_are_the_same_arrays_as_the_full_step():
         np.testing.assert_array_equal(cheap[name], full[name], err_msg=name)
     first_layer_only = runner.forward_backward(images, labels, ["conv1.d_in"])  # the image's gradient
     np.testing.assert_array_equal(first_layer_only["conv1.d_in"], full["conv1.d_in"])
+    # Parameter gradients alone take `backward`, which adds to a gradient already there: calls without an update
+    # in between must still give one step's gradients, not their sum.
+    parameters_only = ["loss", "dense2.d_biases", "conv1.d_filters"]
+    for _ in range(2):
+        again = runner.forward_backward(images, labels, parameters_only)
+        for name in parameters_only:
+            np.testing.assert_array_equal(again[name], full[name], err_msg=name)
 
 
 def test_refuses_a_name_that_is_not_a_step_tensor():

@@ -72,11 +72,17 @@ class ReferenceRunner:
         for layer in self.spec.layers:
             activations.append(self.twin.forward_layer(layer, activations[-1]))
         loss = F.cross_entropy(activations[-1], targets)
-        wanted = tuple(activations[position] for position in plan.activation_targets)
-        # One backward pass for exactly the gradients needed; `update` reads the parameters' from `.grad`.
-        gradients = torch.autograd.grad(loss, self._param_tensors + wanted)
-        for tensor, gradient in zip(self._param_tensors, gradients, strict=False):
-            tensor.grad = gradient
+        if plan.activation_targets:
+            wanted = tuple(activations[position] for position in plan.activation_targets)
+            # One backward pass for exactly the gradients needed; `update` reads the parameters' from `.grad`.
+            gradients = torch.autograd.grad(loss, self._param_tensors + wanted)
+            for tensor, gradient in zip(self._param_tensors, gradients, strict=False):
+                tensor.grad = gradient
+        else:  # the parameters' gradients alone: the bare training step's `backward`, lighter than autograd.grad's
+            for tensor in self._param_tensors:
+                tensor.grad = None  # backward adds to a gradient already there (a second call without `update`)
+            loss.backward()
+            gradients = tuple(tensor.grad for tensor in self._param_tensors)
         step = _Step(
             activations,
             loss,
