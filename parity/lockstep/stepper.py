@@ -32,8 +32,8 @@ from parity.lockstep.retention import SummarisedComparisons
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
-# `cnn-parity report`'s default stride. Comparing every element of every step costs about +115-130% over training
-# both models bare at stride 1, stride 10 +39-49% (the lockstep section of `python -m parity.benchmark`; the
+# `cnn-parity report`'s default stride. Comparing every element of every step costs about +113-131% over training
+# both models bare at stride 1, stride 10 +36-49% (the lockstep section of `python -m parity.benchmark`; the
 # target for both is +30%). Stride 1 becomes the default once it meets it; its recording alone, with nothing
 # compared (`record_both`), costs +36-49%.
 DEFAULT_REPORT_STRIDE = 10
