@@ -262,7 +262,23 @@ def test_maxpool_layer_loops_and_vectorized_agree(kernel, shape, tie_policy, val
     else:
         assert vec.tied_windows > 0
     d_out = rng.standard_normal(out_vec.shape)
-    np.testing.assert_array_equal(vec.backward(d_out), loops.backward(d_out))
+    d_input = vec.backward(d_out)
+    np.testing.assert_array_equal(d_input, loops.backward(d_out))
+    assert d_input.flags.c_contiguous  # as every layer's output
+
+
+@pytest.mark.parametrize("tie_policy", TIE_POLICIES)
+@pytest.mark.parametrize("kernel, shape", [(2, (3, 2, 2, 8)), (3, (3, 3, 3, 2)), (2, (2, 26, 26, 8))])
+def test_maxpool_backward_is_contiguous_whatever_the_input_layout(kernel, shape, tie_policy):
+    """A Fortran-ordered input gives the C-ordered input's gradient, C-contiguous (one window per image of a batch is
+    where NumPy would otherwise hand back a strided view)."""
+    x = np.random.default_rng(5).integers(0, 3, size=shape).astype(np.float64)  # ties, so both policies route
+    c_pool, f_pool = MaxPool(kernel, tie_policy), MaxPool(kernel, tie_policy)
+    d_out = np.random.default_rng(6).standard_normal(c_pool.forward(x).shape)
+    f_pool.forward(np.asfortranarray(x))
+    d_input = f_pool.backward(d_out)
+    assert d_input.flags.c_contiguous
+    np.testing.assert_array_equal(d_input, c_pool.backward(d_out))
 
 
 @pytest.mark.parametrize("batch", [1, 3])

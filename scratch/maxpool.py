@@ -86,12 +86,14 @@ def window_planes(x: np.ndarray, size: int) -> np.ndarray:
 def from_window_planes(planes: np.ndarray, size: int) -> np.ndarray:
     """`(K*K, N, out_h, out_w, C)` planes back in NHWC, `(N, K*out_h, K*out_w, C)`: what `window_planes` splits.
 
-    One copy in the result's order (a view of `planes` only where no axis moves). Copying into a fresh array
-    this way round, rather than writing through `window_planes`' view of one, is the faster of the two in NumPy.
+    C-contiguous, as every layer's output: one copy in the result's order, or `planes` itself reshaped where its
+    elements already lie in that order (a batch of one image of one window). Copying into a fresh array this
+    way round, rather than writing through `window_planes`' view of one, is the faster of the two in NumPy.
     """
     _, batch, out_h, out_w, channels = planes.shape
     grouped = planes.reshape(size, size, batch, out_h, out_w, channels).transpose(2, 3, 0, 4, 1, 5)
-    return grouped.reshape(batch, size * out_h, size * out_w, channels)
+    # One window per image: the planes keep a non-contiguous input's memory order, and so would this view.
+    return np.ascontiguousarray(grouped.reshape(batch, size * out_h, size * out_w, channels))
 
 
 def first_only(is_max: np.ndarray) -> np.ndarray:
