@@ -32,10 +32,10 @@ from parity.lockstep.retention import SummarisedComparisons
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
-# `cnn-parity report`'s default stride. Comparing every element of every step costs about +113-131% over training
-# both models bare at stride 1, stride 10 +36-49% (the lockstep section of `python -m parity.benchmark`; the
-# target for both is +30%). Stride 1 becomes the default once it meets it; its recording alone, with nothing
-# compared (`record_both`), costs +36-49%.
+# `cnn-parity report`'s default stride. Comparing every element of every step costs about +113-145% over training
+# both models bare at stride 1, stride 10 +25-55% (the lockstep section of `python -m parity.benchmark`, over runs
+# on these noisy machines; the target for both is +30%). Stride 1 becomes the default once it meets it; its
+# recording alone, with nothing compared (`record_both`), costs +35-49%.
 DEFAULT_REPORT_STRIDE = 10
 
 
