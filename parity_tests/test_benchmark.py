@@ -10,6 +10,7 @@ import pytest
 
 import scratch
 from parity.benchmark.run import LR, layers_alone_step, main
+from parity.benchmark.timing import Target, format_rows, rows_against
 from scratch.data import load_experiment_data
 
 
@@ -45,3 +46,16 @@ def test_the_layers_alone_do_the_arithmetic_of_train_step():
     after = alone.parameters()
     for name, array in stepped.parameters().items():
         assert np.array_equal(array, after[name]), name
+
+
+def test_a_row_says_when_its_target_lies_inside_the_noise():
+    """The verdict is the median paired ratio's; `decisive` says whether the middle half of the rounds agrees."""
+    baseline = [1.0, 1.0, 1.0, 1.0, 1.0]
+    samples = {"base": baseline, "steady": [3.2, 3.3, 3.1, 3.25, 3.4], "noisy": [2.7, 3.1, 2.95, 3.4, 2.9]}
+    rows = {row.candidate: row for row in rows_against(samples, "base", dict.fromkeys(("steady", "noisy"), Target(3)))}
+    assert rows["steady"].passed and rows["steady"].decisive
+    assert rows["steady"].ratio_spread == pytest.approx((3.2, 3.3))
+    assert not rows["noisy"].passed and rows["noisy"].decisive is False  # median 2.95, middle half 2.9 - 3.1
+    assert rows["base"].decisive is None  # no target
+    table = format_rows(list(rows.values()), "base")
+    assert "FAIL (within noise)" in table and "2.90 - 3.10x" in table

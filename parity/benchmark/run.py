@@ -8,8 +8,10 @@ Every candidate is timed in this one process, round-robin: each round times a bl
 candidate in turn (the order rotating from round to round), so a slow spell on a noisy machine hits every
 candidate alike. A candidate's time is the median over rounds of its per-step time; its ratio to the vectorised
 step is the median over rounds of the two times' ratio within the round, which also cancels slow drifts in the
-machine's speed. Candidates train per-sample SGD (lr 0.005) on real MNIST digits, each on its own copy of the
-tutorial's initial weights, one thread each:
+machine's speed. The middle half of those per-round ratios (first to third quartile) is printed beside it; a verdict
+whose target lies inside that range is marked "within noise", since another run may well give the other one.
+Candidates train per-sample SGD (lr 0.005) on real MNIST digits, each on its own copy of the tutorial's initial
+weights, one thread each:
 
 - scratch vectorised: `scratch.tutorial_network(0, dtype).train_step(image, label, lr)`;
 - scratch layers alone: the same network's normalisation, layers and loss called in turn, with no label check, no
@@ -41,7 +43,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 import scratch
-from parity.benchmark.timing import StepFn, Target, paired_ratio, print_section, rows_against, time_candidates
+from parity.benchmark.timing import (
+    StepFn,
+    Target,
+    describe_ratio,
+    paired_ratio,
+    print_section,
+    rows_against,
+    time_candidates,
+)
 from parity.lockstep.stepper import DEFAULT_REPORT_STRIDE, always_compared
 from scratch.argtypes import positive_int
 
@@ -128,7 +138,7 @@ def train_step_section(args: argparse.Namespace) -> None:
         f"{args.repeats} rounds of {', '.join(f'{count} steps ({name})' for name, count in steps.items())}; "
         f"dtype {args.dtype}",
         f"data: {train.source}",
-        f"{TORCH} / {LAYERS_ALONE}: {paired_ratio(samples[TORCH], samples[LAYERS_ALONE]):.2f}x (the most that "
+        f"{TORCH} / {LAYERS_ALONE}: {describe_ratio(samples[TORCH], samples[LAYERS_ALONE])} (the most that "
         "trimming the network's own code could reach; the rest is the layers' arithmetic)",
     ]
     if args.dtype != "float64":
@@ -228,7 +238,7 @@ def lockstep_section(args: argparse.Namespace) -> None:
         f"stride K: every tensor compared every K steps; "
         f"{', '.join(always_compared(scratch.parse_spec(), 'free'))} at every step",
         *_layer_verdict_costs(samples),
-        f"{RECORDING_ONLY}: {paired_ratio(samples[RECORDING_ONLY], samples[BARE]):.2f}x the bare steps: the floor "
+        f"{RECORDING_ONLY}: {describe_ratio(samples[RECORDING_ONLY], samples[BARE])} the bare steps: the floor "
         "of stride 1 before anything is compared (each side's step with its image gradient, every tensor handed "
         "over in scratch's layouts, the parameters after the update); comparing and judging then add "
         f"{paired_ratio(samples[STRIDE_ONE], samples[RECORDING_ONLY]):.2f}x",

@@ -38,11 +38,21 @@ class Row:
     spread: tuple[float, float]  # fastest and slowest round, per step
     ratio: float  # time per step over the baseline's (above 1: the baseline is faster); see `rows_against`
     target: Target | None = None
+    ratio_spread: tuple[float, float] | None = None  # the middle half of the rounds' paired ratios (`middle_half`)
 
     @property
     def passed(self) -> bool | None:
         """Whether the target is met; None when the row has no target."""
         return None if self.target is None else self.target.met_by(self.ratio)
+
+    @property
+    def decisive(self) -> bool | None:
+        """Whether the middle half of the rounds agrees with the verdict at both ends (False: the target lies inside
+        the machine's noise, and another run may say otherwise); None without a target or a spread."""
+        if self.target is None or self.ratio_spread is None:
+            return None
+        low, high = self.ratio_spread
+        return self.target.met_by(low) == self.target.met_by(high)
 
 
 def time_candidates(
@@ -84,12 +94,33 @@ def median_seconds(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def paired_ratios(samples: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Candidate time / baseline time in each round, the two timed in the same round."""
+    return [mine / theirs for mine, theirs in zip(samples, baseline, strict=True)]
+
+
 def paired_ratio(samples: Sequence[float], baseline: Sequence[float]) -> float:
-    """The median over rounds of candidate time / baseline time, each pair timed in the same round.
+    """The median over rounds of `paired_ratios`.
 
     Pairing cancels what drifts between rounds (another process, CPU frequency), which a ratio of the two
     medians would not."""
-    return statistics.median(mine / theirs for mine, theirs in zip(samples, baseline, strict=True))
+    return statistics.median(paired_ratios(samples, baseline))
+
+
+def describe_ratio(samples: Sequence[float], baseline: Sequence[float]) -> str:
+    """`2.84x (middle half of rounds 2.80 - 2.90x)`: the paired ratio and its spread, for a section's notes."""
+    ratios = paired_ratios(samples, baseline)
+    low, high = middle_half(ratios)
+    return f"{statistics.median(ratios):.2f}x (middle half of rounds {low:.2f} - {high:.2f}x)"
+
+
+def middle_half(values: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles of `values` (the one value twice, for one): the range that half the rounds
+    fall in, which shows how far one run's median can be trusted on a noisy machine."""
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, third
 
 
 def rows_against(
@@ -98,10 +129,12 @@ def rows_against(
     """Table rows from `time_candidates` samples, ratios taken against the `baseline` candidate."""
     medians = median_seconds(samples)
     targets = targets or {}
-    return [
-        Row(name, medians[name], (min(values), max(values)), paired_ratio(values, samples[baseline]), targets.get(name))
-        for name, values in samples.items()
-    ]
+    rows = []
+    for name, values in samples.items():
+        ratios = paired_ratios(values, samples[baseline])
+        spread = (min(values), max(values))
+        rows.append(Row(name, medians[name], spread, statistics.median(ratios), targets.get(name), middle_half(ratios)))
+    return rows
 
 
 def format_rows(rows: Sequence[Row], baseline: str) -> str:
@@ -114,13 +147,24 @@ def format_rows(rows: Sequence[Row], baseline: str) -> str:
             _microseconds(row.seconds),
             f"{_microseconds(row.spread[0])} - {_microseconds(row.spread[1])}",
             f"{row.ratio:.2f}x",
+            "-" if row.ratio_spread is None else f"{row.ratio_spread[0]:.2f} - {row.ratio_spread[1]:.2f}x",
             row.target.describe() if row.target else "-",
-            {None: "-", True: "PASS", False: "FAIL"}[row.passed],
+            {None: "-", True: "PASS", False: "FAIL"}[row.passed] + (" (within noise)" if row.decisive is False else ""),
         ]
         for row in rows
     ]
-    headers = ["candidate", "us/step (median)", "fastest - slowest round", f"time / {baseline}", "target", "result"]
-    return tabulate(table, headers=headers, disable_numparse=True, colalign=("left", "right", "right", "right"))
+    headers = [
+        "candidate",
+        "us/step (median)",
+        "fastest - slowest round",
+        f"time / {baseline}",
+        "middle half of rounds",
+        "target",
+        "result",
+    ]
+    return tabulate(
+        table, headers=headers, disable_numparse=True, colalign=("left", "right", "right", "right", "right")
+    )
 
 
 def print_section(title: str, rows: Sequence[Row], baseline: str, notes: Sequence[str] = ()) -> None:
