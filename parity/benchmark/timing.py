@@ -107,11 +107,16 @@ def paired_ratio(samples: Sequence[float], baseline: Sequence[float]) -> float:
     return statistics.median(paired_ratios(samples, baseline))
 
 
+def ratio_with_spread(samples: Sequence[float], baseline: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """`paired_ratio` and the `middle_half` of the rounds' ratios around it."""
+    ratios = paired_ratios(samples, baseline)
+    return statistics.median(ratios), middle_half(ratios)
+
+
 def describe_ratio(samples: Sequence[float], baseline: Sequence[float]) -> str:
     """`2.84x (middle half of rounds 2.80 - 2.90x)`: the paired ratio and its spread, for a section's notes."""
-    ratios = paired_ratios(samples, baseline)
-    low, high = middle_half(ratios)
-    return f"{statistics.median(ratios):.2f}x (middle half of rounds {low:.2f} - {high:.2f}x)"
+    ratio, (low, high) = ratio_with_spread(samples, baseline)
+    return f"{ratio:.2f}x (middle half of rounds {low:.2f} - {high:.2f}x)"
 
 
 def middle_half(values: Sequence[float]) -> tuple[float, float]:
@@ -131,9 +136,8 @@ def rows_against(
     targets = targets or {}
     rows = []
     for name, values in samples.items():
-        ratios = paired_ratios(values, samples[baseline])
-        spread = (min(values), max(values))
-        rows.append(Row(name, medians[name], spread, statistics.median(ratios), targets.get(name), middle_half(ratios)))
+        ratio, ratio_spread = ratio_with_spread(values, samples[baseline])
+        rows.append(Row(name, medians[name], (min(values), max(values)), ratio, targets.get(name), ratio_spread))
     return rows
 
 
