@@ -35,8 +35,6 @@ and print them with `print_section`, then list the section in `SECTIONS`.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,6 +45,8 @@ from parity.benchmark.timing import (
     StepFn,
     Target,
     describe_ratio,
+    environment_line,
+    limit_threads,
     paired_ratio,
     print_section,
     rows_against,
@@ -59,7 +59,6 @@ LR = 0.005
 DEFAULT_STEPS = 500
 DEFAULT_REPEATS = 15
 LOOPS_STEP_DIVISOR = 50  # the loop code is ~100x slower: time it over fewer steps per round
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
 
 VECTORISED = "scratch vectorised"
 LAYERS_ALONE = "scratch layers alone (no network code)"
@@ -321,33 +320,6 @@ SECTIONS: list[tuple[str, Callable[[argparse.Namespace], None]]] = [
     ("lockstep", lockstep_section),
     ("deep", deep_section),
 ]
-
-
-def limit_threads() -> tuple[object | None, str]:
-    """Limit torch and NumPy's BLAS to one thread; returns the threadpoolctl limiter (if any) and what was done."""
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # not a dependency: used when present
-        note = "threadpoolctl not installed: NumPy's BLAS threads are set by OPENBLAS_NUM_THREADS / OMP_NUM_THREADS"
-        return None, note
-    return threadpool_limits(limits=1, user_api="blas"), "NumPy BLAS limited to 1 thread with threadpoolctl"
-
-
-def environment_line() -> str:
-    """Versions, thread counts and the threading environment variables, in one line."""
-    import torch
-
-    from reports.environment import numpy_blas, numpy_blas_kernel, numpy_blas_threads
-
-    blas = f"{numpy_blas()} {numpy_blas_kernel()}, {numpy_blas_threads()} thread(s)"
-    env = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_ENV_VARS if name in os.environ) or "none set"
-    return (
-        f"numpy {np.__version__} ({blas}), torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPU(s); thread env vars: {env}"
-    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,14 +1,18 @@
-"""Timing candidates side by side in one process: round-robin rounds, medians, paired ratios, target rows."""
+"""Timing candidates side by side in one process, one thread each: round-robin rounds, medians, paired ratios, target
+rows, and the thread limits and environment line a benchmark prints first."""
 
 from __future__ import annotations
 
 import gc
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 WARMUP_STEPS = 20
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
 StepFn = Callable[[int], None]  # runs training step number i (it picks image i modulo the data)
 
 
@@ -181,3 +185,31 @@ def print_section(title: str, rows: Sequence[Row], baseline: str, notes: Sequenc
 
 def _microseconds(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f}"
+
+
+def limit_threads() -> tuple[object | None, str]:
+    """Limit torch and NumPy's BLAS to one thread; returns the threadpoolctl limiter (if any) and what was done."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not a dependency: used when present
+        note = "threadpoolctl not installed: NumPy's BLAS threads are set by OPENBLAS_NUM_THREADS / OMP_NUM_THREADS"
+        return None, note
+    return threadpool_limits(limits=1, user_api="blas"), "NumPy BLAS limited to 1 thread with threadpoolctl"
+
+
+def environment_line() -> str:
+    """Versions, thread counts and the threading environment variables, in one line."""
+    import numpy
+    import torch
+
+    from reports.environment import numpy_blas, numpy_blas_kernel, numpy_blas_threads
+
+    blas = f"{numpy_blas()} {numpy_blas_kernel()}, {numpy_blas_threads()} thread(s)"
+    env = ", ".join(f"{name}={os.environ[name]}" for name in THREAD_ENV_VARS if name in os.environ) or "none set"
+    return (
+        f"numpy {numpy.__version__} ({blas}), torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPU(s); thread env vars: {env}"
+    )
