@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import scratch
+from parity.benchmark import run
 from parity.benchmark.run import LR, layers_alone_step, main
 from parity.benchmark.timing import Target, format_rows, rows_against
 from scratch.data import load_experiment_data
@@ -59,3 +62,27 @@ def test_a_row_says_when_its_target_lies_inside_the_noise():
     assert rows["base"].decisive is None  # no target
     table = format_rows(list(rows.values()), "base")
     assert "FAIL (within noise)" in table and "2.90 - 3.10x" in table
+
+
+def test_an_interrupt_says_what_was_printed_and_exits_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "SECTIONS", [("interrupted", interrupted)])
+    assert main(["--steps", "1"]) == 130
+    assert capsys.readouterr().err == (
+        "python -m parity.benchmark: interrupted; the sections printed above are complete\n"
+    )
+
+
+def test_a_reader_that_goes_away_ends_it_quietly():
+    """`python -m parity.benchmark | head -1`: exit 1 at the first flush after the reader left, no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "parity.benchmark", "--steps", "1", "--repeats", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader leaves before the first line
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert b"Traceback" not in stderr and b"Exception ignored" not in stderr, stderr.decode()

@@ -35,6 +35,7 @@ and print them with `print_section`, then list the section in `SECTIONS`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -352,19 +353,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every section and print its table; 0 whatever the timings (a missed target is reported, not raised).
 
-    2 on bad usage, or when the MNIST digits cannot be loaded (the message says what to install)."""
+    2 on bad usage, or when the MNIST digits cannot be loaded (the message says what to install); 130 when
+    interrupted; 1 when the reader of its output went away (`| head`)."""
     from scratch.data import DataError
 
     args = parse_args(argv)
     limiter, thread_note = limit_threads()
     try:
         print(environment_line())
-        print(thread_note)
+        print(thread_note, flush=True)
         for _, section in SECTIONS:
             section(args)
+            sys.stdout.flush()  # each section as it completes, also through a pipe (`| tee`)
     except DataError as error:
         print(f"python -m parity.benchmark: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("python -m parity.benchmark: interrupted; the sections printed above are complete", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Nothing left to print to: point stdout at /dev/null so the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
