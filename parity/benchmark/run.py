@@ -1,6 +1,7 @@
 """Speed benchmark: the vectorised scratch `train_step` against PyTorch eager and the tutorial's loop code.
 
-Run it (it is a documented command, not a test; it exits 0 whatever the timings, 2 on bad usage or no data):
+Run it (a documented command, not a test; it exits 0 whatever the timings, 2 on bad usage or no data, 130 if
+interrupted):
 
     python -m parity.benchmark [--steps N] [--repeats R] [--dtype float64]
 
