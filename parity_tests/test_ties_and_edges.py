@@ -380,6 +380,39 @@ def test_a_strided_failure_that_a_replay_does_not_reproduce_fails_the_run(tutori
     assert not record.passed
 
 
+def test_a_flip_in_the_replay_does_not_excuse_a_failure_that_does_not_come_back(tutorial_data, monkeypatch):
+    """As above, with a near-tie flip at step 2 that only a full comparison sees: its replay resyncs scratch there,
+    so the replay's step 4 cannot retrace the first run's. The failure is recorded all the same, since the first run
+    retraced (strided, no resync) does not fail at step 4 either."""
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    digit_2 = net.normalize(train.images[2])
+    correct_forward, correct_update = scratch.Conv.forward, scratch.Network.update
+    calls = []
+
+    def a_near_tie_in_the_background_of_digit_2(self, x):
+        out = correct_forward(self, x)
+        if np.array_equal(x, digit_2):  # the top-left window, blank and exactly tied: its last element now the max
+            out = out.copy()
+            out[0, 1, 1, 0] += 1e-14
+        return out
+
+    def biases_wrong_on_the_fourth_update_only(self, lr):
+        calls.append(lr)
+        correct_update(self, lr)
+        if len(calls) == 4:
+            self.layer("dense1").biases[0] += 1e-6
+
+    monkeypatch.setattr(scratch.Conv, "forward", a_near_tie_in_the_background_of_digit_2)
+    monkeypatch.setattr(scratch.Network, "update", biases_wrong_on_the_fourth_update_only)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    record = run_lockstep(ScratchSide(net), runner, net.spec, digits(train, 6), np.float64, stride=5)
+    assert record.steps[2].flipped_windows == 1 and record.resynced_steps == [2]  # the replay met the flip
+    assert record.first_divergence is None
+    assert record.unreproduced_failures == [4]
+    assert not record.passed
+
+
 def test_teacher_forced_strided_runs_still_compare_every_update(tutorial_data, monkeypatch):
     """Teacher forcing resets scratch to the reference's weights before each step, so a wrong update on a strided
     step would be erased unseen: teacher runs compare the parameters at every step."""

@@ -8,14 +8,18 @@ Stride K: every tensor is compared every K steps, the small `always_compared` on
 element costs about as much as the training step itself, so between full comparisons only the small tensors are
 compared. Nothing is lost in locating a failure: both sides' weights are kept from the last step
 verified in full, and when a comparison fails (or the run ends) every step since then is replayed with every tensor
-compared (NumPy and torch on the CPU are deterministic). The first divergence is named at its exact step and tensor,
-as with K = 1.
+compared (NumPy and torch on the CPU are deterministic). A divergence the strided comparisons see is named at its exact
+step and tensor, as with K = 1; one confined to tensors compared only in full, at steps in between, that leaves the
+weights within tolerance (a tie routed to another element of identical patches) is seen at the next full step where it
+appears. A failure the replay does not reproduce is recorded, and the run fails: when the replay resynced scratch at a
+near-tie flip, that is decided by retracing the steps as they first ran.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -23,7 +27,7 @@ import numpy as np
 
 from parity.diagnosis.flips import explain_flips
 from parity.diagnosis.pool import count_tied_windows, pool_input
-from parity.engine.batch import Workspace, compare_batch
+from parity.engine.batch import Workspace, compare_batch, compare_many
 from parity.engine.compare import compare
 from parity.lockstep.divergence import Evidence, first_divergence
 from parity.lockstep.local import LocalJudge, copy_verdicts, fresh_verdicts
@@ -171,25 +175,49 @@ class Lockstep:
 
     def _replay_to_locate(self, failed_step: int) -> StepRecord:
         """Replay in full after a failure; a failure that does not come back is recorded (the run then fails)."""
-        first_replayed = self._checkpoint.steps
+        checkpoint, record = self._checkpoint, self.record
+        failing = [c.name for c in record.steps[-1].comparisons if not c.ok]
+        resynced = frozenset(record.resynced_steps[checkpoint.resynced_steps :])
         step = self._replay_in_full()
-        replayed = self.record.steps[first_replayed:]
-        if self.record.first_divergence is None and not any(s.flipped_windows for s in replayed):
-            self.record.unreproduced_failures.append(failed_step)
+        if record.first_divergence is None:
+            # A flip proven in the replay resyncs scratch at its step, so the replay's later steps no longer retrace
+            # the first run's: whether the failure comes back is asked of a retrace of that run itself.
+            flipped = any(s.flipped_windows for s in record.steps[checkpoint.steps :])
+            if not flipped or not self._fails_again(checkpoint, resynced, failing):
+                record.unreproduced_failures.append(failed_step)
         return step
 
     def _replay_in_full(self) -> StepRecord:
         """Restore both sides to the checkpoint and re-run every step since, comparing every tensor."""
         checkpoint, self._checkpoint = self._checkpoint, None
         checkpoint.restore(self)
-        seconds, started = self.record.seconds, dict(self.record.seconds)
-        for images, labels in checkpoint.unverified:
-            self.record.steps.append(_lockstep_step(self, images, labels, len(self.record.steps), full=True))
-            self.record.replayed_steps += 1
-        # Replays are timed apart: the per-part times stay those of each step's first run.
-        seconds["replay"] += sum(seconds[part] - started[part] for part in started if part != "replay")
-        seconds.update({part: value for part, value in started.items() if part != "replay"})
+        with _timed_as_replay(self.record.seconds):
+            for images, labels in checkpoint.unverified:
+                self.record.steps.append(_lockstep_step(self, images, labels, len(self.record.steps), full=True))
+                self.record.replayed_steps += 1
         return self.record.steps[-1]
+
+    def _fails_again(self, checkpoint: _Checkpoint, resynced: frozenset[int], failing: list[str]) -> bool:
+        """Whether `failing`, tensors of the last step since `checkpoint`, fail again when those steps are retraced as
+        they first ran (strided where they were, scratch resynced where it was; nothing recorded). Both sides are
+        left as they were."""
+        scratch, reference = self.scratch, self.reference
+        now = _copies(scratch.parameters()), reference.parameters()
+        scratch.load_parameters(checkpoint.scratch_weights)
+        reference.load_parameters(checkpoint.reference_weights)
+        with _timed_as_replay(self.record.seconds):
+            for offset, (images, labels) in enumerate(checkpoint.unverified):
+                index = checkpoint.steps + offset
+                if self.record.mode == "teacher":
+                    scratch.load_parameters(reference.parameters())
+                tensors = record_both(self, images, labels, full=index % self.record.stride == 0)
+                if index in resynced:
+                    scratch.load_parameters(reference.parameters())
+            # Compared before the weights are put back: the scratch tensors include its live parameters.
+            again = any(not c.passed for c in compare_many(failing, *tensors, self.dtype))
+        scratch.load_parameters(now[0])
+        reference.load_parameters(now[1])
+        return again
 
 
 @dataclass
@@ -326,6 +354,17 @@ def record_both(
     if with_parameters:
         scratch_tensors = {**scratch_tensors, **scratch.parameters()}
     return scratch_tensors, reference_tensors
+
+
+@contextmanager
+def _timed_as_replay(seconds: dict[str, float]) -> Iterator[None]:
+    """Time spent inside goes to `seconds["replay"]`: the per-part times stay those of each step's first run."""
+    started = dict(seconds)
+    try:
+        yield
+    finally:
+        seconds["replay"] += sum(seconds[part] - started[part] for part in started if part != "replay")
+        seconds.update({part: value for part, value in started.items() if part != "replay"})
 
 
 def _copies(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
