@@ -83,6 +83,16 @@ def test_a_gap_beyond_the_forward_tolerance_is_not_a_flip():
     assert near_tie_flips(2, scratch_in, reference_in, scratch_d, reference_d, F64, F64) == -1
 
 
+@pytest.mark.parametrize("share_of_allowance, flips", [(0.5, 1), (2.0, -1)])
+def test_the_near_tie_gap_is_judged_at_the_forward_allowance(share_of_allowance, flips):
+    """Half the forward tolerance's allowance at the maximum is a near tie, twice it a routing bug: the boundary
+    is where the tolerance puts it, not orders of magnitude away."""
+    gap = share_of_allowance * float(F64.allowed(np.float64(1.0)))
+    reference_in, reference_d = window_tensors([1.0, 1.0 - gap, 0.0, 0.0], routed_to=0)
+    scratch_in, scratch_d = window_tensors([1.0 - gap, 1.0, 0.0, 0.0], routed_to=1)
+    assert near_tie_flips(2, scratch_in, reference_in, scratch_d, reference_d, F64, F64) == flips
+
+
 def every_maximum_window(values: list[float], routed_to: tuple[int, ...], amount: float = 1.0):
     """`window_tensors` under the tutorial's rule: the whole gradient at each of `routed_to`."""
     pool_input, gradient = window_tensors(values, routed_to[0], amount)
