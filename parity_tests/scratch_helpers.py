@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -135,3 +136,19 @@ def conv_keeps_exact_ties(dtype=np.float32) -> bool:
     net = scratch.tutorial_network(0, dtype)
     out = net.layer("conv1").forward(net.normalize(np.zeros(net.image_shape, np.uint8)))
     return bool((out == out[:, :1, :1]).all())
+
+
+def near_tie_in_a_blank_corner(net: scratch.Network, image: np.ndarray) -> Callable:
+    """A `Conv.forward` that, for `image` alone, raises one element of conv1's top-left pool window by 1e-14: blank
+    and exactly tied on both sides, that window now routes to its last element in scratch and to its first in the
+    reference, a near-tie flip (see parity.diagnosis.pool) that any machine makes."""
+    normalized, correct = net.normalize(image), scratch.Conv.forward
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out = correct(self, x)
+        if np.array_equal(x, normalized):
+            out = out.copy()
+            out[0, 1, 1, 0] += 1e-14
+        return out
+
+    return forward

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from scratch_helpers import near_tie_in_a_blank_corner
 
 import reference
 import scratch
@@ -83,6 +84,26 @@ def test_wrong_filter_gradient_is_caught_at_d_filters(tutorial_data, monkeypatch
         "permuted",
         {"transform": "kernel row and kernel column axes swapped"},
     )
+
+
+def test_a_divergence_at_a_layer_right_on_its_own_points_to_the_layer_that_is_not(tutorial_data, monkeypatch):
+    """A near-tie flip at step 0 fails pool1.d_in first, and the wrong filter gradient keeps it from being proven a
+    flip: the pool is right on its own, and the diagnosis names conv1, wrong on its own at that step."""
+    train, _ = tutorial_data
+    correct = Conv.backward
+
+    def filter_gradient_off(self, d_L_d_out):
+        d_input = correct(self, d_L_d_out)
+        self.grads["filters"] = self.grads["filters"] * 1.01
+        return d_input
+
+    monkeypatch.setattr(Conv, "forward", near_tie_in_a_blank_corner(scratch.tutorial_network(0), train.images[0]))
+    monkeypatch.setattr(Conv, "backward", filter_gradient_off)
+    record = short_run(tutorial_data)
+    assert first_divergence(record) == (0, "pool1.d_in", "pool1")
+    diagnosis = record.first_divergence.diagnosis
+    assert (diagnosis.kind, diagnosis.evidence) == ("unexplained", {"locally": "passed", "failed_alone": ["conv1"]})
+    assert [layer.passed for layer in record.layers.values()] == [False, True, True]
 
 
 def test_transposed_dense_weight_in_the_bridge_is_caught_at_the_logits(tutorial_data, monkeypatch):

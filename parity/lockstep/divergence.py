@@ -52,7 +52,8 @@ def first_divergence(
 
 def _inherited(spec: NetworkSpec, dtype, layer: str, tensor: str, evidence: Evidence, previous: float) -> Diagnosis:
     """A layer that is right on the reference's inputs and weights diverged: the two sides held different weights
-    (a layout or update problem, named by a detector when one fits), or the error accumulated."""
+    (a layout or update problem, named by a detector when one fits), another layer is wrong on its own, or the error
+    accumulated."""
     tolerance = tolerance_for(dtype)
     ours, theirs = evidence.before
     for name in (name for name in spec.parameter_names if name in ours and spec.judged_at(name) == layer):
@@ -70,6 +71,19 @@ def _inherited(spec: NetworkSpec, dtype, layer: str, tensor: str, evidence: Evid
             f"{layer} computes right from the reference's inputs and weights, but the two sides held different "
             f"{name} before this step ({how}): check how weights are copied between them (the layouts)",
             {"transform": found["transform"]} if found else {"weights_differ": name},
+        )
+    # A layer wrong on its own at this step can make this one's tensor differ where no detector tells how (a
+    # near-tie flip is proven only if every tensor before the pool agrees with the rerouted gradient).
+    failed_alone = [name for name, local in evidence.local.items() if not local.passed]
+    if failed_alone:
+        return Diagnosis(
+            "unexplained",
+            layer,
+            tensor,
+            f"{layer} is right on the reference's inputs and weights, yet its {tensor} differs in the whole-network "
+            f"step; {', '.join(failed_alone)} {'is' if len(failed_alone) == 1 else 'are'} wrong on "
+            f"{'its' if len(failed_alone) == 1 else 'their'} own at this step: start there",
+            {"locally": "passed", "failed_alone": failed_alone},
         )
     if previous > DRIFT_SHARE:
         return Diagnosis(
