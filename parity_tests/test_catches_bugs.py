@@ -161,12 +161,14 @@ def test_float32_rounding_of_the_filter_update_is_caught_after_one_step(tutorial
     monkeypatch.setattr(Conv, "update", rounded_update)
     record = short_run(tutorial_data)
     assert first_divergence(record) == (0, "conv1.filters", "conv1")
+    assert [layer.passed for layer in record.layers.values()] == [False, True, True]  # its update, judged alone
 
 
 def test_skipped_bias_update_is_caught_at_the_biases(tutorial_data, monkeypatch):
     monkeypatch.setattr(Dense, "param_names", ("weights",))
     record = short_run(tutorial_data)
     assert first_divergence(record) == (0, "dense1.biases", "dense1")
+    assert [layer.passed for layer in record.layers.values()] == [True, True, False]
 
 
 def test_pool_routing_bug_outside_ties_is_not_called_a_tie_policy(tutorial_data, monkeypatch):
