@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import scratch
 from parity.check.infer import infer_architecture
 from parity.check.layercalls import LayerCall, LayersError, format_layers, parse_layers
 from parity.check.layouts import ParamBinding
 from parity.check.loader import ImplError, Mapping, NamesError, load_impl
+from parity.check.run import relu_feeding_layers
 from parity.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -460,3 +462,9 @@ def test_without_a_script_the_layers_are_built_from_the_constructors(capsys, tmp
     argv = rerun_argv(err)
     assert argv[argv.index("--layers") + 1] == "ConvA(8),MaxPool2(),ConvB(16,8),MaxPool2(),Softmax(256,10)"
     assert cli(capsys, *argv)[0] == 0
+
+
+def test_the_relu_zero_probe_zeroes_the_layer_feeding_each_relu_through_pools_and_relus():
+    spec = scratch.parse_spec("conv3x4,pool2,relu,conv3x4,relu,relu,dense16,relu,dense10")
+    assert [layer.name for layer in relu_feeding_layers(spec)] == ["conv1", "conv2", "dense1"]
+    assert relu_feeding_layers(scratch.parse_spec("conv3x8,pool2,dense10")) == []

@@ -13,7 +13,16 @@ from scratch.data import load_experiment_data
 
 BY_NAME = {bug.name: bug for bug in BUGS}
 # Where each bug must be caught: the main run, or the one probe that exercises what it breaks.
-CAUGHT_BY = {"pool-odd-edge-shift": "odd-size", "softmax-unshifted-exp": "large-logits"}
+CAUGHT_BY = {
+    "pool-odd-edge-shift": "odd-size",
+    "softmax-unshifted-exp": "large-logits",
+    "relu-gradient-at-zero": "relu-zero",
+}
+# The probes each correct implementation runs: relu-zero only where a ReLU follows a conv or dense layer.
+PROBES_RUN = {
+    TUTORIAL: ["constant", "large-logits", "odd-size"],
+    TWO_CONV: ["constant", "large-logits", "odd-size", "relu-zero"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +55,7 @@ def test_correct_code_passes_everything(outcomes, base):
     clean = outcomes[f"clean {base}"]
     assert clean.ok and clean.result.passed
     assert len(clean.result.main.record.steps) == DEFAULT_STEPS
-    assert [probe.name for probe in clean.result.probes] == ["constant", "large-logits", "odd-size"]
+    assert [probe.name for probe in clean.result.probes] == PROBES_RUN[base]
     assert all(probe.passed and not probe.skipped for probe in clean.result.probes)
 
 

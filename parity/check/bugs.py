@@ -9,8 +9,8 @@ blame first (`conv1` is `Conv3x3`, `pool1` is `MaxPool2`, `dense1` is `Softmax`'
 softmax; in the two-conv network, a class used twice is blamed at its later layer, which backprop reaches first)
 and what a real person would have done to make it; the self-test passes when `cnn-parity check` catches every one
 and blames that layer. Some are loud (a flipped kernel breaks the forward pass at step 0), some are invisible in the
-loss (the conv's input gradient is never used to train anything), and two only show under an edge probe (an
-unshifted softmax, an odd-size pool edge).
+loss (the conv's input gradient is never used to train anything), and three only show under an edge probe (an
+unshifted softmax, an odd-size pool edge, a ReLU's gradient at exactly 0).
 
 The patches use the correct implementations' helpers (`Conv3x3.regions`, `MaxPool2.windows`/`max_position`,
 `Softmax.totals_gradient`/`last_probs`, `ConvDeep.regions`/`input_gradient`), so they apply to those examples, not
@@ -283,6 +283,12 @@ class _ReluGradientUnmasked:
         return d_L_d_out
 
 
+class _ReluGradientAtZero:
+    def backprop(self, d_L_d_out):
+        # BUG: `>=` for `>`: at an input of exactly 0 the gradient passes, where PyTorch passes none.
+        return d_L_d_out * (self.last_input >= 0)
+
+
 class _FirstConvFirstWindowOnly:
     def backprop(self, d_L_d_out, learn_rate):
         # BUG: a `break` meant for the filter loop ends the region loop: only the first window's share is summed.
@@ -326,6 +332,14 @@ TWO_CONV_BUGS: tuple[Bug, ...] = (
         "relu2",
         "passed the gradient through the ReLU everywhere, negative inputs included",
         _ReluGradientUnmasked,
+        TWO_CONV,
+        "ReLU",
+    ),
+    Bug(
+        "relu-gradient-at-zero",
+        "relu2",
+        "masked the ReLU gradient with >= 0, passing it at an input of exactly 0 (only the relu-zero probe has one)",
+        _ReluGradientAtZero,
         TWO_CONV,
         "ReLU",
     ),

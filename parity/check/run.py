@@ -14,7 +14,9 @@ seeded weights:
   probabilities stay as they were (softmax is shift-invariant): an unshifted `exp` overflows to inf and the
   probabilities become NaN (see `large_logit_weights` for why the weights, not the biases, carry the shift);
 - odd image size: crops one or two pixels smaller (27x27 for MNIST), rebuilt for that size: a pool's floor and
-  the untouched last row and column. Skipped, with the reason, when the network cannot be built at that size.
+  the untouched last row and column. Skipped, with the reason, when the network cannot be built at that size;
+- exact zeros into every ReLU: the first filter or unit feeding each one zeroed, where PyTorch passes no gradient
+  (real digits never give a ReLU an input of exactly 0). Only for networks with a ReLU after a conv or dense.
 
 Exit 0: parity everywhere; 1: a divergence, or the code raised or hung in a run; 2: unusable input (cannot import,
 names or shapes that do not fit, or the code raises before the first step).
@@ -40,11 +42,11 @@ from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
 from parity.lockstep.records import LockstepRecord
 from parity.lockstep.stepper import Lockstep
 from scratch.data import epoch_orders
-from scratch.spec import NetworkSpec, parse_spec
+from scratch.spec import LayerSpec, NetworkSpec, parse_spec
 
 DEFAULT_STEPS = 200  # the tutorial's loop code (~15 ms a step) and the twin: ~5 s with the probes on 2 cores
 DEFAULT_LR = 0.005  # the tutorial's train(im, label, lr=.005)
-PROBES = ("constant", "large-logits", "odd-size")
+PROBES = ("constant", "large-logits", "odd-size", "relu-zero")
 LARGE_LOGIT_SHIFT = 800.0  # exp(800) overflows float64 (max ~709.78)
 # The largest classifier weight the large-logit probe lets the shift need at the run's lr: gradients recovered from
 # an update are exact to eps/2 * |w| / lr (see the adapter), 1.8e-13 at |w| = 8 and lr 0.005, 5x inside the float64
@@ -98,6 +100,8 @@ def check_impl(
     if stop_at_first and not main.passed:
         return result
     for probe in probes:
+        if probe == "relu-zero" and not relu_feeding_layers(arch.spec):
+            continue  # a network without a ReLU: nothing to probe, and nothing skipped
         run = _probe(probe, how, arch, images, labels)
         result.probes.append(run)
         if stop_at_first and not run.passed:
@@ -158,6 +162,8 @@ def _probe(name: str, how: _How, arch: Architecture, images: np.ndarray, labels:
         return _lockstep(how, arch, name, title, images[chosen], labels[chosen], initial, lr, mode)
     if name == "odd-size":
         return _odd_size_probe(how, arch, images, labels)
+    if name == "relu-zero":
+        return _relu_zero_probe(how, arch, images, labels)
     raise ValueError(f"unknown probe {name!r}: expected one of {PROBES}")
 
 
@@ -188,6 +194,37 @@ def _odd_size_probe(how: _How, arch: Architecture, images: np.ndarray, labels: n
     )  # a random crop of each digit
     initial = _initial_parameters(odd_spec, how.seed)
     return _lockstep(how, odd_arch, "odd-size", title, crops, labels[:PROBE_IMAGES], initial, how.lr)
+
+
+def _relu_zero_probe(how: _How, arch: Architecture, images: np.ndarray, labels: np.ndarray) -> RunResult:
+    """Every ReLU fed exact zeros: the first filter or unit of the layer feeding it zeroed, weights and bias. Real
+    digits never give a ReLU an input of exactly 0, where PyTorch passes no gradient (a `>= 0` mask passes it)."""
+    spec = arch.spec
+    title = "exact zeros into every ReLU: the first filter or unit feeding each one zeroed"
+    feeding = relu_feeding_layers(spec)
+    initial = _initial_parameters(spec, how.seed)
+    for layer in feeding:
+        for param, _ in layer.params:
+            values = initial[spec.name_of(layer.name, "param", param)]
+            # Filters `(F, K, K[, C])` and biases lead with the unit; dense weights `(in, out)` end with it.
+            values[(slice(None), 0) if layer.kind == "dense" and param == "weights" else 0] = 0
+    title += f" ({', '.join(layer.name for layer in feeding)})"
+    return _lockstep(how, arch, "relu-zero", title, images[:PROBE_IMAGES], labels[:PROBE_IMAGES], initial, how.lr)
+
+
+def relu_feeding_layers(spec: NetworkSpec) -> list[LayerSpec]:
+    """The conv and dense layers whose outputs reach a ReLU through pools and ReLUs only (which keep a channel's
+    zeros zero), in spec order."""
+    feeding = []
+    for position, layer in enumerate(spec.layers):
+        if layer.kind != "relu":
+            continue
+        before = position - 1
+        while before >= 0 and spec.layers[before].kind in ("pool", "relu"):
+            before -= 1
+        if before >= 0 and spec.layers[before] not in feeding:
+            feeding.append(spec.layers[before])
+    return sorted(feeding, key=spec.layers.index)
 
 
 def _not_run(how, spec, name, title, image_shape, skipped=None, crash=None) -> RunResult:
