@@ -14,7 +14,16 @@ import pytest
 import scratch.conv
 import scratch.network
 from parity.cli import main
-from parity.golden.records import DEFAULT_PATH, FORMAT, GoldenConfig, read_golden, seal
+from parity.golden import command as golden_command
+from parity.golden.records import (
+    DEFAULT_PATH,
+    FORMAT,
+    GoldenComparison,
+    GoldenConfig,
+    compare_golden,
+    read_golden,
+    seal,
+)
 from scratch.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +61,19 @@ def test_scratch_matches_the_repository_golden_without_torch():
     assert "loss:    3000 of 3000 steps within tolerance" in done.stdout
 
 
+def compare_golden_cli(capsys, monkeypatch, *argv: str) -> tuple[int, str, str, GoldenComparison]:
+    """`cnn-parity compare-golden ARGV`: exit code, stdout, stderr, and the comparison it rendered (data)."""
+    results = []
+
+    def recorded(*args):
+        results.append(compare_golden(*args))
+        return results[-1]
+
+    monkeypatch.setattr(golden_command, "compare_golden", recorded)
+    code, out, err = cli(capsys, "compare-golden", *argv)
+    return code, out, err, results[0]
+
+
 def _perturb_update_at(monkeypatch, at_step: int, factor: float) -> None:
     """From training step `at_step` on, scratch's SGD uses lr * factor (the kind of change a refactor makes)."""
     original = scratch.network.Network.update
@@ -71,8 +93,9 @@ def _perturb_update_at(monkeypatch, at_step: int, factor: float) -> None:
 )
 def test_changed_learning_rate_is_caught_at_the_right_step(capsys, monkeypatch, at_step, departs_at, what):
     _perturb_update_at(monkeypatch, at_step, factor=1.001)
-    code, out, err = cli(capsys, "compare-golden", str(GOLDEN))
+    code, out, err, result = compare_golden_cli(capsys, monkeypatch, str(GOLDEN))
     assert (code, err) == (1, "")
+    assert result.departure.step == departs_at and result.departure.what.startswith(what)
     assert f"first departure: step {departs_at} (epoch 2, step {departs_at - 1000} of 1000): {what}" in out
     assert f"DEPARTS from the golden record at step {departs_at} (exit 1)" in out
 
@@ -81,8 +104,9 @@ def test_changed_layer_is_caught_at_step_zero(capsys, monkeypatch):
     """A conv whose output moves by one part in 1e9 (far below anything a loss curve shows) departs at step 0."""
     forward = scratch.conv.Conv.forward
     monkeypatch.setattr(scratch.conv.Conv, "forward", lambda self, x: forward(self, x) * (1 + 1e-9))
-    code, out, _ = cli(capsys, "compare-golden", str(GOLDEN), "--steps", "50")
+    code, out, _, result = compare_golden_cli(capsys, monkeypatch, str(GOLDEN), "--steps", "50")
     assert code == 1
+    assert result.departure.step == 0 and result.departure.what.startswith("conv1.out[")
     assert "first departure: step 0 (epoch 1, step 0 of 1000): conv1.out[" in out
 
 
