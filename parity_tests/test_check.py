@@ -22,6 +22,7 @@ from parity.check.infer import infer_architecture
 from parity.check.loader import ImplError, Mapping, load_impl
 from parity.check.run import large_logit_weights
 from parity.cli import main
+from parity.engine.compare import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "parity" / "check" / "examples" / "tutorial_cnn"
@@ -286,13 +287,13 @@ def test_adapter_is_a_lockstep_side_under_the_spec_names():
     assert list(ours) == [name for name in spec.tensor_names if name in ours] == list(theirs)
     for name, value in theirs.items():
         assert ours[name].shape == value.shape, name  # the batch axis of 1 included: conv1.d_in is (1, 28, 28, 1)
-        np.testing.assert_allclose(ours[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+        assert compare(name, ours[name], value, np.float64).passed, name  # the parity tolerance: one table
     side.update(0.005)  # backprop already updated: a no-op, at the same lr only
     with pytest.raises(ValueError, match="differs from the lr"):
         side.update(0.1)
     net.update(0.005)
     for name, value in net.parameters().items():
-        np.testing.assert_allclose(side.parameters()[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+        assert compare(name, side.parameters()[name], value, np.float64).passed, name
     side.load_parameters(initial)
     assert all(np.array_equal(side.parameters()[name], initial[name]) for name in initial)
     assert side.origin("pool1.d_in") == "MaxPool2.backprop" and side.origin("probs") == "Softmax.forward"
@@ -312,7 +313,7 @@ def test_large_logit_probe_raises_logits_but_not_probabilities():
         before = net.forward_backward(images[index], int(labels[index])).tensors
         after = shifted.forward_backward(images[index], int(labels[index])).tensors
         assert after["dense1.out"].shape == (1, 10) and after["dense1.out"].min() >= 800 - 1
-        np.testing.assert_allclose(after["probs"], before["probs"], rtol=1e-9, atol=1e-12)
+        assert compare("probs", after["probs"], before["probs"], np.float64).passed
     assert np.abs(weights).max() < 20  # small weights: the recovered gradients stay exact (see the adapter)
 
 
