@@ -468,3 +468,31 @@ def test_the_relu_zero_probe_zeroes_the_layer_feeding_each_relu_through_pools_an
     spec = scratch.parse_spec("conv3x4,pool2,relu,conv3x4,relu,relu,dense16,relu,dense10")
     assert [layer.name for layer in relu_feeding_layers(spec)] == ["conv1", "conv2", "dense1"]
     assert relu_feeding_layers(scratch.parse_spec("conv3x8,pool2,dense10")) == []
+
+
+@pytest.mark.parametrize(
+    ("statement", "said"),
+    [("sys.exit(0)", "called sys.exit(0)"), ("raise BaseException('odd')", "raised BaseException: odd")],
+    ids=["sys-exit", "base-exception"],
+)
+def test_a_layer_that_exits_or_raises_a_base_exception_is_named_as_a_crash(capsys, tmp_path, statement, said):
+    """`sys.exit(0)` in a layer once ended `check` with exit 0 and no output, which reads as parity."""
+    docstring = '        """Route each window\'s gradient to its first maximum; every other element gets zero."""\n'
+    third_call = (
+        "        import sys\n\n"
+        "        MaxPool2.calls = getattr(MaxPool2, 'calls', 0) + 1\n"
+        f"        if MaxPool2.calls == 3:\n            {statement}\n"
+    )
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", docstring, docstring + third_call)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5", "--no-probes")
+    assert (code, err) == (1, "")
+    assert f"MaxPool2.backprop (pool1) {said} at step " in out
+    assert "RAISED in main run; first: MaxPool2.backprop (pool1)" in out
+
+
+def test_a_selftest_base_without_the_helpers_the_bugs_patch_is_refused_in_one_line(capsys):
+    code, out, err = cli(
+        capsys, "selftest", "--base", str(FIXED.parent / "tutorial_cnn"), "--bug", "flipped-kernel", "--steps", "2"
+    )
+    assert (code, out) == (2, "")
+    assert "bug flipped-kernel does not apply to it" in err and "Traceback" not in err and err.count("\n") == 1

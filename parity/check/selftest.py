@@ -27,6 +27,7 @@ from parity.check.layercalls import parse_layers
 from parity.check.loader import Impl, ImplError, load_impl
 from parity.check.results import CheckResult
 from parity.check.run import DEFAULT_LR, DEFAULT_STEPS, PROBES, check_impl
+from parity.check.usercode import ImplCrash
 from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.engine.tables import text_table
 from parity.engine.tolerances import tolerance_for
@@ -141,16 +142,22 @@ def run_bugs(
         outcomes.append(Outcome(None, result, time.perf_counter() - started, base_name))
     for bug in bugs:
         started = time.perf_counter()
-        result = check_impl(
-            with_bug(base, bug),
-            train_images,
-            train_labels,
-            steps=steps,
-            seed=seed,
-            lr=lr,
-            probes=PROBES,
-            stop_at_first=True,
-        )
+        try:
+            result = check_impl(
+                with_bug(base, bug),
+                train_images,
+                train_labels,
+                steps=steps,
+                seed=seed,
+                lr=lr,
+                probes=PROBES,
+                stop_at_first=True,
+            )
+        except ImplCrash as crash:  # before any step: the patch does not fit this implementation
+            raise ImplError(
+                f"bug {bug.name} does not apply to it ({crash}): the bugs patch the helper methods of "
+                f"{_shown(str(DEFAULT_BASE))} (see parity/check/bugs.py), which it must keep"
+            ) from None
         outcomes.append(Outcome(bug, result, time.perf_counter() - started, base_name))
     return outcomes
 

@@ -1,7 +1,8 @@
 """Calling the user's code: its exceptions named, a time limit per call, and its printing kept off the report.
 
 Whatever the user's method raises becomes an `ImplCrash` naming the class, the method and the layer, with the
-error in one line (`MaxPool2.forward raised ValueError: ...`); the run that called it says at which step.
+error in one line (`MaxPool2.forward raised ValueError: ...`); the run that called it says at which step. So does a
+`sys.exit()` or any other `BaseException` but Ctrl-C's. (`os._exit` ends the process at once: nothing can report it.)
 
 A layer method that never returns (an index that stops advancing in a `while` loop) would hang `check` for good.
 `user_call` arms a one-shot interval timer (SIGALRM) around every call into the user's code; when it fires, the
@@ -49,7 +50,11 @@ def guarded(cls: str, method: str, layer: str, function: Callable, *args, timeou
         return user_call(function, *args, timeout=timeout)
     except MethodTimeout as stop:
         raise ImplCrash(cls, method, str(stop), layer, timed_out=True) from None
-    except Exception as error:  # the user's code is arbitrary code
+    except KeyboardInterrupt:  # Ctrl-C is the person's, not the code's
+        raise
+    except SystemExit as stop:  # left alone, `sys.exit(0)` in a layer would end `check` with exit 0: a pass
+        raise ImplCrash(cls, method, f"called sys.exit({stop.code!r})", layer) from None
+    except BaseException as error:  # the user's code is arbitrary code, and may raise any BaseException
         raise ImplCrash(cls, method, f"raised {one_line(error)}", layer) from error
 
 
