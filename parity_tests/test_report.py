@@ -199,6 +199,28 @@ def test_markdown_refuses_another_schema(tmp_path, capsys):
     assert "schema 'cnn-parity/report/v1'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        (lambda document: document["runs"][0].update(passed="false"), "runs[0].passed"),
+        (lambda document: document["runs"][0].update(passed=False), "runs[0].verdict"),
+        (lambda document: document.pop("passed"), "passed"),
+        (lambda document: document.update(passed=1), "passed"),
+        (lambda document: document.update(claims=5), "claims"),
+        (lambda document: document["runs"][1].update(role="claim"), "runs[1].role"),
+    ],
+    ids=["string-verdict", "diverged-run-called-passed", "no-verdict", "int-verdict", "claim-count", "unknown-role"],
+)
+def test_markdown_refuses_verdicts_that_do_not_follow_from_the_runs(small_report, tmp_path, damage, field):
+    """A damaged report.json never renders as PASS: each verdict must have its type and follow from the runs."""
+    document = json.loads((small_report[2] / "report.json").read_text(encoding="utf-8"))
+    damage(document)
+    damaged = tmp_path / "report.json"
+    damaged.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=rf"damaged report.json \(ValueError: {re.escape(field)}[: ]"):
+        markdown.render_file(damaged)
+
+
 # --- any spec, any batch size ------------------------------------------------------------------------------------
 
 

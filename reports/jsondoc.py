@@ -36,6 +36,8 @@ VOLATILE_KEYS = ("environment",)  # top level: versions, threads, commit, time o
 # Run verdicts: a parity claim either passed or diverged; a demonstration (the tutorial-faithful run) is expected
 # to diverge and never fails the exit code.
 PASSED, DIVERGED, EXPECTED, NO_DIVERGENCE = "passed", "diverged", "expected divergence", "no divergence"
+CLAIM, DEMONSTRATION = "parity claim", "demonstration"  # a run's role
+ROLES = (CLAIM, DEMONSTRATION)
 
 
 def verdict(passed: bool, claim: bool) -> str:
@@ -87,7 +89,7 @@ def run_entry(
     return {
         "name": config.name,
         "slug": slug,
-        "role": "parity claim" if claim else "demonstration",
+        "role": CLAIM if claim else DEMONSTRATION,
         "architecture": spec.text,
         "batch_size": config.batch_size,
         "image_shape": list(spec.image_shape),
@@ -262,7 +264,7 @@ def build_document(
         run_entry(result, claim=claim, slug=slug, plots=run_plots, facts=run_facts)
         for result, claim, slug, run_plots, run_facts in zip(results, claims, slugs, plots, facts, strict=True)
     ]
-    claim_runs = [run for run in runs if run["role"] == "parity claim"]
+    claim_runs = [run for run in runs if run["role"] == CLAIM]
     return {
         "schema": SCHEMA,
         "title": title,
@@ -274,6 +276,29 @@ def build_document(
         "environment": environment,
         "runs": runs,
     }
+
+
+def check_verdicts(document: dict[str, object]) -> None:
+    """Refuse (ValueError, naming the field) a document whose verdicts are of the wrong type or disagree with each
+    other: a report rendered from it must never say PASS where a run it holds diverged."""
+    runs = document.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+        raise ValueError("runs: expected a list of runs")
+    for index, run in enumerate(runs):
+        if not isinstance(run.get("passed"), bool):
+            raise ValueError(f"runs[{index}].passed: expected true or false, got {run.get('passed')!r}")
+        if run.get("role") not in ROLES:
+            raise ValueError(f"runs[{index}].role: expected one of {', '.join(ROLES)}, got {run.get('role')!r}")
+        claim = run["role"] == CLAIM
+        expected = {"verdict": verdict(run["passed"], claim), "fails_exit_code": claim and not run["passed"]}
+        for key, value in expected.items():
+            if run.get(key) != value or type(run.get(key)) is not type(value):
+                raise ValueError(f"runs[{index}].{key}: {run.get(key)!r} does not follow from its passed and role")
+    claims = [run for run in runs if run["role"] == CLAIM]
+    expected = {"passed": all(run["passed"] for run in claims), "claims": len(claims)}
+    for key, value in expected.items():
+        if document.get(key) != value or type(document.get(key)) is not type(value):
+            raise ValueError(f"{key}: {document.get(key)!r} does not follow from the runs (expected {value!r})")
 
 
 def stable_part(document: dict[str, object]) -> dict[str, object]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.blocks import table
-from reports.jsondoc import SCHEMA
+from reports.jsondoc import SCHEMA, check_verdicts
 from reports.run_section import run_section
 from reports.summary import summary_table, verdict_line
 
@@ -113,8 +113,9 @@ def render_file(path: str | Path) -> str:
         found = document.get("schema") if isinstance(document, dict) else None
         raise ValueError(f"{path}: not a report.json of schema {SCHEMA!r} (schema {found!r})")
     try:
+        check_verdicts(document)
         return render(document)
-    except (KeyError, TypeError, AttributeError, IndexError) as error:
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
         raise ValueError(
             f"{path}: damaged report.json ({type(error).__name__}: {error}); write it again with `cnn-parity report`"
         ) from None
