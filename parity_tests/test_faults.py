@@ -175,6 +175,41 @@ def test_a_file_that_is_no_golden_record_is_refused(capsys, tmp_path, content):
     assert_refused(cli(capsys, "compare-golden", str(path)), str(path))
 
 
+@pytest.mark.parametrize("special", ["fifo", "device"])
+def test_a_golden_record_that_is_no_regular_file_is_refused_without_reading_it(capsys, tmp_path, special):
+    """A FIFO would block the read for good, /dev/zero never end it: both are refused before any byte is read."""
+    path = Path("/dev/zero") if special == "device" else tmp_path / "record.json.gz"
+    if special == "fifo":
+        os.mkfifo(path)
+    assert main(["compare-golden", str(path)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_no_usage_error():
+    """`cnn-parity selftest --list | head -1`: the reader left; exit 1, not 2 (bad usage), and no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from parity.cli.entry import console; sys.exit(console())", "selftest"]
+        + ["--list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader leaves before the first line
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (1, b"")
+
+
+def test_running_out_of_memory_is_one_line_naming_what_to_shrink(capsys, monkeypatch):
+    """A spec and batch far larger than the machine (`--arch conv3x70000,... --batch-size 64`): no traceback."""
+
+    def too_large(*args, **kwargs):
+        raise MemoryError("Unable to allocate 22.6 GiB")
+
+    monkeypatch.setattr("parity.golden.command.run_record", too_large)
+    assert main(["record", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnn-parity record: error: out of memory") and "--batch-size" in err and err.count("\n") == 1
+
+
 def test_no_match_is_reported_over_zero_steps_or_fewer_than_recorded(monkeypatch):
     import parity.golden.records as records
 

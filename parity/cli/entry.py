@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 
-from parity.cli.errors import EXIT_USAGE, UsageError
+from parity.cli.errors import EXIT_DIVERGENCE, EXIT_USAGE, UsageError
 from scratch.data import DataError
 
 # subcommand -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
@@ -48,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     run = getattr(args.module, args.runner, None) or args.module.run
     try:
         return run(args)
+    except BrokenPipeError:  # the reader of the output went away (`| head`): not bad usage
+        # Nothing left to print to: stdout points at /dev/null so the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        written = getattr(args, "written", None)
+        return EXIT_DIVERGENCE if written is None else written[1]
+    except MemoryError:
+        print(
+            f"cnn-parity {args.command}: error: out of memory: this network, batch size or input needs more memory "
+            "than this machine has; try a smaller --arch or --batch-size",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except (UsageError, DataError, OSError) as error:
         print(f"cnn-parity {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -203,10 +203,18 @@ def write_golden(document: dict, path: Path) -> Path:
     return atomic.write_bytes(Path(path), payload)
 
 
+# Far above any record (the shipped one of 3,000 steps is ~150 KB): a file this large is not one.
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+
+
 def read_golden(path: str | os.PathLike) -> dict:
     """Read and validate a golden record; UsageError (one line) for anything unusable."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, /dev/zero never end
+            raise UsageError(f"{path}: not a regular file, expected a golden record (.json.gz)")
+        if path.is_file() and path.stat().st_size > MAX_RECORD_BYTES:
+            raise UsageError(f"{path}: {path.stat().st_size:,} bytes, larger than any golden record; not one")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such golden record; write one with `cnn-parity record --out {path}`") from None
