@@ -378,7 +378,10 @@ def test_asking_for_more_digits_than_there_are_names_the_option(capsys):
     assert "--train-size 4500: the data hold 4,000 training digits" in err and "pass --train-size 4000 or fewer" in err
 
 
-@pytest.mark.parametrize(("value", "message"), [("-1", "expected a positive number of seconds"), ("x", "seconds")])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("-1", "expected a positive number of seconds"), ("x", "seconds"), ("1e20", "expected at most 31,536,000")],
+)
 def test_timeout_option_is_checked(capsys, value, message):
     with pytest.raises(SystemExit) as caught:
         main(["check", "--impl", str(FIXED), "--timeout", value])
@@ -496,3 +499,16 @@ def test_a_selftest_base_without_the_helpers_the_bugs_patch_is_refused_in_one_li
     )
     assert (code, out) == (2, "")
     assert "bug flipped-kernel does not apply to it" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("method", ["forward", "backprop"])
+def test_complex_numbers_from_a_layer_are_refused_not_cut_to_their_real_part(capsys, tmp_path, method):
+    """A cast to float64 keeps only the real part (a ComplexWarning): the code passed with '+ 1j' in its pool."""
+    if method == "forward":
+        old, new = "return self.windows(input).max(axis=-1)", "return self.windows(input).max(axis=-1) + 1j"
+    else:
+        old, new = "        return d_L_d_input\n", "        return d_L_d_input + 1j\n"
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", old, new)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")
+    assert code in (1, 2) and "ComplexWarning" not in err
+    assert f"MaxPool2.{method}: returned complex numbers (complex128), expected real ones" in out + err

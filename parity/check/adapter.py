@@ -37,7 +37,7 @@ from parity.check.binding import BoundLayer
 from parity.check.infer import Architecture, construct
 from parity.check.layouts import ParamBinding
 from parity.check.loader import ImplError
-from parity.check.usercode import ImplCrash, guarded
+from parity.check.usercode import ImplCrash, guarded, returned_array
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import LayerSpec, NetworkSpec, parse_spec
 
@@ -276,14 +276,8 @@ class ImplSide:
     def _checked(self, index: int, method: str, value, shape: tuple[int, ...] | None, layout: str) -> np.ndarray:
         """A private float64 copy of a returned array, which must have `shape` when given (else ImplCrash)."""
         layer, name = self.bound[index], self.spec.layers[index].name
-        if value is None:
-            raise ImplCrash(layer.cls_name, method, f"returned None, expected an array of shape {shape}", name)
-        try:
-            array = np.array(value, dtype=np.float64, copy=True)
-        except (TypeError, ValueError) as error:
-            raise ImplCrash(
-                layer.cls_name, method, f"returned {type(value).__name__}, not an array: {error}", name
-            ) from None
+        expected = "an array" if shape is None else f"an array of shape {shape}"
+        array = returned_array(layer.cls_name, method, name, value, expected)
         if shape is not None and array.shape != shape:
             raise ImplCrash(layer.cls_name, method, f"returned shape {array.shape}, expected {shape}: {layout}", name)
         return array

@@ -15,7 +15,7 @@ from parity.check.layercalls import LayerCall
 from parity.check.layouts import ParamBinding, bias_layout, conv_layouts, layout_error, matching_layouts
 from parity.check.loader import Choice, Impl, ImplError, Missing, NamesError
 from parity.check.members import Methods
-from parity.check.usercode import ImplCrash, guarded
+from parity.check.usercode import ImplCrash, guarded, returned_array
 
 BIAS_NAMES = ("biases", "bias", "b")
 
@@ -295,13 +295,7 @@ class Binder:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         method = getattr(self.obj, self.methods.forward)
         out = guarded(self.cls, self.methods.forward, self.layer, method, x, timeout=self.timeout)
-        if out is None:
-            raise ImplCrash(self.cls, self.methods.forward, "returned None, expected an array", self.layer)
-        try:
-            return np.array(out, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            text = f"returned {type(out).__name__}, not an array: {error}"
-            raise ImplCrash(self.cls, self.methods.forward, text, self.layer) from None
+        return returned_array(self.cls, self.methods.forward, self.layer, out)
 
     def _output(self, out: np.ndarray, expected: tuple[int, ...], layout: str) -> np.ndarray:
         if out.shape != expected:

@@ -24,6 +24,8 @@ import signal
 import threading
 from collections.abc import Callable
 
+import numpy as np
+
 DEFAULT_TIMEOUT = 30.0  # seconds per call: the tutorial's loop conv takes ~15 ms, a two-conv loop code ~0.2 s
 
 
@@ -56,6 +58,19 @@ def guarded(cls: str, method: str, layer: str, function: Callable, *args, timeou
         raise ImplCrash(cls, method, f"called sys.exit({stop.code!r})", layer) from None
     except BaseException as error:  # the user's code is arbitrary code, and may raise any BaseException
         raise ImplCrash(cls, method, f"raised {one_line(error)}", layer) from error
+
+
+def returned_array(cls: str, method: str, layer: str, value: object, expected: str = "an array") -> np.ndarray:
+    """A private float64 copy of what the user's method returned, or an `ImplCrash` saying why it is none: None,
+    not numbers, or complex numbers (which a cast to float64 would silently cut to their real part)."""
+    if value is None:
+        raise ImplCrash(cls, method, f"returned None, expected {expected}", layer)
+    if np.iscomplexobj(value):
+        raise ImplCrash(cls, method, f"returned complex numbers ({np.asarray(value).dtype}), expected real ones", layer)
+    try:
+        return np.array(value, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as error:
+        raise ImplCrash(cls, method, f"returned {type(value).__name__}, not an array: {error}", layer) from None
 
 
 def one_line(error: BaseException) -> str:
