@@ -44,7 +44,12 @@ def timeout_seconds(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds (0: no limit), got {text!r}")
+    if value > MAX_TIMEOUT:  # the interval timer's own limit is far below 1e20
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_TIMEOUT:,} seconds (0: no limit), got {text!r}")
     return None if value == 0 else value
+
+
+MAX_TIMEOUT = 365 * 24 * 3600  # a year per call: past any wait a person means; 0 turns the limit off
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
