@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -407,6 +408,21 @@ def test_refuses_to_replace_a_directory_that_is_not_a_report(report_cli, tmp_pat
     a_file.write_text("x")
     assert report_cli("--out", str(a_file), *TINY) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_refuses_to_replace_a_previous_report_that_holds_files_it_did_not_write(
+    report_cli, small_report, tmp_path, capsys
+):
+    """Replacing the directory would delete them: a note kept beside an old report survives, and the report too."""
+    previous = tmp_path / "previous"
+    shutil.copytree(small_report[2], previous)
+    (previous / "notes.txt").write_text("keep me")
+    before = sorted(path.name for path in previous.iterdir())
+    assert report_cli("--out", str(previous), *TINY) == 2
+    assert "holds a previous report and files it did not write (notes.txt)" in capsys.readouterr().err
+    assert sorted(path.name for path in previous.iterdir()) == before
+    (previous / "notes.txt").unlink()
+    assert report_cli("--out", str(previous), *TINY) in (0, 1)  # a previous report alone is replaced
 
 
 def test_help_lists_the_options(report_cli, capsys):

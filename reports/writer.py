@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment impor
     from parity.lockstep.experiment import ExperimentConfig, ExperimentResult
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
+# A plot's file name (`plot_names`): what a previous report holds besides its Markdown and JSON.
+PLOT_FILE = re.compile(r"(loss|errors)-[A-Za-z0-9-]+\.png")
 
 
 def check_destination(out_dir: Path) -> None:
@@ -27,16 +29,24 @@ def check_destination(out_dir: Path) -> None:
         raise atomic.OutputError("--out: empty, or the current directory; pass a new directory for the report")
     try:
         not_a_directory = out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir())
-        foreign = not not_a_directory and out_dir.is_dir() and any(out_dir.iterdir()) and not _is_report_dir(out_dir)
+        present = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() and not not_a_directory else []
+        report = bool(present) and _is_report_dir(out_dir)
     except OSError as error:  # e.g. a name too long, or a parent that cannot be read
         where = atomic.existing_or(out_dir)
         raise atomic.OutputError(f"cannot write the report to {out_dir}: {atomic.describe(error, where)}") from None
     if not_a_directory:
         raise NotADirectoryError(f"{out_dir} exists and is not a directory; pass a new directory for the report")
-    if foreign:
+    if present and not report:
         raise FileExistsError(
             f"{out_dir} is not empty and holds no cnn-parity report (no {REPORT_JSON} with schema "
             f"{jsondoc.SCHEMA!r}); refusing to replace it - pass a new directory for the report"
+        )
+    others = [name for name in present if name not in (REPORT_MD, REPORT_JSON) and not PLOT_FILE.fullmatch(name)]
+    if others:  # replacing the directory would delete them
+        raise FileExistsError(
+            f"{out_dir} holds a previous report and files it did not write ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); replacing it would delete them - move them, or pass a new "
+            "directory for the report"
         )
     atomic.check_creatable(out_dir, "the report", directory=True)
 
@@ -103,7 +113,7 @@ def build_document(
     else:
         claims = [r.config not in demonstrations for r in results]
     slugs = _unique_slugs(results)
-    plot_names = [{"loss": f"loss-{s}.png", "errors": f"errors-{s}.png"} for s in slugs]
+    plot_names = [{"loss": f"loss-{s}.png", "errors": f"errors-{s}.png"} for s in slugs]  # as PLOT_FILE
     env = environment.collect(
         dtypes=sorted({r.config.dtype for r in results}), seeds=sorted({r.config.seed for r in results})
     )
