@@ -223,3 +223,13 @@ def test_record_refuses_a_bad_spec(capsys, tmp_path):
     assert exit_info.value.code == 2 and not (tmp_path / "x.json.gz").exists()
     last = err.splitlines()[-1]
     assert last.startswith("cnn-parity record: error: argument --arch: network spec") and "dense9" in last
+
+
+def test_a_record_of_fewer_training_digits_keeps_its_size_and_compares(capsys, tmp_path):
+    """`--train-size`: for a data directory of fewer than 1,000 digits; compare-golden reads the size back."""
+    path = tmp_path / "small.json.gz"
+    code, _, err = cli(capsys, "record", "--out", str(path), "--train-size", "300", "--steps", "20", "--every", "10")
+    assert (code, err) == (0, "")
+    assert read_golden(path)["config"].n_train == 300
+    code, out, _ = cli(capsys, "compare-golden", str(path))
+    assert code == 0 and "MATCHES the golden record over 20 steps" in out

