@@ -208,6 +208,10 @@ BAD_SPECS = {
     "unknown-uppercase": ("Conv3x8,pool2,dense10", r"^network spec item 1 'Conv3x8' \(input 28x28x1\): unknown item"),
     "unknown-spaced": ("conv3x8 pool2,dense10", r"^network spec item 1 'conv3x8 pool2' \(input 28x28x1\): unknown"),
     "unknown-no-filters": ("conv3,dense10", r"^network spec item 1 'conv3' \(input 28x28x1\): unknown item"),
+    "full-width-digit": (
+        "conv\uff13x8,pool2,dense10",
+        r"^network spec item 1 'conv.x8' \(input 28x28x1\): unknown item",
+    ),
     "conv-k0": ("conv0x8,pool2,dense10", r"^network spec item 1 'conv0x8' \(input 28x28x1\): K must be at least 1"),
     "pool-k0": ("conv3x8,pool0,dense10", r"^network spec item 2 'pool0' \(input 26x26x8\): K must be at least 1"),
     "conv-f0": ("conv3x0,dense10", r"^network spec item 1 'conv3x0' \(input 28x28x1\): F must be at least 1"),

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 DEFAULT_SPEC = "conv3x8,pool2,dense10"
 KINDS = ("conv", "relu", "pool", "dense")
-_ITEM = re.compile(r"conv(?P<conv_k>\d+)x(?P<filters>\d+)(?P<bias>b?)|relu|pool(?P<pool_k>\d+)|dense(?P<units>\d+)")
+_ITEM = re.compile(
+    r"conv(?P<conv_k>\d+)x(?P<filters>\d+)(?P<bias>b?)|relu|pool(?P<pool_k>\d+)|dense(?P<units>\d+)", re.ASCII
+)  # ASCII: `\d` would also take full-width digits
 _ITEM_FORMS = "conv{K}x{F}, conv{K}x{F}b, relu, pool{K}, dense{N}"
 # The most elements a layer's parameter, or its output for one image, may hold: 50 million float64s are 400 MB, and
 # the gradients, a batch and the twin's copy multiply that. Larger layers cannot train here; they are refused.
