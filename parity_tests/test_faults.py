@@ -478,3 +478,20 @@ def test_a_ctrl_c_before_the_report_is_written_exits_130_and_writes_nothing(caps
     out = tmp_path / "r"
     code, _, err = cli(capsys, "report", *SMALL_REPORT, "--out", str(out))
     assert code == 130 and not out.exists() and "nothing was written" in err
+
+
+def test_ctrl_c_while_the_fork_server_loads_ends_it_without_a_traceback():
+    """The workers' fork server imports torch in a process of its own; Ctrl-C reaches it too, and its traceback
+    once buried the command's one line ('interrupted; nothing was written')."""
+    interrupted_import = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'parity.lockstep.experiment':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "import parity.lockstep.preload\n"
+    )
+    done = subprocess.run([sys.executable, "-c", interrupted_import], capture_output=True, timeout=120)
+    assert (done.returncode, done.stderr) == (130, b"")
