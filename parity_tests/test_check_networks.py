@@ -512,3 +512,10 @@ def test_complex_numbers_from_a_layer_are_refused_not_cut_to_their_real_part(cap
     code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")
     assert code in (1, 2) and "ComplexWarning" not in err
     assert f"MaxPool2.{method}: returned complex numbers (complex128), expected real ones" in out + err
+
+
+def test_a_file_that_is_no_python_source_is_named_without_a_line(capsys, tmp_path):
+    (tmp_path / "binary.py").write_bytes(b"class Conv3x3:\n    pass\n\x00\x00")
+    code, out, err = cli(capsys, "check", "--impl", str(tmp_path / "binary.py"))
+    assert (code, out) == (2, "") and "binary.py: syntax error: source code string cannot contain null bytes" in err
+    assert "None" not in err

@@ -592,3 +592,8 @@ def test_an_error_in_a_worker_is_raised_as_it_was_not_as_a_cancellation():
 def test_jobs_must_be_a_positive_integer(report_cli, capsys):
     assert report_cli("--jobs", "0") == 2
     assert "--jobs must be a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_markdown_help_is_usage_not_a_missing_file(capsys):
+    assert markdown.main(["--help"]) == 0 and capsys.readouterr().out.startswith(markdown.USAGE)
+    assert markdown.main(["--bogus"]) == 2 and capsys.readouterr().err == markdown.USAGE + "\n"

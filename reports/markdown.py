@@ -191,11 +191,19 @@ def _environment_table(environment: dict[str, object]) -> str:
     return table(rows)
 
 
+USAGE = "usage: python -m reports.markdown REPORT_JSON"
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m reports.markdown DIR/report.json`: print the report.md that report.json renders to."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m reports.markdown REPORT_JSON", file=sys.stderr)
+    if argv in (["-h"], ["--help"]):
+        print(
+            "usage: python -m reports.markdown REPORT_JSON\n\nPrint the report.md that a saved report.json renders to."
+        )
+        return 0
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(USAGE, file=sys.stderr)
         return 2
     try:
         sys.stdout.write(render_file(argv[0]))

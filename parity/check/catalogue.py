@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.check.layercalls import LayerCall, literal
+from parity.check.usercode import syntax_error_text
 
 # Words a forward or a backward method's name is recognised by, and the names a learning rate goes by.
 FORWARD_WORDS = re.compile(r"forward|feed|fwd|predict|propagate", re.IGNORECASE)
@@ -130,7 +131,7 @@ def scan_files(files: list[Path]) -> Catalogue:
         try:
             tree = ast.parse(file.read_bytes(), filename=str(file))
         except SyntaxError as error:
-            catalogue.syntax_errors.append(f"{file}:{error.lineno}: syntax error: {error.msg}")
+            catalogue.syntax_errors.append(syntax_error_text(file, error))
             continue
         except (OSError, ValueError) as error:
             catalogue.syntax_errors.append(f"{file}: cannot read: {' '.join(str(error).split())}")

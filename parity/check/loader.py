@@ -25,7 +25,7 @@ from pathlib import Path
 
 from parity.check.catalogue import Catalogue, ClassInfo, scan_files, scan_module
 from parity.check.layercalls import LayerCall, format_layers
-from parity.check.usercode import one_line
+from parity.check.usercode import one_line, syntax_error_text
 
 LAYERS = ("Conv3x3", "MaxPool2", "Softmax")
 ROLE_KIND = {"Conv3x3": "conv", "MaxPool2": "pool", "Softmax": "dense"}
@@ -369,7 +369,7 @@ def _import_file(file: Path):
     except (Exception, SystemExit) as error:  # the user's file is arbitrary code
         sys.modules.pop(name, None)
         if isinstance(error, SyntaxError):
-            raise ImplError(f"{error.filename}:{error.lineno}: syntax error: {error.msg}") from None
+            raise ImplError(syntax_error_text(error.filename or file, error)) from None
         raise ImplError(f"importing {file} failed: {one_line(error)}") from None
     finally:
         sys.path.remove(directory)

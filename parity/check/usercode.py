@@ -73,6 +73,12 @@ def returned_array(cls: str, method: str, layer: str, value: object, expected: s
         raise ImplCrash(cls, method, f"returned {type(value).__name__}, not an array: {error}", layer) from None
 
 
+def syntax_error_text(file: object, error: SyntaxError) -> str:
+    """`conv.py:12: syntax error: invalid syntax` (no line for a file that is no Python source at all)."""
+    where = f"{file}:{error.lineno}" if error.lineno is not None else str(file)
+    return f"{where}: syntax error: {error.msg}"
+
+
 def one_line(error: BaseException) -> str:
     """`ValueError: the message`, whitespace collapsed to single spaces (a traceback never shows)."""
     text = " ".join(str(error).split())
