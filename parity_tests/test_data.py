@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -443,3 +444,11 @@ def test_batches_cut_an_order_in_sequence(size: int, batch_size: int) -> None:
     )
     np.testing.assert_array_equal(np.concatenate(cut), order)
     assert list(batches(order[:0], batch_size)) == []
+
+
+def test_a_data_file_that_is_no_regular_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """A FIFO would block the read for good; it is refused before any byte is read."""
+    fifo = tmp_path / "train-images-idx3-ubyte"
+    os.mkfifo(fifo)
+    with raises(str(fifo), "not a regular file"):
+        read_idx_images(fifo)

@@ -83,6 +83,8 @@ def _describe(value: object) -> str:
 def _read_bytes(path: Path) -> bytes:
     """Read a file, gunzipping it when it starts with the gzip magic bytes."""
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, a device never end
+            raise DataError(f"{path}: not a regular file, expected a data file.")
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found. Check the path or download the file.") from None
