@@ -186,16 +186,25 @@ def test_a_golden_record_that_is_no_regular_file_is_refused_without_reading_it(c
 
 
 def test_a_reader_that_goes_away_is_no_usage_error():
-    """`cnn-parity selftest --list | head -1`: the reader left; exit 1, not 2 (bad usage), and no traceback."""
+    """`cnn-parity selftest --list | head -1`: the reader left; exit 1, not 2 (bad usage), and no traceback,
+    with stdout buffered (written at the end) or not."""
+    for unbuffered in ("", "1"):
+        environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+        assert run_with_reader_gone(environment | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {})) == (1, b"")
+
+
+def run_with_reader_gone(environment: dict[str, str]) -> tuple[int, bytes]:
+    """`cnn-parity selftest --list` with stdout a pipe whose reader has left: (exit code, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from parity.cli.entry import console; sys.exit(console())", "selftest"]
         + ["--list"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=environment,
     )
     process.stdout.close()  # the reader leaves before the first line
     _, stderr = process.communicate(timeout=120)
-    assert (process.returncode, stderr) == (1, b"")
+    return process.returncode, stderr
 
 
 def test_running_out_of_memory_is_one_line_naming_what_to_shrink(capsys, monkeypatch):

@@ -36,7 +36,6 @@ and print them with `print_section`, then list the section in `SECTIONS`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -54,6 +53,7 @@ from parity.benchmark.timing import (
     rows_against,
     time_candidates,
 )
+from parity.cli.errors import silence_stdout
 from parity.lockstep.stepper import DEFAULT_REPORT_STRIDE, always_compared
 from scratch.argtypes import positive_int
 
@@ -372,9 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("python -m parity.benchmark: interrupted; the sections printed above are complete", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Nothing left to print to: point stdout at /dev/null so the flush at exit does not fail a second time.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader went away (`| head`): nothing left to print to
+        silence_stdout()
         return 1
     finally:
         if limiter is not None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import os
 import sys
 
-from parity.cli.errors import EXIT_DIVERGENCE, EXIT_USAGE, UsageError
+from parity.cli.errors import EXIT_DIVERGENCE, EXIT_USAGE, UsageError, reader_gone, silence_stdout
 from scratch.data import DataError
 
 # subcommand -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
@@ -48,16 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = getattr(args.module, args.runner, None) or args.module.run
     try:
-        return run(args)
-    except BrokenPipeError:  # the reader of the output went away (`| head`): not bad usage
-        # Nothing left to print to: stdout points at /dev/null so the flush at exit does not fail a second time.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = run(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone before the last lines were written is seen below
+        return code
+    except BrokenPipeError as error:
+        if not reader_gone():  # a pipe of the workers', say: an error like any other
+            print(f"cnn-parity {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        silence_stdout()  # the reader of the output went away (`| head`): not bad usage, and nothing to say
         written = getattr(args, "written", None)
         return EXIT_DIVERGENCE if written is None else written[1]
     except MemoryError:
         print(
-            f"cnn-parity {args.command}: error: out of memory: this network, batch size or input needs more memory "
-            "than this machine has; try a smaller --arch or --batch-size",
+            f"cnn-parity {args.command}: error: out of memory: what it was asked to run needs more memory than this "
+            "machine has; ask for a smaller network, batch or run (--arch, --batch-size, where it has them)",
             file=sys.stderr,
         )
         return EXIT_USAGE
