@@ -209,8 +209,19 @@ def test_markdown_refuses_another_schema(tmp_path, capsys):
         (lambda document: document.update(passed=1), "passed"),
         (lambda document: document.update(claims=5), "claims"),
         (lambda document: document["runs"][1].update(role="claim"), "runs[1].role"),
+        (lambda document: document["runs"][0].update(unreproduced_failures=[3]), "runs[0].passed"),
+        (lambda document: document["runs"][0]["layers"][0].update(passed=False), "runs[0].passed"),
     ],
-    ids=["string-verdict", "diverged-run-called-passed", "no-verdict", "int-verdict", "claim-count", "unknown-role"],
+    ids=[
+        "string-verdict",
+        "diverged-run-called-passed",
+        "no-verdict",
+        "int-verdict",
+        "claim-count",
+        "unknown-role",
+        "passed-with-an-unreproduced-failure",
+        "passed-with-a-layer-wrong-alone",
+    ],
 )
 def test_markdown_refuses_verdicts_that_do_not_follow_from_the_runs(small_report, tmp_path, damage, field):
     """A damaged report.json never renders as PASS: each verdict must have its type and follow from the runs."""

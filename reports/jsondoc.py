@@ -294,6 +294,14 @@ def check_verdicts(document: dict[str, object]) -> None:
         for key, value in expected.items():
             if run.get(key) != value or type(run.get(key)) is not type(value):
                 raise ValueError(f"runs[{index}].{key}: {run.get(key)!r} does not follow from its passed and role")
+        if run["passed"]:  # one way only: a run of `check` that crashed fails with none of these set
+            layers = run.get("layers", [])
+            wrong_alone = any(isinstance(layer, dict) and layer.get("passed") is False for layer in layers)
+            if run.get("first_divergence") is not None or run.get("unreproduced_failures") or wrong_alone:
+                raise ValueError(
+                    f"runs[{index}].passed: true, yet it records a divergence, an unreproduced failure or a layer "
+                    "wrong on its own"
+                )
     claims = [run for run in runs if run["role"] == CLAIM]
     expected = {"passed": all(run["passed"] for run in claims), "claims": len(claims)}
     for key, value in expected.items():
