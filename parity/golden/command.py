@@ -66,7 +66,7 @@ def run_record(args: argparse.Namespace) -> int:
     if not args.out.strip():
         raise UsageError("--out '': pass a file name for the golden record, e.g. golden.json.gz")
     atomic.check_creatable(Path(args.out), "the golden record", directory=False)  # before the run, not after
-    train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=1)  # no test digits are recorded
+    train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=0)  # nothing tested
     if args.steps is None:
         per_epoch = steps_per_epoch(len(train), args.batch_size)
         check_steps(args.epochs * per_epoch, f"--epochs {args.epochs} x {per_epoch:,} steps an epoch")
@@ -121,7 +121,7 @@ def run_compare_golden(args: argparse.Namespace) -> int:
 
     document = read_golden(args.file)
     config: GoldenConfig = document["config"]
-    train, _ = load_experiment_data(args.data_dir, n_train=config.n_train, n_test=1)  # its training digits alone
+    train, _ = load_experiment_data(args.data_dir, n_train=config.n_train, n_test=0)  # nothing tested
     if data_fingerprint(train.images, train.labels) != document["data"]["train_sha256"]:
         raise UsageError(
             f"{args.file}: recorded on other training data ({document['data']['source']}); "
