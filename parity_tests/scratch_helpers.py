@@ -138,17 +138,21 @@ def conv_keeps_exact_ties(dtype=np.float32) -> bool:
     return bool((out == out[:, :1, :1]).all())
 
 
-def near_tie_in_a_blank_corner(net: scratch.Network, image: np.ndarray) -> Callable:
-    """A `Conv.forward` that, for `image` alone, raises one element of conv1's top-left pool window by 1e-14: blank
-    and exactly tied on both sides, that window now routes to its last element in scratch and to its first in the
-    reference, a near-tie flip (see parity.diagnosis.pool) that any machine makes."""
+def near_tie_in_a_blank_window(net: scratch.Network, image: np.ndarray, reference_out: np.ndarray) -> Callable:
+    """A `Conv.forward` that, for `image` alone, raises the last element of one blank 2x2 pool window of conv1's
+    output by 1e-14, so that scratch routes that window to it: a near-tie flip (see parity.diagnosis.pool) on any
+    machine. `reference_out` is the reference's conv1.out for `image`: the window is one whose four values agree
+    there to 1e-15 and whose first maximum is another element (exactly tied, or a ULP apart with some kernels)."""
+    windows = reference_out[0, :24, :24].reshape(12, 2, 12, 2, -1).transpose(0, 2, 4, 1, 3).reshape(12, 12, -1, 4)
+    blank = (np.ptp(windows, axis=-1) <= 1e-15) & (windows.argmax(axis=-1) != 3)
+    i, j, channel = (int(v) for v in np.argwhere(blank)[0])
     normalized, correct = net.normalize(image), scratch.Conv.forward
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = correct(self, x)
         if np.array_equal(x, normalized):
             out = out.copy()
-            out[0, 1, 1, 0] += 1e-14
+            out[0, 2 * i + 1, 2 * j + 1, channel] += 1e-14
         return out
 
     return forward

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from scratch_helpers import near_tie_in_a_blank_corner
+from scratch_helpers import near_tie_in_a_blank_window
 
 import reference
 import scratch
@@ -97,7 +97,10 @@ def test_a_divergence_at_a_layer_right_on_its_own_points_to_the_layer_that_is_no
         self.grads["filters"] = self.grads["filters"] * 1.01
         return d_input
 
-    monkeypatch.setattr(Conv, "forward", near_tie_in_a_blank_corner(scratch.tutorial_network(0), train.images[0]))
+    net = scratch.tutorial_network(0)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    reference_out = runner.forward_backward(train.images[:1], train.labels[:1])["conv1.out"]
+    monkeypatch.setattr(Conv, "forward", near_tie_in_a_blank_window(net, train.images[0], reference_out))
     monkeypatch.setattr(Conv, "backward", filter_gradient_off)
     record = short_run(tutorial_data)
     assert first_divergence(record) == (0, "pool1.d_in", "pool1")

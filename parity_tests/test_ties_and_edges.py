@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from scratch_helpers import conv_keeps_exact_ties, near_tie_in_a_blank_corner
+from scratch_helpers import conv_keeps_exact_ties, near_tie_in_a_blank_window
 
 import reference
 import scratch
@@ -17,7 +17,7 @@ from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance_for
 from parity.lockstep.experiment import ExperimentConfig, ScratchSide
 from parity.lockstep.records import StepRecord
-from parity.lockstep.stepper import run_lockstep
+from parity.lockstep.stepper import Lockstep, run_lockstep
 from scratch.data import load_experiment_data
 
 F64 = tolerance_for(np.float64)
@@ -405,7 +405,9 @@ def test_a_flip_in_the_replay_does_not_excuse_a_failure_that_does_not_come_back(
         if len(calls) == 4:
             self.layer("dense1").biases[0] += 1e-6
 
-    monkeypatch.setattr(scratch.Conv, "forward", near_tie_in_a_blank_corner(net, train.images[2]))
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    reference_out = runner.forward_backward(train.images[2:3], train.labels[2:3])["conv1.out"]
+    monkeypatch.setattr(scratch.Conv, "forward", near_tie_in_a_blank_window(net, train.images[2], reference_out))
     monkeypatch.setattr(scratch.Network, "update", biases_wrong_on_the_fourth_update_only)
     runner = reference.ReferenceRunner(reference.to_torch(net))
     record = run_lockstep(ScratchSide(net), runner, net.spec, digits(train, 6), np.float64, stride=5)
@@ -413,6 +415,32 @@ def test_a_flip_in_the_replay_does_not_excuse_a_failure_that_does_not_come_back(
     assert record.first_divergence is None
     assert record.unreproduced_failures == [4]
     assert not record.passed
+
+
+def test_a_failure_that_comes_back_when_retraced_is_told_apart_and_both_sides_put_back(tutorial_data, monkeypatch):
+    """The retrace behind the test above, on a wrong update that a replay meets again (digit 3's): it fails again at
+    step 4, leaves both sides' weights as it found them, and the replay then names step 3."""
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    break_dense_update_on(monkeypatch, train.images[3], "biases", 0, 1e-6)
+    answers, locate = [], Lockstep._replay_to_locate
+
+    def retraced_first(self, failed_step):
+        failing = [c.name for c in self.record.steps[-1].comparisons if not c.ok]
+        before = [
+            {name: np.array(value) for name, value in side.parameters().items()}
+            for side in (self.scratch, self.reference)
+        ]
+        answers.append(self._fails_again(self._checkpoint, failing))
+        after = [side.parameters() for side in (self.scratch, self.reference)]
+        assert all(np.array_equal(b[name], a[name]) for b, a in zip(before, after, strict=True) for name in b)
+        return locate(self, failed_step)
+
+    monkeypatch.setattr(Lockstep, "_replay_to_locate", retraced_first)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    record = run_lockstep(ScratchSide(net), runner, net.spec, digits(train, 6), np.float64, stride=5)
+    assert answers == [True]
+    assert (record.first_divergence.step, record.first_divergence.tensor) == (3, "dense1.biases")
 
 
 def test_teacher_forced_strided_runs_still_compare_every_update(tutorial_data, monkeypatch):

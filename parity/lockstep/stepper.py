@@ -36,7 +36,7 @@ from parity.lockstep.retention import SummarisedComparisons
 from scratch.spec import NetworkSpec
 
 MODES = ("free", "teacher")
-# `cnn-parity report`'s default stride. Comparing every element of every step costs about +113-145% over training
+# `cnn-parity report`'s default stride. Comparing every element of every step costs about +110-145% over training
 # both models bare at stride 1, stride 10 +25-55% (the lockstep section of `python -m parity.benchmark`, over runs
 # on these noisy machines; the target for both is +30%). Stride 1 becomes the default once it meets it; its
 # recording alone, with nothing compared (`record_both`), costs +35-49%.
@@ -177,13 +177,12 @@ class Lockstep:
         """Replay in full after a failure; a failure that does not come back is recorded (the run then fails)."""
         checkpoint, record = self._checkpoint, self.record
         failing = [c.name for c in record.steps[-1].comparisons if not c.ok]
-        resynced = frozenset(record.resynced_steps[checkpoint.resynced_steps :])
         step = self._replay_in_full()
         if record.first_divergence is None:
             # A flip proven in the replay resyncs scratch at its step, so the replay's later steps no longer retrace
             # the first run's: whether the failure comes back is asked of a retrace of that run itself.
             flipped = any(s.flipped_windows for s in record.steps[checkpoint.steps :])
-            if not flipped or not self._fails_again(checkpoint, resynced, failing):
+            if not flipped or not self._fails_again(checkpoint, failing):
                 record.unreproduced_failures.append(failed_step)
         return step
 
@@ -197,10 +196,10 @@ class Lockstep:
                 self.record.replayed_steps += 1
         return self.record.steps[-1]
 
-    def _fails_again(self, checkpoint: _Checkpoint, resynced: frozenset[int], failing: list[str]) -> bool:
+    def _fails_again(self, checkpoint: _Checkpoint, failing: list[str]) -> bool:
         """Whether `failing`, tensors of the last step since `checkpoint`, fail again when those steps are retraced as
-        they first ran (strided where they were, scratch resynced where it was; nothing recorded). Both sides are
-        left as they were."""
+        they first ran: strided where they were, and with no resync (only a step compared in full can prove a flip,
+        and the one among them, the last, failed). Nothing is recorded; both sides are left as they were."""
         scratch, reference = self.scratch, self.reference
         now = _copies(scratch.parameters()), reference.parameters()
         scratch.load_parameters(checkpoint.scratch_weights)
@@ -211,8 +210,6 @@ class Lockstep:
                 if self.record.mode == "teacher":
                     scratch.load_parameters(reference.parameters())
                 tensors = record_both(self, images, labels, full=index % self.record.stride == 0)
-                if index in resynced:
-                    scratch.load_parameters(reference.parameters())
             # Compared before the weights are put back: the scratch tensors include its live parameters.
             again = any(not c.passed for c in compare_many(failing, *tensors, self.dtype))
         scratch.load_parameters(now[0])
