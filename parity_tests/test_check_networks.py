@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scratch_helpers import first_train_digits
 
 import scratch
 from parity.check.infer import infer_architecture
 from parity.check.layercalls import LayerCall, LayersError, format_layers, parse_layers
 from parity.check.layouts import ParamBinding
 from parity.check.loader import ImplError, Mapping, NamesError, load_impl
-from parity.check.run import relu_feeding_layers
+from parity.check.run import relu_feeding_layers, relu_zeroed
 from parity.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -519,3 +520,16 @@ def test_a_file_that_is_no_python_source_is_named_without_a_line(capsys, tmp_pat
     code, out, err = cli(capsys, "check", "--impl", str(tmp_path / "binary.py"))
     assert (code, out) == (2, "") and "binary.py: syntax error: source code string cannot contain null bytes" in err
     assert "None" not in err
+
+
+def test_the_relu_zero_probe_feeds_each_relu_exact_zeros_at_every_step():
+    """Its weights (conv filters and a dense unit, with their biases) keep the fed channel at exactly 0 in training:
+    its gradient is 0 there too."""
+    spec = scratch.parse_spec("conv3x4b,pool2,relu,dense16,relu,dense10")
+    net = scratch.build_network(spec, 0)
+    net.load_parameters(relu_zeroed(spec, {name: value.copy() for name, value in net.parameters().items()}))
+    for image, label in first_train_digits(3):
+        trace = net.forward_backward(image, label)
+        assert not trace.tensors["conv1.out"][..., 0].any() and trace.tensors["conv1.out"][..., 1:].any()
+        assert not trace.tensors["dense1.out"][:, 0].any() and trace.tensors["dense1.out"][:, 1:].any()
+        net.update(0.005)

@@ -101,7 +101,7 @@ def check_impl(
         return result
     for probe in probes:
         if probe == "relu-zero" and not relu_feeding_layers(arch.spec):
-            continue  # a network without a ReLU: nothing to probe, and nothing skipped
+            continue  # no ReLU after a conv or dense layer: nothing to probe, so no probe (not a skipped one)
         run = _probe(probe, how, arch, images, labels)
         result.probes.append(run)
         if stop_at_first and not run.passed:
@@ -200,16 +200,22 @@ def _relu_zero_probe(how: _How, arch: Architecture, images: np.ndarray, labels: 
     """Every ReLU fed exact zeros: the first filter or unit of the layer feeding it zeroed, weights and bias. Real
     digits never give a ReLU an input of exactly 0, where PyTorch passes no gradient (a `>= 0` mask passes it)."""
     spec = arch.spec
-    title = "exact zeros into every ReLU: the first filter or unit feeding each one zeroed"
-    feeding = relu_feeding_layers(spec)
-    initial = _initial_parameters(spec, how.seed)
-    for layer in feeding:
-        for param, _ in layer.params:
-            values = initial[spec.name_of(layer.name, "param", param)]
-            # Filters `(F, K, K[, C])` and biases lead with the unit; dense weights `(in, out)` end with it.
-            values[(slice(None), 0) if layer.kind == "dense" and param == "weights" else 0] = 0
-    title += f" ({', '.join(layer.name for layer in feeding)})"
+    initial = relu_zeroed(spec, _initial_parameters(spec, how.seed))
+    feeding = ", ".join(layer.name for layer in relu_feeding_layers(spec))
+    title = f"exact zeros into every ReLU: the first filter or unit feeding each one zeroed ({feeding})"
     return _lockstep(how, arch, "relu-zero", title, images[:PROBE_IMAGES], labels[:PROBE_IMAGES], initial, how.lr)
+
+
+def relu_zeroed(spec: NetworkSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`params` (by spec name, scratch layouts) with the first filter or unit of every layer feeding a ReLU zeroed,
+    weights and bias, in place: that channel is exactly 0 at every step, and so is its gradient."""
+    for layer in relu_feeding_layers(spec):
+        for param, _ in layer.params:
+            # Filters `(F, K, K[, C])` and biases lead with the unit; dense weights `(in, out)` end with it.
+            params[spec.name_of(layer.name, "param", param)][
+                (slice(None), 0) if layer.kind == "dense" and param == "weights" else 0
+            ] = 0
+    return params
 
 
 def relu_feeding_layers(spec: NetworkSpec) -> list[LayerSpec]:
@@ -224,7 +230,7 @@ def relu_feeding_layers(spec: NetworkSpec) -> list[LayerSpec]:
             before -= 1
         if before >= 0 and spec.layers[before] not in feeding:
             feeding.append(spec.layers[before])
-    return sorted(feeding, key=spec.layers.index)
+    return feeding
 
 
 def _not_run(how, spec, name, title, image_shape, skipped=None, crash=None) -> RunResult:
