@@ -427,12 +427,13 @@ def test_refuses_to_replace_a_previous_report_that_holds_files_it_did_not_write(
     """Replacing the directory would delete them: a note kept beside an old report survives, and the report too."""
     previous = tmp_path / "previous"
     shutil.copytree(small_report[2], previous)
-    (previous / "notes.txt").write_text("keep me")
-    before = sorted(path.name for path in previous.iterdir())
-    assert report_cli("--out", str(previous), *TINY) == 2
-    assert "holds a previous report and files it did not write (notes.txt)" in capsys.readouterr().err
-    assert sorted(path.name for path in previous.iterdir()) == before
-    (previous / "notes.txt").unlink()
+    for note in ("notes.txt", "loss-notes.png"):  # the second named like a plot, but no run's
+        (previous / note).write_text("keep me")
+        before = sorted(path.name for path in previous.iterdir())
+        assert report_cli("--out", str(previous), *TINY) == 2
+        assert f"holds a previous report and files it did not write ({note})" in capsys.readouterr().err
+        assert sorted(path.name for path in previous.iterdir()) == before
+        (previous / note).unlink()
     assert report_cli("--out", str(previous), *TINY) in (0, 1)  # a previous report alone is replaced
 
 

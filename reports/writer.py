@@ -17,8 +17,6 @@ if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment impor
     from parity.lockstep.experiment import ExperimentConfig, ExperimentResult
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
-# A plot's file name (`plot_names`): what a previous report holds besides its Markdown and JSON.
-PLOT_FILE = re.compile(r"(loss|errors)-[A-Za-z0-9-]+\.png")
 
 
 def check_destination(out_dir: Path) -> None:
@@ -30,18 +28,18 @@ def check_destination(out_dir: Path) -> None:
     try:
         not_a_directory = out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir())
         present = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() and not not_a_directory else []
-        report = bool(present) and _is_report_dir(out_dir)
+        written = _report_files(out_dir) if present else None
     except OSError as error:  # e.g. a name too long, or a parent that cannot be read
         where = atomic.existing_or(out_dir)
         raise atomic.OutputError(f"cannot write the report to {out_dir}: {atomic.describe(error, where)}") from None
     if not_a_directory:
         raise NotADirectoryError(f"{out_dir} exists and is not a directory; pass a new directory for the report")
-    if present and not report:
+    if present and written is None:
         raise FileExistsError(
             f"{out_dir} is not empty and holds no cnn-parity report (no {REPORT_JSON} with schema "
             f"{jsondoc.SCHEMA!r}); refusing to replace it - pass a new directory for the report"
         )
-    others = [name for name in present if name not in (REPORT_MD, REPORT_JSON) and not PLOT_FILE.fullmatch(name)]
+    others = [name for name in present if name not in written]
     if others:  # replacing the directory would delete them
         raise FileExistsError(
             f"{out_dir} holds a previous report and files it did not write ({', '.join(others[:3])}"
@@ -51,12 +49,18 @@ def check_destination(out_dir: Path) -> None:
     atomic.check_creatable(out_dir, "the report", directory=True)
 
 
-def _is_report_dir(path: Path) -> bool:
+def _report_files(path: Path) -> set[str] | None:
+    """The files the report in `path` wrote: its Markdown, its JSON and the plots its runs name; None when `path`
+    holds no cnn-parity report."""
     try:
-        schema = json.loads((path / REPORT_JSON).read_text(encoding="utf-8")).get("schema", "")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(schema, str) and schema.startswith("cnn-parity/report/")
+        document = json.loads((path / REPORT_JSON).read_text(encoding="utf-8"))
+        schema = document.get("schema", "")
+        plots = [name for run in document.get("runs", []) for name in (run.get("plots") or {}).values()]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    if not (isinstance(schema, str) and schema.startswith("cnn-parity/report/")):
+        return None
+    return {REPORT_MD, REPORT_JSON} | {name for name in plots if isinstance(name, str)}
 
 
 def slug(config: ExperimentConfig) -> str:
@@ -113,7 +117,7 @@ def build_document(
     else:
         claims = [r.config not in demonstrations for r in results]
     slugs = _unique_slugs(results)
-    plot_names = [{"loss": f"loss-{s}.png", "errors": f"errors-{s}.png"} for s in slugs]  # as PLOT_FILE
+    plot_names = [{"loss": f"loss-{s}.png", "errors": f"errors-{s}.png"} for s in slugs]
     env = environment.collect(
         dtypes=sorted({r.config.dtype for r in results}), seeds=sorted({r.config.seed for r in results})
     )
