@@ -80,10 +80,16 @@ def _describe(value: object) -> str:
 # --- file bytes ---------------------------------------------------------------
 
 
+def special_file(path: Path) -> bool:
+    """Whether `path` exists but is neither a directory nor a regular file: a FIFO (a read blocks for good) or a
+    device (/dev/zero: a read never ends)."""
+    return path.exists() and not path.is_dir() and not path.is_file()
+
+
 def _read_bytes(path: Path) -> bytes:
     """Read a file, gunzipping it when it starts with the gzip magic bytes."""
     try:
-        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, a device never end
+        if special_file(path):
             raise DataError(f"{path}: not a regular file, expected a data file.")
         data = path.read_bytes()
     except FileNotFoundError:

@@ -33,7 +33,7 @@ from parity import atomic
 from parity.cli.errors import UsageError
 from parity.engine.tolerances import tolerance_for
 from parity.golden.validate import CHECKSUMS, BadField, check_document, checksums
-from scratch.data import batches, epoch_orders, steps_per_epoch
+from scratch.data import batches, epoch_orders, special_file, steps_per_epoch
 from scratch.network import Network, StepTrace, build_network
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 
@@ -211,7 +211,7 @@ def read_golden(path: str | os.PathLike) -> dict:
     """Read and validate a golden record; UsageError (one line) for anything unusable."""
     path = Path(path)
     try:
-        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, /dev/zero never end
+        if special_file(path):
             raise UsageError(f"{path}: not a regular file, expected a golden record (.json.gz)")
         if path.is_file() and path.stat().st_size > MAX_RECORD_BYTES:
             raise UsageError(f"{path}: {path.stat().st_size:,} bytes, larger than any golden record; not one")
