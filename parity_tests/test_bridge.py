@@ -8,7 +8,6 @@ import torch
 
 import reference
 import scratch
-from parity.engine.compare import compare
 from reference.layouts import activation_to_torch, layout_for
 
 SPECS = [
@@ -62,7 +61,7 @@ def test_twin_has_one_module_per_spec_layer():
 
 
 def test_twin_forward_equals_scratch_logits():
-    """The default spec in float64, on real digits: the same logits within the parity tolerance."""
+    """The default spec in float64, on real digits: the same logits to within 1e-12."""
     from scratch.data import load_experiment_data
 
     train, _ = load_experiment_data(None)
@@ -70,7 +69,9 @@ def test_twin_forward_equals_scratch_logits():
     images = train.images[:8]
     pixels = torch.from_numpy(images).to(torch.float64) / 255 - 0.5
     logits = reference.to_torch(net)(pixels[:, None]).detach().numpy()
-    assert compare("dense1.out", net.logits(images), logits, np.float64).passed
+    # 1e-12 absolute, far tighter than the parity tolerance here: these logits reach ~120, where its rtol allows
+    # ~1e-8, while the two sides agree to ~1.2e-13 (measured). A bridge that rounds a weight is caught at the bridge.
+    assert np.max(np.abs(logits - net.logits(images))) <= 1e-12
 
 
 def test_dense_flatten_mapping_element_by_element():
