@@ -18,9 +18,8 @@ near-tie flip, that is decided by retracing the steps as they first ran.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -29,8 +28,9 @@ from parity.diagnosis.flips import explain_flips
 from parity.diagnosis.pool import count_tied_windows, pool_input
 from parity.engine.batch import Workspace, compare_batch, compare_many
 from parity.engine.compare import compare
+from parity.lockstep.checkpoint import Checkpoint, timed_as_replay
 from parity.lockstep.divergence import Evidence, first_divergence
-from parity.lockstep.local import LocalJudge, copy_verdicts, fresh_verdicts
+from parity.lockstep.local import LocalJudge, fresh_verdicts
 from parity.lockstep.records import LockstepRecord, StepRecord
 from parity.lockstep.retention import SummarisedComparisons
 from scratch.spec import NetworkSpec
@@ -143,7 +143,7 @@ class Lockstep:
             for full, compared in ((True, spec.tensor_names), (False, self.always))
         }
         self.logits = f"{spec.layers[-1].name}.out"
-        self._checkpoint: _Checkpoint | None = None  # strided runs: the state after the last step verified in full
+        self._checkpoint: Checkpoint | None = None  # strided runs: the state after the last step verified in full
 
     def step(self, images: np.ndarray, labels: object) -> StepRecord:
         """Train both sides on one image or batch, compare, and append the step to the record.
@@ -155,7 +155,7 @@ class Lockstep:
         index = len(record.steps)
         full = index % record.stride == 0
         if record.stride > 1 and self._checkpoint is None and record.first_divergence is None:
-            self._checkpoint = _Checkpoint.take(self)
+            self._checkpoint = Checkpoint.take(self)
         step = _lockstep_step(self, images, labels, index, full)
         record.steps.append(step)
         if self._checkpoint is not None:
@@ -190,13 +190,13 @@ class Lockstep:
         """Restore both sides to the checkpoint and re-run every step since, comparing every tensor."""
         checkpoint, self._checkpoint = self._checkpoint, None
         checkpoint.restore(self)
-        with _timed_as_replay(self.record.seconds):
+        with timed_as_replay(self.record.seconds):
             for images, labels in checkpoint.unverified:
                 self.record.steps.append(_lockstep_step(self, images, labels, len(self.record.steps), full=True))
                 self.record.replayed_steps += 1
         return self.record.steps[-1]
 
-    def _fails_again(self, checkpoint: _Checkpoint, failing: list[str]) -> bool:
+    def _fails_again(self, checkpoint: Checkpoint, failing: list[str]) -> bool:
         """Whether `failing`, tensors of the last step since `checkpoint`, fail again when those steps are retraced as
         they first ran: strided where they were, and with no resync (only a step compared in full can prove a flip,
         and the one among them, the last, failed). Nothing is recorded; both sides are left as they were."""
@@ -204,7 +204,7 @@ class Lockstep:
         now = _copies(scratch.parameters()), reference.parameters()
         scratch.load_parameters(checkpoint.scratch_weights)
         reference.load_parameters(checkpoint.reference_weights)
-        with _timed_as_replay(self.record.seconds):
+        with timed_as_replay(self.record.seconds):
             for offset, (images, labels) in enumerate(checkpoint.unverified):
                 index = checkpoint.steps + offset
                 if self.record.mode == "teacher":
@@ -215,45 +215,6 @@ class Lockstep:
         scratch.load_parameters(now[0])
         reference.load_parameters(now[1])
         return again
-
-
-@dataclass
-class _Checkpoint:
-    """Both sides' weights and the record's state before a run of strided steps, and the steps taken since."""
-
-    scratch_weights: dict[str, np.ndarray]
-    reference_weights: dict[str, np.ndarray]
-    steps: int
-    worst_tolerance_used: float
-    pending_worst: tuple[StepRecord, dict] | None
-    resynced_steps: int
-    layers: dict
-    unverified: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (images, labels) of each step
-
-    @classmethod
-    def take(cls, lockstep: Lockstep) -> _Checkpoint:
-        """The state now (weights copied: the sides update theirs in place)."""
-        record = lockstep.record
-        return cls(
-            scratch_weights={name: np.array(value) for name, value in lockstep.scratch.parameters().items()},
-            reference_weights={name: np.array(value) for name, value in lockstep.reference.parameters().items()},
-            steps=len(record.steps),
-            worst_tolerance_used=record.worst_tolerance_used,
-            pending_worst=record.pending_worst,
-            resynced_steps=len(record.resynced_steps),
-            layers=copy_verdicts(record.layers),
-        )
-
-    def restore(self, lockstep: Lockstep) -> None:
-        """Put both sides and the record back as they were when the checkpoint was taken."""
-        record = lockstep.record
-        lockstep.scratch.load_parameters(self.scratch_weights)
-        lockstep.reference.load_parameters(self.reference_weights)
-        del record.steps[self.steps :]
-        del record.resynced_steps[self.resynced_steps :]
-        record.first_divergence = None  # checkpoints are only taken before the first divergence
-        record.worst_tolerance_used, record.pending_worst = self.worst_tolerance_used, self.pending_worst
-        record.layers = copy_verdicts(self.layers)  # the checkpoint's own stay intact for another restore
 
 
 def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecord:
@@ -351,17 +312,6 @@ def record_both(
     if with_parameters:
         scratch_tensors = {**scratch_tensors, **scratch.parameters()}
     return scratch_tensors, reference_tensors
-
-
-@contextmanager
-def _timed_as_replay(seconds: dict[str, float]) -> Iterator[None]:
-    """Time spent inside goes to `seconds["replay"]`: the per-part times stay those of each step's first run."""
-    started = dict(seconds)
-    try:
-        yield
-    finally:
-        seconds["replay"] += sum(seconds[part] - started[part] for part in started if part != "replay")
-        seconds.update({part: value for part, value in started.items() if part != "replay"})
 
 
 def _copies(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
