@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.blocks import table
-from reports.jsondoc import SCHEMA, check_verdicts
+from reports.jsondoc import CLAIM, SCHEMA, check_verdicts
 from reports.run_section import run_section
 from reports.summary import summary_table, verdict_line
 
@@ -168,7 +168,7 @@ def _run_description(run: dict[str, object]) -> str:
     )
     role = (
         "a **parity claim**: it fails the verdict (and the exit code) if any tensor leaves tolerance"
-        if run["role"] == "parity claim"
+        if run["role"] == CLAIM
         else "a **demonstration**, expected to diverge; it never fails the verdict or the exit code"
     )
     ties = TIE_POLICY_TEXT.get(run["tie_policy"], run["tie_policy"]) if _has_pool(run) else NO_POOL_TEXT

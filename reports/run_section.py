@@ -8,7 +8,7 @@ import math
 
 from parity.lockstep.local import ALONE_EVERY
 from reports.blocks import comparison_table, run_spec, table
-from reports.jsondoc import EXPECTED
+from reports.jsondoc import CLAIM, EXPECTED
 from reports.summary import layer_rows, number
 
 PLOT_CAPTIONS = {"loss": "training loss, both sides", "errors": "log10 max |Δ| per tensor over the steps"}
@@ -128,7 +128,7 @@ def _outcome(run: dict[str, object]) -> str:
         worst = run["worst_step"]
         used = f"; the worst step used {number(worst['percent_of_tolerance'])}% of the tolerance" if worst else ""
         return f"**Passed**: every compared tensor stayed within tolerance at all {steps}{used}."
-    if run["role"] == "parity claim":
+    if run["role"] == CLAIM:
         head = "**Diverged** (this parity claim fails the verdict and the exit code)"
     else:
         head = "**Diverged, as expected** (a demonstration: this does not fail the verdict or the exit code)"

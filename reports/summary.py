@@ -6,7 +6,7 @@ import math
 
 from parity.diagnosis.record import label
 from parity.engine.tables import text_table
-from reports.jsondoc import DIVERGED, EXPECTED, NO_DIVERGENCE, PASSED
+from reports.jsondoc import CLAIM, DEMONSTRATION, DIVERGED, EXPECTED, NO_DIVERGENCE, PASSED
 
 RESULT_TEXT = {
     PASSED: "passed",
@@ -114,8 +114,8 @@ def summary_table(document: dict[str, object], tablefmt: str = "github") -> str:
 def verdict_line(document: dict[str, object]) -> str:
     """One sentence: do all parity claims hold, and what about the demonstrations."""
     runs = document["runs"]
-    claims = [run for run in runs if run["role"] == "parity claim"]
-    demos = [run for run in runs if run["role"] == "demonstration"]
+    claims = [run for run in runs if run["role"] == CLAIM]
+    demos = [run for run in runs if run["role"] == DEMONSTRATION]
     failed = [run["name"] for run in claims if not run["passed"]]
     if not claims:
         head = "NO PARITY CLAIM: no run here claims parity"

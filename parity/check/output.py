@@ -160,7 +160,7 @@ def write_check_report(result: CheckResult, out_dir: str, command: str, data_sou
     except ImportError as error:
         raise UsageError(f"--out needs reports.writer, which is not available ({error})") from None
     from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, progress_lines
-    from reports.jsondoc import DIVERGED
+    from reports.jsondoc import CLAIM, DIVERGED
 
     results, runs = [], [run for run in result.runs if not run.skipped]
     for run in runs:
@@ -180,7 +180,7 @@ def write_check_report(result: CheckResult, out_dir: str, command: str, data_sou
     for entry, run in zip(document["runs"], runs, strict=True):
         if run.crash is not None:
             entry.update(passed=False, verdict=DIVERGED, fails_exit_code=True)
-    document["passed"] = all(entry["passed"] for entry in document["runs"] if entry["role"] == "parity claim")
+    document["passed"] = all(entry["passed"] for entry in document["runs"] if entry["role"] == CLAIM)
     document["check"] = check_entry(result)
     return write_document(out_dir, document, results)
 
