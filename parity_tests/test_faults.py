@@ -417,6 +417,17 @@ def test_a_wrong_api_argument_gets_one_message_naming_it(case):
 # --- values on the command line and in the environment ---------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "argv", [["report"], ["check", "--impl", FIXED], ["record"], ["compare-golden", "x.json.gz"], ["selftest"]]
+)
+def test_an_unknown_option_is_refused_with_its_commands_usage(capsys, argv):
+    """The command's own usage, which lists the options it does have, not the top-level one; nothing runs."""
+    command = argv[0]
+    code, out, err = cli(capsys, *argv, "--bogus")
+    line = assert_refused((code, out, err), "unrecognized arguments: --bogus")
+    assert err.startswith(f"usage: cnn-parity {command} ") and line.startswith(f"cnn-parity {command}: error:")
+
+
 def test_check_at_lr_1e300_says_so_without_a_traceback(capsys):
     """Both sides overflow float64: the check fails (exit 1) with the first non-finite tensor, and does not crash."""
     code, out, err = cli(capsys, "check", "--impl", FIXED, "--lr", "1e300", "--steps", "3", "--no-probes")

@@ -36,7 +36,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         add_arguments = getattr(module, f"add_{name.replace('-', '_')}_arguments", None) or module.add_arguments
         add_arguments(sub)
-        sub.set_defaults(module=module, runner=f"run_{name.replace('-', '_')}")
+        sub.set_defaults(module=module, runner=f"run_{name.replace('-', '_')}", command_parser=sub)
     return parser
 
 
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into one clear line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # told with the command's own usage: the top-level one would not show the options it has
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     run = getattr(args.module, args.runner, None) or args.module.run
     try:
         code = run(args)
