@@ -73,6 +73,9 @@ def test_bug_is_caught_and_blamed_on_its_layer(outcomes, name):
     assert failure is not None, f"{name} was not caught"
     assert failure.layer == BY_NAME[name].layer, failure.explanation()
     assert failure.name == CAUGHT_BY.get(name, "main"), failure.explanation()
+    # Every bug is in code each step runs, and the first step's digit (or probe input) exercises it: tied windows,
+    # non-zero gradients everywhere. So step 0 is where it first acts, and where the check must name it.
+    assert failure.failure_step == 0, failure.explanation()
     assert outcome.ok and outcome.row()["result"] == "OK"
 
 
