@@ -119,6 +119,34 @@ def test_deep_spec_teacher_forced_keeps_parity(tutorial_data):
     assert_lockstep(lockstep_run(tutorial_data, SPECS["deep"], "float32", 8, 160, mode="teacher"))
 
 
+class _SlightlyFastUpdates(ScratchSide):
+    """An update 1e-11 too large: each step's weights are off by 1e-11 of its step, far within the float64
+    allowance, but training on its own weights compounds it."""
+
+    def update(self, lr: float) -> None:
+        super().update(lr * (1 + 1e-11))
+
+
+def test_an_error_within_one_step_fails_free_running_only(tutorial_data):
+    """Teacher forcing measures one step's error: scratch starts each step from the reference's weights. Free-running
+    measures the drift: the same 1e-11 error per update, compounded, fails after some steps, named as drift."""
+    train, _ = tutorial_data
+    records = {}
+    for mode in ("free", "teacher"):
+        net = scratch.tutorial_network(0, "float64")
+        twin = reference.ReferenceRunner(reference.to_torch(net))
+        run = Lockstep(_SlightlyFastUpdates(net), twin, net.spec, "float64", mode=mode)
+        for image, label in zip(train.images[:200], train.labels[:200], strict=True):
+            run.step(image, label)
+        records[mode] = run.finish()
+    assert_lockstep(records["teacher"])
+    assert records["teacher"].worst_tolerance_used < 0.2  # measured 0.07
+    divergence = records["free"].first_divergence
+    assert divergence is not None and divergence.step > 10  # measured step 112 (dense1.out)
+    assert all(step.passed for step in records["free"].steps[: divergence.step])
+    assert divergence.diagnosis.kind == "drift"
+
+
 def test_a_step_that_agrees_is_packed_with_the_figures_its_comparisons_have(tutorial_data, monkeypatch):
     """A step whose batch agreed keeps only its packed figures, made without `TensorComparison`s: the same run with
     every step built from them gives every step the same names, errors, shares and verdicts, bit for bit."""
