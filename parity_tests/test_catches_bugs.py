@@ -288,3 +288,22 @@ def test_a_softmax_gradient_of_the_wrong_sign_is_caught_at_the_logits_gradient(t
     diagnosis = record.first_divergence.diagnosis
     assert (diagnosis.kind, diagnosis.evidence["reading"]) == ("scale", "a sign error")
     assert diagnosis.evidence["factor"] == -1
+
+
+def test_a_batch_computed_from_its_first_sample_only_is_named_with_the_samples_that_are_right(
+    tutorial_data, monkeypatch
+):
+    """A batch loop written `for n in range(1)`, the other rows filled from the first: only sample 0 is right."""
+    correct = Dense.forward
+
+    def first_sample_only(self, x):
+        out = correct(self, x)
+        out[1:] = out[0]
+        return out
+
+    monkeypatch.setattr(Dense, "forward", first_sample_only)
+    record = deep_run(tutorial_data)
+    assert first_divergence(record) == (0, "dense1.out", "dense1")
+    diagnosis = record.first_divergence.diagnosis
+    assert (diagnosis.kind, diagnosis.evidence) == ("partial", {"right_samples": [0], "batch": 4})
+    assert record.layers["dense1"].diagnosis.kind == "partial"  # on its own too, fed the reference's batch
