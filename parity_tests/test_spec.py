@@ -215,6 +215,11 @@ BAD_SPECS = {
     "conv-k0": ("conv0x8,pool2,dense10", r"^network spec item 1 'conv0x8' \(input 28x28x1\): K must be at least 1"),
     "pool-k0": ("conv3x8,pool0,dense10", r"^network spec item 2 'pool0' \(input 26x26x8\): K must be at least 1"),
     "conv-f0": ("conv3x0,dense10", r"^network spec item 1 'conv3x0' \(input 28x28x1\): F must be at least 1"),
+    "leading-zero": (
+        "conv3x8,pool2,dense010",
+        r"^network spec item 3 'dense010' \(input 13x13x8\): units is written with a leading zero; write 10, not 010$",
+    ),
+    "leading-zero-filters": ("conv3x08b,dense10", r"^network spec item 1 'conv3x08b' .*: F is written with a leading"),
     "dense-0": ("conv3x8,dense0,dense10", r"^network spec item 2 'dense0' \(input 26x26x8\): units must be at least"),
     "conv-shrunk": (
         "conv3x8,pool2,conv14x4,dense10",

@@ -181,9 +181,7 @@ def check_items(text: str, num_classes: int = 10) -> str:
         match = _ITEM.fullmatch(item)
         if match is None:
             raise ValueError(f"{where}: {'empty' if not item else 'unknown'} item; expected one of {_ITEM_FORMS}")
-        for what, group in (("K", "conv_k"), ("F", "filters"), ("K", "pool_k"), ("units", "units")):
-            if match[group] is not None:
-                _at_least(where, what, int(match[group]), 1)
+        _check_numbers(where, match)
     if not items[-1].startswith("dense") or items[-1] != f"dense{num_classes}":
         raise ValueError(
             f"network spec {text!r}: must end in dense{num_classes} (the logits of {num_classes} classes, followed by "
@@ -200,6 +198,7 @@ def _parse_item(item: str, position: int, shape: tuple[int, ...], counts: dict[s
     match = _ITEM.fullmatch(item)
     if match is None:
         raise ValueError(f"{where}: unknown item; expected one of {_ITEM_FORMS}")
+    _check_numbers(where, match)
     kind = re.match(r"[a-z]+", item).group()
     counts[kind] += 1
     name = f"{kind}{counts[kind]}"
@@ -264,6 +263,18 @@ def _check_image_shape(image_shape: object) -> tuple[int, int]:
     ):
         raise ValueError(f"image_shape: expected (height, width) as two positive integers, got {image_shape!r}")
     return tuple(image_shape)
+
+
+def _check_numbers(where: str, match: re.Match) -> None:
+    """Every number of an item at least 1, and written without a leading zero: `dense010` would be the tutorial's
+    network under a name no report or record of it has."""
+    for what, group in (("K", "conv_k"), ("F", "filters"), ("K", "pool_k"), ("units", "units")):
+        written = match[group]
+        if written is None:
+            continue
+        if len(written) > 1 and written.startswith("0"):
+            raise ValueError(f"{where}: {what} is written with a leading zero; write {int(written)}, not {written}")
+        _at_least(where, what, int(written), 1)
 
 
 def _at_least(where: str, what: str, value: int, low: int) -> None:
