@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from scratch.data import load_experiment_data
 from scratch.spec import DEFAULT_SPEC, parse_spec
 
 SMALL = ["--train-size", "200", "--test-size", "100", "--epochs", "1"]
+ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--train-size", "50", "--test-size", "10", "--epochs", "1", "--dtypes", "float64", "--no-faithful"]
 DEEP = "conv3x4,relu,pool2,dense10"  # a ReLU between the conv and the pool: names and shapes the tutorial lacks
 RUN_KEYS = {
@@ -609,3 +611,50 @@ def test_jobs_must_be_a_positive_integer(report_cli, capsys):
 def test_markdown_help_is_usage_not_a_missing_file(capsys):
     assert markdown.main(["--help"]) == 0 and capsys.readouterr().out.startswith(markdown.USAGE)
     assert markdown.main(["--bogus"]) == 2 and capsys.readouterr().err == markdown.USAGE + "\n"
+
+
+def _state(pid: int) -> tuple[str, int] | None:
+    """(state, parent) of a process from /proc; None once it has ended (a zombie has ended, unreaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else (fields[0], int(fields[1]))
+
+
+def _children(pid: int) -> list[int]:
+    """The running processes whose parent is `pid`."""
+    pids = (int(path.name) for path in Path("/proc").iterdir() if path.name.isdigit())
+    return [child for child in pids if (_state(child) or ("", 0))[1] == pid]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through Linux's /proc")
+def test_workers_end_when_the_process_running_the_experiments_is_killed():
+    """A SIGKILL (or an unhandled SIGTERM) of the caller runs none of its clean-up: the workers, waiting on a task
+    queue they hold a write end of, used to live on, and the fork server with them."""
+    script = (
+        "import sys\n"
+        "from parity.lockstep import parallel\n"
+        "from parity.lockstep.experiment import ExperimentConfig\n"
+        "from scratch.data import load_experiment_data\n"
+        "train, test = load_experiment_data(n_train=300, n_test=10)\n"
+        "def started(config, steps):\n"
+        "    print('running', flush=True)\n"
+        "    sys.stdin.readline()  # wait here to be killed\n"
+        "configs = [ExperimentConfig(), ExperimentConfig(dtype='float32')]\n"
+        "parallel.run_experiments(configs, train, test, jobs=2, on_steps=started)\n"
+    )
+    command = [sys.executable, "-c", script]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT) as caller:
+        try:
+            assert caller.stdout.readline() == "running\n"
+            servers = _children(caller.pid)  # the fork server (and the resource tracker, which ends on its own)
+            workers = [worker for server in servers for worker in _children(server)]
+            assert len(workers) == 2
+        finally:
+            caller.kill()
+    deadline = time.monotonic() + 10
+    while any(_state(pid) for pid in servers + workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in servers + workers if _state(pid)]
+    assert not left, f"processes left running after their caller was killed: {left}"

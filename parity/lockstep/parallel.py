@@ -5,6 +5,7 @@ result does not depend on which process ran it: the report is the same with any 
 Workers come from a fork server that has imported NumPy, PyTorch and the experiment once (`parity.lockstep.preload`),
 so starting one costs a fork, not an import of torch. `start_fork_server` starts that server early, so its imports
 overlap the caller's own start-up; this module imports neither torch nor the experiment until it runs one itself.
+A worker ends as soon as the process that started it does, however that ended (a `kill` of `cnn-parity report`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import queue
+import select
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
@@ -74,7 +78,8 @@ def run_experiments(
     start_fork_server()  # a no-op when already started
     context = multiprocessing.get_context("forkserver")
     progress = context.Queue()
-    with ProcessPoolExecutor(min(jobs, len(configs)), context, initializer=_start_worker, initargs=(progress,)) as pool:
+    workers = min(jobs, len(configs))
+    with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(progress, os.getpid())) as pool:
         runs = {pool.submit(_run_in_worker, i, configs[i], train, test): i for i in longest_first(configs)}
         extras = _follow(pool, runs, then, progress, configs, report)
         for future in [*runs, *extras.values()]:  # the error itself, not the cancellation of the tasks after it
@@ -116,12 +121,39 @@ def _drain(progress, configs: Sequence[ExperimentConfig], report) -> None:
         report(configs[index], steps)
 
 
-def _start_worker(progress) -> None:
+def _start_worker(progress, caller: int) -> None:
     global _progress
     _progress = progress
+    threading.Thread(target=_exit_with, args=(caller,), name="exit with the caller", daemon=True).start()
     import torch
 
     torch.set_num_threads(1)  # as the serial run: one thread keeps the reference's reductions in one order
+
+
+def _exit_with(caller: int) -> None:
+    """End this worker once the process that runs the experiments has ended, however it ended. A SIGTERM or SIGKILL
+    there runs none of its clean-up, and a worker waiting for its next task holds a write end of that queue itself:
+    it would wait forever, and the fork server with it (it lives while any worker does)."""
+    try:
+        ended = os.pidfd_open(caller)  # readable once the process has ended (Linux 5.3 on)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here: ask every half second instead
+        while _alive(caller):
+            time.sleep(0.5)
+        os._exit(1)
+    select.select([ended], [], [])
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only whether it exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user (a pid taken again)
+        return True
+    return True
 
 
 def _run_in_worker(index: int, config: ExperimentConfig, train: Dataset, test: Dataset) -> ExperimentResult:
