@@ -185,6 +185,26 @@ def test_a_golden_record_that_is_no_regular_file_is_refused_without_reading_it(c
     assert "not a regular file" in capsys.readouterr().err
 
 
+def test_a_small_file_that_unpacks_past_any_golden_record_is_refused_unpacked_no_further(capsys, tmp_path):
+    """A gzip bomb: 10 MB of zeros packs into 10 KB. With the cap lowered to 1 MB here, the reader stops one byte past
+    it (a real record is ~120 KB unpacked; the cap is 256 MB)."""
+    from parity.golden import records
+
+    path = tmp_path / "bomb.json.gz"
+    path.write_bytes(gzip.compress(b"0" * 10_000_000))
+    unpacked, gunzip = [], records._gunzip
+
+    def counted_gunzip(raw: bytes) -> bytes:
+        unpacked.append(len(gunzip(raw)))
+        return gunzip(raw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(records, "MAX_RECORD_BYTES", 1_000_000)
+        patch.setattr(records, "_gunzip", counted_gunzip)
+        assert_refused(cli(capsys, "compare-golden", str(path)), str(path), "unpacks to more than 1,000,000 bytes")
+    assert unpacked == [1_000_001]
+
+
 def test_a_reader_that_goes_away_is_no_usage_error():
     """`cnn-parity selftest --list | head -1`: the reader left; exit 1, not 2 (bad usage), and no traceback,
     with stdout buffered (written at the end) or not."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
@@ -207,6 +208,12 @@ def write_golden(document: dict, path: Path) -> Path:
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 
+def _gunzip(raw: bytes) -> bytes:
+    """The gzipped `raw` unpacked, at most one byte past MAX_RECORD_BYTES of it (memory stays bounded)."""
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as unpacked:
+        return unpacked.read(MAX_RECORD_BYTES + 1)
+
+
 def read_golden(path: str | os.PathLike) -> dict:
     """Read and validate a golden record; UsageError (one line) for anything unusable."""
     path = Path(path)
@@ -225,7 +232,9 @@ def read_golden(path: str | os.PathLike) -> dict:
     if not raw:
         raise UsageError(f"{path}: empty file, expected a golden record (.json.gz) written by `cnn-parity record`")
     try:
-        text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        text = _gunzip(raw) if raw[:2] == b"\x1f\x8b" else raw
+        if len(text) > MAX_RECORD_BYTES:  # read only this far: a small file can unpack to any size
+            raise UsageError(f"{path}: unpacks to more than {MAX_RECORD_BYTES:,} bytes, larger than any golden record")
         document = json.loads(text)
     except (OSError, EOFError, zlib.error, ValueError) as error:
         raise UsageError(f"{path}: not a golden record (gzipped JSON expected): {error}") from None
