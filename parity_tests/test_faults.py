@@ -473,18 +473,18 @@ def test_rendering_a_bad_report_json_is_one_line(capsys, tmp_path, content):
     assert str(path) in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_a_bogus_mplbackend_falls_back_to_agg_and_says_so_once(tmp_path):
+@pytest.mark.parametrize("dtypes", ["float64", "float64,float32"], ids=["one run", "two runs in two workers"])
+def test_a_bogus_mplbackend_falls_back_to_agg_and_says_so_once(tmp_path, dtypes):
     """matplotlib raises at import on an unknown MPLBACKEND; the report draws with Agg anyway (a new process: this
-    one imported matplotlib long ago)."""
+    one imported matplotlib long ago). One note, also when the plots are drawn by two workers."""
     out = tmp_path / "r"
-    script = (
-        f"import sys; from parity.cli import main; sys.exit(main({['report', *SMALL_REPORT, '--out', str(out)]!r}))"
-    )
+    argv = ["report", *SMALL_REPORT, "--dtypes", dtypes, "--jobs", "2", "--out", str(out)]
+    script = f"import sys; from parity.cli import main; sys.exit(main({argv!r}))"
     env = {**os.environ, "MPLBACKEND": "bogus"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.count("MPLBACKEND='bogus' is not a matplotlib backend") == 1
-    assert "file backend Agg" in done.stderr and len(list(out.glob("*.png"))) == 2
+    assert done.stderr.count("MPLBACKEND='bogus' is not a matplotlib backend") == 1, done.stderr
+    assert "file backend Agg" in done.stderr and len(list(out.glob("*.png"))) == 2 * len(dtypes.split(","))
 
 
 # --- an interrupt once the output is complete -------------------------------------------------------------------

@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     if options.jobs > 1 and run_count(options) > 1:
         from parity.lockstep.parallel import start_fork_server
 
-        start_fork_server()  # the workers' imports overlap this process's own, and the data's loading
+        start_fork_server("reports.preload")  # the workers' imports overlap this process's own, and the data's loading
 
     import torch
     from tqdm import tqdm

@@ -35,11 +35,11 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def start_fork_server() -> None:
-    """Start the fork server the workers come from, now: it loads torch and the experiment while the caller goes on
-    (run_experiments waits for it when it needs a worker)."""
+def start_fork_server(preload: str = "parity.lockstep.preload") -> None:
+    """Start the fork server the workers come from, now: it imports `preload` (the experiment, and whatever else the
+    caller's tasks need) while the caller goes on (run_experiments waits for it when it needs a worker)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["parity.lockstep.preload"])
+    context.set_forkserver_preload([preload])
     multiprocessing.forkserver.ensure_running()
 
 

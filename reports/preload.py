@@ -1,0 +1,15 @@
+"""What a report's workers need loaded, imported once by the fork server they are forked from
+(`parity.lockstep.parallel`): the experiment, and matplotlib for the plots they draw. Imported there, a bogus
+MPLBACKEND is set aside with one note, not one per worker."""
+
+from __future__ import annotations
+
+import os
+
+try:
+    import parity.lockstep.preload  # noqa: F401  (NumPy, PyTorch, scratch, the reference, the experiment)
+    from reports.plots import import_matplotlib
+
+    import_matplotlib()
+except KeyboardInterrupt:  # Ctrl-C while the server loads: as parity.lockstep.preload, no traceback from here
+    os._exit(130)
