@@ -533,3 +533,26 @@ def test_the_relu_zero_probe_feeds_each_relu_exact_zeros_at_every_step():
         assert not trace.tensors["conv1.out"][..., 0].any() and trace.tensors["conv1.out"][..., 1:].any()
         assert not trace.tensors["dense1.out"][:, 0].any() and trace.tensors["dense1.out"][:, 1:].any()
         net.update(0.005)
+
+
+# --- code that works in place, keeps state, or hands on its own types -----------------------------------------------
+
+
+def test_a_layer_wrong_only_when_run_alone_is_the_first_failure_without_a_traceback(capsys, tmp_path, monkeypatch):
+    """The whole-network run agrees at every step, and one layer is wrong only on its own: that is the verdict."""
+    from parity.check.adapter import ImplSide
+
+    correct = ImplSide.run_layer
+
+    def wrong_alone(self, feed):
+        tensors = correct(self, feed)
+        if feed.layer.name == "pool1":
+            tensors["pool1.out"] = tensors["pool1.out"] * 1.01
+        return tensors
+
+    monkeypatch.setattr(ImplSide, "run_layer", wrong_alone)
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--steps", "3", "--no-probes")
+    assert (code, err) == (1, "") and "Traceback" not in out
+    assert "Main run: DIVERGED at step 0, pool1 pool1.out, on its own only" in out
+    assert "first divergence: step 0, pool1 pool1.out, on its own: pool1.out is 1.01 x the reference's" in out
+    assert "DIVERGENCE in main run; first: pool1 pool1.out at step 0 of the main run (exit 1)" in out

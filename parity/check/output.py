@@ -85,6 +85,12 @@ def _run_headline(label: str, run: RunResult) -> str:
             f"{label}: PARITY over {len(run.record.steps)} steps: every tensor within float64 tolerance at every step "
             f"(worst step used {100 * run.record.worst_tolerance_used:.2g}% of it)"
         )
+    if run.wrong_alone is not None:
+        alone = run.wrong_alone
+        return (
+            f"{label}: DIVERGED at step {alone.step}, {alone.name} {alone.tensor}, on its own only (the whole-network "
+            f"run agreed at every step it took)"
+        )
     if run.record.first_divergence is None:
         return f"{label}: {run.verdict} at step {run.crash_step} of {run.steps_planned}: {run.crash_text()}"
     div = run.record.first_divergence
@@ -136,12 +142,13 @@ def verdict_line(result: CheckResult) -> str:
         skipped = len(result.probes) - len(ran)
         probes = f" and {len(ran)} edge probe{'s' if len(ran) != 1 else ''}" if ran else ""
         note = f" ({skipped} probe skipped)" if skipped else ""
-        return f"PARITY: the main run{probes} agree with PyTorch tensor by tensor{note} (exit 0)"
+        agree = "agree" if ran else "agrees"
+        return f"PARITY: the main run{probes} {agree} with PyTorch tensor by tensor{note} (exit 0)"
     failing = [run for run in result.runs if not run.passed]
     first = result.first_failure
     names = ", ".join("main run" if run.name == "main" else run.name for run in failing)
     run = "main run" if first.name == "main" else f"{first.name} probe"
-    if first.record.first_divergence is None:  # the code raised or hung
+    if first.record.first_divergence is None and first.wrong_alone is None:  # the code raised or hung
         what = "HUNG" if first.crash.timed_out else "RAISED"
         where = f"{first.crash.where} ({first.layer})"
         return f"{what} in {names}; first: {where} at step {first.failure_step} of the {run} (exit 1)"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from parity.check.infer import Architecture
 from parity.check.loader import Impl
 from parity.check.usercode import ImplCrash
+from parity.lockstep.local import LayerVerdict
 from parity.lockstep.records import LockstepRecord
 
 PROBE_NAMES = {"constant": "constant images", "large-logits": "large logits", "odd-size": "odd sizes"}
@@ -36,28 +37,47 @@ class RunResult:
         return self.crash is None and self.record.passed
 
     @property
+    def wrong_alone(self) -> LayerVerdict | None:
+        """The layer first wrong on its own, when that is the first failure: nothing diverged in the whole-network
+        run before it (or the code raised only later). Code that computes differently when called again on the same
+        inputs (state kept between calls) can fail only there."""
+        if self.record.first_divergence is not None:
+            return None
+        failed = [verdict for verdict in self.record.layers.values() if verdict.passed is False]
+        first = min(failed, key=lambda verdict: verdict.step, default=None)  # the earliest; ties in layer order
+        if first is None or (self.crash is not None and self.crash_step < first.step):
+            return None
+        return first
+
+    @property
     def layer(self) -> str | None:
         """The spec layer blamed for the first failure (`conv1`, `pool1`, `dense1`, `loss`; None when it passed)."""
         if self.record.first_divergence is not None:
             return self.record.first_divergence.layer
+        if self.wrong_alone is not None:
+            return self.wrong_alone.name
         return self.crash.layer if self.crash is not None else None
 
     @property
     def tensor(self) -> str | None:
         """The first tensor out of tolerance (None for a pass or a crash)."""
-        return self.record.first_divergence.tensor if self.record.first_divergence else None
+        if self.record.first_divergence is not None:
+            return self.record.first_divergence.tensor
+        return self.wrong_alone.tensor if self.wrong_alone is not None else None
 
     @property
     def failure_step(self) -> int | None:
         """The step of the first failure."""
         if self.record.first_divergence is not None:
             return self.record.first_divergence.step
+        if self.wrong_alone is not None:
+            return self.wrong_alone.step
         return self.crash_step if self.crash is not None else None
 
     @property
     def verdict(self) -> str:
         """PARITY, DIVERGED, CRASHED, HUNG or SKIPPED."""
-        if self.record.first_divergence is not None:
+        if self.record.first_divergence is not None or self.wrong_alone is not None:
             return "DIVERGED"
         if self.crash is not None:
             return "HUNG" if self.crash.timed_out else "CRASHED"
@@ -76,6 +96,9 @@ class RunResult:
     def cause(self) -> str:
         """A short cause for tables: `tie-policy difference`, `softmax overflow`, `MaxPool2.forward raised ...`."""
         if self.record.first_divergence is None:
+            alone = self.wrong_alone
+            if alone is not None:
+                return f"{alone.diagnosis.label if alone.diagnosis else 'wrong'}, on its own only"
             return self.crash_text() if self.crash else ""
         div = self.record.first_divergence
         if div.comparison.problem and div.diagnosis.kind == "unexplained":
@@ -96,6 +119,15 @@ class RunResult:
     def explanation(self) -> str:
         """The first divergence in full (the engine's diagnosis, refined with the step's tensors), or the crash."""
         if self.record.first_divergence is None:
+            alone = self.wrong_alone
+            if alone is not None:
+                why = f": {alone.diagnosis.text}" if alone.diagnosis else ""
+                message = (
+                    f"step {alone.step}, {alone.name} {alone.tensor}, on its own{why}. Every tensor of the "
+                    f"whole-network run agreed with PyTorch at that step: {alone.name} gives another result when it "
+                    "is run alone on the reference's inputs and weights (does it keep state between calls?)."
+                )
+                return message + (f" Then {self.crash_text()}." if self.crash is not None else "")
             if self.crash is None:
                 return f"skipped: {self.skipped}" if self.skipped else "no divergence"
             verb = "fails on" if self.name != "main" else "fails in the"
