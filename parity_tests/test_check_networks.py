@@ -556,3 +556,15 @@ def test_a_layer_wrong_only_when_run_alone_is_the_first_failure_without_a_traceb
     assert "Main run: DIVERGED at step 0, pool1 pool1.out, on its own only" in out
     assert "first divergence: step 0, pool1 pool1.out, on its own: pool1.out is 1.01 x the reference's" in out
     assert "DIVERGENCE in main run; first: pool1 pool1.out at step 0 of the main run (exit 1)" in out
+
+
+def test_a_module_named_like_a_package_of_this_tool_is_refused_naming_both(capsys, tmp_path):
+    """`from scratch import regions` in the user's conv.py would import this tool's `scratch`, not theirs."""
+    impl = copy_fixed(tmp_path / "impl", "conv.py", "import numpy as np\n", "import numpy as np\nimport scratch\n")
+    (impl / "scratch.py").write_text("REGIONS = 3\n")
+    code, _, err = cli(capsys, "check", "--impl", str(impl), "--steps", "3")
+    assert code == 2 and f"{impl / 'scratch.py'}: conv.py imports it as `scratch`" in err
+    assert "Rename your module" in err and len(err.strip().splitlines()) == 1
+    conv = impl / "conv.py"
+    conv.write_text(conv.read_text().replace("import scratch\n", ""))  # not imported, a module of that name is fine
+    assert cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")[0] == 0

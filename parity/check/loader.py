@@ -13,6 +13,7 @@ Every way this can fail raises `ImplError` with what was wrong and what to do; n
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.util
@@ -355,8 +356,44 @@ def closest(name: str, names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: -difflib.SequenceMatcher(None, name.lower(), n.lower()).ratio())
 
 
+# This tool's own top-level packages: imported before the user's code, they shadow a user's module of the same name.
+TOOL_PACKAGES = ("scratch", "reference", "parity", "reports")
+
+
+def _refuse_shadowed_imports(directory: Path) -> None:
+    """ImplError when the user's directory holds a module named like one of TOOL_PACKAGES that its code imports:
+    `import scratch` would give this tool's package (already imported), not the user's file."""
+    for name in TOOL_PACKAGES:
+        own = next((p for p in (directory / f"{name}.py", directory / name / "__init__.py") if p.is_file()), None)
+        if own is None:
+            continue
+        importers = [file.name for file in sorted(directory.glob("*.py")) if name in _imported_names(file)]
+        if importers:
+            raise ImplError(
+                f"{own}: {', '.join(importers)} import{'s' if len(importers) == 1 else ''} it as `{name}`, but "
+                f"`{name}` is also a package of this tool, which check has imported already: your code would get "
+                f"the tool's. Rename your module (and its imports) to check this code"
+            )
+
+
+def _imported_names(file: Path) -> set[str]:
+    """The top-level module names a file imports absolutely (none for a file that does not parse)."""
+    try:
+        tree = ast.parse(file.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
 def _import_file(file: Path):
     """Import one file under a private module name, its directory first on sys.path for sibling imports."""
+    _refuse_shadowed_imports(file.parent)
     directory = str(file.parent.resolve())
     name = f"_cnn_parity_impl_{next(_counter)}_{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
