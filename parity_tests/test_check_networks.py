@@ -537,6 +537,91 @@ def test_the_relu_zero_probe_feeds_each_relu_exact_zeros_at_every_step():
 
 # --- code that works in place, keeps state, or hands on its own types -----------------------------------------------
 
+EXAMPLE_TWO_CONV = ROOT / "parity" / "check" / "examples" / "two_conv_cnn"
+EXAMPLE_TWO_CONV_LAYERS = "ConvFirst(8),ReLU(),MaxPool2(),ConvDeep(16,8),ReLU(),MaxPool2(),Softmax(256,10)"
+
+
+def copy_two_conv(directory: Path, old: str, new: str) -> Path:
+    """The two-conv example network in `directory`, `old` replaced by `new` in its layers.py (no training script)."""
+    shutil.copytree(EXAMPLE_TWO_CONV, directory, ignore=shutil.ignore_patterns("cnn.py"))
+    path = directory / "layers.py"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new))
+    return directory
+
+
+IN_PLACE = {
+    # The conv scales the gradient it is given in place: the pool's own gradient array, in the user's train().
+    "conv scales its gradient in place": (
+        "fixed",
+        "conv.py",
+        "        self.filters -= learn_rate * d_L_d_filters\n",
+        "        d_L_d_out *= learn_rate\n"
+        '        self.filters -= np.einsum("ijf,ijkl->fkl", d_L_d_out, self.regions(self.last_input))\n',
+    ),
+    "relu forward overwrites its input": (
+        "two-conv",
+        "layers.py",
+        "        self.last_input = input\n        return np.maximum(input, 0)\n",
+        "        self.last_input = input.copy()\n        return np.maximum(input, 0, out=input)\n",
+    ),
+    "relu backprop masks its gradient in place": (
+        "two-conv",
+        "layers.py",
+        "        return d_L_d_out * (self.last_input > 0)\n",
+        "        d_L_d_out[self.last_input <= 0] = 0\n        return d_L_d_out\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", IN_PLACE.values(), ids=IN_PLACE.keys())
+def test_correct_code_that_works_in_place_on_what_it_is_given_passes(capsys, tmp_path, case):
+    """What a layer is given is the neighbour's array in the user's train(), and a copy when it runs alone: an edit
+    in place changes neither what was recorded of the neighbour nor the reference's tensors."""
+    network, file, old, new = case
+    if network == "fixed":
+        impl, layers = copy_fixed(tmp_path / "impl", file, old, new), []
+    else:
+        impl, layers = copy_two_conv(tmp_path / "impl", old, new), ["--layers", EXAMPLE_TWO_CONV_LAYERS]
+    code, out, err = cli(capsys, "check", "--impl", str(impl), *layers, "--steps", "5", "--no-probes")
+    assert (code, err) == (0, ""), out + err
+    assert "Main run: PARITY over 5 steps" in out and "WRONG" not in out
+
+
+def test_a_pool_that_works_in_place_is_the_one_layer_blamed(capsys, tmp_path):
+    """A ReLU fused into the pool, in place on the conv's output: the pool is wrong, the conv is right."""
+    impl = copy_fixed(
+        tmp_path / "impl", "maxpool.py", "        self.last_input = input\n",
+        "        np.maximum(input, 0, out=input)\n        self.last_input = input\n",
+    )  # fmt: skip
+    code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")
+    assert code == 1 and "Main run: DIVERGED at step 0, pool1 pool1.out" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.strip().startswith("| ")}
+    assert "WRONG" in rows["pool1 (pool)"] and "right" in rows["conv1 (conv)"] and "right" in rows["dense1 (dense)"]
+
+
+COUNTED = "        self.last_input = input\n"
+
+
+@pytest.mark.parametrize(
+    ("bug", "step"),
+    [("self.calls > 10", 10), ("self.calls % 2 == 0", 1)],
+    ids=["from the 11th image on", "every second image"],
+)
+def test_a_bug_that_depends_on_the_calls_so_far_is_found_at_the_step_it_acts(capsys, tmp_path, bug, step):
+    """A layer run alone starts from the state it began the step in, and is put back after: it is called once per
+    step, as in the user's own training, whatever the check runs alone."""
+    counted = (
+        "        self.calls = getattr(self, 'calls', 0) + 1\n"
+        f"        if {bug}:\n"
+        "            return self.windows(input).max(axis=-1) * 1.01\n"
+    )
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", COUNTED, COUNTED + counted)
+    code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "12", "--no-probes")
+    assert code == 1 and f"Main run: DIVERGED at step {step}, pool1 pool1.out from MaxPool2.forward" in out
+    assert f"| WRONG        | step {step} pool1.out" in out
+
 
 def test_a_layer_wrong_only_when_run_alone_is_the_first_failure_without_a_traceback(capsys, tmp_path, monkeypatch):
     """The whole-network run agrees at every step, and one layer is wrong only on its own: that is the verdict."""
@@ -556,6 +641,55 @@ def test_a_layer_wrong_only_when_run_alone_is_the_first_failure_without_a_traceb
     assert "Main run: DIVERGED at step 0, pool1 pool1.out, on its own only" in out
     assert "first divergence: step 0, pool1 pool1.out, on its own: pool1.out is 1.01 x the reference's" in out
     assert "DIVERGENCE in main run; first: pool1 pool1.out at step 0 of the main run (exit 1)" in out
+
+
+def test_float32_weights_stay_float32_and_aliases_of_them_keep_working(capsys, tmp_path):
+    """The shared weights are written into the user's arrays: float32 weights are not turned into float64 ones (the
+    float32 path is what runs), and a list of the parameters the update goes through still holds them."""
+    impl = copy_fixed(
+        tmp_path / "f32", "softmax.py", "        self.biases = np.zeros(nodes)\n",
+        "        self.weights = self.weights.astype(np.float32)\n        self.biases = np.zeros(nodes, np.float32)\n",
+    )  # fmt: skip
+    code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")
+    assert code == 1 and "Main run: DIVERGED at step 0, dense1 dense1.out" in out
+    assert "float32-level error in float64" in out
+    listed = copy_fixed(
+        tmp_path / "listed", "softmax.py",
+        "        self.weights -= learn_rate * d_L_d_w\n        self.biases -= learn_rate * d_L_d_b\n",
+        "        for param, grad in zip(self.params, (d_L_d_w, d_L_d_b)):\n            param -= learn_rate * grad\n",
+    )  # fmt: skip
+    text = (listed / "softmax.py").read_text()
+    (listed / "softmax.py").write_text(
+        text.replace("        self.biases = np.zeros(nodes)\n", "        self.biases = np.zeros(nodes)\n"
+                     "        self.params = [self.weights, self.biases]\n")
+    )  # fmt: skip
+    code, out, err = cli(capsys, "check", "--impl", str(listed), "--steps", "5", "--no-probes")
+    assert (code, err) == (0, ""), out
+    assert "the main run agrees with PyTorch" in out
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "raised", "given"),
+    [
+        (
+            "softmax.py", "return d_L_d_inputs.reshape(self.last_input_shape)", "return d_L_d_inputs",
+            "MaxPool2.backprop: raised ValueError", "given Softmax.backprop's return value, of shape (1352,)",
+        ),
+        (
+            "maxpool.py", "return self.windows(input).max(axis=-1)", "return self.windows(input).max(axis=-1).tolist()",
+            "Softmax.forward: raised AttributeError", "given MaxPool2.forward's return value, a list",
+        ),
+    ],
+    ids=["a flat input gradient", "a list from forward"],
+)  # fmt: skip
+def test_what_a_layer_returns_is_handed_on_as_it_is_and_a_failure_on_it_names_its_source(
+    capsys, tmp_path, file, old, new, raised, given
+):
+    """As in the user's own train(), where this code fails too: not reshaped or converted on the way."""
+    impl = copy_fixed(tmp_path / "impl", file, old, new)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")
+    assert code == 2 and raised in err and given in err, err
+    assert "the tutorial's layers hand on an array of shape (13, 13, 8)" in err
 
 
 def test_a_module_named_like_a_package_of_this_tool_is_refused_naming_both(capsys, tmp_path):

@@ -25,10 +25,17 @@ the logits through weights of ~4 (error ~1e-13), not through biases of ~800 (err
 runs at a larger lr where a small network needs larger weights for the same shift (`parity.check.run`).
 
 Because the update happens inside `backprop`, `update(lr)` is a no-op that only checks the lr is the one used.
+
+Faithful to the user's own training: each layer is handed what its neighbour returned, as it is (not reshaped or
+converted; a failure on it names that neighbour), and what is recorded is a private copy, so code that works in
+place on what it is given changes nothing already recorded. The shared weights are written into the user's own
+arrays (their dtype kept). A layer run alone (`run_layer`) gets copies of the reference's tensors, starts from the
+state it began the step in, and is put back afterwards, so the whole-network run sees one call per step.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,6 +71,7 @@ class ImplSide:
                 _check_attribute(arch, layer, obj, binding)
         self.load_parameters(initial)
         self.missing: dict[str, str] = {}  # tensor -> why it could not be seen (filled by each step)
+        self._step_began: list[dict | None] = []  # each layer's attributes as the last step began (`_snapshot`)
 
     def _pairs(self) -> list[tuple[BoundLayer, LayerSpec]]:
         return list(zip(self.bound, self.spec.layers, strict=True))
@@ -85,27 +93,29 @@ class ImplSide:
             )
         image, label = images[0], int(labels[0])
         before = self.parameters()
+        self._step_began = [_snapshot(obj) for obj in self.objects]  # where a layer run alone at this step starts
         tensors: dict[str, np.ndarray] = {}
         self.missing = {}
         last = len(self.bound) - 1
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
+            # Each layer is given what the one before returned, as it is, as train() gives it; what is recorded is
+            # a private copy, which no later call can change in place.
             out = (image / 255) - 0.5
             out = out if self.bound[0].image_input else out[..., np.newaxis]
             inputs = []
             for index, spec in enumerate(self.spec.layers):
                 inputs.append(out)
-                out = self._forward(index, out)
+                out, recorded = self._forward(index, out)
                 if index == last:
-                    tensors |= self._loss_tensors(index, out, label)
+                    tensors |= self._loss_tensors(index, recorded, label)
                 else:
-                    tensors[self.spec.name_of(spec.name, "out")] = out[np.newaxis]
-            probs = out
+                    tensors[self.spec.name_of(spec.name, "out")] = recorded[np.newaxis]
             gradient = np.zeros(self.spec.num_classes)
-            gradient[label] = -1 / probs[label]
+            gradient[label] = -1 / out[label]
             for index in reversed(range(len(self.bound))):
-                gradient = self._backprop(index, gradient, inputs[index])
-                if gradient is not None:
-                    tensors[self.spec.name_of(self.spec.layers[index].name, "d_in")] = gradient[np.newaxis]
+                gradient, recorded = self._backprop(index, gradient, inputs[index])
+                if recorded is not None:
+                    tensors[self.spec.name_of(self.spec.layers[index].name, "d_in")] = recorded[np.newaxis]
             after = self.parameters()
             for name in before:
                 layer, param = name.split(".")
@@ -115,27 +125,35 @@ class ImplSide:
 
     def run_layer(self, feed: LayerFeed) -> dict[str, np.ndarray]:
         """One user layer alone, on the reference's input, output gradient and weights (see
-        `parity.lockstep.local`); gradients recovered from its update, then its own weights put back."""
+        `parity.lockstep.local`); gradients recovered from its update. Then the layer is put back as it was, its
+        weights and whatever else it keeps (caches, a count of its calls), and NumPy's global random state too: the
+        whole-network run goes on exactly as the user's own training would. It runs from the state the layer began
+        the step in, so a layer whose results depend on its calls so far is judged alone on the call the step made."""
         index = next(i for i, spec in enumerate(self.spec.layers) if spec.name == feed.layer.name)
         layer, spec = self.bound[index], self.spec.layers[index]
-        own = self.parameters()
+        own, kept, random_state = self.parameters(), _snapshot(self.objects[index]), np.random.get_state()
         names = {param: f"{spec.name}.{param}" for param in feed.params}
         tensors: dict[str, np.ndarray] = {}
         try:
+            began = self._step_began[index] if self._step_began else None
+            if kept is not None and began is not None:
+                _restore(self.objects[index], copy.deepcopy(began))
             self.load_parameters({**own, **{names[param]: value for param, value in feed.params.items()}})
             with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
+                # Copies: the reference's own tensors, which a layer that works in place on its input (or gradient)
+                # would change under the comparison.
                 x = feed.inputs[0]
-                x = x[..., 0] if index == 0 and layer.image_input else x.reshape(spec.in_shape)
-                out = self._forward(index, x)
+                x = np.array(x[..., 0] if index == 0 and layer.image_input else x.reshape(spec.in_shape))
+                out, recorded = self._forward(index, x)
                 if index == len(self.bound) - 1:
                     label = int(feed.labels[0])
-                    tensors |= self._loss_tensors(index, out, label)
+                    tensors |= self._loss_tensors(index, recorded, label)
                     gradient = np.zeros(self.spec.num_classes)
                     gradient[label] = -1 / out[label]  # as train() starts backprop: from the layer's own probabilities
                 else:
-                    tensors[self.spec.name_of(spec.name, "out")] = out[np.newaxis]
-                    gradient = feed.d_out[0].reshape(spec.out_shape)
-                d_in = self._backprop(index, gradient, x)
+                    tensors[self.spec.name_of(spec.name, "out")] = recorded[np.newaxis]
+                    gradient = np.array(feed.d_out[0].reshape(spec.out_shape))
+                _, d_in = self._backprop(index, gradient, x)
                 if d_in is not None:
                     tensors[self.spec.name_of(spec.name, "d_in")] = d_in[np.newaxis]
                 after = self.parameters()
@@ -144,6 +162,8 @@ class ImplSide:
                     tensors[gradient_name] = _recovered(feed.params[param], after[name], self.lr)
         finally:
             self.load_parameters(own)
+            _restore(self.objects[index], kept)
+            np.random.set_state(random_state)
         self._d_logits(tensors)
         return tensors
 
@@ -164,11 +184,20 @@ class ImplSide:
         return params
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
-        """Set each parameter attribute from `params[name]` (spec names, scratch layouts), in the user's layout."""
+        """Set each parameter attribute from `params[name]` (spec names, scratch layouts), in the user's layout.
+
+        Written into the array the attribute holds, so it keeps its dtype (float32 weights stay float32, as in the
+        user's own training) and whatever else refers to it (a list of the parameters the update goes through);
+        replaced only where it cannot be written in place."""
         for (layer, spec), obj in zip(self._pairs(), self.objects, strict=True):
             for binding in layer.params:
                 value = binding.to_user(params[f"{spec.name}.{binding.param}"])
-                setattr(obj, binding.attribute, np.array(value, dtype=np.float64, copy=True))
+                current = getattr(obj, binding.attribute, None)
+                if isinstance(current, np.ndarray) and current.shape == np.shape(value) and current.flags.writeable:
+                    current[...] = value
+                else:
+                    dtype = current.dtype if isinstance(current, np.ndarray) else np.float64
+                    setattr(obj, binding.attribute, np.array(value, dtype=dtype, copy=True))
 
     # --- provenance, for reports ----------------------------------------------------------------------
 
@@ -219,17 +248,19 @@ class ImplSide:
     def _index(self, layer_name: str) -> int:
         return next(i for i, spec in enumerate(self.spec.layers) if spec.name == layer_name)
 
-    def _forward(self, index: int, x: np.ndarray) -> np.ndarray:
+    def _forward(self, index: int, x) -> tuple[object, np.ndarray]:
+        """What the layer's forward returned, as it is (for the next layer), and a checked private copy of it."""
         layer, spec = self.bound[index], self.spec.layers[index]
         value = self._call(index, layer.methods.forward, x)
         if index == len(self.bound) - 1:
-            return self._checked(
-                index, layer.methods.forward, value, (self.spec.num_classes,), "(nodes,) probabilities"
-            )
-        return self._checked(index, layer.methods.forward, value, spec.out_shape, _layout_text(spec.out_shape))
+            shape, layout = (self.spec.num_classes,), "(nodes,) probabilities"
+        else:
+            shape, layout = spec.out_shape, _layout_text(spec.out_shape)
+        return value, self._checked(index, layer.methods.forward, value, shape, layout)
 
-    def _backprop(self, index: int, gradient: np.ndarray, x: np.ndarray) -> np.ndarray | None:
-        """The layer's input gradient in the spec's input shape (None when the first layer returns None)."""
+    def _backprop(self, index: int, gradient, x) -> tuple[object, np.ndarray | None]:
+        """What the layer's backprop returned, as it is (for the layer before), and a checked private copy of it in
+        the spec's input shape (None when the first layer returns None)."""
         layer, spec = self.bound[index], self.spec.layers[index]
         args = (gradient, self.lr) if layer.methods.backprop_takes_lr else (gradient,)
         value = self._call(index, layer.methods.backprop, *args)
@@ -237,16 +268,16 @@ class ImplSide:
             self.missing[self.spec.name_of(spec.name, "d_in")] = (
                 f"{layer.cls_name}.{layer.methods.backprop} returned None"
             )
-            return None
+            return None, None
         array = self._checked(index, layer.methods.backprop, value, None, "")
-        if array.shape != x.shape and array.size != x.size:
+        if array.shape != np.shape(x) and array.size != np.size(x):
             raise ImplCrash(
                 layer.cls_name,
                 layer.methods.backprop,
-                f"returned shape {array.shape}, expected {x.shape}: the shape of its input",
+                f"returned shape {array.shape}, expected {np.shape(x)}: the shape of its input",
                 spec.name,
             )
-        return array.reshape(spec.in_shape)
+        return value, array.reshape(spec.in_shape)
 
     def _loss_tensors(self, index: int, probs: np.ndarray, label: int) -> dict[str, np.ndarray]:
         layer, spec = self.bound[index], self.spec.layers[index]
@@ -271,7 +302,33 @@ class ImplSide:
     def _call(self, index: int, method: str, *args):
         layer = self.bound[index]
         function = getattr(self.objects[index], method)
-        return guarded(layer.cls_name, method, self.spec.layers[index].name, function, *args, timeout=self.arch.timeout)
+        try:
+            return guarded(
+                layer.cls_name, method, self.spec.layers[index].name, function, *args, timeout=self.arch.timeout
+            )
+        except ImplCrash as crash:
+            hint = "" if crash.timed_out else self._given(index, method == layer.methods.forward, args[0])
+            if not hint:
+                raise
+            raise ImplCrash(crash.cls, crash.method, crash.detail + hint, crash.layer) from crash.__cause__
+
+    def _given(self, index: int, forward: bool, value: object) -> str:
+        """What a layer that raised was given, when that is its neighbour's return value and not an array of the
+        shape train() hands on in the tutorial's interface: the likelier culprit is then the neighbour."""
+        neighbour = index - 1 if forward else index + 1
+        if not 0 <= neighbour < len(self.bound):
+            return ""  # the image, or the loss's gradient: made here, as train() makes them
+        spec = self.spec.layers[index]
+        expected = spec.in_shape if forward else spec.out_shape
+        if isinstance(value, np.ndarray) and value.shape == expected:
+            return ""
+        source = self.bound[neighbour]
+        method = source.methods.forward if forward else source.methods.backprop
+        what = f"of shape {value.shape}" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+        return (
+            f" (given {source.cls_name}.{method}'s return value, {what}, as it is; the tutorial's layers hand on an "
+            f"array of shape {expected})"
+        )
 
     def _checked(self, index: int, method: str, value, shape: tuple[int, ...] | None, layout: str) -> np.ndarray:
         """A private float64 copy of a returned array, which must have `shape` when given (else ImplCrash)."""
@@ -297,6 +354,22 @@ def _check_attribute(arch: Architecture, layer: BoundLayer, obj, binding: ParamB
 
 def _layout_text(shape: tuple[int, ...]) -> str:
     return "HWC (height, width, channels)" if len(shape) == 3 else "(nodes,)"
+
+
+def _snapshot(obj: object) -> dict | None:
+    """A deep copy of the object's attributes (None for an object without them, or holding what cannot be copied:
+    then only its weights are put back)."""
+    try:
+        return copy.deepcopy(vars(obj))
+    except Exception:  # an open file, a lock, a module: arbitrary user state
+        return None
+
+
+def _restore(obj: object, kept: dict | None) -> None:
+    if kept is not None:
+        attributes = vars(obj)
+        attributes.clear()
+        attributes.update(kept)
 
 
 def _recovered(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndarray:
