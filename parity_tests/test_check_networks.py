@@ -329,6 +329,25 @@ def test_a_forward_that_never_returns_is_stopped_before_the_first_step(capsys, t
     assert "pass --timeout SECONDS to allow longer (exit 1)" in out
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ("        while True:\n            pass\n", "HUNG before the first step: MaxPool2.__init__ (layer 2) did not "
+         "return within 0.3 s"),
+        ("        open('/nonexistent/pool-weights.npy')\n", "MaxPool2.__init__: raised FileNotFoundError"),
+    ],
+    ids=["hangs", "raises"],
+)  # fmt: skip
+def test_a_constructor_that_hangs_or_fails_is_named_so_not_as_wrong_arguments(capsys, tmp_path, body, said):
+    """Under --timeout, not a fixed 30 s; and only a TypeError is read as arguments the class does not take."""
+    impl = copy_fixed(
+        tmp_path / "impl", "maxpool.py", "    def windows(self, image):", f"    def __init__(self):\n{body}\n"
+        "    def windows(self, image):"
+    )  # fmt: skip
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--timeout", "0.3")
+    assert said in out + err and "arguments" not in out + err and "takes" not in err
+
+
 def test_a_probe_the_code_raises_in_is_named_as_its_error(capsys, tmp_path):
     """The odd-size probe: MaxPool2.forward refuses odd sizes. Named as the user's error, at its step, never as a
     divergence, and a crash at step 0 never claims parity before it."""

@@ -63,7 +63,9 @@ class ImplSide:
         self.bound = arch.layers
         state = np.random.get_state()  # the tutorial's constructors draw from the global RNG: leave it as it was
         try:
-            self.objects = [construct(arch.impl, layer.call, spec.name) for layer, spec in self._pairs()]
+            self.objects = [
+                construct(arch.impl, layer.call, spec.name, timeout=arch.timeout) for layer, spec in self._pairs()
+            ]
         finally:
             np.random.set_state(state)
         for layer, obj in zip(self.bound, self.objects, strict=True):

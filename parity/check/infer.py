@@ -172,7 +172,7 @@ def _bind_all(impl, methods, calls, image_shape, num_classes, timeout, layer_nam
             call = LayerCall("Softmax", (math.prod(shape), num_classes))
         last = position == len(planned) - 1
         layer_name = layer_names[position] if layer_names else f"layer {position + 1}"
-        obj = construct(impl, call, layer_name, position)
+        obj = construct(impl, call, layer_name, position, timeout)
         binder = Binder(impl, call, obj, methods[call.cls], layer_name, timeout, position)
         layer, value = binder.bind(shape, value, last, rng)
         problems += binder.problems
@@ -202,13 +202,18 @@ def _tutorial_calls() -> list[LayerCall]:
     return [LayerCall("Conv3x3", (TUTORIAL_FILTERS,)), LayerCall("MaxPool2"), LayerCall("Softmax")]
 
 
-def construct(impl: Impl, call: LayerCall, layer: str, index: int | None = None):
-    """`call`'s object; ImplError (with the constructor's parameters) when the class does not take those arguments."""
+def construct(
+    impl: Impl, call: LayerCall, layer: str, index: int | None = None, timeout: float | None = DEFAULT_TIMEOUT
+):
+    """`call`'s object; NamesError (with the constructor's parameters) when the class does not take those arguments
+    (a TypeError); ImplCrash for any other error, or a constructor that runs past `timeout`."""
     cls = impl.classes[call.cls]
     shown = LayerCall(cls.__name__, call.args, call.kwargs).text()
     try:
-        return guarded(cls.__name__, "__init__", layer, lambda: cls(*call.args, **dict(call.kwargs)))
+        return guarded(cls.__name__, "__init__", layer, lambda: cls(*call.args, **dict(call.kwargs)), timeout=timeout)
     except ImplCrash as crash:
+        if crash.timed_out or not isinstance(crash.__cause__, TypeError):
+            raise  # a constructor that hangs, or fails on what it does (a file it loads), is no argument mismatch
         from parity.check.catalogue import class_from_runtime
 
         info = class_from_runtime(cls, impl.sources.get(call.cls, ""))
