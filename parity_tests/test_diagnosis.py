@@ -16,7 +16,7 @@ from parity.check.run import check_impl
 from parity.check.selftest import DEFAULT_BASE
 from parity.diagnosis import patterns
 from parity.diagnosis.pool import classify_routing
-from parity.diagnosis.record import KINDS, Diagnosis
+from parity.diagnosis.record import KINDS, Diagnosis, label
 from parity.engine.testing import ParityError, assert_lockstep
 from parity.engine.tolerances import tolerance_for
 from parity.lockstep import local
@@ -59,6 +59,15 @@ def test_scale_finds_the_factor_and_says_what_it_means(step, factor, reading):
         "reading": reading,
     }
     assert patterns.scale(filters + 1e-9, filters, TOLERANCE) is None  # an offset is no factor
+
+
+def test_a_factor_near_1_is_shown_with_the_digits_that_tell_it_from_1(step):
+    """A 0.999999 x gradient is out of the float64 tolerance; its label must not read `1 x the reference`."""
+    filters = step["conv1.d_filters"]
+    found = patterns.scale(0.999999 * filters, filters, TOLERANCE, lr=0.005)
+    assert label("scale", found) == "0.999999 x the reference"
+    assert label("scale", {"factor": 1 - 1e-12, "reading": ""}) == "0.999999999999 x the reference"
+    assert label("scale", {"factor": -1.0, "reading": "a sign error"}) == "-1 x the reference (a sign error)"
 
 
 def test_permuted_names_the_axes(step):

@@ -15,7 +15,7 @@ import numpy as np
 
 from parity.diagnosis import patterns
 from parity.diagnosis.pool import classify_routing
-from parity.diagnosis.record import Diagnosis
+from parity.diagnosis.record import Diagnosis, factor_text
 from parity.engine.compare import TensorComparison
 from parity.engine.tolerances import tolerance_for
 from parity.lockstep.feed import LayerFeed
@@ -271,7 +271,7 @@ def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorCompari
     if kind == "scale":
         reading = f" ({evidence['reading']})" if evidence["reading"] else ""
         what = "the update of " + name if info.role == "param" else name
-        return f"{what} is {evidence['factor']:.6g} x the reference's, element for element{reading}"
+        return f"{what} is {factor_text(evidence['factor'], 6)} x the reference's, element for element{reading}"
     if kind == "permuted" and evidence.get("recomputed"):
         return f"{name} is what the reference computes with {evidence['transform']}"
     if kind == "permuted":

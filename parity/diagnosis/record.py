@@ -70,11 +70,21 @@ class Diagnosis:
         }
 
 
+def factor_text(factor: float, digits: int = 4) -> str:
+    """`factor` to `digits` significant digits, or as many more as it takes not to read 1 (or -1) when it is not:
+    0.999999 is no factor of 1."""
+    for shown in range(digits, 18):
+        text = f"{factor:.{shown}g}"
+        if abs(float(text)) != 1 or abs(factor) == 1:
+            return text
+    return repr(factor)
+
+
 def label(kind: str, evidence: dict[str, object]) -> str:
     """A few words for a table cell: the kind's label, with the factor of a `scale` and the rule of a tie policy."""
     if kind == "scale":
         reading = f" ({evidence['reading']})" if evidence.get("reading") else ""
-        return f"{evidence['factor']:.4g} x the reference{reading}"
+        return f"{factor_text(evidence['factor'])} x the reference{reading}"
     if kind == "tie_policy" and "rule" in evidence:
         return f"{LABELS[kind]} ({evidence['rule']})"
     if kind == "non_finite" and "side" in evidence:
