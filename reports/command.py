@@ -2,8 +2,9 @@
 
 Runs, on real MNIST offline, the tutorial's experiment (1,000 train / 1,000 test digits, 3 epochs, lr 0.005, seeded
 shuffles) on `--arch` (default the tutorial's `conv3x8,pool2,dense10`) in batches of `--batch-size` (default 1, as
-the tutorial) for each dtype with PyTorch's tie rule, plus, when the spec has a max-pool, a tutorial-faithful run
-(tie policy "all", the tutorial's softmax) that shows where and why the tutorial's own code departs from PyTorch.
+the tutorial) for each dtype (`--dtypes`) with the tie rule of `--tie-policy` (PyTorch's "first" by default), plus,
+when the spec has a max-pool and `--no-faithful` is not given, a tutorial-faithful run (tie policy "all", the
+tutorial's softmax) that shows where and why the tutorial's own code departs from PyTorch.
 Writes DIR/report.md, DIR/report.json and PNG plots atomically, prints a summary, and exits 0 when every parity
 claim holds, 1 when one fails, 2 on bad usage or input.
 

@@ -91,7 +91,7 @@ def render(document: dict[str, object]) -> str:
         "`report.json` holds these results in the versioned schema "
         f"`{document['schema']}`; apart from `environment` and each run's `seconds`, it is identical for "
         "identical options and seed. This file is rendered from it alone: `python -m reports.markdown report.json` "
-        "writes it again.",
+        "prints it again (`> report.md` writes it).",
     ]
     return "\n\n".join(parts) + "\n"
 

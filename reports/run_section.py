@@ -14,7 +14,7 @@ from reports.summary import layer_rows, number
 PLOT_CAPTIONS = {"loss": "training loss, both sides", "errors": "log10 max |Δ| per tensor over the steps"}
 
 FLIP_EXPLANATION = (
-    "In float32, rounding occasionally makes two almost-equal values of a pool window swap order, so scratch "
+    "Rounding (mostly in float32) occasionally makes two almost-equal values of a pool window swap order, so scratch "
     "and PyTorch send that window's gradient to different elements - both are a maximum to within rounding. The "
     "engine proves each such flip (the two candidates differ by no more than the forward tolerance, the amount "
     "routed agrees, and the flip explains every out-of-tolerance element), marks the affected tensors EXPLAINED "

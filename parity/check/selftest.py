@@ -8,7 +8,7 @@ the code. It passes when the correct code shows parity over the default steps an
 positive), and every bug is caught, by the main run or a probe, with its first divergence blamed on the spec layer
 the bug is in (`conv1` for `Conv3x3`, `pool1` for `MaxPool2`, `dense1` for `Softmax`, `loss` for the softmax it
 computes; `conv2` for the two-conv network's `ConvDeep`, ...). The "loss" column shows whether the loss alone would
-have noticed at that step. Exit 0 when all of that holds, 1 otherwise.
+have noticed at that step. Exit 0 when all of that holds, 1 otherwise, 2 on bad usage (an unknown bug).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Independent lockstep experiments run side by side in worker processes, with one progress count.
 
-Each experiment is deterministic (seeded data order and weights, NumPy and CPU PyTorch on one thread), so a run's
+Each experiment is deterministic (seeded data order and weights, CPU PyTorch on one thread), so a run's
 result does not depend on which process ran it: the report is the same with any number of jobs (a test shows it).
 Workers come from a fork server that has imported NumPy, PyTorch and the experiment once (`parity.lockstep.preload`),
 so starting one costs a fork, not an import of torch. `start_fork_server` starts that server early, so its imports
