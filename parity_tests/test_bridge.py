@@ -143,3 +143,30 @@ def test_to_scratch_passes_network_options_on():
     net = reference.to_scratch(twin, tie_policy="all", impl="loops")
     assert net.dtype == np.float32 and net.image_shape == (12, 11)
     assert net.layer("pool1").tie_policy == "all" and type(net.layer("conv1")).__name__ == "ConvLoops"
+
+
+def test_a_parameter_that_is_no_array_is_refused_before_any_is_loaded():
+    """`None` for one parameter used to pass the check (as if missing) and fail in torch, the others already loaded."""
+    net = random_network("conv3x8,pool2,dense10", (28, 28), np.float64)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    before = runner.parameters()
+    params = {name: value + 1 for name, value in before.items()}
+    for name in ("dense1.biases", "conv1.filters"):
+        with pytest.raises(ValueError, match=rf"{name}: the twin needs .* got NoneType"):
+            runner.load_parameters({**params, name: None})
+        for other, value in runner.parameters().items():
+            np.testing.assert_array_equal(value, before[other], err_msg=f"{other} changed by a refused load")
+
+
+def test_to_scratch_keeps_the_twins_tie_rule():
+    twin = reference.to_torch(scratch.tutorial_network(0), tie_policy="all")
+    assert reference.to_scratch(twin).layer("pool1").tie_policy == "all"
+    assert reference.to_scratch(twin, tie_policy="first").layer("pool1").tie_policy == "first"  # unless told
+
+
+@pytest.mark.parametrize("dtype", ["float64", np.float64, torch.int64, torch.float16], ids=repr)
+def test_a_twin_of_another_dtype_is_refused_naming_it(dtype):
+    from reference.twin import Twin
+
+    with pytest.raises(ValueError, match=r"^dtype: expected torch.float32 or torch.float64"):
+        Twin(scratch.parse_spec(), dtype)

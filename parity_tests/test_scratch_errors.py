@@ -242,9 +242,18 @@ def test_bad_architecture_raises_value_error(kwargs, match):
         ("conv3x8,pool2,dense10", {"impl": "gpu"}, r"^impl: expected one of"),
         ("conv3x8,pool2,dense10", {"seed": -1}, r"^seed: expected a non-negative integer"),
         ("conv3x8,pool2,dense10", {"seed": 1.5}, r"^seed: "),
+        ("dense10", {"image_shape": (4, 4), "tie_policy": "bogus"}, r"^tie_policy: expected one of"),
         (scratch.parse_spec(image_shape=(11, 13)), {"image_shape": (12, 12)}, r"^image_shape: \(12, 12\) given"),
     ],
-    ids=["unknown-item", "classes", "impl", "seed-negative", "seed-float", "spec-for-other-images"],
+    ids=[
+        "unknown-item",
+        "classes",
+        "impl",
+        "seed-negative",
+        "seed-float",
+        "tie-policy-without-a-pool",
+        "spec-for-other-images",
+    ],
 )
 def test_build_network_rejects_bad_arguments(spec, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -361,3 +370,12 @@ def test_load_parameters_rejects_mismatch_and_changes_nothing():
     with pytest.raises(ValueError, match=r"^parameters: missing conv1.filters"):
         net.load_parameters(new)
     assert_parameters_equal(net, before)
+
+
+def test_load_parameters_takes_live_arrays_swapped_between_parameters():
+    """Sources that are the network's own live arrays (two biases swapped) are read before any is written."""
+    net = scratch.build_network("dense10,relu,dense10", image_shape=(4, 4))
+    live = net.parameters()
+    live["dense1.biases"][:], live["dense2.biases"][:] = 1, 2
+    net.load_parameters({**live, "dense1.biases": live["dense2.biases"], "dense2.biases": live["dense1.biases"]})
+    assert (net.parameters()["dense1.biases"] == 2).all() and (net.parameters()["dense2.biases"] == 1).all()

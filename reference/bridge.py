@@ -104,9 +104,9 @@ def check_parameters(twin: Twin, links: tuple[ParameterLink, ...], params: dict[
     problems = [f"missing {name}" for name in expected if name not in params]
     problems += [f"unknown {name}" for name in params if name not in expected]
     for link in links:
-        value = params.get(link.name)
-        if value is None:
-            continue
+        if link.name not in params:
+            continue  # named missing above
+        value = params[link.name]
         got = f"{value.shape} {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
         if got != f"{link.shape} {dtype}":
             problems.append(f"{link.name}: the twin needs {link.shape} {dtype}, got {got}")
@@ -143,7 +143,8 @@ def to_scratch(module: torch.nn.Module, **network_options: object) -> scratch.Ne
     from scratch.network import build_network
 
     spec = module.spec
-    options = {"image_shape": spec.image_shape, "num_classes": spec.num_classes} | network_options
+    options = {"image_shape": spec.image_shape, "num_classes": spec.num_classes, "tie_policy": module.tie_policy}
+    options |= network_options  # the twin's pools route ties by its rule; scratch's do too, unless told otherwise
     net = build_network(spec, dtype=numpy_dtype(module.dtype), **options)
     net.load_parameters(parameters_to_scratch(module))
     return net

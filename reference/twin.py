@@ -89,6 +89,11 @@ class Twin(nn.Module):
             raise ValueError(f"Twin: expected a scratch NetworkSpec (scratch.parse_spec), got {type(spec).__name__}")
         if tie_policy not in TIE_POLICIES:
             raise ValueError(f"tie_policy: expected one of {', '.join(TIE_POLICIES)}, got {tie_policy!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"dtype: expected torch.float32 or torch.float64 (reference.bridge.torch_dtype converts a NumPy one), "
+                f"got {dtype!r}"
+            )
         self.spec, self.dtype, self.tie_policy = spec, dtype, tie_policy
         self.layers = nn.ModuleDict({layer.name: build_module(layer, dtype, tie_policy) for layer in spec.layers})
         self.flatten = nn.Flatten()

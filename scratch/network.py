@@ -15,7 +15,7 @@ from scratch.conv import Conv, ConvLoops
 from scratch.dense import Dense, DenseLoops
 from scratch.layer import Layer
 from scratch.loss import SoftmaxCrossEntropy
-from scratch.maxpool import MaxPool, MaxPoolLoops
+from scratch.maxpool import TIE_POLICIES, MaxPool, MaxPoolLoops
 from scratch.relu import ReLU, ReLULoops
 from scratch.spec import DEFAULT_SPEC, LayerSpec, NetworkSpec, parse_spec
 
@@ -164,8 +164,16 @@ class Network:
             if not isinstance(new, np.ndarray) or new.shape != array.shape or new.dtype != array.dtype:
                 got = f"{new.shape} {new.dtype}" if isinstance(new, np.ndarray) else type(new).__name__
                 raise ValueError(f"{name}: expected shape {array.shape} {array.dtype}, got {got}")
+        # A source sharing memory with a live parameter (another's, swapped in) is copied before any is written.
+        live = list(current.values())
+        sources = {name: _unshared(params[name], live) for name in current}
         for name, array in current.items():
-            array[...] = params[name]
+            array[...] = sources[name]
+
+
+def _unshared(value: np.ndarray, live: list[np.ndarray]) -> np.ndarray:
+    """`value`, or a copy of it where it shares memory with one of the `live` arrays about to be written."""
+    return np.array(value) if any(np.may_share_memory(value, array) for array in live) else value
 
 
 def build_network(
@@ -185,6 +193,7 @@ def build_network(
     dtype = check_dtype(dtype)
     seed = check_seed(seed)
     impl = check_choice("impl", impl, IMPLEMENTATIONS)
+    tie_policy = check_choice("tie_policy", tie_policy, TIE_POLICIES)  # also for a spec without a pool
     if not isinstance(spec, NetworkSpec):
         classes = 10 if num_classes is None else num_classes  # `or 10` would turn 0 into 10 silently
         spec = parse_spec(spec, (28, 28) if image_shape is None else image_shape, classes)
