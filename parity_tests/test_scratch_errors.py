@@ -379,3 +379,24 @@ def test_load_parameters_takes_live_arrays_swapped_between_parameters():
     live["dense1.biases"][:], live["dense2.biases"][:] = 1, 2
     net.load_parameters({**live, "dense1.biases": live["dense2.biases"], "dense2.biases": live["dense1.biases"]})
     assert (net.parameters()["dense1.biases"] == 2).all() and (net.parameters()["dense2.biases"] == 1).all()
+
+
+def test_an_update_without_a_backward_before_it_is_refused_on_both_sides():
+    """Gradients are used up by the update they make: a second update used to apply them again in scratch (the twin
+    does not), and one before any backward raised a bare KeyError."""
+    import reference
+
+    net = scratch.tutorial_network(0)
+    with pytest.raises(ValueError, match=r"^Conv.update: no gradient of its filters since the last update"):
+        net.update(0.005)
+    net.forward_backward(_image((28, 28)), 3)
+    net.update(0.005)
+    after_one = snapshot(net)
+    with pytest.raises(ValueError, match=r"run backward \(Network.forward_backward\) before each update"):
+        net.update(0.005)
+    assert_parameters_equal(net, after_one)
+    runner = reference.ReferenceRunner(reference.to_torch(scratch.tutorial_network(0)))
+    runner.forward_backward(_image((28, 28))[np.newaxis], [3])
+    runner.update()
+    with pytest.raises(ValueError, match=r"^update: no gradients since the last update"):
+        runner.update()

@@ -96,6 +96,8 @@ class ReferenceRunner:
         if lr is not None:
             self.lr = check_lr(lr)
         params = [tensor for tensor in self._param_tensors if tensor.grad is not None]  # as `torch.optim.SGD.step`
+        if self._param_tensors and not params:  # as scratch's update: gradients are used up by the update they make
+            raise ValueError("update: no gradients since the last update; run forward_backward before each update")
         with torch.no_grad():
             sgd(
                 params,

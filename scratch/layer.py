@@ -24,12 +24,22 @@ class Layer:
         return {name: getattr(self, name) for name in self.param_names}
 
     def update(self, lr: float) -> None:
-        """Plain SGD, in place: param -= lr * grad (lr is a Python float, so float32 stays float32)."""
+        """Plain SGD, in place: param -= lr * grad (lr is a Python float, so float32 stays float32), from the last
+        backward's gradients, which it uses up: a second update with no backward between is refused."""
         lr = check_lr(lr)  # backprop(d) without a learn_rate, or a NaN, would otherwise fail deep in NumPy or spread
         for name in self.param_names:
             param = getattr(self, name)
+            try:
+                gradient = self.grads[name]
+            except KeyError:
+                raise ValueError(
+                    f"{type(self).__name__}.update: no gradient of its {name} since the last update; run backward "
+                    "(Network.forward_backward) before each update"
+                ) from None
             # In place on the live array. (`param[...] -= g` would also copy the result onto itself afterwards.)
-            param -= lr * self.grads[name]
+            param -= lr * gradient
+        if self.param_names:
+            self.grads = {}
 
     def parameter_backward(self, d_L_d_out: np.ndarray) -> None:
         """Only the parameter gradients, into `grads`: all that training needs of the first layer, whose input
