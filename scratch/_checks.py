@@ -61,6 +61,13 @@ def check_image(value: object, shape: tuple[int, int]) -> np.ndarray:
 
 def check_images(value: object, shape: tuple[int, int]) -> np.ndarray:
     """Check raw images, one `shape` image or an `(N, *shape)` batch; returns the batch `(N, H, W)`."""
+    if isinstance(value, np.ma.MaskedArray):  # its arithmetic skips masked pixels, which the conv then reads raw
+        raise ValueError(
+            "image: a masked array; every pixel is read, so pass plain pixels (np.ma.filled(images, 0) fills the "
+            "masked ones)"
+        )
+    if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
+        value = np.asarray(value)  # np.matrix and other subclasses, whose operators are not an array's
     if isinstance(value, np.ndarray) and value.ndim == 2:
         return check_image(value, shape)[np.newaxis]
     if not isinstance(value, np.ndarray) or value.ndim != 3 or value.shape[1:] != tuple(shape) or not len(value):
