@@ -412,3 +412,14 @@ def test_a_masked_array_is_refused_and_a_matrix_read_as_an_array():
     with pytest.warns(PendingDeprecationWarning):  # NumPy's own warning about np.matrix
         matrix = np.asmatrix(images[0])
     np.testing.assert_array_equal(net.logits(matrix), net.logits(images[0]))
+
+
+@pytest.mark.parametrize("impl", scratch.IMPLEMENTATIONS)
+def test_training_that_diverged_reaches_the_loss_as_nan_in_either_implementation(impl):
+    """Past the images, a non-finite activation means training diverged: the loss is NaN, as in PyTorch. The loops'
+    conv used to raise on it instead, unlike the vectorised one."""
+    net = scratch.build_network("conv3x2,conv3x2,dense10", image_shape=(8, 8), impl=impl)
+    net.load_parameters({**net.parameters(), "conv1.filters": np.full((2, 3, 3), 1e308)})
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy's warnings, as training diverges
+        loss, _ = net.train_step(_image((8, 8), fill=255), 3, 0.1)  # 9 x 0.5 x 1e308 overflows
+    assert np.isnan(loss)

@@ -156,7 +156,7 @@ class ConvLoops(Conv):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The tutorial's forward: one image, then one region at a time."""
-        check_array("conv input", x, 4, self.filters.dtype)
+        check_array("conv input", x, 4, self.filters.dtype, finite=self.check_finite)
         self.last_input = x
         batch, h, w, _ = x.shape
         kernel = self._kernel()
