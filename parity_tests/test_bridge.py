@@ -170,3 +170,17 @@ def test_a_twin_of_another_dtype_is_refused_naming_it(dtype):
 
     with pytest.raises(ValueError, match=r"^dtype: expected torch.float32 or torch.float64"):
         Twin(scratch.parse_spec(), dtype)
+
+
+@pytest.mark.parametrize("names", ["loss", 5], ids=["a string", "an int"])
+def test_forward_backward_names_must_be_a_sequence_of_names(names):
+    runner = reference.ReferenceRunner(reference.to_torch(scratch.tutorial_network(0)))
+    with pytest.raises(ValueError, match=r"^names: expected a sequence of tensor names \(or None for all\)"):
+        runner.forward_backward(np.zeros((1, 28, 28), np.uint8), [1], names)
+
+
+def test_evaluate_checks_the_images_before_the_labels():
+    """How many labels are wanted depends on the images: bad images are named as such, not as bad labels."""
+    runner = reference.ReferenceRunner(reference.to_torch(scratch.tutorial_network(0)))
+    with pytest.raises(ValueError, match=r"^image: expected shape \(28, 28\) or a batch"):
+        runner.evaluate(np.zeros((3, 28, 28, 1), np.uint8), [0, 1, 2])

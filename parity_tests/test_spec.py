@@ -220,6 +220,10 @@ BAD_SPECS = {
         r"^network spec item 3 'dense010' \(input 13x13x8\): units is written with a leading zero; write 10, not 010$",
     ),
     "leading-zero-filters": ("conv3x08b,dense10", r"^network spec item 1 'conv3x08b' .*: F is written with a leading"),
+    "too-many-digits": (
+        "conv" + "9" * 5000 + "x8,dense10",
+        r"^network spec item 1 'conv9{33}\.\.\.' \(input 28x28x1\): K has 5,000 digits, beyond any layer that fits$",
+    ),
     "dense-0": ("conv3x8,dense0,dense10", r"^network spec item 2 'dense0' \(input 26x26x8\): units must be at least"),
     "conv-shrunk": (
         "conv3x8,pool2,conv14x4,dense10",

@@ -65,6 +65,8 @@ class ReferenceRunner:
     ) -> dict[str, np.ndarray]:
         """Forward, mean cross-entropy, one backward: the requested tensors (all of the step's by default) as
         NumPy arrays in scratch layouts; parameter gradients always land in `.grad` for `update`."""
+        if names is not None and (isinstance(names, str) or not isinstance(names, Iterable)):
+            raise ValueError(f"names: expected a sequence of tensor names (or None for all), got {names!r}")
         plan = self._plan(None if names is None else tuple(names))
         x = self._image_tensor(images)
         targets = torch.from_numpy(check_labels(labels, self.spec.num_classes, images).astype(np.int64, copy=False))
@@ -117,8 +119,9 @@ class ReferenceRunner:
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels: object) -> tuple[float, int]:
         """Mean loss and the number classified right, without backward."""
+        x = self._image_tensor(images)  # the images first: how many labels are wanted depends on them
         targets = torch.from_numpy(check_labels(labels, self.spec.num_classes, images).astype(np.int64, copy=False))
-        logits = self.twin(self._image_tensor(images))
+        logits = self.twin(x)
         loss = F.cross_entropy(logits, targets)
         return float(loss), int((logits.argmax(dim=1) == targets).sum())
 

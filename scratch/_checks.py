@@ -83,11 +83,20 @@ def check_labels(value: object, num_classes: int, images: object) -> np.ndarray:
         return np.array([check_label(value, num_classes)])
     labels = np.asarray(value)
     if labels.shape != (batch,) or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels: expected {batch} integer classes for a batch of {batch} images, got {value!r}")
+        raise ValueError(
+            f"labels: expected {batch} integer classes for a batch of {batch} images, got {_described(labels, value)}"
+        )
     if labels.min() < 0 or labels.max() >= num_classes:
         low, high = labels.min(), labels.max()
         raise ValueError(f"labels: expected classes in 0..{num_classes - 1}, got range [{low}, {high}]")
     return labels
+
+
+def whole_number(value: object) -> int | None:
+    """`value` as an int when it is an integer, Python's or NumPy's (not a bool); else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
 
 
 def check_seed(value: object) -> int:
@@ -114,9 +123,13 @@ def check_lr(value: object) -> float:
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ValueError(f"lr: expected a positive finite number, got {value!r}")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"lr: expected a positive finite number, got {value!r}")
-    return float(value)
+    try:
+        rate = float(value)  # a Fraction, a NumPy float, an int past float's range (OverflowError)
+    except (OverflowError, ValueError, TypeError):
+        rate = math.inf
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"lr: expected a positive finite number, got {_brief(value)}")
+    return rate
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -124,6 +137,18 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def _brief(value: object, limit: int = 60) -> str:
+    """`repr(value)`, cut short past `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _described(array: np.ndarray, value: object) -> str:
+    """A value as a message shows it: its repr when short, else its shape and dtype (a batch's labels can be long)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else f"an array of shape {array.shape} and dtype {array.dtype}"
 
 
 def _first_bad(value: np.ndarray) -> tuple[int, ...]:

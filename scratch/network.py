@@ -10,14 +10,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scratch._checks import check_choice, check_dtype, check_images, check_labels, check_lr, check_seed
+from scratch._checks import (
+    check_choice,
+    check_dtype,
+    check_images,
+    check_labels,
+    check_lr,
+    check_seed,
+    whole_number,
+)
 from scratch.conv import Conv, ConvLoops
 from scratch.dense import Dense, DenseLoops
 from scratch.layer import Layer
 from scratch.loss import SoftmaxCrossEntropy
 from scratch.maxpool import TIE_POLICIES, MaxPool, MaxPoolLoops
 from scratch.relu import ReLU, ReLULoops
-from scratch.spec import DEFAULT_SPEC, LayerSpec, NetworkSpec, parse_spec
+from scratch.spec import DEFAULT_SPEC, LayerSpec, NetworkSpec, check_image_shape, parse_spec
 
 IMPLEMENTATIONS = ("vectorized", "loops")
 # One class per layer kind and implementation: adding a kind is one line here.
@@ -67,7 +75,8 @@ class Network:
         self._pools = [(layer_spec.name, layer) for layer_spec, layer in self._named if layer_spec.kind == "pool"]
 
     def layer(self, name: str) -> Layer:
-        """The layer object called `name` (`conv1`, `pool1`, ...)."""
+        """The layer object called `name` (`conv1`, `pool1`, ...); KeyError naming the layers there are."""
+        self.spec.layer(name)  # KeyError with the spec's layer names
         return dict((layer_spec.name, layer) for layer_spec, layer in self._named)[name]
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
@@ -197,7 +206,7 @@ def build_network(
     if not isinstance(spec, NetworkSpec):
         classes = 10 if num_classes is None else num_classes  # `or 10` would turn 0 into 10 silently
         spec = parse_spec(spec, (28, 28) if image_shape is None else image_shape, classes)
-    elif image_shape is not None and tuple(image_shape) != spec.image_shape:
+    elif image_shape is not None and check_image_shape(image_shape) != spec.image_shape:
         raise ValueError(f"image_shape: {image_shape} given, but the spec was parsed for {spec.image_shape}")
     elif num_classes is not None and num_classes != spec.num_classes:
         raise ValueError(f"num_classes: {num_classes} given, but the spec has {spec.num_classes} classes")
@@ -228,9 +237,10 @@ def tutorial_network(
     impl: str = "vectorized",
 ) -> Network:
     """The tutorial's CNN: exactly `build_network("conv3x{num_filters},pool2,dense{num_classes}")`."""
-    if type(num_filters) is not int or num_filters < 1:
+    filters, classes = whole_number(num_filters), whole_number(num_classes)
+    if filters is None or filters < 1:
         raise ValueError(f"num_filters: expected a positive integer, got {num_filters!r}")
-    if type(num_classes) is not int or num_classes < 2:
+    if classes is None or classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
-    spec = f"conv3x{num_filters},pool2,dense{num_classes}"
-    return build_network(spec, seed, dtype, image_shape, tie_policy, softmax, impl, num_classes)
+    spec = f"conv3x{filters},pool2,dense{classes}"
+    return build_network(spec, seed, dtype, image_shape, tie_policy, softmax, impl, classes)

@@ -24,6 +24,10 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from scratch._checks import whole_number
+
 DEFAULT_SPEC = "conv3x8,pool2,dense10"
 KINDS = ("conv", "relu", "pool", "dense")
 _ITEM = re.compile(
@@ -148,9 +152,11 @@ def parse_spec(text: str = DEFAULT_SPEC, image_shape: tuple[int, int] = (28, 28)
     """Parse a spec such as `conv3x8,pool2,dense10`; ValueError naming the bad item and the shape at that point."""
     if not isinstance(text, str):
         raise ValueError(f"network spec: expected text such as {DEFAULT_SPEC!r}, got {type(text).__name__}")
-    image_shape = _check_image_shape(image_shape)
-    if type(num_classes) is not int or num_classes < 2:
+    image_shape = check_image_shape(image_shape)
+    classes = whole_number(num_classes)
+    if classes is None or classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
+    num_classes = classes
     items = [item.strip() for item in text.split(",")]
     shape: tuple[int, ...] = (*image_shape, 1)
     counts = dict.fromkeys(KINDS, 0)
@@ -177,7 +183,7 @@ def check_items(text: str, num_classes: int = 10) -> str:
         raise ValueError(f"network spec: expected text such as {DEFAULT_SPEC!r}, got {type(text).__name__}")
     items = [item.strip() for item in text.split(",")]
     for position, item in enumerate(items, start=1):
-        where = f"network spec item {position} {item!r}"
+        where = f"network spec item {position} {_shown(item)}"
         match = _ITEM.fullmatch(item)
         if match is None:
             raise ValueError(f"{where}: {'empty' if not item else 'unknown'} item; expected one of {_ITEM_FORMS}")
@@ -192,7 +198,7 @@ def check_items(text: str, num_classes: int = 10) -> str:
 
 def _parse_item(item: str, position: int, shape: tuple[int, ...], counts: dict[str, int]) -> LayerSpec:
     """One item, at `shape` (the output of what precedes it)."""
-    where = f"network spec item {position} {item!r} (input {_shape_text(shape)})"
+    where = f"network spec item {position} {_shown(item)} (input {_shape_text(shape)})"
     if not item:  # `conv3x8,,dense10`, a trailing comma, or no text at all
         raise ValueError(f"{where}: empty item; expected comma-separated {_ITEM_FORMS}")
     match = _ITEM.fullmatch(item)
@@ -255,14 +261,12 @@ def _tensor_infos(layers: tuple[LayerSpec, ...]) -> tuple[TensorInfo, ...]:
     return tuple(forward + loss + backward + update)
 
 
-def _check_image_shape(image_shape: object) -> tuple[int, int]:
-    if (
-        not isinstance(image_shape, (tuple, list))
-        or len(image_shape) != 2
-        or not all(type(side) is int and side >= 1 for side in image_shape)
-    ):
+def check_image_shape(image_shape: object) -> tuple[int, int]:
+    """`(height, width)` as two Python ints (NumPy integers taken); ValueError otherwise."""
+    sides = [whole_number(side) for side in image_shape] if isinstance(image_shape, (tuple, list, np.ndarray)) else []
+    if len(sides) != 2 or not all(side is not None and side >= 1 for side in sides):
         raise ValueError(f"image_shape: expected (height, width) as two positive integers, got {image_shape!r}")
-    return tuple(image_shape)
+    return tuple(sides)
 
 
 def _check_numbers(where: str, match: re.Match) -> None:
@@ -272,6 +276,8 @@ def _check_numbers(where: str, match: re.Match) -> None:
         written = match[group]
         if written is None:
             continue
+        if len(written) > len(str(MAX_ELEMENTS)):  # (Python refuses to read an int of over 4,300 digits at all)
+            raise ValueError(f"{where}: {what} has {len(written):,} digits, beyond any layer that fits")
         if len(written) > 1 and written.startswith("0"):
             raise ValueError(f"{where}: {what} is written with a leading zero; write {int(written)}, not {written}")
         _at_least(where, what, int(written), 1)
@@ -280,6 +286,11 @@ def _check_numbers(where: str, match: re.Match) -> None:
 def _at_least(where: str, what: str, value: int, low: int) -> None:
     if value < low:
         raise ValueError(f"{where}: {what} must be at least {low}, got {value}")
+
+
+def _shown(item: str) -> str:
+    """The item quoted, cut short past 40 characters (a message stays one readable line)."""
+    return repr(item if len(item) <= 40 else item[:37] + "...")
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
