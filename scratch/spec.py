@@ -269,6 +269,10 @@ def check_image_shape(image_shape: object) -> tuple[int, int]:
     return tuple(sides)
 
 
+# Numbers longer than this are refused as written; shorter ones too large get `_check_size`'s message, in elements.
+MAX_DIGITS = 18
+
+
 def _check_numbers(where: str, match: re.Match) -> None:
     """Every number of an item at least 1, and written without a leading zero: `dense010` would be the tutorial's
     network under a name no report or record of it has."""
@@ -276,9 +280,9 @@ def _check_numbers(where: str, match: re.Match) -> None:
         written = match[group]
         if written is None:
             continue
-        if len(written) > len(str(MAX_ELEMENTS)):  # (Python refuses to read an int of over 4,300 digits at all)
+        if len(written) > MAX_DIGITS:  # Python refuses to read an int of over 4,300 digits at all
             raise ValueError(f"{where}: {what} has {len(written):,} digits, beyond any layer that fits")
-        if len(written) > 1 and written.startswith("0"):
+        if len(written) > 1 and written.startswith("0") and int(written) >= 1:  # 00: "at least 1" says more
             raise ValueError(f"{where}: {what} is written with a leading zero; write {int(written)}, not {written}")
         _at_least(where, what, int(written), 1)
 
