@@ -608,6 +608,43 @@ def test_correct_code_that_works_in_place_on_what_it_is_given_passes(capsys, tmp
     assert "Main run: PARITY over 5 steps" in out and "WRONG" not in out
 
 
+SELF_REFERRING = {
+    # A bound method kept as an attribute: it refers back to the layer, which putting state back must keep.
+    "a bound method as an attribute": (
+        "maxpool.py",
+        "        self.last_input = input\n",
+        "        self.keep(input)\n",
+        "    def windows(self, image):",
+        "    def __init__(self):\n        self.keep = self._keep\n\n    def _keep(self, input):\n"
+        "        self.last_input = input\n\n    def windows(self, image):",
+    ),
+    # Weights and biases are views into one buffer, which the update moves.
+    "weights that are views of one buffer": (
+        "softmax.py",
+        "        self.weights = rng.standard_normal((input_len, nodes)) / input_len\n"
+        "        self.biases = np.zeros(nodes)\n",
+        "        self.flat = np.zeros(input_len * nodes + nodes)\n"
+        "        self.weights = self.flat[: input_len * nodes].reshape(input_len, nodes)\n"
+        "        self.weights[...] = rng.standard_normal((input_len, nodes)) / input_len\n"
+        "        self.biases = self.flat[input_len * nodes :]\n",
+        "        self.weights -= learn_rate * d_L_d_w\n        self.biases -= learn_rate * d_L_d_b\n",
+        "        self.flat -= learn_rate * np.concatenate([d_L_d_w.ravel(), d_L_d_b])\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SELF_REFERRING.values(), ids=SELF_REFERRING.keys())
+def test_correct_code_whose_state_refers_to_itself_passes(capsys, tmp_path, case):
+    """A layer run alone is put back as it was without copying the object: identities and views are kept."""
+    file, old, new, old2, new2 = case
+    impl = copy_fixed(tmp_path / "impl", file, old, new)
+    path = impl / file
+    path.write_text(path.read_text().replace(old2, new2, 1))
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5", "--no-probes")
+    assert (code, err) == (0, ""), out + err
+    assert "Main run: PARITY over 5 steps" in out and "WRONG" not in out
+
+
 def test_a_pool_that_works_in_place_is_the_one_layer_blamed(capsys, tmp_path):
     """A ReLU fused into the pool, in place on the conv's output: the pool is wrong, the conv is right."""
     impl = copy_fixed(
@@ -630,8 +667,9 @@ COUNTED = "        self.last_input = input\n"
 )
 def test_a_bug_that_depends_on_the_calls_so_far_is_found_at_the_step_it_acts(capsys, tmp_path, bug, step):
     """A layer run alone starts from the state it began the step in, and is put back after: it is called once per
-    step, as in the user's own training, whatever the check runs alone."""
+    step, as in the user's own training, whatever the check runs alone. (It holds a lock, which cannot be copied.)"""
     counted = (
+        "        self.lock = getattr(self, 'lock', __import__('threading').Lock())\n"
         "        self.calls = getattr(self, 'calls', 0) + 1\n"
         f"        if {bug}:\n"
         "            return self.windows(input).max(axis=-1) * 1.01\n"

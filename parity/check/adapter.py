@@ -29,14 +29,14 @@ Because the update happens inside `backprop`, `update(lr)` is a no-op that only 
 Faithful to the user's own training: each layer is handed what its neighbour returned, as it is (not reshaped or
 converted; a failure on it names that neighbour), and what is recorded is a private copy, so code that works in
 place on what it is given changes nothing already recorded. The shared weights are written into the user's own
-arrays (their dtype kept). A layer run alone (`run_layer`) gets copies of the reference's tensors, starts from the
-state it began the step in, and is put back afterwards, so the whole-network run sees one call per step.
+arrays (their dtype kept). A layer run alone (`run_layer`) gets copies of the reference's tensors and runs from the
+state it began the step in, which is put back after, so the whole-network run sees one call of it per step.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class ImplSide:
                 _check_attribute(arch, layer, obj, binding)
         self.load_parameters(initial)
         self.missing: dict[str, str] = {}  # tensor -> why it could not be seen (filled by each step)
-        self._step_began: list[dict | None] = []  # each layer's attributes as the last step began (`_snapshot`)
+        self._step_began: list[_State] = []  # each layer's state as the last step began
 
     def _pairs(self) -> list[tuple[BoundLayer, LayerSpec]]:
         return list(zip(self.bound, self.spec.layers, strict=True))
@@ -95,7 +95,7 @@ class ImplSide:
             )
         image, label = images[0], int(labels[0])
         before = self.parameters()
-        self._step_began = [_snapshot(obj) for obj in self.objects]  # where a layer run alone at this step starts
+        self._step_began = [_State.of(obj) for obj in self.objects]  # where a layer run alone at this step starts
         tensors: dict[str, np.ndarray] = {}
         self.missing = {}
         last = len(self.bound) - 1
@@ -127,20 +127,22 @@ class ImplSide:
 
     def run_layer(self, feed: LayerFeed) -> dict[str, np.ndarray]:
         """One user layer alone, on the reference's input, output gradient and weights (see
-        `parity.lockstep.local`); gradients recovered from its update. Then the layer is put back as it was, its
-        weights and whatever else it keeps (caches, a count of its calls), and NumPy's global random state too: the
-        whole-network run goes on exactly as the user's own training would. It runs from the state the layer began
-        the step in, so a layer whose results depend on its calls so far is judged alone on the call the step made."""
+        `parity.lockstep.local`); gradients recovered from its update.
+
+        It runs from the layer's state as it began the step (`_State`), so a layer whose results depend on its calls
+        so far is judged on the call the step made; then the state it had after the step is put back, and NumPy's
+        global random state, so the whole-network run sees one call of it per step."""
         index = next(i for i, spec in enumerate(self.spec.layers) if spec.name == feed.layer.name)
-        layer, spec = self.bound[index], self.spec.layers[index]
-        own, kept, random_state = self.parameters(), _snapshot(self.objects[index]), np.random.get_state()
+        layer, spec, obj = self.bound[index], self.spec.layers[index], self.objects[index]
+        after_step, random_state = _State.of(obj), np.random.get_state()
+        own = self.parameters()
         names = {param: f"{spec.name}.{param}" for param in feed.params}
         tensors: dict[str, np.ndarray] = {}
         try:
-            began = self._step_began[index] if self._step_began else None
-            if kept is not None and began is not None:
-                _restore(self.objects[index], copy.deepcopy(began))
+            if self._step_began:
+                self._step_began[index].put_back(obj)
             self.load_parameters({**own, **{names[param]: value for param, value in feed.params.items()}})
+            loaded = self.parameters()  # as the layer holds them: rounded, in a float32 layer
             with np.errstate(all="ignore"):  # overflow shows up as a non-finite tensor in the comparison
                 # Copies: the reference's own tensors, which a layer that works in place on its input (or gradient)
                 # would change under the comparison.
@@ -161,10 +163,10 @@ class ImplSide:
                 after = self.parameters()
                 for param, name in names.items():
                     gradient_name = self.spec.name_of(spec.name, "d_param", param)
-                    tensors[gradient_name] = _recovered(feed.params[param], after[name], self.lr)
+                    tensors[gradient_name] = _recovered(loaded[name], after[name], self.lr)
         finally:
-            self.load_parameters(own)
-            _restore(self.objects[index], kept)
+            after_step.put_back(obj)
+            self.load_parameters(own)  # (for a layer without attributes to put back: its weights at least)
             np.random.set_state(random_state)
         self._d_logits(tensors)
         return tensors
@@ -358,20 +360,45 @@ def _layout_text(shape: tuple[int, ...]) -> str:
     return "HWC (height, width, channels)" if len(shape) == 3 else "(nodes,)"
 
 
-def _snapshot(obj: object) -> dict | None:
-    """A deep copy of the object's attributes (None for an object without them, or holding what cannot be copied:
-    then only its weights are put back)."""
-    try:
-        return copy.deepcopy(vars(obj))
-    except Exception:  # an open file, a lock, a module: arbitrary user state
-        return None
+@dataclass
+class _State:
+    """A user layer's state, taken without copying the object itself (which may hold what cannot be copied, or refer
+    back to itself): its attribute bindings, the very objects, so identities, aliases and bound methods stay; and a
+    copy of every writable array they hold, directly or in a list, tuple or dict, to be written back in place, so
+    arrays that are views into one buffer stay so. Python containers changed in place are not put back."""
+
+    bindings: dict[str, object] | None
+    arrays: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def of(cls, obj: object) -> _State:
+        """The state `obj` is in now."""
+        attributes = getattr(obj, "__dict__", None)
+        if attributes is None:  # __slots__: its weights are put back by load_parameters
+            return cls(None, [])
+        arrays, seen = [], set()
+        for value in attributes.values():
+            for array in _arrays_in(value):
+                if id(array) not in seen and array.flags.writeable:
+                    seen.add(id(array))
+                    arrays.append((array, array.copy()))
+        return cls(dict(attributes), arrays)
+
+    def put_back(self, obj: object) -> None:
+        """Put `obj` back in this state."""
+        if self.bindings is not None:
+            attributes = vars(obj)
+            attributes.clear()
+            attributes.update(self.bindings)
+        for array, saved in self.arrays:
+            array[...] = saved
 
 
-def _restore(obj: object, kept: dict | None) -> None:
-    if kept is not None:
-        attributes = vars(obj)
-        attributes.clear()
-        attributes.update(kept)
+def _arrays_in(value: object) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [item for item in items if isinstance(item, np.ndarray)]
 
 
 def _recovered(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndarray:
