@@ -465,3 +465,13 @@ def test_a_parsed_spec_with_an_image_shape_that_is_no_pair_is_one_error():
 def test_an_unknown_layer_name_is_a_key_error_naming_the_network():
     with pytest.raises(KeyError, match=r"'conv9' is not a layer of conv3x8,pool2,dense10"):
         scratch.tutorial_network(0).layer("conv9")
+
+
+def test_a_network_update_after_one_layer_updated_alone_moves_no_weight():
+    net = scratch.tutorial_network(0)
+    net.forward_backward(_image(), 3)
+    net.layer("dense1").update(0.005)  # uses dense1's gradients up
+    before = snapshot(net)
+    with pytest.raises(ValueError, match=r"^Dense.update: no gradient of its weights"):
+        net.update(0.005)
+    assert_parameters_equal(net, before)  # conv1 did not move either

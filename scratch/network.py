@@ -137,6 +137,13 @@ class Network:
     def update(self, lr: float) -> None:
         """Apply SGD to every layer from the gradients of the last backward."""
         lr = check_lr(lr)
+        # Every layer's gradients must be there before any weight moves (one updated alone has used its own up).
+        spent = next((layer for layer in self.layers if layer.param_names and not layer.grads), None)
+        if spent is not None:
+            spent.update(lr)  # refuses, naming the layer and what to do
+        self._apply(lr)
+
+    def _apply(self, lr: float) -> None:
         for layer in self.layers:
             layer.update(lr)
 
@@ -147,7 +154,7 @@ class Network:
         does PyTorch's autograd compute the gradient of an input that does not require grad)."""
         lr = check_lr(lr)
         trace = self._forward_backward(images, labels, full=False)
-        self.update(lr)
+        self._apply(lr)  # every gradient was just made
         return trace.loss, trace.correct
 
     def parameters(self) -> dict[str, np.ndarray]:
