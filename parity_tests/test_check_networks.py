@@ -335,8 +335,9 @@ def test_a_forward_that_never_returns_is_stopped_before_the_first_step(capsys, t
         ("        while True:\n            pass\n", "HUNG before the first step: MaxPool2.__init__ (layer 2) did not "
          "return within 0.3 s"),
         ("        open('/nonexistent/pool-weights.npy')\n", "MaxPool2.__init__: raised FileNotFoundError"),
+        ("        len(5)\n", "MaxPool2.__init__: raised TypeError: object of type 'int' has no len()"),
     ],
-    ids=["hangs", "raises"],
+    ids=["hangs", "raises", "raises a TypeError of its own"],
 )  # fmt: skip
 def test_a_constructor_that_hangs_or_fails_is_named_so_not_as_wrong_arguments(capsys, tmp_path, body, said):
     """Under --timeout, not a fixed 30 s; and only a TypeError is read as arguments the class does not take."""

@@ -17,6 +17,7 @@ and for report.json. The global NumPy RNG (the tutorial's constructors draw from
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, replace
 
@@ -212,7 +213,7 @@ def construct(
     try:
         return guarded(cls.__name__, "__init__", layer, lambda: cls(*call.args, **dict(call.kwargs)), timeout=timeout)
     except ImplCrash as crash:
-        if crash.timed_out or not isinstance(crash.__cause__, TypeError):
+        if crash.timed_out or not isinstance(crash.__cause__, TypeError) or _takes(cls, call):
             raise  # a constructor that hangs, or fails on what it does (a file it loads), is no argument mismatch
         from parity.check.catalogue import class_from_runtime
 
@@ -229,3 +230,14 @@ def construct(
             index=index,
         )
         raise NamesError(impl.label, [problem], impl.catalogue) from None
+
+
+def _takes(cls: type, call: LayerCall) -> bool:
+    """Whether `cls`'s constructor accepts `call`'s arguments (then a TypeError it raised came from its body)."""
+    try:
+        inspect.signature(cls).bind(*call.args, **dict(call.kwargs))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): the TypeError is taken as a mismatch, as before
+        return False
+    return True
