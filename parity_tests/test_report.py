@@ -648,8 +648,13 @@ def test_workers_end_when_the_process_running_the_experiments_is_killed():
     with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT) as caller:
         try:
             assert caller.stdout.readline() == "running\n"
-            servers = _children(caller.pid)  # the fork server (and the resource tracker, which ends on its own)
-            workers = [worker for server in servers for worker in _children(server)]
+            started = time.monotonic()
+            while True:  # the second worker may still be starting when the first reports
+                servers = _children(caller.pid)  # the fork server (and the resource tracker, which ends on its own)
+                workers = [worker for server in servers for worker in _children(server)]
+                if len(workers) == 2 or time.monotonic() - started > 10:
+                    break
+                time.sleep(0.05)
             assert len(workers) == 2
         finally:
             caller.kill()

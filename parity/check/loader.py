@@ -371,8 +371,8 @@ def _refuse_shadowed_imports(directory: Path) -> None:
         if importers:
             raise ImplError(
                 f"{own}: {', '.join(importers)} import{'s' if len(importers) == 1 else ''} it as `{name}`, but "
-                f"`{name}` is also a package of this tool, which check has imported already: your code would get "
-                f"the tool's. Rename your module (and its imports) to check this code"
+                f"`{name}` is also a package of this tool, which Python loads for check: your code would get the "
+                f"tool's. Rename your module (and its imports) to check this code"
             )
 
 

@@ -142,7 +142,9 @@ def _exit_with(caller: int) -> None:
         while _alive(caller):
             time.sleep(0.5)
         os._exit(1)
-    select.select([ended], [], [])
+    watch = select.poll()  # not select.select, which refuses a descriptor past 1023
+    watch.register(ended, select.POLLIN)
+    watch.poll()
     os._exit(1)
 
 
