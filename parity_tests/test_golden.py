@@ -37,7 +37,7 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_repository_golden_is_the_default_tutorial_run_and_small():
-    assert DEFAULT_PATH == GOLDEN  # `cnn-parity record` with no options rewrites this file
+    assert DEFAULT_PATH == GOLDEN  # what `compare-golden` and the suite read (`record` never writes it)
     document = read_golden(GOLDEN)
     assert document["format"] == FORMAT
     assert document["config"] == GoldenConfig()  # the tutorial spec, batch 1, float64, seed 0, 3 epochs x 1,000
@@ -108,6 +108,34 @@ def test_changed_layer_is_caught_at_step_zero(capsys, monkeypatch):
     assert code == 1
     assert result.departure.step == 0 and result.departure.what.startswith("conv1.out[")
     assert "first departure: step 0 (epoch 1, step 0 of 1000): conv1.out[" in out
+
+
+def test_record_writes_golden_json_gz_here_by_default(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, "record", "--steps", "3", "--every", "1")
+    assert code == 0 and (tmp_path / "golden.json.gz").is_file() and "golden.json.gz" in out
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [str(GOLDEN), str(GOLDEN.relative_to(ROOT)), "parity/golden/../golden/tutorial-float64-seed0.json.gz", "link"],
+)
+def test_record_refuses_to_overwrite_the_shipped_record(capsys, tmp_path, monkeypatch, spelling):
+    """The shipped record is the guard of bit-identity: re-recording it would make it pass whatever scratch does."""
+    monkeypatch.chdir(ROOT)
+    if spelling == "link":
+        (tmp_path / "link.json.gz").symlink_to(GOLDEN)
+        spelling = str(tmp_path / "link.json.gz")
+    shipped = GOLDEN.read_bytes()
+
+    def recorded(*args, **kwargs):
+        raise AssertionError("the run started although its destination is the shipped record")
+
+    monkeypatch.setattr("parity.golden.command.record_golden", recorded)
+    code, out, err = cli(capsys, "record", "--steps", "3", "--out", spelling)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert "shipped golden record" in err and "another file" in err
+    assert GOLDEN.read_bytes() == shipped
 
 
 def test_record_then_compare_round_trip(capsys, tmp_path):

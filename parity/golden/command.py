@@ -27,14 +27,17 @@ from parity.golden.validate import batch_of
 from scratch.argtypes import network_spec, nonnegative_int, positive_int
 from scratch.spec import DEFAULT_SPEC
 
+DEFAULT_OUT = "golden.json.gz"  # in the current directory: the shipped record is never a default destination
+
 
 def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `cnn-parity record`."""
     parser.add_argument(
         "--out",
-        default=str(DEFAULT_PATH),
+        default=DEFAULT_OUT,
         metavar="FILE",
-        help=f"the golden file to write (default: the shipped record, {DEFAULT_PATH}, {GOLDEN_NAME} in a clone)",
+        help=f"the golden file to write (default: {DEFAULT_OUT}, in the current directory; never the shipped record, "
+        f"{GOLDEN_NAME})",
     )
     parser.add_argument(
         "--steps", type=positive_int, default=None, help="steps to record (default: all, epochs x train size)"
@@ -56,6 +59,16 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _is_shipped(path: Path) -> bool:
+    """Whether `path` names the shipped golden record, through any spelling or link: this install's, or the one in
+    any clone or copy of the package (`parity/golden/<its name>`)."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a path that cannot be resolved (a link loop) is not the shipped file
+        return False
+    return resolved == DEFAULT_PATH.resolve() or resolved.parts[-3:] == Path(GOLDEN_NAME).parts
+
+
 def run_record(args: argparse.Namespace) -> int:
     """Record the default scratch run (or the one the options describe) to a golden file."""
     from parity import atomic
@@ -65,6 +78,13 @@ def run_record(args: argparse.Namespace) -> int:
         check_steps(args.steps, f"--steps {args.steps}")
     if not args.out.strip():
         raise UsageError("--out '': pass a file name for the golden record, e.g. golden.json.gz")
+    if _is_shipped(Path(args.out)):
+        raise UsageError(
+            f"--out {args.out}: that is the shipped golden record ({GOLDEN_NAME}), the guard that scratch's numbers "
+            "stay bit-identical; re-recording it would make the guard pass whatever scratch computes now. Record to "
+            "another file (compare-golden compares any record); to replace the shipped one on purpose, copy that "
+            "file over it in a commit that says why"
+        )
     atomic.check_creatable(Path(args.out), "the golden record", directory=False)  # before the run, not after
     train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=0)  # nothing tested
     if args.steps is None:
