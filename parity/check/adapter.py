@@ -30,18 +30,19 @@ Faithful to the user's own training: each layer is handed what its neighbour ret
 converted; a failure on it names that neighbour), and what is recorded is a private copy, so code that works in
 place on what it is given changes nothing already recorded. The shared weights are written into the user's own
 arrays (their dtype kept). A layer run alone (`run_layer`) gets copies of the reference's tensors and runs from the
-state it began the step in, which is put back after, so the whole-network run sees one call of it per step.
+state it began the step in, which is put back after, so the whole-network run sees one call of it per step
+(`parity.check.layerstate`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from parity.check.binding import BoundLayer
 from parity.check.infer import Architecture, construct
+from parity.check.layerstate import LayerState
 from parity.check.layouts import ParamBinding
 from parity.check.loader import ImplError
 from parity.check.usercode import ImplCrash, guarded, returned_array
@@ -73,7 +74,7 @@ class ImplSide:
                 _check_attribute(arch, layer, obj, binding)
         self.load_parameters(initial)
         self.missing: dict[str, str] = {}  # tensor -> why it could not be seen (filled by each step)
-        self._step_began: list[_State] = []  # each layer's state as the last step began
+        self._step_began: list[LayerState] = []  # each layer's state as the last step began
 
     def _pairs(self) -> list[tuple[BoundLayer, LayerSpec]]:
         return list(zip(self.bound, self.spec.layers, strict=True))
@@ -95,7 +96,7 @@ class ImplSide:
             )
         image, label = images[0], int(labels[0])
         before = self.parameters()
-        self._step_began = [_State.of(obj) for obj in self.objects]  # where a layer run alone at this step starts
+        self._step_began = [LayerState.of(obj) for obj in self.objects]  # where a layer run alone at this step starts
         tensors: dict[str, np.ndarray] = {}
         self.missing = {}
         last = len(self.bound) - 1
@@ -129,12 +130,12 @@ class ImplSide:
         """One user layer alone, on the reference's input, output gradient and weights (see
         `parity.lockstep.local`); gradients recovered from its update.
 
-        It runs from the layer's state as it began the step (`_State`), so a layer whose results depend on its calls
-        so far is judged on the call the step made; then the state it had after the step is put back, and NumPy's
-        global random state, so the whole-network run sees one call of it per step."""
+        It runs from the layer's state as it began the step (`LayerState`), so a layer whose results depend on its
+        calls so far is judged on the call the step made; then the state it had after the step is put back, and
+        NumPy's global random state, so the whole-network run sees one call of it per step."""
         index = next(i for i, spec in enumerate(self.spec.layers) if spec.name == feed.layer.name)
         layer, spec, obj = self.bound[index], self.spec.layers[index], self.objects[index]
-        after_step, random_state = _State.of(obj), np.random.get_state()
+        after_step, random_state = LayerState.of(obj), np.random.get_state()
         own = self.parameters()
         names = {param: f"{spec.name}.{param}" for param in feed.params}
         tensors: dict[str, np.ndarray] = {}
@@ -358,47 +359,6 @@ def _check_attribute(arch: Architecture, layer: BoundLayer, obj, binding: ParamB
 
 def _layout_text(shape: tuple[int, ...]) -> str:
     return "HWC (height, width, channels)" if len(shape) == 3 else "(nodes,)"
-
-
-@dataclass
-class _State:
-    """A user layer's state, taken without copying the object itself (which may hold what cannot be copied, or refer
-    back to itself): its attribute bindings, the very objects, so identities, aliases and bound methods stay; and a
-    copy of every writable array they hold, directly or in a list, tuple or dict, to be written back in place, so
-    arrays that are views into one buffer stay so. Python containers changed in place are not put back."""
-
-    bindings: dict[str, object] | None
-    arrays: list[tuple[np.ndarray, np.ndarray]]
-
-    @classmethod
-    def of(cls, obj: object) -> _State:
-        """The state `obj` is in now."""
-        attributes = getattr(obj, "__dict__", None)
-        if attributes is None:  # __slots__: its weights are put back by load_parameters
-            return cls(None, [])
-        arrays, seen = [], set()
-        for value in attributes.values():
-            for array in _arrays_in(value):
-                if id(array) not in seen and array.flags.writeable:
-                    seen.add(id(array))
-                    arrays.append((array, array.copy()))
-        return cls(dict(attributes), arrays)
-
-    def put_back(self, obj: object) -> None:
-        """Put `obj` back in this state."""
-        if self.bindings is not None:
-            attributes = vars(obj)
-            attributes.clear()
-            attributes.update(self.bindings)
-        for array, saved in self.arrays:
-            array[...] = saved
-
-
-def _arrays_in(value: object) -> list[np.ndarray]:
-    if isinstance(value, np.ndarray):
-        return [value]
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    return [item for item in items if isinstance(item, np.ndarray)]
 
 
 def _recovered(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""A user layer's state, taken and put back without copying the object: so a layer run alone at a step (the adapter's
+`run_layer`) runs from the state it began that step in, and the whole-network run sees one call of it per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LayerState:
+    """A user layer's state, taken without copying the object itself (which may hold what cannot be copied, or refer
+    back to itself): its attribute bindings, the very objects, so identities, aliases and bound methods stay; and a
+    copy of every writable array they hold, directly or in a list, tuple or dict, to be written back in place, so
+    arrays that are views into one buffer stay so. Python containers changed in place are not put back."""
+
+    bindings: dict[str, object] | None
+    arrays: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def of(cls, obj: object) -> LayerState:
+        """The state `obj` is in now."""
+        attributes = getattr(obj, "__dict__", None)
+        if attributes is None:  # __slots__: its weights are put back by load_parameters
+            return cls(None, [])
+        arrays, seen = [], set()
+        for value in attributes.values():
+            for array in _arrays_in(value):
+                if id(array) not in seen and array.flags.writeable:
+                    seen.add(id(array))
+                    arrays.append((array, array.copy()))
+        return cls(dict(attributes), arrays)
+
+    def put_back(self, obj: object) -> None:
+        """Put `obj` back in this state."""
+        if self.bindings is not None:
+            attributes = vars(obj)
+            attributes.clear()
+            attributes.update(self.bindings)
+        for array, saved in self.arrays:
+            array[...] = saved
+
+
+def _arrays_in(value: object) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [item for item in items if isinstance(item, np.ndarray)]
