@@ -19,7 +19,8 @@ import pytest
 import scratch
 from parity.check.adapter import ImplSide, _recovered, tutorial_spec
 from parity.check.infer import infer_architecture
-from parity.check.loader import ImplError, Mapping, load_impl
+from parity.check.loader import load_impl
+from parity.check.names import ImplError, Mapping
 from parity.check.run import large_logit_weights
 from parity.cli import main
 from parity.engine.compare import compare

@@ -20,7 +20,8 @@ import scratch
 from parity.check.infer import infer_architecture
 from parity.check.layercalls import LayerCall, LayersError, format_layers, parse_layers
 from parity.check.layouts import ParamBinding
-from parity.check.loader import ImplError, Mapping, NamesError, load_impl
+from parity.check.loader import load_impl
+from parity.check.names import ImplError, Mapping, NamesError
 from parity.check.run import relu_feeding_layers, relu_zeroed
 from parity.cli import main
 

@@ -44,7 +44,7 @@ from parity.check.binding import BoundLayer
 from parity.check.infer import Architecture, construct
 from parity.check.layerstate import LayerState
 from parity.check.layouts import ParamBinding
-from parity.check.loader import ImplError
+from parity.check.names import ImplError
 from parity.check.usercode import ImplCrash, guarded, returned_array
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import LayerSpec, NetworkSpec, parse_spec

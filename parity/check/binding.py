@@ -13,8 +13,9 @@ import numpy as np
 
 from parity.check.layercalls import LayerCall
 from parity.check.layouts import ParamBinding, bias_layout, conv_layouts, layout_error, matching_layouts
-from parity.check.loader import Choice, Impl, ImplError, Missing, NamesError
+from parity.check.loader import Impl
 from parity.check.members import Methods
+from parity.check.names import Choice, ImplError, Missing, NamesError
 from parity.check.usercode import ImplCrash, guarded, returned_array
 
 BIAS_NAMES = ("biases", "bias", "b")

@@ -14,7 +14,8 @@ from types import ModuleType
 
 from parity.check.infer import Architecture, infer_architecture
 from parity.check.layercalls import LayersError, parse_layers
-from parity.check.loader import ImplError, Mapping, NamesError, load_impl
+from parity.check.loader import load_impl
+from parity.check.names import ImplError, Mapping, NamesError
 from parity.check.output import render, write_check_report
 from parity.check.run import (
     DEFAULT_LR,

@@ -25,8 +25,9 @@ import numpy as np
 
 from parity.check.binding import Binder, BoundLayer, argument_equal_to
 from parity.check.layercalls import LayerCall
-from parity.check.loader import Choice, Impl, ImplError, Missing, NamesError
+from parity.check.loader import Impl
 from parity.check.members import resolve_methods
+from parity.check.names import Choice, ImplError, Missing, NamesError
 from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash, guarded
 from scratch.spec import NetworkSpec, parse_spec
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parity.check.catalogue import BACKWARD_WORDS, ClassInfo, MethodInfo, class_from_runtime
-from parity.check.loader import Choice, Impl, Missing, NamesError, closest
+from parity.check.loader import Impl, closest
+from parity.check.names import Choice, Missing, NamesError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import numpy as np
 from parity.check.bugs import BUGS, TUTORIAL, TUTORIAL_BUGS, TWO_CONV, TWO_CONV_LAYERS, Bug, with_bug
 from parity.check.command import import_torch
 from parity.check.layercalls import parse_layers
-from parity.check.loader import Impl, ImplError, load_impl
+from parity.check.loader import Impl, load_impl
+from parity.check.names import ImplError
 from parity.check.results import CheckResult
 from parity.check.run import DEFAULT_LR, DEFAULT_STEPS, PROBES, check_impl
 from parity.check.usercode import ImplCrash

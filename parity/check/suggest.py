@@ -16,15 +16,8 @@ from dataclasses import dataclass, field
 from parity.check.catalogue import Catalogue, ClassInfo, Unknown
 from parity.check.infer import infer_architecture, shape_after
 from parity.check.layercalls import LayerCall, format_layers
-from parity.check.loader import (
-    KIND_WORDS,
-    LAYERS,
-    ImplError,
-    Mapping,
-    NamesError,
-    describe_class,
-    load_impl,
-)
+from parity.check.loader import KIND_WORDS, describe_class, load_impl
+from parity.check.names import LAYERS, ImplError, Mapping, NamesError
 from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
 
 MAX_ROUNDS = 8  # each round fixes at least one mismatch; a network has a handful of classes and members
