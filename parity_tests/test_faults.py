@@ -448,6 +448,13 @@ def test_an_unknown_option_is_refused_with_its_commands_usage(capsys, argv):
     assert err.startswith(f"usage: cnn-parity {command} ") and line.startswith(f"cnn-parity {command}: error:")
 
 
+@pytest.mark.parametrize("argv", [["--bogus"], ["--bogus", "check"], ["--bogus", "report", "--epochs", "1"]])
+def test_an_unknown_option_before_the_command_is_named(capsys, argv):
+    """Not the argument argparse would find missing first (COMMAND, --impl): the option that is wrong; nothing runs."""
+    line = assert_refused(cli(capsys, *argv), "unrecognized arguments: --bogus", "cnn-parity COMMAND [options]")
+    assert line.startswith("cnn-parity: error:")
+
+
 def test_check_at_lr_1e300_says_so_without_a_traceback(capsys):
     """Both sides overflow float64: the check fails (exit 1) with the first non-finite tensor, and does not crash."""
     code, out, err = cli(capsys, "check", "--impl", FIXED, "--lr", "1e300", "--steps", "3", "--no-probes")

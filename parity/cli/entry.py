@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into one clear line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):  # else argparse names a missing argument
+        parser.error(f"unrecognized arguments: {argv[0]} (options go after the command: cnn-parity COMMAND [options])")
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # told with the command's own usage: the top-level one would not show the options it has
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
