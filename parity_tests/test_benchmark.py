@@ -86,3 +86,37 @@ def test_a_reader_that_goes_away_ends_it_quietly():
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1
     assert b"Traceback" not in stderr and b"Exception ignored" not in stderr, stderr.decode()
+
+
+def test_the_lockstep_section_runs_at_another_batch_size(monkeypatch, capsys):
+    """`--batch N` times the lockstep section on mini-batches, and says that the targets are set at batch 1."""
+    monkeypatch.setattr(run, "SECTIONS", [("lockstep", run.lockstep_section)])
+    assert main(["--steps", "4", "--repeats", "1", "--batch", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "== lockstep: recording and comparing vs training both models bare, batch size 4 ==" in text
+    assert "1 rounds of 1 steps; dtype float64; batch size 4" in text  # --steps over the batch: rounds as long
+    assert "the issue's targets are set at batch size 1" in text
+
+
+def test_a_batch_larger_than_the_data_is_refused(monkeypatch, capsys):
+    monkeypatch.setattr(run, "SECTIONS", [("lockstep", run.lockstep_section)])
+    assert main(["--steps", "1", "--repeats", "1", "--batch", "5000"]) == 2
+    assert capsys.readouterr().err == (
+        "python -m parity.benchmark: error: --batch 5000: the lockstep section trains on 1,000 digits\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--batch", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_lockstep_inputs_are_one_digit_or_consecutive_batches():
+    """Batch 1 steps per sample on (H, W) digits and int labels, as the tutorial; a larger batch takes consecutive
+    whole batches and wraps past the last whole one."""
+    train, _ = load_experiment_data(n_train=10, n_test=1)
+    image, label = run.lockstep_inputs(train.images, train.labels, 1)(13)
+    assert image.shape == (28, 28) and type(label) is int and np.array_equal(image, train.images[3])
+    inputs = run.lockstep_inputs(train.images, train.labels, 4)
+    images, labels = inputs(1)
+    assert images.shape == (4, 28, 28) and labels.dtype == np.int64
+    assert np.array_equal(images, train.images[4:8]) and np.array_equal(labels, train.labels[4:8])
+    assert np.array_equal(inputs(2)[0], train.images[:4])  # 10 digits hold two whole batches of 4
