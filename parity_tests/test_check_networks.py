@@ -761,3 +761,22 @@ def test_a_module_named_like_a_package_of_this_tool_is_refused_naming_both(capsy
     conv = impl / "conv.py"
     conv.write_text(conv.read_text().replace("import scratch\n", ""))  # not imported, a module of that name is fine
     assert cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")[0] == 0
+
+
+@pytest.mark.parametrize(
+    "counted",
+    [
+        "        self.state = getattr(self, 'state', {'calls': 0})\n        self.state['calls'] += 1\n"
+        "        if self.state['calls'] > 10:\n",
+        "        self.seen = getattr(self, 'seen', [])\n        self.seen.append(input.shape)\n"
+        "        if len(self.seen) > 10:\n",
+    ],
+    ids=["a counter in a dict", "a history in a list"],
+)
+def test_state_kept_in_a_container_is_put_back_after_a_layer_runs_alone(capsys, tmp_path, counted):
+    """A list or dict the layer changes in place is put back as it was: the layer run alone is not counted as a
+    call of the user's training, so a bug from the 11th image on is found at step 10, not earlier."""
+    bug = counted + "            return self.windows(input).max(axis=-1) * 1.01\n"
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", COUNTED, COUNTED + bug)
+    code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "12", "--no-probes")
+    assert code == 1 and "Main run: DIVERGED at step 10, pool1 pool1.out from MaxPool2.forward" in out

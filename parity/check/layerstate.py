@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,10 +13,13 @@ class LayerState:
     """A user layer's state, taken without copying the object itself (which may hold what cannot be copied, or refer
     back to itself): its attribute bindings, the very objects, so identities, aliases and bound methods stay; and a
     copy of every writable array they hold, directly or in a list, tuple or dict, to be written back in place, so
-    arrays that are views into one buffer stay so. Python containers changed in place are not put back."""
+    arrays that are views into one buffer stay so; and the items of every list, dict or set they hold, put back in
+    the same container (a counter in a dict, a history in a list). One level deep: a container's containers are
+    not."""
 
     bindings: dict[str, object] | None
     arrays: list[tuple[np.ndarray, np.ndarray]]
+    contents: list[tuple[list | dict | set, list | dict | set]] = field(default_factory=list)
 
     @classmethod
     def of(cls, obj: object) -> LayerState:
@@ -24,13 +27,16 @@ class LayerState:
         attributes = getattr(obj, "__dict__", None)
         if attributes is None:  # __slots__: its weights are put back by load_parameters
             return cls(None, [])
-        arrays, seen = [], set()
+        arrays, contents, seen = [], [], set()
         for value in attributes.values():
+            if isinstance(value, (list, dict, set)) and id(value) not in seen:
+                seen.add(id(value))
+                contents.append((value, value.copy()))  # the items, not copies of them
             for array in _arrays_in(value):
                 if id(array) not in seen and array.flags.writeable:
                     seen.add(id(array))
                     arrays.append((array, array.copy()))
-        return cls(dict(attributes), arrays)
+        return cls(dict(attributes), arrays, contents)
 
     def put_back(self, obj: object) -> None:
         """Put `obj` back in this state."""
@@ -38,6 +44,12 @@ class LayerState:
             attributes = vars(obj)
             attributes.clear()
             attributes.update(self.bindings)
+        for container, items in self.contents:
+            container.clear()
+            if isinstance(container, list):
+                container.extend(items)
+            else:
+                container.update(items)
         for array, saved in self.arrays:
             array[...] = saved
 
