@@ -98,15 +98,18 @@ def test_the_lockstep_section_runs_at_another_batch_size(monkeypatch, capsys):
     assert "the issue's targets are set at batch size 1" in text
 
 
-def test_a_batch_larger_than_the_data_is_refused(monkeypatch, capsys):
-    monkeypatch.setattr(run, "SECTIONS", [("lockstep", run.lockstep_section)])
-    assert main(["--steps", "1", "--repeats", "1", "--batch", "5000"]) == 2
-    assert capsys.readouterr().err == (
-        "python -m parity.benchmark: error: --batch 5000: the lockstep section trains on 1,000 digits\n"
+@pytest.mark.parametrize("batch", ["0", "5000"])
+def test_a_batch_larger_than_the_data_is_refused_before_anything_runs(capsys, batch):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's convention
+        main(["--steps", "1", "--repeats", "1", "--batch", batch])
+    out, err = capsys.readouterr()
+    assert (
+        exit_info.value.code == 2
+        and out == ""
+        and err.splitlines()[-1].startswith("python -m parity.benchmark: error: argument --batch: ")
     )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--batch", "0"])
-    assert exit_info.value.code == 2
+    if batch == "5000":
+        assert err.splitlines()[-1].endswith("5000 is more than the lockstep section's 1,000 digits")
 
 
 def test_lockstep_inputs_are_one_digit_or_consecutive_batches():

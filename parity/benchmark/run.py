@@ -61,6 +61,7 @@ from scratch.argtypes import positive_int
 LR = 0.005
 DEFAULT_STEPS = 500
 DEFAULT_REPEATS = 15
+TRAIN_DIGITS = 1000  # the lockstep section's training digits (the experiment's default split)
 LOOPS_STEP_DIVISOR = 50  # the loop code is ~100x slower: time it over fewer steps per round
 
 VECTORISED = "scratch vectorised"
@@ -246,17 +247,11 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: np.ndarray,
     }
 
 
-class BatchTooLarge(ValueError):
-    """`--batch` asks for more digits per step than the lockstep section has: exit 2, as bad usage."""
-
-
 def lockstep_section(args: argparse.Namespace) -> None:
     """Section 2: what recording and comparing add to training both models bare (target: at most +30%)."""
     from scratch.data import load_experiment_data
 
-    train, _ = load_experiment_data()
-    if args.batch > len(train.images):
-        raise BatchTooLarge(f"--batch {args.batch}: the lockstep section trains on {len(train.images):,} digits")
+    train, _ = load_experiment_data(n_train=TRAIN_DIGITS)
     candidates = lockstep_candidates(np.dtype(args.dtype), train.images, train.labels, args.batch)
     steps = max(1, args.steps // args.batch)  # a step's arithmetic grows with its batch: rounds stay about as long
     samples = time_candidates(candidates, steps, args.repeats)
@@ -388,7 +383,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="float64",
         help="network dtype (default float64; the targets are set for float64)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.batch > TRAIN_DIGITS:  # before any section runs
+        parser.error(f"argument --batch: {args.batch} is more than the lockstep section's {TRAIN_DIGITS:,} digits")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _, section in SECTIONS:
             section(args)
             sys.stdout.flush()  # each section as it completes, also through a pipe (`| tee`)
-    except (DataError, BatchTooLarge) as error:
+    except DataError as error:
         print(f"python -m parity.benchmark: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
