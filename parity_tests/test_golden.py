@@ -118,7 +118,14 @@ def test_record_writes_golden_json_gz_here_by_default(capsys, tmp_path, monkeypa
 
 @pytest.mark.parametrize(
     "spelling",
-    [str(GOLDEN), str(GOLDEN.relative_to(ROOT)), "parity/golden/../golden/tutorial-float64-seed0.json.gz", "link"],
+    [
+        str(GOLDEN),
+        str(GOLDEN.relative_to(ROOT)),
+        "parity/golden/../golden/tutorial-float64-seed0.json.gz",
+        "link",
+        "clone/parity/golden/tutorial-float64-seed0.json.gz",  # another clone's copy (under tmp_path)
+        "parity/golden/Tutorial-Float64-seed0.json.gz",  # the same file on a case-insensitive file system
+    ],
 )
 def test_record_refuses_to_overwrite_the_shipped_record(capsys, tmp_path, monkeypatch, spelling):
     """The shipped record is the guard of bit-identity: re-recording it would make it pass whatever scratch does."""
@@ -126,6 +133,8 @@ def test_record_refuses_to_overwrite_the_shipped_record(capsys, tmp_path, monkey
     if spelling == "link":
         (tmp_path / "link.json.gz").symlink_to(GOLDEN)
         spelling = str(tmp_path / "link.json.gz")
+    if spelling.startswith("clone/"):
+        spelling = str(tmp_path / spelling)
     shipped = GOLDEN.read_bytes()
 
     def recorded(*args, **kwargs):
@@ -136,6 +145,17 @@ def test_record_refuses_to_overwrite_the_shipped_record(capsys, tmp_path, monkey
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
     assert "shipped golden record" in err and "another file" in err
     assert GOLDEN.read_bytes() == shipped
+
+
+def test_a_missing_shipped_record_is_to_be_restored_not_recorded(capsys, tmp_path):
+    """compare-golden on a clone's shipped record that is gone says to restore it, not to record one (which
+    `record` would refuse)."""
+    missing = tmp_path / "clone" / "parity" / "golden" / "tutorial-float64-seed0.json.gz"
+    code, _, err = cli(capsys, "compare-golden", str(missing))
+    assert code == 2 and err.count("\n") == 1
+    assert "the shipped golden record is missing; restore it (`git checkout -- parity/golden/" in err
+    code, _, err = cli(capsys, "compare-golden", str(tmp_path / "other.json.gz"))
+    assert code == 2 and "no such golden record; write one with `cnn-parity record --out " in err
 
 
 def test_record_then_compare_round_trip(capsys, tmp_path):

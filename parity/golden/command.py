@@ -12,13 +12,13 @@ from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError, mark_wri
 from parity.engine.tolerances import tolerance_for
 from parity.golden.records import (
     DEFAULT_EVERY,
-    DEFAULT_PATH,
     GOLDEN_NAME,
     GoldenComparison,
     GoldenConfig,
     compare_golden,
     data_fingerprint,
     environment,
+    is_shipped,
     read_golden,
     record_golden,
     write_golden,
@@ -59,16 +59,6 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _is_shipped(path: Path) -> bool:
-    """Whether `path` names the shipped golden record, through any spelling or link: this install's, or the one in
-    any clone or copy of the package (`parity/golden/<its name>`)."""
-    try:
-        resolved = path.resolve()
-    except (OSError, RuntimeError):  # a path that cannot be resolved (a link loop) is not the shipped file
-        return False
-    return resolved == DEFAULT_PATH.resolve() or resolved.parts[-3:] == Path(GOLDEN_NAME).parts
-
-
 def run_record(args: argparse.Namespace) -> int:
     """Record the default scratch run (or the one the options describe) to a golden file."""
     from parity import atomic
@@ -78,7 +68,7 @@ def run_record(args: argparse.Namespace) -> int:
         check_steps(args.steps, f"--steps {args.steps}")
     if not args.out.strip():
         raise UsageError("--out '': pass a file name for the golden record, e.g. golden.json.gz")
-    if _is_shipped(Path(args.out)):
+    if is_shipped(Path(args.out)):
         raise UsageError(
             f"--out {args.out}: that is the shipped golden record ({GOLDEN_NAME}), the guard that scratch's numbers "
             "stay bit-identical; re-recording it would make the guard pass whatever scratch computes now. Record to "

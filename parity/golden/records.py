@@ -48,6 +48,18 @@ DEFAULT_EVERY = 100
 SAMPLES_PER_TENSOR = 4
 
 
+def is_shipped(path: Path) -> bool:
+    """Whether `path` names the shipped golden record, through any spelling or link, in any letter case: this
+    install's, or the one in any clone or copy of the package (`parity/golden/<its name>`)."""
+    try:
+        resolved = path.resolve()
+        if resolved.exists() and DEFAULT_PATH.exists() and os.path.samefile(resolved, DEFAULT_PATH):
+            return True  # another name for the very file (a case-insensitive file system, a hard link)
+    except (OSError, RuntimeError):  # a path that cannot be resolved (a link loop) is not the shipped file
+        return False
+    return [part.casefold() for part in resolved.parts[-3:]] == [part.casefold() for part in Path(GOLDEN_NAME).parts]
+
+
 @dataclass(frozen=True)
 class GoldenConfig:
     """The scratch run a golden record holds (the tutorial's experiment by default)."""
@@ -224,6 +236,11 @@ def read_golden(path: str | os.PathLike) -> dict:
             raise UsageError(f"{path}: {path.stat().st_size:,} bytes, larger than any golden record; not one")
         raw = path.read_bytes()
     except FileNotFoundError:
+        if is_shipped(path):
+            raise UsageError(
+                f"{path}: the shipped golden record is missing; restore it (`git checkout -- {GOLDEN_NAME}` in a "
+                "clone, or reinstall the package) rather than recording a new one, which would guard nothing"
+            ) from None
         raise UsageError(f"{path}: no such golden record; write one with `cnn-parity record --out {path}`") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory, expected a golden record (.json.gz)") from None
