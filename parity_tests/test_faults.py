@@ -455,6 +455,13 @@ def test_an_unknown_option_before_the_command_is_named(capsys, argv):
     assert line.startswith("cnn-parity: error:")
 
 
+@pytest.mark.parametrize("option", ["-h", "--help", "--he"])
+def test_help_before_any_command_prints_the_commands(capsys, option):
+    """`--he` too: argparse takes an unambiguous abbreviation of --help for it."""
+    code, out, err = cli(capsys, option)
+    assert code == 0 and err == "" and out.startswith("usage: cnn-parity ") and "selftest" in out
+
+
 def test_check_at_lr_1e300_says_so_without_a_traceback(capsys):
     """Both sides overflow float64: the check fails (exit 1) with the first non-finite tensor, and does not crash."""
     code, out, err = cli(capsys, "check", "--impl", FIXED, "--lr", "1e300", "--steps", "3", "--no-probes")

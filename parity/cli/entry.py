@@ -40,11 +40,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _asks_for_help(option: str) -> bool:
+    """`-h`, `--help`, or an abbreviation of it that argparse takes for it (`--he`)."""
+    return option == "-h" or (len(option) > 2 and "--help".startswith(option))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into one clear line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):  # else argparse names a missing argument
+    if argv and argv[0].startswith("-") and not _asks_for_help(argv[0]):  # else argparse names a missing argument
         parser.error(f"unrecognized arguments: {argv[0]} (options go after the command: cnn-parity COMMAND [options])")
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # told with the command's own usage: the top-level one would not show the options it has
