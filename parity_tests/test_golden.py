@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +147,29 @@ def test_record_refuses_to_overwrite_the_shipped_record(capsys, tmp_path, monkey
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
     assert "shipped golden record" in err and "another file" in err
     assert GOLDEN.read_bytes() == shipped
+
+
+@pytest.mark.parametrize("kind", ["fifo", "text file", "empty file"])
+def test_record_refuses_to_replace_what_is_not_a_golden_record(capsys, tmp_path, monkeypatch, kind):
+    """Writing replaces the destination with a new file: a FIFO (or a device: /dev/null was once replaced) or a file
+    of the user's is refused before the run, and left as it was."""
+    target = tmp_path / "target"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.write_text("my notes\n" if kind == "text file" else "")
+
+    def recorded(*args, **kwargs):
+        raise AssertionError("the run started although its destination is not a record")
+
+    monkeypatch.setattr("parity.golden.command.record_golden", recorded)
+    code, _, err = cli(capsys, "record", "--steps", "3", "--out", str(target))
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    if kind == "fifo":
+        assert "not a regular file" in err and stat.S_ISFIFO(os.stat(target).st_mode)
+    else:
+        assert "exists and is not a golden record" in err and "another file name" in err
+        assert target.read_text() == ("my notes\n" if kind == "text file" else "")
 
 
 def test_a_missing_shipped_record_is_to_be_restored_not_recorded(capsys, tmp_path):

@@ -25,6 +25,7 @@ from parity.golden.records import (
 )
 from parity.golden.validate import batch_of
 from scratch.argtypes import network_spec, nonnegative_int, positive_int
+from scratch.data import special_file
 from scratch.spec import DEFAULT_SPEC
 
 DEFAULT_OUT = "golden.json.gz"  # in the current directory: the shipped record is never a default destination
@@ -59,6 +60,22 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_replaceable(path: Path) -> None:
+    """Refuse a destination that exists and is not a golden record (a device, a FIFO, any other file): writing
+    replaces it with a new file, so only a record is replaced."""
+    if special_file(path):
+        raise UsageError(f"--out {path}: not a regular file (a device, FIFO or socket); pass a file name")
+    if not path.is_file():
+        return  # not there yet (or a directory, which check_creatable names)
+    try:
+        read_golden(path)
+    except UsageError:
+        raise UsageError(
+            f"--out {path}: exists and is not a golden record, and recording would replace it; pass another file "
+            "name, or remove it first"
+        ) from None
+
+
 def run_record(args: argparse.Namespace) -> int:
     """Record the default scratch run (or the one the options describe) to a golden file."""
     from parity import atomic
@@ -75,6 +92,7 @@ def run_record(args: argparse.Namespace) -> int:
             "another file (compare-golden compares any record); to replace the shipped one on purpose, copy that "
             "file over it in a commit that says why"
         )
+    _check_replaceable(Path(args.out))
     atomic.check_creatable(Path(args.out), "the golden record", directory=False)  # before the run, not after
     train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=0)  # nothing tested
     if args.steps is None:
