@@ -244,6 +244,7 @@ def _other_format(document):
 UNUSABLE = {
     "missing file": (None, "no such golden record"),
     "not gzip json": ("garbage", "not a golden record (gzipped JSON expected)"),
+    "nested too deep": ("deep", "not a golden record (its JSON is nested too deep to read)"),
     "other format": (_other_format, "format 'something-else/9', expected 'cnn-parity-golden/3'"),
     "damaged": (_damaged, "damaged or hand-edited golden record, refused: loss: expected one loss per step (3000)"),
     "other data": (_other_data, "recorded on other training data"),
@@ -256,6 +257,8 @@ def test_unusable_golden_is_one_line_and_exit_2(capsys, tmp_path, case):
     path = tmp_path / "golden.json.gz"
     if make == "garbage":
         path.write_bytes(b"\x1f\x8b not really gzip")
+    elif make == "deep":
+        path.write_bytes(gzip.compress(b"[" * 5000 + b"]" * 5000))  # json.loads recurses once per level
     elif make is not None:
         _rewrite(path, make, sealed=make is not _damaged)
     code, out, err = cli(capsys, "compare-golden", str(path))

@@ -193,6 +193,14 @@ def test_markdown_renders_from_the_json_alone(small_report):
     assert markdown.main([str(out / "report.json")]) == 0
 
 
+def test_markdown_refuses_json_nested_too_deep_to_read(tmp_path, capsys):
+    deep = tmp_path / "report.json"
+    deep.write_text("[" * 5000 + "]" * 5000)  # json.loads recurses once per level
+    assert markdown.main([str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert "not a report.json (its JSON is nested too deep to read)" in err and "Traceback" not in err
+
+
 def test_markdown_refuses_another_schema(tmp_path, capsys):
     old = tmp_path / "report.json"
     old.write_text(json.dumps({"schema": "cnn-parity/report/v1", "runs": []}))

@@ -109,6 +109,8 @@ def render_file(path: str | Path) -> str:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
     except ValueError as error:  # not UTF-8, or not JSON
         raise ValueError(f"{path}: not a report.json (not JSON text: {error})") from None
+    except RecursionError:  # JSON nested thousands deep: no report is
+        raise ValueError(f"{path}: not a report.json (its JSON is nested too deep to read)") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         found = document.get("schema") if isinstance(document, dict) else None
         raise ValueError(f"{path}: not a report.json of schema {SCHEMA!r} (schema {found!r})")

@@ -56,7 +56,7 @@ def _report_files(path: Path) -> set[str] | None:
         document = json.loads((path / REPORT_JSON).read_text(encoding="utf-8"))
         schema = document.get("schema", "")
         plots = [name for run in document.get("runs", []) for name in (run.get("plots") or {}).values()]
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         return None
     if not (isinstance(schema, str) and schema.startswith("cnn-parity/report/")):
         return None

@@ -255,6 +255,8 @@ def read_golden(path: str | os.PathLike) -> dict:
         document = json.loads(text)
     except (OSError, EOFError, zlib.error, ValueError) as error:
         raise UsageError(f"{path}: not a golden record (gzipped JSON expected): {error}") from None
+    except RecursionError:  # JSON nested thousands deep: no record is
+        raise UsageError(f"{path}: not a golden record (its JSON is nested too deep to read)") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         older = " (it has no checksums)" if found in ("cnn-parity-golden/1", "cnn-parity-golden/2") else ""
