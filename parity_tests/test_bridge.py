@@ -184,3 +184,23 @@ def test_evaluate_checks_the_images_before_the_labels():
     runner = reference.ReferenceRunner(reference.to_torch(scratch.tutorial_network(0)))
     with pytest.raises(ValueError, match=r"^image: expected shape \(28, 28\) or a batch"):
         runner.evaluate(np.zeros((3, 28, 28, 1), np.uint8), [0, 1, 2])
+
+
+def test_one_layer_takes_arrays_with_a_reversed_size_1_axis():
+    """The diagnosis flips kernels; a 1x1 kernel flipped keeps a negative stride that NumPy calls contiguous and
+    torch.from_numpy refuses. The layer run alone takes it, and a flipped 1x1 kernel is the kernel itself."""
+    from reference.layer import layer_gradients
+
+    spec = scratch.parse_spec("conv1x4b,pool2,dense10", image_shape=(6, 6))
+    conv = spec.layers[0]
+    rng = np.random.default_rng(0)
+    filters = rng.standard_normal((4, 1, 1))
+    flipped = filters[:, ::-1, ::-1]
+    assert flipped.flags.c_contiguous and min(flipped.strides) < 0
+    inputs, d_out = rng.standard_normal((2, 6, 6, 1)), rng.standard_normal((2, 6, 6, 4))
+    params = {"biases": np.zeros(4)}
+    expected = layer_gradients(conv, {"filters": filters, **params}, inputs, d_out)
+    got = layer_gradients(conv, {"filters": flipped, **params}, inputs[:, ::-1][:, ::-1], d_out)
+    for want, have in zip(expected[:2], got[:2], strict=True):
+        assert np.array_equal(want, have)
+    assert all(np.array_equal(expected[2][name], got[2][name]) for name in expected[2])

@@ -24,14 +24,18 @@ def layer_gradients(
     layout = layout_for(layer)
     with torch.no_grad():
         for name, value in params.items():
-            getattr(module, layout.torch_names[name]).copy_(
-                torch.from_numpy(np.ascontiguousarray(layout.param_to_torch(name, value)))
-            )
-    x = torch.from_numpy(np.ascontiguousarray(activation_to_torch(inputs))).requires_grad_(True)
+            getattr(module, layout.torch_names[name]).copy_(_tensor(layout.param_to_torch(name, value)))
+    x = _tensor(activation_to_torch(inputs)).requires_grad_(True)
     flat = x.flatten(1) if layer.kind == "dense" and x.ndim == 4 else x
     out = module(flat)
-    gradient = torch.from_numpy(np.ascontiguousarray(activation_to_torch(d_out)))
+    gradient = _tensor(activation_to_torch(d_out))
     tensors = [x] + [getattr(module, layout.torch_names[name]) for name in params]
     d_x, *d_params = torch.autograd.grad(out, tensors, gradient)
     grads = {name: layout.param_to_scratch(name, grad.numpy()) for name, grad in zip(params, d_params, strict=True)}
     return activation_to_scratch(out.detach().numpy()), activation_to_scratch(d_x.numpy()), grads
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """`array` as a new tensor. A copy in C order: NumPy calls an array whose size-1 axis is reversed contiguous and
+    keeps its negative stride (the diagnosis flips kernels, 1x1 ones too), which torch.from_numpy refuses."""
+    return torch.from_numpy(np.array(array, order="C"))
