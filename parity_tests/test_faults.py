@@ -462,6 +462,15 @@ def test_help_before_any_command_prints_the_commands(capsys, option):
     assert code == 0 and err == "" and out.startswith("usage: cnn-parity ") and "selftest" in out
 
 
+def test_check_refuses_an_lr_too_small_to_recover_gradients_from(capsys):
+    """Gradients come from the user's update, (before - after) / lr: at lr 1e-6 correct code was reported diverged
+    at float32 rounding level. Such an lr is refused before anything runs; 1e-3 still passes."""
+    line = assert_refused(cli(capsys, "check", "--impl", FIXED, "--lr", "1e-6", "--steps", "3"), "--lr", "1e-6")
+    assert "below 0.001" in line and "pass 0.001 or more" in line
+    code, out, _ = cli(capsys, "check", "--impl", FIXED, "--lr", "0.001", "--steps", "3", "--no-probes")
+    assert code == 0 and "Main run: PARITY over 3 steps" in out and "~6e-14 here" in out
+
+
 def test_check_at_lr_1e300_says_so_without_a_traceback(capsys):
     """Both sides overflow float64: the check fails (exit 1) with the first non-finite tensor, and does not crash."""
     code, out, err = cli(capsys, "check", "--impl", FIXED, "--lr", "1e300", "--steps", "3", "--no-probes")

@@ -101,7 +101,10 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=nonnegative_int, default=0, help="seeds the shared initial weights and the data order (0)"
     )
     parser.add_argument(
-        "--lr", type=learning_rate, default=DEFAULT_LR, help=f"learning rate passed to backprop ({DEFAULT_LR})"
+        "--lr",
+        type=check_learning_rate,
+        default=DEFAULT_LR,
+        help=f"learning rate passed to backprop ({DEFAULT_LR}; at least {MIN_LR:g})",
     )
     parser.add_argument(
         "--mode",
@@ -127,6 +130,24 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also write report.md and report.json (as `cnn-parity report`) to DIR",
     )
+
+
+# The gradients are recovered from the user's in-place update, (before - after) / lr, exact to eps/2 * |w| / lr
+# (`parity.check.adapter`): 5.6e-14 for weights of ~0.5 at this lr, 18x inside the float64 atol of 1e-12. At a
+# smaller lr the rounding nears the atol as the weights grow, and correct code would be reported as diverged.
+MIN_LR = 1e-3
+
+
+def check_learning_rate(text: str) -> float:
+    """argparse type for check's --lr: a positive finite number, at least MIN_LR."""
+    value = learning_rate(text)
+    if value < MIN_LR:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below {MIN_LR:g}: check recovers your gradients from your update, (before - after) / lr, "
+            "whose rounding (eps/2 |w| / lr) would near the 1e-12 float64 tolerance and fail correct code; pass "
+            f"{MIN_LR:g} or more"
+        )
+    return value
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from parity.cli.errors import UsageError
 from parity.engine.compare import TensorComparison
 from parity.engine.tables import text_table
 
+RECOVERY_EPS_HALF = 2.0**-53  # half of float64's eps: the rounding of a gradient recovered from an update
+
 
 def render(result: CheckResult, seconds: float | None = None) -> str:
     """The terminal summary: what was inferred and driven, the main run, each layer, the probes, the verdict."""
@@ -30,7 +32,8 @@ def render(result: CheckResult, seconds: float | None = None) -> str:
         f"  data:      {main.steps_planned} steps of {result.data_source or 'real MNIST'}",
         f"  seen:      {', '.join(seen)}; loss as -log(probs[label])",
         f"  recovered: {', '.join(recovered)} from the in-place SGD update, (before - after) / lr "
-        "(error <= eps/2 |w| / lr: ~1e-14 here, inside the 1e-12 atol)",
+        f"(error <= eps/2 |w| / lr: ~{RECOVERY_EPS_HALF * 0.5 / main.lr:.0e} here for |w| ~0.5, inside the 1e-12 "
+        "atol)",
     ]
     for name, how in missing.items():
         lines.append(f"  missing:   {name} ({how.removeprefix('not compared: ')})")
