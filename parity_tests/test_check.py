@@ -193,6 +193,18 @@ def _input_length_wrong(d: Path) -> None:
     _edit(_copy_fixed(d) / "softmax.py", "standard_normal((input_len, nodes))", "standard_normal((1000, nodes))")
 
 
+def _unshowable_exception(d: Path) -> None:
+    _edit(
+        _copy_fixed(d) / "softmax.py",
+        "    def forward(self, input):\n",
+        "    def forward(self, input):\n"
+        "        class Unshowable(Exception):\n"
+        "            def __str__(self):\n"
+        "                raise TypeError('no message')\n\n"
+        "        raise Unshowable()\n",
+    )
+
+
 UNUSABLE = {
     "nonexistent path": (None, "no such file or directory"),
     "syntax error": (_syntax_error, "softmax.py:17: syntax error"),
@@ -206,6 +218,10 @@ UNUSABLE = {
     "raises on the first step": (
         _raises_on_first_step,
         "Softmax.forward: raised ValueError: shapes (1352,10) and (1352,) not aligned",
+    ),
+    "an exception whose message raises": (
+        _unshowable_exception,
+        "Softmax.forward: raised Unshowable: (its message could not be shown: TypeError in its __str__)",
     ),
     "wrong output layout": (_chw_output, "Conv3x3.forward: returned shape (8, 26, 26), expected (26, 26, 8): HWC"),
 }

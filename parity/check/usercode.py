@@ -81,7 +81,10 @@ def syntax_error_text(file: object, error: SyntaxError) -> str:
 
 def one_line(error: BaseException) -> str:
     """`ValueError: the message`, whitespace collapsed to single spaces (a traceback never shows)."""
-    text = " ".join(str(error).split())
+    try:
+        text = " ".join(str(error).split())
+    except Exception as unshowable:  # the user's own __str__ raised: say so rather than end in a traceback
+        text = f"(its message could not be shown: {type(unshowable).__name__} in its __str__)"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
