@@ -671,3 +671,16 @@ def test_workers_end_when_the_process_running_the_experiments_is_killed():
         time.sleep(0.05)
     left = [pid for pid in servers + workers if _state(pid)]
     assert not left, f"processes left running after their caller was killed: {left}"
+
+
+def test_a_run_named_by_a_long_spec_gets_file_names_a_file_system_takes():
+    """A run's name holds its spec; 46 ReLUs made plot names past 255 bytes, refused only after training."""
+    from types import SimpleNamespace
+
+    from reports.writer import MAX_SLUG, slug
+
+    assert slug(SimpleNamespace(name="float64 first/stable")) == "float64-first-stable"
+    spec = "relu," * 46 + "dense10"
+    long, other = (slug(SimpleNamespace(name=f"float64 first/stable {spec}{end}")) for end in ("", "x"))
+    assert len(long) <= MAX_SLUG and long.startswith("float64-first-stable-relu-relu") and long != other
+    assert long == slug(SimpleNamespace(name=f"float64 first/stable {spec}"))  # the same name, the same file

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -63,9 +64,17 @@ def _report_files(path: Path) -> set[str] | None:
     return {REPORT_MD, REPORT_JSON} | {name for name in plots if isinstance(name, str)}
 
 
+MAX_SLUG = 100  # a file name may have 255 bytes; a run named by a long spec would pass that in its plots' names
+
+
 def slug(config: ExperimentConfig) -> str:
-    """`float64-first-stable`: the run's name as a file-name part."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", config.name).strip("-")
+    """`float64-first-stable`: the run's name as a file-name part; a long one cut short, with a digest of the whole
+    name so that two runs whose names differ past the cut stay apart."""
+    text = re.sub(r"[^A-Za-z0-9]+", "-", config.name).strip("-")
+    if len(text) <= MAX_SLUG:
+        return text
+    digest = hashlib.sha256(config.name.encode()).hexdigest()[:12]
+    return f"{text[: MAX_SLUG - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def _unique_slugs(results: Sequence[ExperimentResult]) -> list[str]:
