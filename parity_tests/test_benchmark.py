@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import scratch
-from parity.benchmark import run
+from parity.benchmark import lockstep, run
 from parity.benchmark.run import LR, layers_alone_step, main
 from parity.benchmark.timing import Target, format_rows, rows_against
 from scratch.data import load_experiment_data
@@ -116,9 +116,9 @@ def test_lockstep_inputs_are_one_digit_or_consecutive_batches():
     """Batch 1 steps per sample on (H, W) digits and int labels, as the tutorial; a larger batch takes consecutive
     whole batches and wraps past the last whole one."""
     train, _ = load_experiment_data(n_train=10, n_test=1)
-    image, label = run.lockstep_inputs(train.images, train.labels, 1)(13)
+    image, label = lockstep.lockstep_inputs(train.images, train.labels, 1)(13)
     assert image.shape == (28, 28) and type(label) is int and np.array_equal(image, train.images[3])
-    inputs = run.lockstep_inputs(train.images, train.labels, 4)
+    inputs = lockstep.lockstep_inputs(train.images, train.labels, 4)
     images, labels = inputs(1)
     assert images.shape == (4, 28, 28) and labels.dtype == np.int64
     assert np.array_equal(images, train.images[4:8]) and np.array_equal(labels, train.labels[4:8])
