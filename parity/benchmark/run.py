@@ -22,10 +22,8 @@ weights, one thread each:
 - tutorial loops: the tutorial's loop code (`impl="loops"`, tie policy "all", softmax "tutorial"), timed over
   `steps // 50` steps per round: it is ~100x slower.
 
-The lockstep section (in `parity.benchmark.lockstep`) trains the reference of its bare steps with the update the
-lockstep's reference makes (PyTorch's functional SGD, `reference.runner`), so its ratios measure only the recording
-and comparing. It steps per sample by default; `--batch B` times it on consecutive mini-batches of B digits,
-`--steps` // B steps a round.
+The lockstep section, what recording and comparing add to training both models bare, is described in
+`parity.benchmark.lockstep`; `--batch B` times it on mini-batches of B digits, `--steps` // B steps a round.
 
 Targets (from the issue): the vectorised step at least 3x faster than PyTorch eager and at least 100x faster than
 the loops, in float64. The ratio column is each candidate's time over the vectorised step's. The deep spec's
