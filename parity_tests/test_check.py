@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -207,6 +208,7 @@ def _unshowable_exception(d: Path) -> None:
 
 UNUSABLE = {
     "nonexistent path": (None, "no such file or directory"),
+    "a FIFO, neither a file nor a directory": (lambda d: os.mkfifo(d), "impl: not a regular file or a directory"),
     "syntax error": (_syntax_error, "softmax.py:17: syntax error"),
     "import error": (_import_error, "ModuleNotFoundError: No module named 'no_such_module_for_cnn_parity'"),
     # (nodes, input_len) is a layout of its own, read as such: the code then multiplies the wrong way round.

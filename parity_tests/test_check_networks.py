@@ -223,6 +223,20 @@ def test_layers_option_errors_name_the_item(text, message):
     assert str(caught.value).startswith(message), str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("ConvA(8 MaxPool()", "('(' was never closed at column 6)"),
+        ("ConvA(8)),MaxPool()", "(unmatched ')' at column 9)"),
+    ],
+)
+def test_a_layers_syntax_error_names_only_what_was_typed(text, problem):
+    # The parse wraps the text in [ ]: an unclosed '(' must not be reported as a ']' the user never typed.
+    with pytest.raises(LayersError) as caught:
+        parse_layers(text)
+    assert problem in str(caught.value) and "[" not in str(caught.value).split("expected e.g.")[0]
+
+
 def test_a_bad_layers_option_is_one_line(capsys):
     code, out, err = cli(capsys, "check", "--impl", str(TWO_CONV), "--layers", "ConvA(8),MaxPool2")
     assert code == 2 and out == "" and err.count("\n") == 1

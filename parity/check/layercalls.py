@@ -50,6 +50,16 @@ def _shown(value: object) -> str:
     return repr(value)
 
 
+def _syntax_error(text: str, wrapped: SyntaxError) -> tuple[str, int]:
+    """What is wrong with `text` and where (its 1-based column), as the user wrote it: the list brackets the parse adds
+    must not appear in the message (an unclosed `(` would read as "']' does not match '('")."""
+    try:
+        ast.parse(text, mode="eval")
+    except SyntaxError as bare:
+        return bare.msg, max(bare.offset or 1, 1)
+    return wrapped.msg, max((wrapped.offset or 1) - 1, 1)
+
+
 def parse_layers(text: str) -> tuple[LayerCall, ...]:
     """Parse a `--layers` text; LayersError naming the bad item and what an item looks like."""
     if not text.strip():
@@ -57,9 +67,9 @@ def parse_layers(text: str) -> tuple[LayerCall, ...]:
     try:
         tree = ast.parse(f"[{text}]", mode="eval")
     except SyntaxError as error:
+        message, column = _syntax_error(text, error)
         raise LayersError(
-            f"--layers {text!r}: not a list of calls ({error.msg} at column {max((error.offset or 1) - 1, 1)}); "
-            f"expected e.g. {EXAMPLE!r}"
+            f"--layers {text!r}: not a list of calls ({message} at column {column}); expected e.g. {EXAMPLE!r}"
         ) from None
     calls = []
     for position, node in enumerate(tree.body.elts, start=1):

@@ -101,6 +101,8 @@ def load_impl(spec: str, mapping: Mapping | None = None, calls: tuple[LayerCall,
         if path.suffix != ".py":
             raise ImplError(f"{spec}: not a .py file; pass a directory of .py files, a .py file or a module name")
         return _from_files([path], mapping, spec, calls)
+    if path.exists():  # a device, a FIFO, a socket: nothing to read classes from
+        raise ImplError(f"{spec}: not a regular file or a directory; pass a directory of .py files or a .py file")
     if _looks_like_module(spec):
         return _from_module(spec, mapping, calls)
     raise ImplError(
