@@ -194,6 +194,14 @@ def _input_length_wrong(d: Path) -> None:
     _edit(_copy_fixed(d) / "softmax.py", "standard_normal((input_len, nodes))", "standard_normal((1000, nodes))")
 
 
+def _integer_weights(d: Path) -> None:
+    _edit(
+        _copy_fixed(d) / "softmax.py",
+        "self.weights = rng.standard_normal((input_len, nodes)) / input_len",
+        "self.weights = (rng.standard_normal((input_len, nodes)) / input_len).astype(np.int64)",
+    )
+
+
 def _unshowable_exception(d: Path) -> None:
     _edit(
         _copy_fixed(d) / "softmax.py",
@@ -240,6 +248,13 @@ def test_unusable_input_is_one_line_and_exit_2(capsys, tmp_path, case):
     assert err.startswith("cnn-parity check: error: ") and err.count("\n") == 1, err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_integer_weights_are_named_as_such_not_as_missing(capsys, tmp_path):
+    _integer_weights(tmp_path / "impl")
+    code, out, err = cli(capsys, "check", "--impl", str(tmp_path / "impl"), "--steps", "2", "--no-probes")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "weights (1352, 10) is int64: not floating point, so not read as a parameter" in err
 
 
 def test_bad_map_key_is_a_usage_error(capsys):

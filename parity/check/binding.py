@@ -48,6 +48,20 @@ def arrays_of(obj) -> dict[str, np.ndarray]:
     }
 
 
+def _not_floating(obj) -> str:
+    """The object's array attributes that are not floating point, as a clause: weights held as integers (or bools)
+    are not read as parameters, and the message should say so rather than only that none was found."""
+    attributes = getattr(obj, "__dict__", {})
+    others = [
+        f"{name} {_shape(value.shape)} is {value.dtype}"
+        for name, value in attributes.items()
+        if isinstance(value, np.ndarray) and not np.issubdtype(value.dtype, np.floating)
+    ]
+    if not others:
+        return ""
+    return f"; {', '.join(others)}: not floating point, so not read as a parameter (make it float64 or float32)"
+
+
 @dataclass
 class Binder:
     """Binds one constructed user layer: its kind, parameters and output, from its arrays and one probe forward."""
@@ -332,7 +346,7 @@ class Binder:
     def _missing(self, member, wanted, candidates, rank) -> None:
         held = ", ".join(f"{n} {_shape(a.shape)}" for n, a in arrays_of(self.obj).items()) or "no arrays"
         why = f"{len(candidates)} {rank}s: " if len(candidates) > 1 else ""
-        detail = f"{why}after construction it holds {held}"
+        detail = f"{why}after construction it holds {held}" + _not_floating(self.obj)
         self.problems.append(Missing("attribute", self.call.cls, member, wanted, tuple(candidates), detail, self.cls))
 
     def _bias(self, arrays, units, exclude) -> str | None:
