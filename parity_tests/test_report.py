@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -684,3 +685,20 @@ def test_a_run_named_by_a_long_spec_gets_file_names_a_file_system_takes():
     long, other = (slug(SimpleNamespace(name=f"float64 first/stable {spec}{end}")) for end in ("", "x"))
     assert len(long) <= MAX_SLUG and long.startswith("float64-first-stable-relu-relu") and long != other
     assert long == slug(SimpleNamespace(name=f"float64 first/stable {spec}"))  # the same name, the same file
+
+
+def test_a_run_that_overflows_on_both_sides_is_reported_not_a_traceback(report_cli, tmp_path, capsys):
+    # Four stacked 1x1 convs outgrow float64 within ten steps: NaN losses in the progress lines, which the JSON holds
+    # as "nan" strings; the report renders them and NumPy's overflow warnings stay out of stderr.
+    out = tmp_path / "report"
+    arch = ["--arch", "conv1x8,conv1x8,conv1x8,conv1x8,dense10", "--train-size", "200", "--jobs", "1"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = report_cli("--out", str(out), *TINY, *arch)
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    run = _load(out)["runs"][0]
+    assert run["first_divergence"]["diagnosis"]["kind"] == "non_finite"
+    assert run["progress"][0]["scratch_loss"] == "nan"
+    assert "| nan " in (out / "report.md").read_text(encoding="utf-8")

@@ -210,9 +210,9 @@ def _progress(run: dict[str, object]) -> list[str]:
         {
             "epoch": line["epoch"],
             "step": line["step"],
-            "scratch avg loss": f"{line['scratch_loss']:.3f}",
+            "scratch avg loss": number(line["scratch_loss"], ".3f"),
             "scratch accuracy": f"{line['scratch_accuracy']:.0f}%",
-            "reference avg loss": f"{line['reference_loss']:.3f}",
+            "reference avg loss": number(line["reference_loss"], ".3f"),
             "reference accuracy": f"{line['reference_accuracy']:.0f}%",
             "|Δ avg loss|": _gap(line["scratch_loss"], line["reference_loss"]),
         }
