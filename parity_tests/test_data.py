@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import scratch.data as data_module
 from scratch.data import (
     DataError,
     Dataset,
@@ -162,6 +163,17 @@ def test_damaged_mnist_gzip(tmp_path: Path, damage: str) -> None:
     path = write(tmp_path / "mnist_5k.csv.gz", bytes(data))
     with raises(str(path), f"{damage} gzip"):
         load_mnist_5k(path)
+
+
+def test_a_gzip_that_unpacks_past_the_limit_is_refused_before_it_fills_memory(tmp_path: Path, monkeypatch) -> None:
+    # At the real limit (512 MiB) the file would be a 0.5 MB gzip of zeros: the limit is lowered to keep the test
+    # small; what is tested is that unpacking stops at the limit and says why.
+    monkeypatch.setattr(data_module, "MAX_UNPACKED_BYTES", 2**16)
+    path = write(tmp_path / "train-images-idx3-ubyte.gz", gzip.compress(bytes(2**16 + 1), mtime=0))
+    with raises(str(path), "unpacks to more than 0.0625 MiB, far more than an MNIST-style data set"):
+        read_idx_images(path)
+    exactly = write(tmp_path / "labels.gz", gzip.compress(GOOD_LABELS, mtime=0))
+    np.testing.assert_array_equal(read_idx_labels(exactly), read_idx_labels(write(tmp_path / "raw", GOOD_LABELS)))
 
 
 # --- splits ---------------------------------------------------------------------------------------

