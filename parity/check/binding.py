@@ -49,17 +49,12 @@ def arrays_of(obj) -> dict[str, np.ndarray]:
 
 
 def _not_floating(obj) -> str:
-    """The object's array attributes that are not floating point, as a clause: weights held as integers (or bools)
-    are not read as parameters, and the message should say so rather than only that none was found."""
-    attributes = getattr(obj, "__dict__", {})
-    others = [
-        f"{name} {_shape(value.shape)} is {value.dtype}"
-        for name, value in attributes.items()
-        if isinstance(value, np.ndarray) and not np.issubdtype(value.dtype, np.floating)
-    ]
-    if not others:
-        return ""
-    return f"; {', '.join(others)}: not floating point, so not read as a parameter (make it float64 or float32)"
+    """The object's arrays that are not floating point, as a clause: weights held as integers are not read as
+    parameters, and the message should say so rather than only that none was found."""
+    arrays = [(n, v) for n, v in getattr(obj, "__dict__", {}).items() if isinstance(v, np.ndarray)]
+    others = [f"{n} {_shape(v.shape)} is {v.dtype}" for n, v in arrays if not np.issubdtype(v.dtype, np.floating)]
+    hint = ": not floating point, so not read as a parameter (make it float64 or float32)"
+    return f"; {', '.join(others)}{hint}" if others else ""
 
 
 @dataclass
