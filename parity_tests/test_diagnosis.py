@@ -17,6 +17,7 @@ from parity.check.selftest import DEFAULT_BASE
 from parity.diagnosis import patterns
 from parity.diagnosis.pool import classify_routing
 from parity.diagnosis.record import KINDS, Diagnosis, label
+from parity.engine.compare import compare
 from parity.engine.testing import ParityError, assert_lockstep
 from parity.engine.tolerances import tolerance_for
 from parity.lockstep import local
@@ -118,6 +119,17 @@ def test_downcast_and_non_finite(step):
     assert patterns.non_finite(overflowed, overflowed)["side"] == "both"
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs", "matched"),
+    [(np.inf, np.inf, True), (np.inf, -np.inf, False), (1.0, np.inf, False), (np.inf, 1e308, False)],
+    ids=["equal-infinities", "opposite-infinities", "finite-against-inf", "inf-against-finite"],
+)
+def test_the_detectors_treat_infinities_as_the_engine_does(ours, theirs, matched):
+    """An infinite reference has an infinite allowance: only the same infinity may match it."""
+    assert patterns.matches(np.array([ours]), np.array([theirs]), TOLERANCE) is matched
+    assert compare("x", np.array([ours]), np.array([theirs]), np.float64).passed is matched
+
+
 def _pool_routes(pool_input: np.ndarray, d_out: np.ndarray, rule) -> np.ndarray:
     """A 2x2 pool's input gradient routed by `rule(is_max planes) -> routes`, via scratch's window planes."""
     pool = scratch.MaxPool(2)
@@ -182,6 +194,55 @@ def test_a_tie_rule_in_the_pool_does_not_hide_a_broken_conv(tutorial_data, monke
     assert (conv.step, conv.tensor, conv.diagnosis.kind) == (0, "conv1.d_filters", "broadcast")
     assert conv.diagnosis.evidence == {"axis": "filter", "count": 8, "same_as": "sum"}
     assert layers["dense1"].passed and layers["dense1"].origin == "propagated"
+
+
+def test_a_layer_that_makes_nan_of_finite_values_is_wrong_and_the_layers_it_feeds_are_still_judged(
+    tutorial_data, monkeypatch
+):
+    """NaN from finite inputs on one side is a layer's own error; the layers after it, fed from the reference,
+    see no NaN and are judged as usual."""
+    correct_backward = scratch.Dense.backward
+
+    def nan_in_the_input_gradient(self, d_L_d_out):
+        d_L_d_input = correct_backward(self, d_L_d_out)
+        d_L_d_input[0, 0, 0, 0] = np.nan
+        return d_L_d_input
+
+    monkeypatch.setattr(scratch.Dense, "backward", nan_in_the_input_gradient)
+    layers = tutorial_run(tutorial_data).layers
+    dense = layers["dense1"]
+    assert (dense.passed, dense.step, dense.tensor, dense.diagnosis.kind) == (False, 0, "dense1.d_in", "non_finite")
+    assert dense.diagnosis.evidence["side"] == "scratch"
+    assert all(layers[name].passed and layers[name].unjudged_steps == 0 for name in ("conv1", "pool1"))
+
+
+@pytest.mark.parametrize(
+    ("feed_value", "scratch_value", "reference_value", "unjudgeable"),
+    [
+        (np.nan, 5.0, 7.0, True),  # fed an overflow: nothing it gives back says anything of the layer
+        (0.5, np.nan, np.nan, True),  # NaN on both sides from finite inputs: both overflowed alike
+        (0.5, np.nan, 7.0, False),  # NaN on one side only: its own error
+        (0.5, np.inf, -np.inf, False),  # infinities of opposite signs: a sign error, not an overflow alike
+        (0.5, 5.0, 7.0, False),  # finite and wrong
+    ],
+    ids=["non-finite-feed", "nan-on-both-sides", "nan-in-scratch-only", "opposite-infinities", "finite"],
+)
+def test_a_layer_is_left_unjudged_only_where_nothing_can_be_compared(
+    feed_value, scratch_value, reference_value, unjudgeable
+):
+    spec = scratch.build_network("conv3x8,pool2,dense10").spec
+    conv = spec.layers[0]
+    inputs = np.zeros((1, *conv.in_shape))
+    inputs[0, 0, 0, 0] = feed_value
+    filters = np.ones((8, 3, 3))
+    feed = local.LayerFeed(conv, inputs, np.ones((1, 26, 26, 8)), {"filters": filters}, {}, np.array([3]), 0.005)
+    ours, theirs = np.full((1, 26, 26, 8), 2.0), np.full((1, 26, 26, 8), 2.0)
+    ours[0, 1, 2, 3], theirs[0, 1, 2, 3] = scratch_value, reference_value
+    with np.errstate(invalid="ignore"):
+        failed = [compare("conv1.out", ours, theirs, np.float64, detail=False)]
+    assert not failed[0].passed
+    decided = local.unjudgeable(feed, failed, {"conv1.out": ours}, {"conv1.out": theirs}, np.dtype(np.float64))
+    assert decided is unjudgeable
 
 
 def test_the_same_two_bugs_in_tutorial_interface_code_are_both_reported_by_check(tutorial_data):

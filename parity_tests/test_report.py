@@ -699,6 +699,14 @@ def test_a_run_that_overflows_on_both_sides_is_reported_not_a_traceback(report_c
     assert code == 1 and "Traceback" not in captured.err
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
     run = _load(out)["runs"][0]
-    assert run["first_divergence"]["diagnosis"]["kind"] == "non_finite"
+    divergence = run["first_divergence"]
+    assert (divergence["diagnosis"]["kind"], divergence["diagnosis"]["evidence"]["side"]) == ("non_finite", "both")
     assert run["progress"][0]["scratch_loss"] == "nan"
-    assert "| nan " in (out / "report.md").read_text(encoding="utf-8")
+    # No layer is blamed for an overflow both sides share: each is right where it could be judged, and not judged
+    # from the step of the overflow on.
+    layers = run["layers"]
+    assert all(layer["passed"] and layer["origin"] == "unjudged" for layer in layers)
+    assert {layer["first_unjudged_step"] for layer in layers} == {divergence["step"]}
+    assert all(layer["unjudged_steps"] > 0 for layer in layers)
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "| nan " in markdown and "WRONG" not in markdown and "(non-finite values)" in markdown

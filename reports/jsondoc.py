@@ -145,6 +145,8 @@ def layer_entries(record: LockstepRecord) -> list[dict[str, object]]:
                 "implied_steps": verdict.implied_steps,
                 "failed_steps": verdict.failed_steps,
                 "lockstep_failed_steps": verdict.lockstep_failed_steps,
+                "unjudged_steps": verdict.unjudged_steps,
+                "first_unjudged_step": verdict.first_unjudged_step,
                 "percent_of_tolerance": percent(verdict.worst_tolerance_used),
             }
         )

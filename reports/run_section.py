@@ -30,7 +30,9 @@ LAYERS_EXPLANATION = (
     f"alone only at the first step compared in full and every {ALONE_EVERY}th after it, as a check; at every step "
     "where a tensor differs, every layer does. A layer that is right on its own is never blamed for what the layers "
     "before it got wrong: its tensors may still differ in the whole-network run (_inherited_), because it was fed "
-    "inputs that were already off."
+    "inputs that were already off. A layer fed a non-finite value (the run has overflowed), or whose only "
+    "differences are NaN on both sides, is not judged at that step (_not judged_, counted): an overflow both sides "
+    "share is nobody's error."
 )
 
 

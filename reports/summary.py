@@ -78,8 +78,20 @@ LOCAL_TEXT = {True: "right", False: "WRONG", None: "not judged"}
 ORIGIN_TEXT = {
     "local": "its own error",
     "propagated": "inherited: right on the reference's inputs",
+    "unjudged": "differs only where not judged",
     None: "agrees",
 }
+
+
+def local_text(layer: dict[str, object]) -> str:
+    """A layer's own verdict for a table: `right`, `WRONG`, `not judged`, with the steps it could not be judged at
+    (non-finite values: an overflow) when there were any."""
+    text = LOCAL_TEXT[layer["passed"]]
+    unjudged = layer.get("unjudged_steps") or 0  # absent from reports written before it was recorded
+    if unjudged:
+        steps = f"{unjudged:,} step{'s' * (unjudged > 1)}"
+        text += f"; not judged at {steps}, the first {layer['first_unjudged_step']} (non-finite values)"
+    return text
 
 
 def layer_rows(run: dict[str, object]) -> list[dict[str, str]]:
@@ -91,7 +103,7 @@ def layer_rows(run: dict[str, object]) -> list[dict[str, str]]:
         rows.append(
             {
                 "layer": f"{layer['name']} ({layer['kind']})",
-                "on its own": LOCAL_TEXT[layer["passed"]],
+                "on its own": local_text(layer),
                 "first local failure": "-" if layer["step"] is None else f"step {layer['step']} {layer['tensor']}",
                 "diagnosis": "-" if diagnosis is None else short_diagnosis(diagnosis),
                 "in the lockstep run": ORIGIN_TEXT[layer["origin"]],

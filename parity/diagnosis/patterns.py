@@ -21,8 +21,11 @@ _TWO = {  # what a factor of exactly 2 either way usually is
 
 
 def beyond(scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> np.ndarray:
-    """Elementwise: is |scratch - reference| out of its allowance (NaN counts as out)?"""
-    return ~(np.abs(scratch - reference) <= tolerance.allowed(reference))
+    """Elementwise: is |scratch - reference| out of its allowance? As in the comparison engine, NaN is out, and an
+    infinity (whose allowance is infinite) is matched only by the same infinity."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf gives NaN
+        out = ~(np.abs(scratch - reference) <= tolerance.allowed(reference)) | np.isinf(scratch) | np.isinf(reference)
+        return out & ~(scratch == reference)
 
 
 def matches(scratch: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> bool:

@@ -29,10 +29,12 @@ from typing import Protocol
 import numpy as np
 
 import scratch
+from parity.diagnosis import patterns
 from parity.diagnosis.diagnose import Context, diagnose_layer
 from parity.diagnosis.record import Diagnosis
 from parity.engine.batch import Workspace, compare_many
 from parity.engine.compare import TensorComparison
+from parity.engine.tolerances import tolerance_for
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import NetworkSpec
 
@@ -64,6 +66,10 @@ class LayerVerdict:
     diagnosis: Diagnosis | None = None
     worst_tolerance_used: float = 0.0  # locally, over the steps it ran alone
     lockstep_failed_steps: int = 0  # steps at which one of its tensors was out of tolerance in the lockstep run
+    # Steps it ran alone but could not be judged at: it failed only where nothing can be compared (`unjudgeable`).
+    unjudged_steps: int = 0
+    first_unjudged_step: int | None = None
+    unjudged_now: bool = False  # whether it could not be judged the last time it was (steps in between count so)
 
     @property
     def passed(self) -> bool | None:
@@ -72,11 +78,14 @@ class LayerVerdict:
 
     @property
     def origin(self) -> str | None:
-        """`local` (the layer's own error), `propagated` (right locally, fed inputs already off), None (no error,
-        or never judged on its own: then nothing tells the two apart)."""
+        """`local` (the layer's own error), `propagated` (right locally, fed inputs already off), `unjudged` (not
+        judged at some steps, where its values were non-finite: see `unjudgeable`), None (no error, or never judged
+        on its own: then nothing tells the two apart)."""
         if self.failed_steps:
             return "local"
-        return "propagated" if self.lockstep_failed_steps and self.checked_steps else None
+        if self.lockstep_failed_steps and self.checked_steps:
+            return "propagated"
+        return "unjudged" if self.unjudged_steps else None
 
 
 @dataclass
@@ -147,8 +156,9 @@ class LocalJudge:
     def layers_alone(self, step_agreed: bool, verdicts: dict[str, LayerVerdict]) -> tuple[str, ...]:
         """The layers to run alone at this step compared in full (`step_agreed`: every tensor of the network compared
         and within tolerance in the lockstep run); the others' verdicts are implied (`count_implied`)."""
-        checked = next(iter(verdicts.values())).checked_steps  # the same for every layer; restored with a checkpoint
-        return self.every_layer if not step_agreed or checked % self.alone_every == 0 else self.routing_layers
+        first = next(iter(verdicts.values()))  # every layer has seen as many steps; restored with a checkpoint
+        seen = first.checked_steps + first.unjudged_steps
+        return self.every_layer if not step_agreed or seen % self.alone_every == 0 else self.routing_layers
 
     def count_implied(self, verdicts: dict[str, LayerVerdict], alone: tuple[str, ...]) -> None:
         """Count this step as checked, and passed, for every layer not in `alone`."""
@@ -156,6 +166,7 @@ class LocalJudge:
             if name not in alone:
                 verdict.checked_steps += 1
                 verdict.implied_steps += 1
+                verdict.unjudged_now = False
 
     def judge(
         self,
@@ -182,8 +193,15 @@ class LocalJudge:
         for feed, ours, layer_names in zip(feeds, given, names, strict=True):
             comparisons = [next(compared) for _ in layer_names]
             verdict = verdicts[feed.layer.name]
-            verdict.checked_steps += 1
             failed = [c for c in comparisons if not c.passed]
+            if failed and unjudgeable(feed, failed, ours, reference, self.dtype):
+                verdict.unjudged_steps += 1
+                verdict.unjudged_now = True
+                if verdict.first_unjudged_step is None:
+                    verdict.first_unjudged_step = index
+                continue  # no LocalStep: a divergence here is explained from the whole run's tensors
+            verdict.checked_steps += 1
+            verdict.unjudged_now = False
             verdict.worst_tolerance_used = max([verdict.worst_tolerance_used] + [c.tolerance_used for c in comparisons])
             local = LocalStep(comparisons, ours, Context(self.spec, self.dtype, self.lr, feed))
             if failed:
@@ -192,6 +210,30 @@ class LocalJudge:
                     verdict.step, verdict.tensor, verdict.diagnosis = index, failed[0].name, local.diagnose(reference)
             results[feed.layer.name] = local
         return results
+
+
+def unjudgeable(
+    feed: LayerFeed,
+    failed: list[TensorComparison],
+    ours: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    dtype: np.dtype,
+) -> bool:
+    """Whether a layer's failures at a step say nothing of the layer: it was fed a non-finite value (the run has
+    overflowed), or every element out of tolerance is NaN on both sides (both overflowed alike, from finite inputs).
+    A sign, a scale or a routing error shows as finite numbers, or as NaN on one side only, and is still judged."""
+    fed = [feed.inputs, feed.d_out, *feed.params.values()]
+    if not all(np.isfinite(array).all() for array in fed):
+        return True
+    tolerance = tolerance_for(dtype)
+    for comparison in failed:
+        if comparison.problem:
+            return False
+        scratch, theirs = ours[comparison.name], reference[comparison.name]
+        out = patterns.beyond(scratch, theirs, tolerance)
+        if not (np.isnan(scratch[out]).all() and np.isnan(theirs[out]).all()):
+            return False
+    return True
 
 
 def fresh_verdicts(spec: NetworkSpec) -> dict[str, LayerVerdict]:

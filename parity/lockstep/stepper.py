@@ -319,9 +319,12 @@ def _copies(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _count_lockstep_failures(spec: NetworkSpec, step: StepRecord, record: LockstepRecord) -> None:
-    """Each layer with a tensor out of tolerance in the lockstep comparison at this step, counted once."""
+    """Each layer with a tensor out of tolerance in the lockstep comparison at this step, counted once, but for
+    those that could not be judged on their own the last time they ran alone (`LayerVerdict.unjudged_now`): nothing
+    tells where their error came from."""
     for layer in {spec.judged_at(c.name) for c in step.comparisons if not c.ok}:
-        record.layers[layer].lockstep_failed_steps += 1
+        if not record.layers[layer].unjudged_now:
+            record.layers[layer].lockstep_failed_steps += 1
 
 
 def _correct(scores: np.ndarray | None, labels: np.ndarray) -> int:
