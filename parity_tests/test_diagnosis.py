@@ -216,33 +216,92 @@ def test_a_layer_that_makes_nan_of_finite_values_is_wrong_and_the_layers_it_feed
     assert all(layers[name].passed and layers[name].unjudged_steps == 0 for name in ("conv1", "pool1"))
 
 
+NAN, INF = np.nan, np.inf
+
+
 @pytest.mark.parametrize(
-    ("feed_value", "scratch_value", "reference_value", "unjudgeable"),
+    ("fed_non_finite", "differences", "unjudgeable"),
     [
-        (np.nan, 5.0, 7.0, True),  # fed an overflow: nothing it gives back says anything of the layer
-        (0.5, np.nan, np.nan, True),  # NaN on both sides from finite inputs: both overflowed alike
-        (0.5, np.nan, 7.0, False),  # NaN on one side only: its own error
-        (0.5, np.inf, -np.inf, False),  # infinities of opposite signs: a sign error, not an overflow alike
-        (0.5, 5.0, 7.0, False),  # finite and wrong
+        ("inputs", [(5.0, 7.0)], True),  # fed an overflow: nothing it gives back says anything of the layer
+        ("d_out", [(5.0, 7.0)], True),
+        ("filters", [(5.0, 7.0)], True),
+        (None, [(NAN, NAN)], True),  # NaN on both sides from finite inputs: both overflowed alike
+        (None, [(NAN, NAN), (NAN, NAN)], True),
+        (None, [(NAN, 7.0)], False),  # NaN on one side only: its own error
+        (None, [(5.0, NAN)], False),
+        (None, [(NAN, NAN), (NAN, 7.0)], False),  # one element NaN on one side only is enough
+        (None, [(NAN, NAN), (5.0, 7.0)], False),  # and so is one finite difference
+        (None, [(INF, -INF)], False),  # infinities of opposite signs: a sign error, not an overflow alike
+        (None, [(5.0, 7.0)], False),  # finite and wrong
     ],
-    ids=["non-finite-feed", "nan-on-both-sides", "nan-in-scratch-only", "opposite-infinities", "finite"],
 )
-def test_a_layer_is_left_unjudged_only_where_nothing_can_be_compared(
-    feed_value, scratch_value, reference_value, unjudgeable
-):
+def test_a_layer_is_left_unjudged_only_where_nothing_can_be_compared(fed_non_finite, differences, unjudgeable):
     spec = scratch.build_network("conv3x8,pool2,dense10").spec
-    conv = spec.layers[0]
-    inputs = np.zeros((1, *conv.in_shape))
-    inputs[0, 0, 0, 0] = feed_value
-    filters = np.ones((8, 3, 3))
-    feed = local.LayerFeed(conv, inputs, np.ones((1, 26, 26, 8)), {"filters": filters}, {}, np.array([3]), 0.005)
+    fed = {"inputs": np.zeros((1, 28, 28, 1)), "d_out": np.ones((1, 26, 26, 8)), "filters": np.ones((8, 3, 3))}
+    if fed_non_finite:
+        fed[fed_non_finite].flat[0] = np.inf
+    feed = local.LayerFeed(spec.layers[0], fed["inputs"], fed["d_out"], {"filters": fed["filters"]}, {}, [3], 0.005)
     ours, theirs = np.full((1, 26, 26, 8), 2.0), np.full((1, 26, 26, 8), 2.0)
-    ours[0, 1, 2, 3], theirs[0, 1, 2, 3] = scratch_value, reference_value
-    with np.errstate(invalid="ignore"):
-        failed = [compare("conv1.out", ours, theirs, np.float64, detail=False)]
+    for position, (scratch_value, reference_value) in enumerate(differences):
+        ours.flat[position], theirs.flat[position] = scratch_value, reference_value
+    failed = [compare("conv1.out", ours, theirs, np.float64, detail=False)]
     assert not failed[0].passed
     decided = local.unjudgeable(feed, failed, {"conv1.out": ours}, {"conv1.out": theirs}, np.dtype(np.float64))
     assert decided is unjudgeable
+
+
+class OverflowAt:
+    """A reference side that hands over `pool1.out` with an infinity at the batch of `image`: it overflowed there."""
+
+    def __init__(self, runner, image):
+        self.runner, self.image = runner, image
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def forward_backward(self, images, labels, names=None):
+        tensors = self.runner.forward_backward(images, labels, names)
+        if np.array_equal(images[0], self.image) and "pool1.out" in tensors:
+            tensors["pool1.out"] = tensors["pool1.out"].copy()
+            tensors["pool1.out"].flat[0] = np.inf
+        return tensors
+
+
+def test_a_layer_fed_an_overflow_at_one_step_is_judged_again_at_the_next(tutorial_data):
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    overflowing = OverflowAt(reference.ReferenceRunner(reference.to_torch(net)), train.images[1])
+    batches = zip(train.images[:4, np.newaxis], train.labels[:4, np.newaxis], strict=True)
+    dense = run_lockstep(ScratchSide(net), overflowing, net.spec, batches, np.float64).layers["dense1"]
+    assert (dense.unjudged_steps, dense.first_unjudged_step, dense.unjudged_now) == (1, 1, False)
+    assert (dense.checked_steps, dense.passed, dense.origin) == (3, True, "unjudged")
+
+
+def test_a_layer_that_fails_alone_where_the_network_agreed_is_wrong_whatever_it_was_fed(tutorial_data):
+    """Equal infinities agree: a step can agree with an overflow in it. A layer that then fails alone is wrong."""
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    params_before = runner.parameters()
+    images, labels = train.images[:1], train.labels[:1]
+    tensors = OverflowAt(runner, images[0]).forward_backward(images, labels)
+    judge = local.LocalJudge(net.spec, np.float64, 0.005)
+    for agreed, passed in ((False, None), (True, False)):
+        verdicts = local.fresh_verdicts(net.spec)
+        judge.judge(ScratchSide(net), 0, images, labels, tensors, params_before, verdicts, ("dense1",), agreed)
+        assert (verdicts["dense1"].passed, verdicts["dense1"].unjudged_steps) == (passed, int(not agreed))
+
+
+def test_a_shape_mismatch_is_judged_even_where_the_layer_was_fed_an_overflow():
+    spec = scratch.build_network("conv3x8,pool2,dense10").spec
+    inputs = np.full((1, 28, 28, 1), np.nan)
+    feed = local.LayerFeed(
+        spec.layers[0], inputs, np.ones((1, 26, 26, 8)), {"filters": np.ones((8, 3, 3))}, {}, [3], 0.005
+    )
+    ours, theirs = np.full((1, 26, 26, 7), np.nan), np.full((1, 26, 26, 8), np.nan)
+    failed = [compare("conv1.out", ours, theirs, np.float64, detail=False)]
+    assert failed[0].problem
+    assert not local.unjudgeable(feed, failed, {"conv1.out": ours}, {"conv1.out": theirs}, np.dtype(np.float64))
 
 
 def test_the_same_two_bugs_in_tutorial_interface_code_are_both_reported_by_check(tutorial_data):

@@ -709,4 +709,5 @@ def test_a_run_that_overflows_on_both_sides_is_reported_not_a_traceback(report_c
     assert {layer["first_unjudged_step"] for layer in layers} == {divergence["step"]}
     assert all(layer["unjudged_steps"] > 0 for layer in layers)
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert "| nan " in markdown and "WRONG" not in markdown and "(non-finite values)" in markdown
+    assert "| nan " in markdown and "WRONG" not in markdown
+    assert f"right; not judged at {layers[0]['unjudged_steps']} steps (non-finite values, first at step" in markdown

@@ -78,7 +78,7 @@ LOCAL_TEXT = {True: "right", False: "WRONG", None: "not judged"}
 ORIGIN_TEXT = {
     "local": "its own error",
     "propagated": "inherited: right on the reference's inputs",
-    "unjudged": "differs only where not judged",
+    "unjudged": "agrees where judged",
     None: "agrees",
 }
 
@@ -86,12 +86,14 @@ ORIGIN_TEXT = {
 def local_text(layer: dict[str, object]) -> str:
     """A layer's own verdict for a table: `right`, `WRONG`, `not judged`, with the steps it could not be judged at
     (non-finite values: an overflow) when there were any."""
-    text = LOCAL_TEXT[layer["passed"]]
     unjudged = layer.get("unjudged_steps") or 0  # absent from reports written before it was recorded
-    if unjudged:
-        steps = f"{unjudged:,} step{'s' * (unjudged > 1)}"
-        text += f"; not judged at {steps}, the first {layer['first_unjudged_step']} (non-finite values)"
-    return text
+    if not unjudged:
+        return LOCAL_TEXT[layer["passed"]]
+    steps = f"{unjudged:,} step{'s' * (unjudged > 1)}"
+    why = f"(non-finite values, first at step {layer['first_unjudged_step']})"
+    if layer["passed"] is None:  # it ran alone only where nothing could be compared
+        return f"not judged at its {steps} {why}"
+    return f"{LOCAL_TEXT[layer['passed']]}; not judged at {steps} {why}"
 
 
 def layer_rows(run: dict[str, object]) -> list[dict[str, str]]:

@@ -69,7 +69,9 @@ class LayerVerdict:
     # Steps it ran alone but could not be judged at: it failed only where nothing can be compared (`unjudgeable`).
     unjudged_steps: int = 0
     first_unjudged_step: int | None = None
-    unjudged_now: bool = False  # whether it could not be judged the last time it was (steps in between count so)
+    # True when the last step it ran alone left it unjudged; the steps compared only in part after it count so too
+    # (the stepper's `_count_lockstep_failures`).
+    unjudged_now: bool = False
 
     @property
     def passed(self) -> bool | None:
@@ -78,9 +80,9 @@ class LayerVerdict:
 
     @property
     def origin(self) -> str | None:
-        """`local` (the layer's own error), `propagated` (right locally, fed inputs already off), `unjudged` (not
-        judged at some steps, where its values were non-finite: see `unjudgeable`), None (no error, or never judged
-        on its own: then nothing tells the two apart)."""
+        """`local` (the layer's own error), `propagated` (right locally, fed inputs already off), `unjudged` (right
+        and agreeing where judged, not judged at some steps, where values were non-finite: see `unjudgeable`), None
+        (no error, or never judged on its own: then nothing tells the two apart)."""
         if self.failed_steps:
             return "local"
         if self.lockstep_failed_steps and self.checked_steps:
@@ -178,8 +180,11 @@ class LocalJudge:
         params_before: dict[str, np.ndarray],
         verdicts: dict[str, LayerVerdict],
         layers: tuple[str, ...] | None = None,
+        step_agreed: bool = False,
     ) -> dict[str, LocalStep]:
-        """Judge `layers` (every layer by default) at step `index`; update `verdicts` and return each one's result."""
+        """Judge `layers` (every layer by default) at step `index`; update `verdicts` and return each one's result.
+        A layer is left unjudged (`unjudgeable`) only at a step where the whole network did not agree (`step_agreed`
+        false): one that fails alone where the network agreed is wrong, whatever it was fed."""
         feeds = list(self.feeds(images, labels, reference, params_before, layers))
         given = [side.run_layer(feed) for feed in feeds]
         # One comparison pass over every layer's tensors (their names are distinct), split by layer after.
@@ -194,7 +199,7 @@ class LocalJudge:
             comparisons = [next(compared) for _ in layer_names]
             verdict = verdicts[feed.layer.name]
             failed = [c for c in comparisons if not c.passed]
-            if failed and unjudgeable(feed, failed, ours, reference, self.dtype):
+            if failed and not step_agreed and unjudgeable(feed, failed, ours, reference, self.dtype):
                 verdict.unjudged_steps += 1
                 verdict.unjudged_now = True
                 if verdict.first_unjudged_step is None:
@@ -221,14 +226,15 @@ def unjudgeable(
 ) -> bool:
     """Whether a layer's failures at a step say nothing of the layer: it was fed a non-finite value (the run has
     overflowed), or every element out of tolerance is NaN on both sides (both overflowed alike, from finite inputs).
-    A sign, a scale or a routing error shows as finite numbers, or as NaN on one side only, and is still judged."""
+    A sign, a scale or a routing error shows as finite numbers, or as NaN on one side only, and is still judged, as
+    is a shape or dtype mismatch, whatever the values."""
+    if any(comparison.problem for comparison in failed):
+        return False
     fed = [feed.inputs, feed.d_out, *feed.params.values()]
     if not all(np.isfinite(array).all() for array in fed):
         return True
     tolerance = tolerance_for(dtype)
     for comparison in failed:
-        if comparison.problem:
-            return False
         scratch, theirs = ours[comparison.name], reference[comparison.name]
         out = patterns.beyond(scratch, theirs, tolerance)
         if not (np.isnan(scratch[out]).all() and np.isnan(theirs[out]).all()):

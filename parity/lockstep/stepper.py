@@ -268,7 +268,7 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         lockstep.local.count_implied(record.layers, alone)
         if alone:
             local = lockstep.local.judge(
-                scratch, index, images, labels, reference_tensors, before[1], record.layers, alone
+                scratch, index, images, labels, reference_tensors, before[1], record.layers, alone, agreed
             )
     if not step.passed:
         _count_lockstep_failures(spec, step, record)
@@ -321,7 +321,8 @@ def _copies(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _count_lockstep_failures(spec: NetworkSpec, step: StepRecord, record: LockstepRecord) -> None:
     """Each layer with a tensor out of tolerance in the lockstep comparison at this step, counted once, but for
     those that could not be judged on their own the last time they ran alone (`LayerVerdict.unjudged_now`): nothing
-    tells where their error came from."""
+    tells where their error came from. (An overflow at a step compared in part is counted until the next step
+    compared in full finds the layer unjudged.)"""
     for layer in {spec.judged_at(c.name) for c in step.comparisons if not c.ok}:
         if not record.layers[layer].unjudged_now:
             record.layers[layer].lockstep_failed_steps += 1
