@@ -112,6 +112,16 @@ def test_a_batch_larger_than_the_data_is_refused_before_anything_runs(capsys, ba
         assert err.splitlines()[-1].endswith("5000 is more than the lockstep section's 1,000 digits")
 
 
+@pytest.mark.parametrize("steps, repeats", [("99999999999999999999", "1"), ("5", "99999999999999999999")])
+def test_more_steps_than_a_run_may_take_are_refused_before_anything_runs(capsys, steps, repeats):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--steps", steps, "--repeats", repeats])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == ""
+    assert err.splitlines()[-1].startswith("python -m parity.benchmark: error: arguments --steps/--repeats: ")
+    assert err.splitlines()[-1].endswith("more than the 1,000,000 one run may take; ask for fewer")
+
+
 def test_lockstep_inputs_are_one_digit_or_consecutive_batches():
     """Batch 1 steps per sample on (H, W) digits and int labels, as the tutorial; a larger batch takes consecutive
     whole batches and wraps past the last whole one."""

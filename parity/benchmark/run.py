@@ -56,6 +56,7 @@ from parity.benchmark.timing import (
 )
 from parity.cli.errors import silence_stdout
 from scratch.argtypes import positive_int
+from scratch.data import MAX_STEPS
 
 DEFAULT_STEPS = 500
 DEFAULT_REPEATS = 15
@@ -241,6 +242,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch > TRAIN_DIGITS:  # before any section runs
         parser.error(f"argument --batch: {args.batch} is more than the lockstep section's {TRAIN_DIGITS:,} digits")
+    if args.steps * args.repeats > MAX_STEPS:  # a typo's extra zeros would run for days
+        parser.error(
+            f"arguments --steps/--repeats: {args.steps:,} steps x {args.repeats:,} round{'s' * (args.repeats > 1)} is "
+            f"{args.steps * args.repeats:,} steps a candidate, more than the {MAX_STEPS:,} one run may take; "
+            "ask for fewer"
+        )
     return args
 
 

@@ -187,6 +187,9 @@ def run_selftest(args: argparse.Namespace) -> int:
         for bug in BUGS:
             print(f"{bug.name:36} {bug.base:9} {bug.layer:7} {bug.cls:10} {bug.mistake}")
         return EXIT_PARITY
+    from scratch.data import check_steps
+
+    check_steps(args.steps, f"--steps {args.steps}")  # refused now, as `check` does, not after hours of probes
     known = {bug.name: bug for bug in BUGS}
     unknown = [name for name in args.bug if name not in known]
     if unknown:
