@@ -73,6 +73,11 @@ def check_creatable(path: Path, what: str, *, directory: bool) -> None:
     try:
         if directory and path.exists() and not path.is_dir():
             raise OutputError(f"cannot write {what} to {path}: it is a file; pass a directory")
+        if directory and path.is_dir() and os.path.ismount(path):  # a new version replaces it by a rename
+            raise OutputError(
+                f"cannot write {what} to {path}: it is a mount point, which cannot be replaced; pass a new "
+                f"directory inside it ({path / 'report'})"
+            )
         if not directory and path.is_dir():
             raise OutputError(f"cannot write {what} to {path}: it is a directory; pass a file name inside it")
         existing = path.parent

@@ -354,6 +354,26 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(capsys, tmp_
     assert_refused(cli(capsys, *argv, str(out)), str(out), problem)
 
 
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_a_mount_point_as_out_is_refused_before_the_run(capsys, tmp_path, monkeypatch, command):
+    """A report replaces its directory by a rename, which a mount point (a CI volume) refuses: said at once."""
+    argv, _, runner = OUTPUT_COMMANDS[command]
+    out = tmp_path / "volume"
+    out.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == out or real_ismount(path))
+    monkeypatch.setattr(runner, lambda *args, **kwargs: pytest.fail("the run started before --out was checked"))
+    assert_refused(cli(capsys, *argv, str(out)), str(out), "a mount point", str(out / "report"))
+
+
+@pytest.mark.parametrize("written", ["absolute", "parent"])
+def test_the_working_directory_as_out_is_refused_however_written(capsys, tmp_path, monkeypatch, written):
+    monkeypatch.chdir(tmp_path)
+    argv, _, _ = OUTPUT_COMMANDS["report"]
+    out = str(tmp_path) if written == "absolute" else ".."
+    assert_refused(cli(capsys, *argv, out), "--out", "the current directory or one above it")
+
+
 def test_a_write_that_fails_midway_names_the_destination_not_the_temporary(tmp_path):
     out = tmp_path / "latest"
     with pytest.raises(atomic.OutputError) as refused, atomic.directory(out) as staging:

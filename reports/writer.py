@@ -24,8 +24,11 @@ def check_destination(out_dir: Path) -> None:
     """Refuse (OSError, one clear message) a destination that is not new, empty, or a previous report, or that
     cannot be created there (under a file, read-only, not permitted, full): before any work, not after."""
     out_dir = Path(out_dir)
-    if not str(out_dir).strip() or str(out_dir) == ".":  # Path("") is "."
-        raise atomic.OutputError("--out: empty, or the current directory; pass a new directory for the report")
+    if not str(out_dir).strip() or _holds_working_directory(out_dir):  # Path("") is "."
+        raise atomic.OutputError(
+            "--out: empty, or the current directory or one above it (a report replaces its directory); pass a new "
+            "directory for the report"
+        )
     try:
         not_a_directory = out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir())
         present = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() and not not_a_directory else []
@@ -48,6 +51,15 @@ def check_destination(out_dir: Path) -> None:
             "directory for the report"
         )
     atomic.check_creatable(out_dir, "the report", directory=True)
+
+
+def _holds_working_directory(path: Path) -> bool:
+    """Whether `path` is the working directory or one of its parents, however it is written (`.`, `..`, absolute)."""
+    try:
+        working = Path.cwd()
+        return path.resolve() in (working, *working.parents)
+    except OSError:  # a working directory since deleted: nothing of it to protect
+        return False
 
 
 def _report_files(path: Path) -> set[str] | None:
