@@ -538,11 +538,15 @@ def test_the_relu_zero_probe_zeroes_the_layer_feeding_each_relu_through_pools_an
 
 @pytest.mark.parametrize(
     ("statement", "said"),
-    [("sys.exit(0)", "called sys.exit(0)"), ("raise BaseException('odd')", "raised BaseException: odd")],
-    ids=["sys-exit", "base-exception"],
+    [
+        ("sys.exit(0)", "called sys.exit(0)"),
+        ("__import__('os')._exit(0)", "called os._exit(0)"),
+        ("raise BaseException('odd')", "raised BaseException: odd"),
+    ],
+    ids=["sys-exit", "os-exit", "base-exception"],
 )
 def test_a_layer_that_exits_or_raises_a_base_exception_is_named_as_a_crash(capsys, tmp_path, statement, said):
-    """`sys.exit(0)` in a layer once ended `check` with exit 0 and no output, which reads as parity."""
+    """`sys.exit(0)` or `os._exit(0)` in a layer once ended `check` with exit 0 and no output: read as parity."""
     docstring = '        """Route each window\'s gradient to its first maximum; every other element gets zero."""\n'
     third_call = (
         "        import sys\n\n"
@@ -554,6 +558,23 @@ def test_a_layer_that_exits_or_raises_a_base_exception_is_named_as_a_crash(capsy
     assert (code, err) == (1, "")
     assert f"MaxPool2.backprop (pool1) {said} at step " in out
     assert "RAISED in main run; first: MaxPool2.backprop (pool1)" in out
+
+
+@pytest.mark.parametrize(
+    ("top_level", "said"),
+    [
+        ("while True:\n    pass\n", "conv.py did not finish within 0.3 s (its top-level code runs on import"),
+        ("import os\n\nos._exit(0)\n", "conv.py failed: it called os._exit(0)"),
+    ],
+    ids=["hangs", "os-exit"],
+)
+def test_a_file_that_hangs_or_exits_when_imported_is_refused_in_one_line(capsys, tmp_path, top_level, said):
+    """Importing runs the file's top-level code: under --timeout, and an exit there is named, not obeyed."""
+    impl = copy_fixed(tmp_path / "impl")
+    conv = impl / "conv.py"
+    conv.write_text(conv.read_text() + "\n" + top_level)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--timeout", "0.3")
+    assert (code, out) == (2, "") and said in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_a_selftest_base_without_the_helpers_the_bugs_patch_is_refused_in_one_line(capsys):

@@ -244,7 +244,7 @@ def _training_data(args: argparse.Namespace):
 def _architecture(args, mapping: Mapping, calls, image_shape) -> Architecture | None:
     """The implementation read as a network; UsageError for what does not fit, None (after saying so) for a hang."""
     try:
-        impl = load_impl(args.impl, mapping, calls)
+        impl = load_impl(args.impl, mapping, calls, timeout=args.timeout)
         return infer_architecture(impl, image_shape, timeout=args.timeout)
     except NamesError as error:
         from parity.check.suggest import names_message

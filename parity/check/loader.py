@@ -28,7 +28,7 @@ from pathlib import Path
 from parity.check.catalogue import Catalogue, ClassInfo, scan_files, scan_module
 from parity.check.layercalls import LayerCall, format_layers
 from parity.check.names import LAYERS, Choice, ImplError, Mapping, Missing, NamesError
-from parity.check.usercode import one_line, syntax_error_text
+from parity.check.usercode import DEFAULT_TIMEOUT, MethodTimeout, ProcessExit, one_line, syntax_error_text, user_call
 
 ROLE_KIND = {"Conv3x3": "conv", "MaxPool2": "pool", "Softmax": "dense"}
 # How a class that plays each tutorial role is recognised by its name when it is not called as in the tutorial.
@@ -87,24 +87,30 @@ def impl_from_classes(conv: type, pool: type, softmax: type, label: str, mapping
     return Impl({"Conv3x3": conv, "MaxPool2": pool, "Softmax": softmax}, label, mapping=mapping or Mapping())
 
 
-def load_impl(spec: str, mapping: Mapping | None = None, calls: tuple[LayerCall, ...] | None = None) -> Impl:
+def load_impl(
+    spec: str,
+    mapping: Mapping | None = None,
+    calls: tuple[LayerCall, ...] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> Impl:
     """Load the classes to check from a directory, a `.py` file, or an importable module name: the tutorial's trio,
-    or the classes `calls` (from `--layers`) construct. NamesError when names do not match."""
+    or the classes `calls` (from `--layers`) construct. NamesError when names do not match; ImplError when an import
+    fails or runs past `timeout` seconds."""
     mapping = mapping or Mapping()
     path = Path(spec)
     if path.is_dir():
         files = sorted(path.glob("*.py"))
         if not files:
             raise ImplError(f"{spec}: no .py files here")
-        return _from_files(files, mapping, spec, calls)
+        return _from_files(files, mapping, spec, calls, timeout)
     if path.is_file():
         if path.suffix != ".py":
             raise ImplError(f"{spec}: not a .py file; pass a directory of .py files, a .py file or a module name")
-        return _from_files([path], mapping, spec, calls)
+        return _from_files([path], mapping, spec, calls, timeout)
     if path.exists():  # a device, a FIFO, a socket: nothing to read classes from
         raise ImplError(f"{spec}: not a regular file or a directory; pass a directory of .py files or a .py file")
     if _looks_like_module(spec):
-        return _from_module(spec, mapping, calls)
+        return _from_module(spec, mapping, calls, timeout)
     raise ImplError(
         f"{spec}: no such file or directory (expected a directory of .py files, a .py file or a module name)"
     )
@@ -114,22 +120,24 @@ def _looks_like_module(spec: str) -> bool:
     return all(part.isidentifier() for part in spec.split("."))
 
 
-def _from_module(spec: str, mapping: Mapping, calls: tuple[LayerCall, ...] | None) -> Impl:
+def _from_module(spec: str, mapping: Mapping, calls: tuple[LayerCall, ...] | None, timeout: float | None) -> Impl:
     try:
-        module = importlib.import_module(spec)
+        module = user_call(importlib.import_module, spec, timeout=timeout)
     except ModuleNotFoundError as error:
         if error.name and spec.startswith(error.name):
             raise ImplError(f"{spec}: no such file or directory, and no importable module of that name") from None
         raise ImplError(f"importing module {spec} failed: {one_line(error)}") from None
-    except (Exception, SystemExit) as error:  # the user's module is arbitrary code
-        raise ImplError(f"importing module {spec} failed: {one_line(error)}") from None
+    except (Exception, SystemExit, MethodTimeout, ProcessExit) as error:  # the user's module is arbitrary code
+        raise ImplError(_import_failure(f"module {spec}", error)) from None
     catalogue = scan_module(module, spec)
     chosen, found = choose_classes(catalogue, mapping, calls, spec)
     classes = {role: getattr(module, name) for role, name in chosen.items()}
     return Impl(classes, spec, {role: spec for role in chosen}, mapping, calls, catalogue, found)
 
 
-def _from_files(files: list[Path], mapping: Mapping, spec: str, calls: tuple[LayerCall, ...] | None) -> Impl:
+def _from_files(
+    files: list[Path], mapping: Mapping, spec: str, calls: tuple[LayerCall, ...] | None, timeout: float | None
+) -> Impl:
     """Scan the files with `ast`; import only the files that define the chosen classes."""
     catalogue = scan_files(files)
     try:
@@ -153,7 +161,7 @@ def _from_files(files: list[Path], mapping: Mapping, spec: str, calls: tuple[Lay
     for role, name in chosen.items():
         file = by_name[catalogue.classes[name].where]
         if file not in modules:
-            modules[file] = _import_file(file)
+            modules[file] = _import_file(file, timeout)
         found_class = getattr(modules[file], name, None)
         if not isinstance(found_class, type):
             raise ImplError(f"{file}: {name} is not a class after importing the file")
@@ -260,8 +268,9 @@ def _imported_names(file: Path) -> set[str]:
     return names
 
 
-def _import_file(file: Path):
-    """Import one file under a private module name, its directory first on sys.path for sibling imports."""
+def _import_file(file: Path, timeout: float | None):
+    """Import one file under a private module name, its directory first on sys.path for sibling imports; its
+    top-level code runs as a call into the user's code does (`user_call`: a time limit, its prints dropped)."""
     _refuse_shadowed_imports(file.parent)
     directory = str(file.parent.resolve())
     name = f"_cnn_parity_impl_{next(_counter)}_{file.stem}"
@@ -271,12 +280,12 @@ def _import_file(file: Path):
     sys.modules[name] = module
     sys.path.insert(0, directory)
     try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as error:  # the user's file is arbitrary code
+        user_call(spec.loader.exec_module, module, timeout=timeout)
+    except (Exception, SystemExit, MethodTimeout, ProcessExit) as error:  # the user's file is arbitrary code
         sys.modules.pop(name, None)
         if isinstance(error, SyntaxError):
             raise ImplError(syntax_error_text(error.filename or file, error)) from None
-        raise ImplError(f"importing {file} failed: {one_line(error)}") from None
+        raise ImplError(_import_failure(str(file), error)) from None
     finally:
         sys.path.remove(directory)
         # Sibling modules imported from that directory (`from conv import ...`) must not leak into the next check.
@@ -285,6 +294,18 @@ def _import_file(file: Path):
             if origin and Path(origin).resolve().is_relative_to(directory):
                 del sys.modules[other]
     return module
+
+
+def _import_failure(what: str, error: BaseException) -> str:
+    """Why importing the user's file or module failed, in one line."""
+    if isinstance(error, MethodTimeout):
+        return (
+            f"importing {what} did not finish within {error.seconds:g} s (its top-level code runs on import: a "
+            'training loop there belongs under `if __name__ == "__main__":`); pass --timeout SECONDS to allow longer'
+        )
+    if isinstance(error, ProcessExit):
+        return f"importing {what} failed: it {error}"
+    return f"importing {what} failed: {one_line(error)}"
 
 
 def describe_class(info: ClassInfo) -> str:

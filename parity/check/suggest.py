@@ -64,7 +64,7 @@ def names_message(
             break
         proposal = fixed
         try:
-            impl = load_impl(label, proposal.mapping, proposal.calls)
+            impl = load_impl(label, proposal.mapping, proposal.calls, timeout)
             infer_architecture(impl, image_shape, timeout=timeout)
             fitted = True
             break
@@ -191,7 +191,8 @@ def _filled_unknowns(sequence, mapping, label, image_shape, timeout) -> tuple[tu
     for value in (None, ""):
         calls = filled(value)
         try:
-            infer_architecture(load_impl(label, _carried(mapping, calls), calls), image_shape, timeout=timeout)
+            impl = load_impl(label, _carried(mapping, calls), calls, timeout)
+            infer_architecture(impl, image_shape, timeout=timeout)
         except NamesError as error:  # a classifier for another number of classes still counts: it is fixed next
             if all(problem.corrected is not None for problem in error.problems):
                 return calls, value
@@ -238,7 +239,7 @@ def _from_constructors(catalogue: Catalogue, label, image_shape, timeout) -> tup
                 return None
             calls.append(pool)
     try:
-        impl = load_impl(label, Mapping(), tuple(calls) + (LayerCall(by_kind["dense"][0].name),))
+        impl = load_impl(label, Mapping(), tuple(calls) + (LayerCall(by_kind["dense"][0].name),), timeout)
         shape = shape_after(impl, tuple(calls), image_shape, timeout)
     except (ImplError, ImplCrash):
         return None

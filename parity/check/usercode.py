@@ -2,7 +2,9 @@
 
 Whatever the user's method raises becomes an `ImplCrash` naming the class, the method and the layer, with the
 error in one line (`MaxPool2.forward raised ValueError: ...`); the run that called it says at which step. So does a
-`sys.exit()` or any other `BaseException` but Ctrl-C's. (`os._exit` ends the process at once: nothing can report it.)
+`sys.exit()` or any other `BaseException` but Ctrl-C's. So does `os._exit`, which would end the process at once, with
+the user's exit code (a 0 that CI would read as parity): while the user's code runs, it raises `ProcessExit` instead
+(in this process only: a child the user's code forked ends as it asks).
 
 A layer method that never returns (an index that stops advancing in a `while` loop) would hang `check` for good.
 `user_call` arms a one-shot interval timer (SIGALRM) around every call into the user's code; when it fires, the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -56,6 +59,8 @@ def guarded(cls: str, method: str, layer: str, function: Callable, *args, timeou
         raise
     except SystemExit as stop:  # left alone, `sys.exit(0)` in a layer would end `check` with exit 0: a pass
         raise ImplCrash(cls, method, f"called sys.exit({stop.code!r})", layer) from None
+    except ProcessExit as stop:
+        raise ImplCrash(cls, method, str(stop), layer) from None
     except BaseException as error:  # the user's code is arbitrary code, and may raise any BaseException
         raise ImplCrash(cls, method, f"raised {one_line(error)}", layer) from error
 
@@ -96,6 +101,31 @@ class MethodTimeout(BaseException):
         self.seconds = seconds
 
 
+class ProcessExit(BaseException):
+    """The user's code called `os._exit`, stopped so that `check` can say so rather than end with that exit code."""
+
+    def __init__(self, code: object) -> None:
+        super().__init__(f"called os._exit({code!r})")
+        self.code = code
+
+
+@contextlib.contextmanager
+def _exit_refused():
+    """`os._exit` raises `ProcessExit` in this process for the duration (see the module's doc)."""
+    real_exit, owner = os._exit, os.getpid()
+
+    def refused(code: int) -> None:
+        if os.getpid() != owner:  # a process the user's code forked: it ends as it asks
+            real_exit(code)
+        raise ProcessExit(code)
+
+    os._exit = refused
+    try:
+        yield
+    finally:
+        os._exit = real_exit
+
+
 def limits_supported() -> bool:
     """Whether calls can be interrupted here: SIGALRM exists and this is the main thread."""
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
@@ -105,7 +135,7 @@ def user_call(function: Callable, *args, timeout: float | None = DEFAULT_TIMEOUT
     """`function(*args)`, stopped by `MethodTimeout` after `timeout` seconds (None: no limit), its prints dropped."""
     sink = io.StringIO()
     if timeout is None or not limits_supported():
-        with contextlib.redirect_stdout(sink):
+        with contextlib.redirect_stdout(sink), _exit_refused():
             return function(*args)
 
     def expire(signum, frame):
@@ -113,7 +143,7 @@ def user_call(function: Callable, *args, timeout: float | None = DEFAULT_TIMEOUT
 
     previous = signal.signal(signal.SIGALRM, expire)
     try:
-        with contextlib.redirect_stdout(sink):
+        with contextlib.redirect_stdout(sink), _exit_refused():
             signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
                 return function(*args)
