@@ -516,6 +516,31 @@ def test_rendering_a_bad_report_json_is_one_line(capsys, tmp_path, content):
     assert str(path) in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("nan", "NaN is not a JSON value"),
+        ("device", "a device, not a file"),
+        ("oversized", "larger than 0 MiB, which no report.json is"),
+    ],
+)
+def test_a_report_json_that_is_no_strict_json_or_no_file_is_refused_without_reading_it_all(
+    capsys, tmp_path, monkeypatch, source, said
+):
+    """NaN is Python's JSON, not report.json's; /dev/zero would be read until memory ran out."""
+    from reports import markdown
+
+    path = tmp_path / "report.json"
+    path.write_text('{"schema": "cnn-parity/report/v3", "passed": NaN}')
+    if source == "device":
+        path = Path("/dev/zero")
+    if source == "oversized":
+        monkeypatch.setattr(markdown, "MAX_REPORT_BYTES", 10)
+    assert markdown.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and said in err and err.count("\n") == 1 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("dtypes", ["float64", "float64,float32"], ids=["one run", "two runs in two workers"])
 def test_a_bogus_mplbackend_falls_back_to_agg_and_says_so_once(tmp_path, dtypes):
     """matplotlib raises at import on an unknown MPLBACKEND; the report draws with Agg anyway (a new process: this

@@ -100,13 +100,15 @@ def render_file(path: str | Path) -> str:
     """report.md for a saved report.json; ValueError (one line) for a file that is missing, not JSON, of another
     schema, or damaged."""
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = _read_bytes(Path(path))
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file; pass the report.json a report wrote") from None
     except IsADirectoryError:
         raise ValueError(f"{path}: is a directory; pass the report.json inside it") from None
     except OSError as error:
         raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        document = json.loads(data.decode("utf-8"), parse_constant=_not_json)
     except ValueError as error:  # not UTF-8, or not JSON
         raise ValueError(f"{path}: not a report.json (not JSON text: {error})") from None
     except RecursionError:  # JSON nested thousands deep: no report is
@@ -121,6 +123,28 @@ def render_file(path: str | Path) -> str:
         raise ValueError(
             f"{path}: damaged report.json ({type(error).__name__}: {error}); write it again with `cnn-parity report`"
         ) from None
+
+
+# report.json holds every run's progress and the steps a report shows: ~100 KB for the default report, a few MB for
+# the longest runs. Far past that, what is read is no report (a device such as /dev/zero would fill memory).
+MAX_REPORT_BYTES = 256 << 20
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; ValueError for a device or anything past MAX_REPORT_BYTES. A pipe is read (a shell's
+    `<(...)`)."""
+    if path.is_char_device() or path.is_block_device():
+        raise ValueError(f"{path}: a device, not a file; pass the report.json a report wrote")
+    with path.open("rb") as file:
+        data = file.read(MAX_REPORT_BYTES + 1)
+    if len(data) > MAX_REPORT_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_REPORT_BYTES >> 20} MiB, which no report.json is")
+    return data
+
+
+def _not_json(constant: str) -> None:
+    """`parse_constant` for json.loads: NaN and Infinity are not JSON (report.json writes them as strings)."""
+    raise ValueError(f"{constant} is not a JSON value; report.json writes non-finite numbers as strings")
 
 
 def _architectures(runs: Sequence[dict[str, object]]) -> list[str]:
