@@ -381,6 +381,14 @@ def test_load_idx_dir_missing_file(tmp_path: Path, split: str, present: str, mis
         load_idx_dir(tmp_path, split)
 
 
+@pytest.mark.parametrize("kind", ["directory", "fifo", "broken-link"])
+def test_a_split_file_that_is_no_regular_file_is_named_not_called_missing(tmp_path: Path, kind: str) -> None:
+    name = tmp_path / "t10k-images-idx3-ubyte.gz"
+    {"directory": name.mkdir, "fifo": lambda: os.mkfifo(name), "broken-link": lambda: name.symlink_to("gone")}[kind]()
+    with raises(str(name), "not a regular file"):
+        load_idx_dir(tmp_path, "test")
+
+
 def test_load_idx_dir_count_mismatch(tmp_path: Path) -> None:
     write(tmp_path / "t10k-images-idx3-ubyte", idx_bytes(DIGITS))
     write(tmp_path / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.zeros(3, np.uint8)), gz=True)
@@ -505,3 +513,21 @@ def test_a_bad_argument_to_the_loaders_is_one_data_error_naming_it(call, message
     with pytest.raises(DataError) as error:
         call()
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("command", ["report", "train"])
+def test_train_and_test_images_of_different_sizes_are_refused_naming_the_cause(tmp_path: Path, capsys, command: str):
+    from parity.cli import main
+    from scratch import train
+
+    square = np.zeros((30, 28, 28), dtype=np.uint8)
+    write_split(tmp_path, "train", Dataset(square, np.zeros(30, dtype=np.int64), "train"))
+    write_split(tmp_path, "t10k", Dataset(square[:, :20, :20], np.zeros(30, dtype=np.int64), "test"))
+    argv = ["--data-dir", str(tmp_path), "--train-size", "20", "--test-size", "20"]
+    if command == "report":
+        code = main(["report", *argv, "--out", str(tmp_path / "out"), "--epochs", "1", "--dtypes", "float64"])
+    else:
+        code = train.main([*argv, "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "train images are (28, 28) but test images are (20, 20); use train and test files from the same" in err

@@ -303,7 +303,10 @@ def run(args: argparse.Namespace) -> int:
     if train.images.shape[1:] != test.images.shape[1:]:
         from scratch.data import DataError
 
-        raise DataError(f"train images are {train.images.shape[1:]} but test images {test.images.shape[1:]}")
+        raise DataError(
+            f"train images are {train.images.shape[1:]} but test images are {test.images.shape[1:]}; use train and "
+            "test files from the same dataset"
+        )
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
     threads = torch.get_num_threads()

@@ -239,6 +239,12 @@ def _find_split_file(directory: Path, stem: str) -> Path:
     for name in names:
         if (directory / name).is_file():
             return directory / name
+    for name in names:  # there, but no file to read: say so rather than call it missing
+        if os.path.lexists(directory / name):
+            raise DataError(
+                f"{directory / name}: not a regular file (a directory, a device, a FIFO or a broken link); put the "
+                "IDX file itself there."
+            )
     raise DataError(
         f"{directory}: no {stem} file; looked for {' and '.join(names)}. "
         "Download the MNIST (or Fashion-MNIST) IDX files into this directory."
