@@ -112,6 +112,13 @@ def test_changed_layer_is_caught_at_step_zero(capsys, monkeypatch):
     assert "first departure: step 0 (epoch 1, step 0 of 1000): conv1.out[" in out
 
 
+def test_comparing_more_steps_than_the_record_holds_is_refused(capsys):
+    """It once compared the record's 3,000 steps and said so, as if the 3,001 asked for had been."""
+    code, out, err = cli(capsys, "compare-golden", str(GOLDEN), "--steps", "3001")
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert "--steps 3001: " in err and "holds only 3000 steps; pass at most that" in err
+
+
 def test_record_writes_golden_json_gz_here_by_default(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, _ = cli(capsys, "record", "--steps", "3", "--every", "1")
@@ -245,6 +252,7 @@ UNUSABLE = {
     "missing file": (None, "no such golden record"),
     "not gzip json": ("garbage", "not a golden record (gzipped JSON expected)"),
     "nested too deep": ("deep", "not a golden record (its JSON is nested too deep to read)"),
+    "null": ("null", "not a golden record (its JSON is null, not an object)"),
     "other format": (_other_format, "format 'something-else/9', expected 'cnn-parity-golden/3'"),
     "damaged": (_damaged, "damaged or hand-edited golden record, refused: loss: expected one loss per step (3000)"),
     "other data": (_other_data, "recorded on other training data"),
@@ -259,6 +267,8 @@ def test_unusable_golden_is_one_line_and_exit_2(capsys, tmp_path, case):
         path.write_bytes(b"\x1f\x8b not really gzip")
     elif make == "deep":
         path.write_bytes(gzip.compress(b"[" * 5000 + b"]" * 5000))  # json.loads recurses once per level
+    elif make == "null":
+        path.write_bytes(gzip.compress(b"null"))
     elif make is not None:
         _rewrite(path, make, sealed=make is not _damaged)
     code, out, err = cli(capsys, "compare-golden", str(path))

@@ -149,6 +149,8 @@ def run_compare_golden(args: argparse.Namespace) -> int:
 
     document = read_golden(args.file)
     config: GoldenConfig = document["config"]
+    if args.steps is not None and args.steps > config.steps:  # as `record` refuses more steps than its run has
+        raise UsageError(f"--steps {args.steps}: {args.file} holds only {config.steps} steps; pass at most that")
     train, _ = load_experiment_data(args.data_dir, n_train=config.n_train, n_test=0)  # nothing tested
     if data_fingerprint(train.images, train.labels) != document["data"]["train_sha256"]:
         raise UsageError(

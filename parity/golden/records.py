@@ -257,8 +257,11 @@ def read_golden(path: str | os.PathLike) -> dict:
         raise UsageError(f"{path}: not a golden record (gzipped JSON expected): {error}") from None
     except RecursionError:  # JSON nested thousands deep: no record is
         raise UsageError(f"{path}: not a golden record (its JSON is nested too deep to read)") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+    if not isinstance(document, dict):
+        what = {type(None): "null", list: "a list", str: "a string"}.get(type(document), "a number or true/false")
+        raise UsageError(f"{path}: not a golden record (its JSON is {what}, not an object); pass the file record wrote")
+    if document.get("format") != FORMAT:
+        found = document.get("format")
         older = " (it has no checksums)" if found in ("cnn-parity-golden/1", "cnn-parity-golden/2") else ""
         raise UsageError(f"{path}: format {found!r}{older}, expected {FORMAT!r}; re-record it with `cnn-parity record`")
     try:
