@@ -290,3 +290,24 @@ def test_num_classes_sets_the_last_dense():
     assert parse_spec("conv3x8,pool2,dense3", num_classes=3).layers[-1].units == 3
     with pytest.raises(ValueError, match=re.escape("must end in dense3")):
         parse_spec(DEFAULT_SPEC, num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "image_shape", "said"),
+    [
+        (
+            "conv3x8,pool2,dense10",
+            (3000, 3000),
+            "item 1 'conv3x8' (input 3000x3000x1): its output would hold 71,904,032",
+        ),
+        ("dense100000", (28, 28), "item 1 'dense100000' (input 28x28x1): its weights would hold 78,400,000"),
+    ],
+    ids=["output", "parameters"],
+)
+def test_a_layer_past_the_size_cap_is_refused_before_anything_is_allocated(text, image_shape, said):
+    """Found by its size alone: a 3000x3000 digit would otherwise allocate ~0.6 GB per conv output."""
+    with pytest.raises(ValueError) as refused:
+        parse_spec(text, image_shape)
+    message = str(refused.value)
+    assert said in message and "more than the 50,000,000 a layer may" in message
+    assert message.endswith("use fewer units or filters, or smaller images")
