@@ -119,7 +119,7 @@ def test_more_steps_than_a_run_may_take_are_refused_before_anything_runs(capsys,
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2 and out == ""
     assert err.splitlines()[-1].startswith("python -m parity.benchmark: error: arguments --steps/--repeats: ")
-    assert err.splitlines()[-1].endswith("more than the 1,000,000 one run may take; ask for fewer")
+    assert err.splitlines()[-1].endswith("more than the 1,000,000 a benchmark candidate may take; ask for fewer")
 
 
 def test_lockstep_inputs_are_one_digit_or_consecutive_batches():

@@ -565,11 +565,15 @@ def test_a_layer_that_exits_or_raises_a_base_exception_is_named_as_a_crash(capsy
     [
         ("while True:\n    pass\n", "conv.py did not finish within 0.3 s (its top-level code runs on import"),
         ("import os\n\nos._exit(0)\n", "conv.py failed: it called os._exit(0)"),
+        ("import sys\n\nsys.exit(0)\n", "conv.py failed: it called sys.exit(0)"),
     ],
-    ids=["hangs", "os-exit"],
+    ids=["hangs", "os-exit", "sys-exit"],
 )
-def test_a_file_that_hangs_or_exits_when_imported_is_refused_in_one_line(capsys, tmp_path, top_level, said):
+def test_a_file_that_hangs_or_exits_when_imported_is_refused_in_one_line(
+    capsys, tmp_path, monkeypatch, top_level, said
+):
     """Importing runs the file's top-level code: under --timeout, and an exit there is named, not obeyed."""
+    monkeypatch.setattr("parity.check.loader.IMPORT_TIMEOUT_FLOOR", 0.0)  # else at least 60 s
     impl = copy_fixed(tmp_path / "impl")
     conv = impl / "conv.py"
     conv.write_text(conv.read_text() + "\n" + top_level)
@@ -842,3 +846,36 @@ def test_state_kept_in_a_container_is_put_back_after_a_layer_runs_alone(capsys, 
     impl = copy_fixed(tmp_path / "impl", "maxpool.py", COUNTED, COUNTED + bug)
     code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "12", "--no-probes")
     assert code == 1 and "Main run: DIVERGED at step 10, pool1 pool1.out from MaxPool2.forward" in out
+
+
+@pytest.mark.parametrize(
+    "call", ["os._exit(3)", "os._exit(status=3)", "posix._exit(3)"], ids=["positional", "keyword", "posix"]
+)
+def test_an_exit_in_the_users_code_raises_in_its_thread_and_is_put_back_after(call):
+    import os
+    import posix
+
+    from parity.check.usercode import ProcessExit, user_call
+
+    real = os._exit
+    with pytest.raises(ProcessExit) as stopped:
+        user_call(lambda: eval(call, {"os": os, "posix": posix}))
+    assert stopped.value.code == 3 and os._exit is real and posix._exit is real
+
+
+def test_an_exit_from_another_thread_during_the_users_code_still_ends_the_process():
+    """Only the thread running the user's code is stopped: a watchdog elsewhere must still be able to end it all."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, threading\n"
+        "from parity.check.usercode import user_call\n"
+        "def layer():\n"
+        "    worker = threading.Thread(target=os._exit, args=(7,))\n"
+        "    worker.start()\n"
+        "    worker.join()\n"
+        "user_call(layer)\n"
+        "raise SystemExit(0)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 7

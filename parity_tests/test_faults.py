@@ -367,11 +367,21 @@ def test_a_mount_point_as_out_is_refused_before_the_run(capsys, tmp_path, monkey
 
 
 @pytest.mark.parametrize("written", ["absolute", "parent"])
-def test_the_working_directory_as_out_is_refused_however_written(capsys, tmp_path, monkeypatch, written):
-    monkeypatch.chdir(tmp_path)
-    argv, _, _ = OUTPUT_COMMANDS["report"]
-    out = str(tmp_path) if written == "absolute" else ".."
-    assert_refused(cli(capsys, *argv, out), "--out", "the current directory or one above it")
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_the_working_directory_as_out_is_refused_however_written(capsys, tmp_path, monkeypatch, command, written):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    argv, _, _ = OUTPUT_COMMANDS[command]
+    out = str(tmp_path / "here") if written == "absolute" else ".."
+    assert_refused(cli(capsys, *argv, out), f"--out {out}: the working directory or one above it", "report")
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_a_symlink_loop_as_out_is_one_line(capsys, tmp_path, command):
+    argv, _, _ = OUTPUT_COMMANDS[command]
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert_refused(cli(capsys, *argv, str(loop)), str(loop), "is not a directory")
 
 
 def test_a_write_that_fails_midway_names_the_destination_not_the_temporary(tmp_path):
@@ -521,7 +531,7 @@ def test_rendering_a_bad_report_json_is_one_line(capsys, tmp_path, content):
     [
         ("nan", "NaN is not a JSON value"),
         ("device", "a device, not a file"),
-        ("oversized", "larger than 0 MiB, which no report.json is"),
+        ("oversized", "larger than 10 bytes, which no report.json is"),
     ],
 )
 def test_a_report_json_that_is_no_strict_json_or_no_file_is_refused_without_reading_it_all(

@@ -138,7 +138,7 @@ def _read_bytes(path: Path) -> bytes:
     with path.open("rb") as file:
         data = file.read(MAX_REPORT_BYTES + 1)
     if len(data) > MAX_REPORT_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_REPORT_BYTES >> 20} MiB, which no report.json is")
+        raise ValueError(f"{path}: larger than {MAX_REPORT_BYTES:,} bytes, which no report.json is")
     return data
 
 

@@ -23,11 +23,13 @@ REPORT_MD, REPORT_JSON = "report.md", "report.json"
 def check_destination(out_dir: Path) -> None:
     """Refuse (OSError, one clear message) a destination that is not new, empty, or a previous report, or that
     cannot be created there (under a file, read-only, not permitted, full): before any work, not after."""
+    if not str(out_dir).strip():
+        raise atomic.OutputError("--out: empty; pass a new directory for the report")
     out_dir = Path(out_dir)
-    if not str(out_dir).strip() or _holds_working_directory(out_dir):  # Path("") is "."
+    if _holds_working_directory(out_dir):
         raise atomic.OutputError(
-            "--out: empty, or the current directory or one above it (a report replaces its directory); pass a new "
-            "directory for the report"
+            f"--out {out_dir}: the working directory or one above it, and a report replaces its directory whole; "
+            f"pass a new directory, such as {out_dir / 'report'}"
         )
     try:
         not_a_directory = out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir())
@@ -57,9 +59,9 @@ def _holds_working_directory(path: Path) -> bool:
     """Whether `path` is the working directory or one of its parents, however it is written (`.`, `..`, absolute)."""
     try:
         working = Path.cwd()
-        return path.resolve() in (working, *working.parents)
     except OSError:  # a working directory since deleted: nothing of it to protect
         return False
+    return Path(os.path.realpath(path)) in (working, *working.parents)  # realpath: a symlink loop does not raise
 
 
 def _report_files(path: Path) -> set[str] | None:

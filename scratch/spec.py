@@ -243,7 +243,8 @@ def _check_size(layer: LayerSpec, position: int, shape: tuple[int, ...]) -> None
         if size > MAX_ELEMENTS:
             raise ValueError(
                 f"network spec item {position} {layer.item!r} (input {_shape_text(shape)}): {what} would hold "
-                f"{size:,} elements, more than the {MAX_ELEMENTS:,} a layer may; use fewer units or filters, or smaller images"
+                f"{size:,} elements, more than the {MAX_ELEMENTS:,} a layer may; use fewer units or filters, or "
+                "smaller images"
             )
 
 

@@ -245,8 +245,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.steps * args.repeats > MAX_STEPS:  # a typo's extra zeros would run for days
         parser.error(
             f"arguments --steps/--repeats: {args.steps:,} steps x {args.repeats:,} round{'s' * (args.repeats > 1)} is "
-            f"{args.steps * args.repeats:,} steps a candidate, more than the {MAX_STEPS:,} one run may take; "
-            "ask for fewer"
+            f"{args.steps * args.repeats:,} steps a candidate, more than the {MAX_STEPS:,} a benchmark candidate may "
+            "take; ask for fewer"
         )
     return args
 

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from parity.check.infer import Architecture, infer_architecture
 from parity.check.layercalls import LayersError, parse_layers
-from parity.check.loader import load_impl
+from parity.check.loader import IMPORT_TIMEOUT_FLOOR, load_impl
 from parity.check.names import ImplError, Mapping, NamesError
 from parity.check.output import render, write_check_report
 from parity.check.run import (
@@ -94,8 +94,8 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         type=timeout_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"stop a layer method that has not returned after SECONDS and report it (exit 1); 0: no limit "
-        f"({DEFAULT_TIMEOUT:g})",
+        help=f"stop a layer method that has not returned after SECONDS and report it (exit 1), and an import of "
+        f"your files after SECONDS but at least {IMPORT_TIMEOUT_FLOOR:g} (exit 2); 0: no limit ({DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--seed", type=nonnegative_int, default=0, help="seeds the shared initial weights and the data order (0)"
@@ -168,11 +168,13 @@ def run_check(args: argparse.Namespace) -> int:
     train = _training_data(args)
     image_shape = tuple(train.images.shape[1:])
     started = time.perf_counter()
+    # Before the user's files are imported: one that imports torch would otherwise do so under the import time
+    # limit, and an import interrupted inside torch's C++ can abort the process.
+    torch = import_torch("check")
+    torch.set_num_threads(1)  # batch-size-1 ops: more threads only add synchronisation cost
     arch = _architecture(args, mapping, calls, image_shape)
     if arch is None:
         return EXIT_DIVERGENCE  # a layer method hung while the architecture was read (said on stdout)
-    torch = import_torch("check")
-    torch.set_num_threads(1)  # batch-size-1 ops: more threads only add synchronisation cost
     try:
         result = check_impl(
             arch.impl,

@@ -30,6 +30,11 @@ from parity.check.layercalls import LayerCall, format_layers
 from parity.check.names import LAYERS, Choice, ImplError, Mapping, Missing, NamesError
 from parity.check.usercode import DEFAULT_TIMEOUT, MethodTimeout, ProcessExit, one_line, syntax_error_text, user_call
 
+# The least time an import of the user's file gets, whatever --timeout says of methods: the limit is there for code
+# that never ends (a training loop at the top level), and a first import of a large library can take seconds; one
+# interrupted halfway cannot be imported again in this process.
+IMPORT_TIMEOUT_FLOOR = 60.0
+
 ROLE_KIND = {"Conv3x3": "conv", "MaxPool2": "pool", "Softmax": "dense"}
 # How a class that plays each tutorial role is recognised by its name when it is not called as in the tutorial.
 KIND_WORDS = {
@@ -122,7 +127,7 @@ def _looks_like_module(spec: str) -> bool:
 
 def _from_module(spec: str, mapping: Mapping, calls: tuple[LayerCall, ...] | None, timeout: float | None) -> Impl:
     try:
-        module = user_call(importlib.import_module, spec, timeout=timeout)
+        module = user_call(importlib.import_module, spec, timeout=_import_timeout(timeout))
     except ModuleNotFoundError as error:
         if error.name and spec.startswith(error.name):
             raise ImplError(f"{spec}: no such file or directory, and no importable module of that name") from None
@@ -280,7 +285,7 @@ def _import_file(file: Path, timeout: float | None):
     sys.modules[name] = module
     sys.path.insert(0, directory)
     try:
-        user_call(spec.loader.exec_module, module, timeout=timeout)
+        user_call(spec.loader.exec_module, module, timeout=_import_timeout(timeout))
     except (Exception, SystemExit, MethodTimeout, ProcessExit) as error:  # the user's file is arbitrary code
         sys.modules.pop(name, None)
         if isinstance(error, SyntaxError):
@@ -296,15 +301,23 @@ def _import_file(file: Path, timeout: float | None):
     return module
 
 
+def _import_timeout(timeout: float | None) -> float | None:
+    """The time limit of an import: `timeout` (None: none), but at least IMPORT_TIMEOUT_FLOOR."""
+    return None if timeout is None else max(timeout, IMPORT_TIMEOUT_FLOOR)
+
+
 def _import_failure(what: str, error: BaseException) -> str:
     """Why importing the user's file or module failed, in one line."""
     if isinstance(error, MethodTimeout):
         return (
-            f"importing {what} did not finish within {error.seconds:g} s (its top-level code runs on import: a "
-            'training loop there belongs under `if __name__ == "__main__":`); pass --timeout SECONDS to allow longer'
+            f"importing {what} did not finish within {error.seconds:g} s (its top-level code runs on import, and "
+            'so does that of what it imports: a training loop belongs under `if __name__ == "__main__":`); pass '
+            "--timeout SECONDS to allow longer"
         )
     if isinstance(error, ProcessExit):
         return f"importing {what} failed: it {error}"
+    if isinstance(error, SystemExit):
+        return f"importing {what} failed: it called sys.exit({error.code!r})"
     return f"importing {what} failed: {one_line(error)}"
 
 

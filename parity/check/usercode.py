@@ -3,8 +3,9 @@
 Whatever the user's method raises becomes an `ImplCrash` naming the class, the method and the layer, with the
 error in one line (`MaxPool2.forward raised ValueError: ...`); the run that called it says at which step. So does a
 `sys.exit()` or any other `BaseException` but Ctrl-C's. So does `os._exit`, which would end the process at once, with
-the user's exit code (a 0 that CI would read as parity): while the user's code runs, it raises `ProcessExit` instead
-(in this process only: a child the user's code forked ends as it asks).
+the user's exit code (a 0 that CI would read as parity): while the user's code runs, it raises `ProcessExit` instead,
+in the thread that runs it (another thread, or a child process the user's code forked, ends as it asks). A file that
+binds `from os import _exit` when imported keeps that stand-in: it only ever runs inside such calls.
 
 A layer method that never returns (an index that stops advancing in a `while` loop) would hang `check` for good.
 `user_call` arms a one-shot interval timer (SIGALRM) around every call into the user's code; when it fires, the
@@ -24,6 +25,7 @@ import contextlib
 import io
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -111,19 +113,24 @@ class ProcessExit(BaseException):
 
 @contextlib.contextmanager
 def _exit_refused():
-    """`os._exit` raises `ProcessExit` in this process for the duration (see the module's doc)."""
-    real_exit, owner = os._exit, os.getpid()
+    """`os._exit` (and its home, `posix._exit`) raises `ProcessExit` in this thread for the duration (see the
+    module's doc)."""
+    homes = [module for module in (os, sys.modules.get(os.name)) if module is not None]
+    real_exits = [module._exit for module in homes]
+    real_exit, owner, thread = real_exits[0], os.getpid(), threading.get_ident()
 
-    def refused(code: int) -> None:
-        if os.getpid() != owner:  # a process the user's code forked: it ends as it asks
-            real_exit(code)
-        raise ProcessExit(code)
+    def refused(status: int) -> None:
+        if os.getpid() != owner or threading.get_ident() != thread:  # a forked child, or another thread
+            real_exit(status)
+        raise ProcessExit(status)
 
-    os._exit = refused
+    for module in homes:
+        module._exit = refused
     try:
         yield
     finally:
-        os._exit = real_exit
+        for module, saved in zip(homes, real_exits, strict=True):
+            module._exit = saved
 
 
 def limits_supported() -> bool:
