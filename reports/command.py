@@ -300,13 +300,6 @@ def run(args: argparse.Namespace) -> int:
     from scratch.data import load_experiment_data, steps_per_epoch
 
     train, test = load_experiment_data(options.data_dir, n_train=options.train_size, n_test=options.test_size)
-    if train.images.shape[1:] != test.images.shape[1:]:
-        from scratch.data import DataError
-
-        raise DataError(
-            f"train images are {train.images.shape[1:]} but test images are {test.images.shape[1:]}; use train and "
-            "test files from the same dataset"
-        )
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
     threads = torch.get_num_threads()

@@ -342,6 +342,11 @@ def load_experiment_data(
         return train, _subset(train, np.arange(0), f"{train.source}: no test digits")
     # A different seed for test, so the two orders are not the same permutation.
     test = _shuffled_head(load_idx_dir(data_dir, "test"), n_test, seed + 1, "n_test")
+    if train.images.shape[1:] != test.images.shape[1:]:  # one network cannot take both
+        raise DataError(
+            f"train images are {train.images.shape[1:]} but test images are {test.images.shape[1:]}; "
+            "use train and test files from the same dataset"
+        )
     return train, test
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from scratch.argtypes import learning_rate, network_spec, nonnegative_int, positive_int
-from scratch.data import DataError, Dataset, batches, epoch_orders, load_experiment_data, run_steps
+from scratch.data import Dataset, batches, epoch_orders, load_experiment_data, run_steps
 from scratch.loss import SOFTMAX_MODES
 from scratch.maxpool import TIE_POLICIES
 from scratch.network import IMPLEMENTATIONS, Network, build_network
@@ -134,11 +134,6 @@ def run(args: argparse.Namespace, out=None) -> tuple[float, float]:
     out = sys.stdout if out is None else out
     train, test_set = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=args.test_size)
     run_steps(args.epochs, len(train), args.batch_size)  # refused at once beyond MAX_STEPS, not hours later
-    if train.images.shape[1:] != test_set.images.shape[1:]:
-        raise DataError(
-            f"train images are {train.images.shape[1:]} but test images are {test_set.images.shape[1:]}; "
-            "use train and test files from the same dataset"
-        )
     net = build_network(
         args.arch,
         args.seed,

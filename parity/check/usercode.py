@@ -111,11 +111,14 @@ class ProcessExit(BaseException):
         self.code = code
 
 
+_EXIT_HOMES = tuple(module for module in (os, sys.modules.get(os.name)) if module is not None)  # os, and posix or nt
+
+
 @contextlib.contextmanager
 def _exit_refused():
     """`os._exit` (and its home, `posix._exit`) raises `ProcessExit` in this thread for the duration (see the
     module's doc)."""
-    homes = [module for module in (os, sys.modules.get(os.name)) if module is not None]
+    homes = _EXIT_HOMES
     real_exits = [module._exit for module in homes]
     real_exit, owner, thread = real_exits[0], os.getpid(), threading.get_ident()
 
