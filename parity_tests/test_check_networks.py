@@ -849,6 +849,25 @@ def test_state_kept_in_a_container_is_put_back_after_a_layer_runs_alone(capsys, 
 
 
 @pytest.mark.parametrize(
+    ("slot", "stored_as"), [("calls", "calls"), ("__calls", "_MaxPool2__calls")], ids=["public", "name-mangled"]
+)
+def test_state_kept_in_slots_is_put_back_after_a_layer_runs_alone(capsys, tmp_path, slot, stored_as):
+    """A layer with `__slots__` and no `__dict__`: its slots are put back as attributes are, so its count of calls is
+    the user's training's alone and a bug from the 11th image on is found at step 10."""
+    counted = (
+        f"        self.{slot} = getattr(self, '{stored_as}', 0) + 1\n"
+        f"        if self.{slot} > 10:\n"
+        "            return self.windows(input).max(axis=-1) * 1.01\n"
+    )
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", COUNTED, COUNTED + counted)
+    path = impl / "maxpool.py"
+    slots = f"class MaxPool2:\n    __slots__ = ('last_input', '{slot}')\n"
+    path.write_text(path.read_text().replace("class MaxPool2:\n", slots, 1))
+    code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "12", "--no-probes")
+    assert code == 1 and "Main run: DIVERGED at step 10, pool1 pool1.out from MaxPool2.forward" in out, out
+
+
+@pytest.mark.parametrize(
     "call", ["os._exit(3)", "os._exit(status=3)", "posix._exit(3)"], ids=["positional", "keyword", "posix"]
 )
 def test_an_exit_in_the_users_code_raises_in_its_thread_and_is_put_back_after(call):
