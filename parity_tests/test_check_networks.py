@@ -836,8 +836,10 @@ def test_a_module_named_like_a_package_of_this_tool_is_refused_naming_both(capsy
         "        if self.state['calls'] > 10:\n",
         "        self.seen = getattr(self, 'seen', [])\n        self.seen.append(input.shape)\n"
         "        if len(self.seen) > 10:\n",
+        "        self.log = getattr(self, 'log', {'inputs': []})\n        self.log['inputs'].append(input.copy())\n"
+        "        if len(self.log['inputs']) > 10:\n",
     ],
-    ids=["a counter in a dict", "a history in a list"],
+    ids=["a counter in a dict", "a history in a list", "a history in a dict's list"],
 )
 def test_state_kept_in_a_container_is_put_back_after_a_layer_runs_alone(capsys, tmp_path, counted):
     """A list or dict the layer changes in place is put back as it was: the layer run alone is not counted as a
@@ -846,6 +848,29 @@ def test_state_kept_in_a_container_is_put_back_after_a_layer_runs_alone(capsys, 
     impl = copy_fixed(tmp_path / "impl", "maxpool.py", COUNTED, COUNTED + bug)
     code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "12", "--no-probes")
     assert code == 1 and "Main run: DIVERGED at step 10, pool1 pool1.out from MaxPool2.forward" in out
+
+
+def test_layer_state_puts_back_nested_and_self_holding_containers():
+    """Each container and array once, however deep and however often reached; a list holding itself is fine."""
+    from parity.check.layerstate import LayerState
+
+    class Layer:
+        pass
+
+    layer, weights = Layer(), np.zeros(3)
+    layer.cache = {"runs": [weights, (weights, {"count": 1})]}
+    layer.loop = []
+    layer.loop.append(layer.loop)
+    state = LayerState.of(layer)
+    layer.cache["runs"][1][1]["count"] += 1
+    layer.cache["runs"].append("extra")
+    layer.loop.append(0)
+    weights += 1
+    layer.cache = None
+    state.put_back(layer)
+    runs = layer.cache["runs"]
+    assert len(runs) == 2 and runs[0] is weights and runs[1][1] == {"count": 1} and not weights.any()
+    assert layer.loop == [layer.loop] and layer.loop[0] is layer.loop
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ class LayerState:
     back to itself): its attribute bindings, in its `__dict__` and its `__slots__`, the very objects, so identities,
     aliases and bound methods stay; and a copy of every writable array they hold, directly or in a list, tuple or
     dict, to be written back in place, so arrays that are views into one buffer stay so; and the items of every
-    list, dict or set they hold, put back in the same container (a counter in a dict, a history in a list). One level
-    deep: a container's containers are not."""
+    list, dict or set they hold, put back in the same container (a counter in a dict, a history in a list), and so on
+    into the containers those hold (a dict of lists), each container and array once however often it is reached."""
 
     bindings: dict[str, object] | None
     arrays: list[tuple[np.ndarray, np.ndarray]]
@@ -31,14 +31,19 @@ class LayerState:
         slots = {name: getattr(obj, name, _UNSET) for name in _slot_names(type(obj))}
         values = [*(attributes or {}).values(), *(value for value in slots.values() if value is not _UNSET)]
         arrays, contents, seen = [], [], set()
-        for value in values:
-            if isinstance(value, (list, dict, set)) and id(value) not in seen:
-                seen.add(id(value))
+        pending = list(values)
+        while pending:  # a walk, not a recursion: a container holding itself, or nested deep, is fine
+            value = pending.pop()
+            if id(value) in seen or not isinstance(value, (np.ndarray, list, tuple, dict, set)):
+                continue
+            seen.add(id(value))
+            if isinstance(value, np.ndarray):
+                if value.flags.writeable:
+                    arrays.append((value, value.copy()))
+                continue
+            if not isinstance(value, tuple):
                 contents.append((value, value.copy()))  # the items, not copies of them
-            for array in _arrays_in(value):
-                if id(array) not in seen and array.flags.writeable:
-                    seen.add(id(array))
-                    arrays.append((array, array.copy()))
+            pending.extend(value.values() if isinstance(value, dict) else value)
         return cls(None if attributes is None else dict(attributes), arrays, contents, slots)
 
     def put_back(self, obj: object) -> None:
@@ -76,10 +81,3 @@ def _slot_names(cls: type) -> list[str]:
             if name not in names:
                 names.append(name)
     return names
-
-
-def _arrays_in(value: object) -> list[np.ndarray]:
-    if isinstance(value, np.ndarray):
-        return [value]
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    return [item for item in items if isinstance(item, np.ndarray)]
