@@ -850,6 +850,38 @@ def test_state_kept_in_a_container_is_put_back_after_a_layer_runs_alone(capsys, 
     assert code == 1 and "Main run: DIVERGED at step 10, pool1 pool1.out from MaxPool2.forward" in out
 
 
+SEPARATE_SOFTMAX = (
+    "\n\nclass Probabilities:\n"
+    "    def forward(self, totals):\n"
+    "        exp = np.exp(totals - np.max(totals))\n"
+    "        self.last_probs = exp / exp.sum()\n"
+    "        return self.last_probs\n\n"
+    "    def backprop(self, d_L_d_out):\n"
+    "        return self.last_probs * (d_L_d_out - np.dot(d_L_d_out, self.last_probs))\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("layers", "said"),
+    [
+        ("Conv3x3(8),MaxPool2(),Softmax(1352,10)", "Softmax.forward, the last layer, returns its totals"),
+        ("Conv3x3(8),MaxPool2(),Softmax(1352,10),Probabilities()", "Probabilities.forward returns the softmax of"),
+    ],
+    ids=["the classifier returns its totals", "the softmax class itself"],
+)
+def test_a_softmax_in_a_class_of_its_own_is_refused_in_words(capsys, tmp_path, layers, said):
+    """Correct code whose classifier returns totals and leaves the softmax to another class: refused, saying so and
+    what to do, never judged as a dense layer that returns probabilities (all of it would then be called wrong)."""
+    impl = copy_fixed(
+        tmp_path / "impl", "softmax.py", "        exp = np.exp(", "        return totals\n        exp = np.exp("
+    )
+    (impl / "softmax.py").write_text((impl / "softmax.py").read_text() + SEPARATE_SOFTMAX)
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--layers", layers, "--steps", "3")
+    assert (code, out) == (2, "") and said in err and len(err.strip().splitlines()) == 1, err
+    assert "softmax in a class of its own" in err and "not supported" in err, err
+    assert "forward and backprop" in err, err
+
+
 def test_layer_state_puts_back_nested_and_self_holding_containers():
     """Each container and array once, however deep and however often reached; a list holding itself is fine."""
     from parity.check.layerstate import LayerState

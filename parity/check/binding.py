@@ -194,6 +194,13 @@ class Binder:
         self._needs_lr("dense")
         out = self._forward(value)
         out = self._output(out, (units,), "(nodes,)")
+        if last and _affine(value, weights, layout, arrays.get(bias_attr), out):
+            raise ImplError(
+                f"{self.impl.label}: {self.cls}.{self.methods.forward}, the last layer, returns its totals "
+                "(input . weights + biases), not probabilities: check drives the tutorial's interface, where the "
+                "classifier's forward returns the softmax and its backprop takes dL/dprobs. A softmax in a class of "
+                f"its own is not supported: move it into {self.cls}'s forward and backprop"
+            )
         params = [ParamBinding("weights", weights_attr, layout, weights.shape)]
         if bias_attr is not None:
             bias = arrays[bias_attr]
@@ -276,6 +283,13 @@ class Binder:
         x = value if value.ndim == len(shape) else value.reshape(shape)
         out = self._forward(x)
         out_shape = np.shape(out)
+        if out_shape == x.shape and x.size > 1 and _close(out, _softmax(np.asarray(x, dtype=np.float64))):
+            raise ImplError(
+                f"{self.impl.label}: {self.cls}.{self.methods.forward} returns the softmax of its input: a softmax "
+                "in a class of its own, which is not supported. In the tutorial's interface the classifier "
+                "(the last dense layer) returns the softmax from its forward and takes dL/dprobs in its backprop: "
+                "move the softmax into that layer's forward and backprop"
+            )
         if out_shape == x.shape:
             return BoundLayer(
                 self.call, self.cls, "relu", "relu", self.methods, description="ReLU: keeps the shape"
@@ -389,6 +403,22 @@ def argument_equal_to(call: LayerCall, value: int) -> int | str | None:
 def _softmax(values: np.ndarray) -> np.ndarray:
     shifted = np.exp(values - values.max())
     return shifted / shifted.sum()
+
+
+def _affine(x: np.ndarray, weights: np.ndarray, layout: str, biases: np.ndarray | None, out: np.ndarray) -> bool:
+    """Whether `out` is the dense totals of `x` (flattened HWC or CHW), no softmax after: what a classifier whose
+    softmax lives elsewhere returns."""
+    x = np.asarray(x, dtype=np.float64)
+    flats = [x.ravel()] + ([np.moveaxis(x, -1, 0).ravel()] if x.ndim == 3 else [])
+    matrix = weights if layout == "(in, out)" else weights.T
+    bias = 0.0 if biases is None else np.ravel(biases)
+    return any(_close(out, flat @ matrix + bias) for flat in flats)
+
+
+def _close(actual: object, expected: np.ndarray) -> bool:
+    """Equal to float32 precision: what a layer computes in its own way, in either precision, is recognised."""
+    actual = np.asarray(actual, dtype=np.float64)
+    return actual.shape == expected.shape and bool(np.allclose(actual, expected, rtol=1e-5, atol=1e-7))
 
 
 def _shape(shape: tuple[int, ...]) -> str:
