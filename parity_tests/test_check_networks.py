@@ -850,6 +850,21 @@ def test_state_kept_in_a_container_is_put_back_after_a_layer_runs_alone(capsys, 
     assert code == 1 and "Main run: DIVERGED at step 10, pool1 pool1.out from MaxPool2.forward" in out
 
 
+@pytest.mark.parametrize(
+    ("cached", "verdict"),
+    [("totals - np.max(totals)", "PARITY"), ("totals * 1.01", "DIVERGED at step 0, dense1 dense1.out")],
+    ids=["shifted by the max: not seen", "scaled: compared, and wrong"],
+)
+def test_logits_cached_less_their_max_are_not_compared_and_said_so(capsys, tmp_path, cached, verdict):
+    """The usual overflow fix to the tutorial caches shifted totals: the softmax and every gradient are unchanged, so
+    the code is right; only its logits cannot be seen. Totals changed in any other way are still compared."""
+    impl = copy_fixed(tmp_path / "impl", "softmax.py", "self.last_totals = totals", f"self.last_totals = {cached}")
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5", "--no-probes")
+    assert f"Main run: {verdict}" in out and code == (0 if verdict == "PARITY" else 1), out + err
+    unseen = "missing:   dense1.out (Softmax.last_totals holds the totals less a constant"
+    assert (unseen in out) == (verdict == "PARITY"), out
+
+
 SEPARATE_SOFTMAX = (
     "\n\nclass Probabilities:\n"
     "    def forward(self, totals):\n"

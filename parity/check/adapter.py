@@ -289,7 +289,9 @@ class ImplSide:
         tensors = {"probs": probs[np.newaxis], "loss": np.asarray(-np.log(probs[label]), dtype=np.float64)}
         logits = getattr(self.objects[index], layer.logits, None) if layer.logits else None
         name = self.spec.name_of(spec.name, "out")
-        if isinstance(logits, np.ndarray) and logits.shape == probs.shape:
+        if layer.logits_unseen:
+            self.missing[name] = layer.logits_unseen
+        elif isinstance(logits, np.ndarray) and logits.shape == probs.shape:
             tensors[name] = np.array(logits, dtype=np.float64)[np.newaxis]
         else:
             cached = f"no {layer.logits} of shape {probs.shape}" if layer.logits else "no logits the check could find"

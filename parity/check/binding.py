@@ -33,6 +33,7 @@ class BoundLayer:
     params: tuple[ParamBinding, ...] = ()
     image_input: bool = False  # takes the 2-D image (H, W), as the tutorial's first conv does, not (H, W, 1)
     logits: str | None = None  # the last layer: the attribute its forward caches the logits in
+    logits_unseen: str = ""  # the last layer: why no cached array is read as its logits, when one was found
     input_length_arg: int | str | None = None  # dense: the constructor argument that is its input length
     description: str = ""  # `5x5 conv, 16 filters on 8 channels: filters (16, 8, 5, 5) as (F, C, K, K)`
     found: tuple[Choice, ...] = ()  # members taken because they were the only ones that fit
@@ -194,7 +195,8 @@ class Binder:
         self._needs_lr("dense")
         out = self._forward(value)
         out = self._output(out, (units,), "(nodes,)")
-        if last and _affine(value, weights, layout, arrays.get(bias_attr), out):
+        totals = _totals(value, weights, layout, arrays.get(bias_attr))
+        if last and any(_close(out, candidate) for candidate in totals):
             raise ImplError(
                 f"{self.impl.label}: {self.cls}.{self.methods.forward}, the last layer, returns its totals "
                 "(input . weights + biases), not probabilities: check drives the tutorial's interface, where the "
@@ -206,11 +208,25 @@ class Binder:
             bias = arrays[bias_attr]
             params.append(ParamBinding("biases", bias_attr, bias_layout(bias.shape), bias.shape))
         logits = self._logits(out, bias_attr) if last else None
+        unseen = ""
+        if logits is not None and _shifted(arrays_of(self.obj)[logits], totals):
+            unseen = (
+                f"{self.cls}.{logits} holds the totals less a constant (as totals - max(totals)): the softmax and "
+                "every gradient are those of the logits, but the logits themselves are not seen"
+            )
         description = (
             f"{units} units on {inputs} inputs: {weights_attr} {_shape(weights.shape)} as {layout}"
             + (f", bias {bias_attr} {_shape(arrays[bias_attr].shape)}" if bias_attr else "")
             + ("; softmax in forward" if last else "")
-            + (f"; logits cached in {logits}" if logits else "; logits not cached" if last else "")
+            + (
+                f"; {logits} holds the totals shifted by a constant, not compared"
+                if unseen
+                else f"; logits cached in {logits}"
+                if logits
+                else "; logits not cached"
+                if last
+                else ""
+            )
         )
         return BoundLayer(
             self.call,
@@ -219,7 +235,8 @@ class Binder:
             f"dense{units}",
             self.methods,
             tuple(params),
-            logits=logits,
+            logits=None if unseen else logits,
+            logits_unseen=unseen,
             input_length_arg=argument_equal_to(self.call, inputs),
             description=description,
         ), out
@@ -405,14 +422,23 @@ def _softmax(values: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-def _affine(x: np.ndarray, weights: np.ndarray, layout: str, biases: np.ndarray | None, out: np.ndarray) -> bool:
-    """Whether `out` is the dense totals of `x` (flattened HWC or CHW), no softmax after: what a classifier whose
-    softmax lives elsewhere returns."""
+def _totals(x: np.ndarray, weights: np.ndarray, layout: str, biases: np.ndarray | None) -> list[np.ndarray]:
+    """The dense layer's totals `x . weights + biases`, for `x` flattened HWC and (an image) CHW: what its forward
+    returns before any softmax."""
     x = np.asarray(x, dtype=np.float64)
     flats = [x.ravel()] + ([np.moveaxis(x, -1, 0).ravel()] if x.ndim == 3 else [])
     matrix = weights if layout == "(in, out)" else weights.T
     bias = 0.0 if biases is None else np.ravel(biases)
-    return any(_close(out, flat @ matrix + bias) for flat in flats)
+    return [flat @ matrix + bias for flat in flats]
+
+
+def _shifted(cached: np.ndarray, totals: list[np.ndarray]) -> bool:
+    """Whether `cached` is the totals less a constant (their max, to keep exp from overflowing), not the totals: the
+    same softmax, but no logits to compare."""
+    cached = np.asarray(cached, dtype=np.float64)
+    return not any(_close(cached, t) for t in totals) and any(
+        t.shape == cached.shape and _close(cached - cached.max(), t - t.max()) for t in totals
+    )
 
 
 def _close(actual: object, expected: np.ndarray) -> bool:
