@@ -113,6 +113,10 @@ def test_downcast_and_non_finite(step):
     out = step["conv1.out"]
     assert patterns.downcast(out.astype(np.float32).astype(np.float64), out, np.float64) is not None
     assert patterns.downcast(out + 1e-3, out, np.float64) is None  # far beyond float32 rounding
+    # 70 float32 eps off, in values no float32 holds: an extra term (weight decay), not float32 rounding
+    extra = out + 70 * float(np.finfo(np.float32).eps) * np.abs(out).max() * np.sign(out)
+    assert patterns.downcast(extra, out, np.float64) is None
+    assert patterns.downcast(extra.astype(np.float32).astype(np.float64), out, np.float64) is not None  # stored
     overflowed = out.copy()
     overflowed[0, 0, 0, 0] = np.inf
     assert patterns.non_finite(overflowed, out)["side"] == "scratch"
@@ -162,6 +166,16 @@ def test_a_routing_error_on_a_constant_image_is_not_called_a_tie_policy():
     expected = _pool_routes(pool_input, d_out, first_only)
     shifted = np.roll(expected, 2, axis=2)  # into the window to the right
     assert classify_routing(2, pool_input, shifted, expected, TOLERANCE)[0] == "routing"
+
+
+def test_gradients_routed_to_the_right_elements_but_rounded_are_no_routing_error(step):
+    """A pool backward that writes into a float32 array sends every gradient where PyTorch does: the amounts are
+    off, not the routing, so the pool detectors leave it and the downcast detector names it."""
+    pool_input, expected = step["conv1.out"], step["pool1.d_in"]
+    rounded = expected.astype(np.float32).astype(np.float64)
+    assert classify_routing(2, pool_input, rounded, expected, TOLERANCE) is None
+    assert classify_routing(2, pool_input, expected * 1.01, expected, TOLERANCE) is None  # a factor's detector's
+    assert patterns.downcast(rounded, expected, np.float64) is not None
 
 
 # --- whole runs: two bugs, two layers, both reported -------------------------------------------------------------

@@ -149,7 +149,8 @@ def classify_routing(
     gradient_tolerance: Tolerance,
 ) -> tuple[str, dict[str, object]] | None:
     """What a pool's wrong input gradient is: (`dropped` | `tie_policy` | `routing`, evidence), or None when the
-    windows do not tell (an amount off everywhere is left to the other detectors).
+    windows do not tell (gradients on exactly the elements the reference routes to, each rounded or scaled alike, are
+    left to the other detectors: float32 rounding, a factor).
 
     - `dropped`: every wrong window got no gradient at all;
     - `tie_policy`: every wrong window is tied, and each of its routed elements is one of its maxima holding the
@@ -168,9 +169,14 @@ def classify_routing(
     evidence["wrong_windows"] = int(wrong.sum())
     if not ours.any():
         return "dropped", evidence
-    inputs = windows(reference_pool_input, size)[wrong]
-    amount = windows(reference_d_pool_input, size)[wrong].sum(axis=-1, keepdims=True)  # the window's gradient
+    theirs = windows(reference_d_pool_input, size)[wrong]
     routed = ours != 0
+    if np.array_equal(routed, theirs != 0):
+        ratios = ours[routed] / theirs[routed]
+        if np.allclose(ratios, ratios[0], rtol=1e-3):  # the right elements, every amount rounded or scaled alike
+            return None
+    inputs = windows(reference_pool_input, size)[wrong]
+    amount = theirs.sum(axis=-1, keepdims=True)  # the window's gradient
     maxima = inputs == inputs.max(axis=-1, keepdims=True)
     untied = int(np.count_nonzero(~tied_windows[wrong]))
     whole = ~routed | ~beyond_tolerance(ours, np.broadcast_to(amount, ours.shape), gradient_tolerance)
