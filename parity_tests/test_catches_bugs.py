@@ -87,8 +87,9 @@ def test_wrong_filter_gradient_is_caught_at_d_filters(tutorial_data, monkeypatch
 
 
 def test_a_divergence_at_a_layer_right_on_its_own_points_to_the_layer_that_is_not(tutorial_data, monkeypatch):
-    """A near-tie flip at step 0 fails pool1.d_in first, and the wrong filter gradient keeps it from being proven a
-    flip: the pool is right on its own, and the diagnosis names conv1, wrong on its own at that step."""
+    """A near-tie flip at step 0 fails pool1.d_in first in the spec's order, and the wrong filter gradient keeps it
+    from being proven a flip: the pool is right on its own, so the divergence is conv1's, wrong on its own at that
+    step, with its own diagnosis."""
     train, _ = tutorial_data
     correct = Conv.backward
 
@@ -103,9 +104,11 @@ def test_a_divergence_at_a_layer_right_on_its_own_points_to_the_layer_that_is_no
     monkeypatch.setattr(Conv, "forward", near_tie_in_a_blank_window(net, train.images[0], reference_out))
     monkeypatch.setattr(Conv, "backward", filter_gradient_off)
     record = short_run(tutorial_data)
-    assert first_divergence(record) == (0, "pool1.d_in", "pool1")
+    failed = [c.name for c in record.steps[0].comparisons if not c.ok]
+    assert failed[:2] == ["pool1.d_in", "conv1.d_filters"]
+    assert first_divergence(record) == (0, "conv1.d_filters", "conv1")
     diagnosis = record.first_divergence.diagnosis
-    assert (diagnosis.kind, diagnosis.evidence) == ("unexplained", {"locally": "passed", "failed_alone": ["conv1"]})
+    assert (diagnosis.kind, diagnosis.layer, diagnosis.evidence["factor"]) == ("scale", "conv1", pytest.approx(1.01))
     assert [layer.passed for layer in record.layers.values()] == [False, True, True]
 
 

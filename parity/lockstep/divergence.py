@@ -31,8 +31,11 @@ def first_divergence(
     spec: NetworkSpec, dtype: np.dtype, lr: float, step: StepRecord, previous: float, evidence: Evidence
 ) -> Divergence:
     """The first tensor of `step` out of tolerance, and why; `previous` is the share of tolerance the step before
-    used."""
-    failure = next(c for c in step.comparisons if not c.ok)
+    used. The first of a layer wrong on its own, where one is: a layer right on its own may fail earlier in the
+    spec's order only through it (a near-tie flip it caused), and the divergence names where to start."""
+    failures = [c for c in step.comparisons if not c.ok]
+    wrong_alone = {name for name, local in evidence.local.items() if not local.passed}
+    failure = next((c for c in failures if spec.judged_at(c.name) in wrong_alone), failures[0])
     info = spec.tensor(failure.name)
     layer = spec.judged_at(failure.name)
     tied = step.tied_windows
