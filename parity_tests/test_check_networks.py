@@ -970,3 +970,11 @@ def test_an_exit_from_another_thread_during_the_users_code_still_ends_the_proces
         "raise SystemExit(0)\n"
     )
     assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 7
+
+
+def test_code_with_no_classes_is_told_what_check_drives(capsys, tmp_path):
+    """Layers written as closures: no class to construct, so no options to list; the message says what is needed."""
+    (tmp_path / "net.py").write_text("def make_conv(num_filters):\n    return (lambda image: image), None\n")
+    code, out, err = cli(capsys, "check", "--impl", str(tmp_path), "--steps", "3")
+    assert (code, out) == (2, "") and "classes with forward and backprop" in err and "none is there" in err, err
+    assert "listed below" not in err

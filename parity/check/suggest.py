@@ -86,6 +86,8 @@ def _render(label, problems, catalogue, proposal, fitted, failure, command, mapp
         head += "; rerun with the options at the end (tried here: they fit)"
     elif changed:
         head += "; the options at the end fix part of it (see the last line)"
+    elif catalogue is None or not catalogue.classes:
+        head += "; check drives layer objects (classes with forward and backprop, as the tutorial's): none is there"
     else:
         head += "; pass --layers and --map from the classes found (listed below)"
     lines = [head]
