@@ -379,7 +379,7 @@ def test_a_probe_the_code_raises_in_is_named_as_its_error(capsys, tmp_path):
     explanation = "fails on odd sizes: MaxPool2.forward (pool1) raised ValueError: odd input (25, 25, 8) at step 0"
     assert f"  - odd-size: {explanation}\n" in out
     assert "| odd-size     |" in out and "| CRASHED  |" in out
-    assert "RAISED in odd-size; first: MaxPool2.forward (pool1) at step 0 of the odd-size probe (exit 1)" in out
+    assert "CRASHED in odd-size; first: MaxPool2.forward (pool1) at step 0 of the odd-size probe (exit 1)" in out
     assert "agreed" not in out.split("Edge probes:")[1] and "parity held" not in out
 
 
@@ -557,7 +557,7 @@ def test_a_layer_that_exits_or_raises_a_base_exception_is_named_as_a_crash(capsy
     code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "5", "--no-probes")
     assert (code, err) == (1, "")
     assert f"MaxPool2.backprop (pool1) {said} at step " in out
-    assert "RAISED in main run; first: MaxPool2.backprop (pool1)" in out
+    assert "CRASHED in main run; first: MaxPool2.backprop (pool1)" in out
 
 
 @pytest.mark.parametrize(

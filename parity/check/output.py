@@ -152,7 +152,7 @@ def verdict_line(result: CheckResult) -> str:
     names = ", ".join("main run" if run.name == "main" else run.name for run in failing)
     run = "main run" if first.name == "main" else f"{first.name} probe"
     if first.record.first_divergence is None and first.wrong_alone is None:  # the code raised or hung
-        what = "HUNG" if first.crash.timed_out else "RAISED"
+        what = "HUNG" if first.crash.timed_out else "CRASHED"
         where = f"{first.crash.where} ({first.layer})"
         return f"{what} in {names}; first: {where} at step {first.failure_step} of the {run} (exit 1)"
     where = f"{first.layer} {first.tensor or ''}".strip()
