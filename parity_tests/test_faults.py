@@ -485,9 +485,23 @@ def test_an_unknown_option_before_the_command_is_named(capsys, argv):
     assert line.startswith("cnn-parity: error:")
 
 
-@pytest.mark.parametrize("option", ["-h", "--help", "--he"])
+@pytest.mark.parametrize(
+    ("argv", "typo"),
+    [
+        (["report", "--strid", "1"], "--strid"),
+        (["check", "--impl", FIXED, "--step", "3"], "--step"),
+        (["selftest", "--step", "3"], "--step"),
+        (["--he"], "--he"),
+    ],
+)
+def test_an_abbreviated_option_is_refused_not_taken_for_the_option_it_begins(capsys, argv, typo):
+    """argparse would run `--strid 1` as `--stride 1`: a typo must never quietly become another option."""
+    code, out, err = cli(capsys, *argv)
+    assert code == 2 and out == "" and f"unrecognized arguments: {typo}" in err, err
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
 def test_help_before_any_command_prints_the_commands(capsys, option):
-    """`--he` too: argparse takes an unambiguous abbreviation of --help for it."""
     code, out, err = cli(capsys, option)
     assert code == 0 and err == "" and out.startswith("usage: cnn-parity ") and "selftest" in out
 

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m scratch.train",
         description="Train the tutorial's CNN (NumPy, from scratch) on real MNIST digits and test it.",
+        allow_abbrev=False,  # a typo that is a prefix of an option would otherwise run as it
     )
     parser.add_argument("--epochs", type=positive_int, default=3, help="passes over the training set (3)")
     parser.add_argument("--train-size", type=positive_int, default=1000, help="training digits (1000)")

@@ -27,10 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered; with `command`, only its options are (only its
     module is imported: a command starts sooner without the others')."""
-    parser = argparse.ArgumentParser(prog="cnn-parity", description=__doc__)
+    # No abbreviations: a typo that happens to be a prefix (`--strid`) would otherwise run as another option.
+    parser = argparse.ArgumentParser(prog="cnn-parity", description=__doc__, allow_abbrev=False)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if command is not None and name != command:
             continue
         module = importlib.import_module(module_name)
@@ -41,8 +42,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _asks_for_help(option: str) -> bool:
-    """`-h`, `--help`, or an abbreviation of it that argparse takes for it (`--he`)."""
-    return option == "-h" or (len(option) > 2 and "--help".startswith(option))
+    """`-h` or `--help`."""
+    return option in ("-h", "--help")
 
 
 def main(argv: list[str] | None = None) -> int:
