@@ -55,9 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from reports.writer import check_destination
 
         try:
-            check_destination(out)  # fail before the suite runs, not after
+            check_destination(out, option="--parity-report")  # fail before the suite runs, not after
         except OSError as error:
-            raise pytest.UsageError(f"--parity-report: {error}") from None
+            named = str(error) if "--parity-report" in str(error) else f"--parity-report: {error}"
+            raise pytest.UsageError(named) from None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -68,15 +69,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from reports.suite import write_suite_report
 
-    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
     try:
         path = write_suite_report(out, _EXPERIMENTS)
     except (OSError, ValueError) as error:  # DataError is a ValueError
-        if terminal is not None:
-            terminal.ensure_newline()
-            terminal.write_line(f"--parity-report: error: {error}", red=True)
+        _REPORT_LINES.append((f"--parity-report: error: {error}", True))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         return
-    if terminal is not None:
-        terminal.ensure_newline()
-        terminal.write_line(f"parity report written: {path}")
+    _REPORT_LINES.append((f"parity report written: {path}", False))
+
+
+# What the report writing said, shown with the summary: pytest's terminal is mid-line (the progress) when the
+# session finishes, and plugins' lines belong to the summary.
+_REPORT_LINES: list[tuple[str, bool]] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for line, failed in _REPORT_LINES:
+        terminalreporter.write_line(line, red=failed)

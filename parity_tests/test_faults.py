@@ -377,6 +377,22 @@ def test_the_working_directory_as_out_is_refused_however_written(capsys, tmp_pat
 
 
 @pytest.mark.parametrize("command", ["report", "check"])
+def test_an_empty_out_is_called_empty(capsys, monkeypatch, command):
+    """Not taken for the working directory (`Path("")` is "."), nor for no report at all; nothing runs."""
+    argv, _, runner = OUTPUT_COMMANDS[command]
+    monkeypatch.setattr(runner, lambda *args, **kwargs: pytest.fail("the run started before --out was checked"))
+    assert_refused(cli(capsys, *argv, ""), "--out: empty; pass a new directory")
+
+
+def test_the_suites_report_option_is_named_in_its_refusals():
+    """`pytest --parity-report .` is refused under its own name, not as an --out pytest does not have."""
+    from reports.writer import check_destination
+
+    with pytest.raises(OSError, match=r"^--parity-report \.: the working directory"):
+        check_destination(".", option="--parity-report")
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
 def test_a_symlink_loop_as_out_is_one_line(capsys, tmp_path, command):
     argv, _, _ = OUTPUT_COMMANDS[command]
     loop = tmp_path / "loop"

@@ -318,4 +318,6 @@ def test_a_record_of_fewer_training_digits_keeps_its_size_and_compares(capsys, t
     assert (code, err) == (0, "")
     assert read_golden(path)["config"].n_train == 300
     code, out, _ = cli(capsys, "compare-golden", str(path))
-    assert code == 0 and "MATCHES the golden record over 20 steps" in out
+    assert code == 0 and "MATCHES the golden record over 20 steps (exit 0)" in out
+    code, out, _ = cli(capsys, "compare-golden", str(path), "--steps", "10")  # fewer, asked for: said so
+    assert code == 0 and "MATCHES the golden record over its first 10 of 20 steps (--steps) (exit 0)" in out

@@ -619,7 +619,14 @@ def test_jobs_must_be_a_positive_integer(report_cli, capsys):
 
 def test_markdown_help_is_usage_not_a_missing_file(capsys):
     assert markdown.main(["--help"]) == 0 and capsys.readouterr().out.startswith(markdown.USAGE)
-    assert markdown.main(["--bogus"]) == 2 and capsys.readouterr().err == markdown.USAGE + "\n"
+    for argv, problem in [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["report.json", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "expected one REPORT_JSON, got none"),
+        (["a", "b"], "expected one REPORT_JSON, got 2"),
+    ]:
+        assert markdown.main(argv) == 2
+        assert capsys.readouterr().err == f"{markdown.USAGE}\nreports.markdown: error: {problem}\n"
 
 
 def _state(pid: int) -> tuple[str, int] | None:

@@ -209,6 +209,8 @@ def check_options(args: argparse.Namespace) -> Options:
             what = "does not exist" if not data_dir.exists() else "is not a directory"
             raise _usage(f"--data-dir {args.data_dir} {what}; pass the folder holding the MNIST IDX files")
     arch = check_arch(args.arch, MNIST_SHAPE if data_dir is None else None)
+    if not str(args.out).strip():  # Path("") is ".", which would be refused as the working directory
+        raise _usage("--out: empty; pass a new directory for the report")
     return Options(
         out=Path(args.out),
         arch=arch if isinstance(arch, str) else arch.text,

@@ -228,8 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             "usage: python -m reports.markdown REPORT_JSON\n\nPrint the report.md that a saved report.json renders to."
         )
         return 0
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
+    options = [arg for arg in argv if arg.startswith("-")]
+    if options or len(argv) != 1:
+        problem = (
+            f"unrecognized arguments: {' '.join(options)}"
+            if options
+            else f"expected one REPORT_JSON, got {len(argv) or 'none'}"
+        )
+        print(f"{USAGE}\nreports.markdown: error: {problem}", file=sys.stderr)
         return 2
     try:
         sys.stdout.write(render_file(argv[0]))

@@ -20,16 +20,17 @@ if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment impor
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 
 
-def check_destination(out_dir: Path) -> None:
-    """Refuse (OSError, one clear message) a destination that is not new, empty, or a previous report, or that
-    cannot be created there (under a file, read-only, not permitted, full): before any work, not after."""
+def check_destination(out_dir: Path, option: str = "--out") -> None:
+    """Refuse (OSError, one clear message naming `option`, the command line's name for it) a destination that is not
+    new, empty, or a previous report, or that cannot be created there (under a file, read-only, not permitted,
+    full): before any work, not after."""
     if not str(out_dir).strip():
-        raise atomic.OutputError("--out: empty; pass a new directory for the report")
+        raise atomic.OutputError(f"{option}: empty; pass a new directory for the report")
     out_dir = Path(out_dir)
     if _holds_working_directory(out_dir):
         raise atomic.OutputError(
-            f"--out {out_dir}: the working directory or one above it, and a report replaces its directory whole; "
-            f"pass a new directory, such as {out_dir / 'report'}"
+            f"{option} {out_dir}: the working directory or one above it; a report replaces its whole directory, so "
+            f"pass a new one, such as {out_dir / 'report'}"
         )
     try:
         not_a_directory = out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir())

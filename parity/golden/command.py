@@ -164,6 +164,11 @@ def run_compare_golden(args: argparse.Namespace) -> int:
     return EXIT_PARITY if result.passed else EXIT_DIVERGENCE
 
 
+def _steps_matched(run: int, recorded: int) -> str:
+    """`3000 steps`, or `its first 10 of 250 steps` when `--steps` asked for fewer than the record holds."""
+    return f"{run} steps" if run == recorded else f"its first {run} of {recorded} steps (--steps)"
+
+
 def render_comparison(path: str, document: dict, result: GoldenComparison, seconds: float) -> str:
     """The terminal summary of a golden comparison."""
     config: GoldenConfig = document["config"]
@@ -195,7 +200,8 @@ def render_comparison(path: str, document: dict, result: GoldenComparison, secon
             f"(max |error| {result.max_sample_error:.3g}; worst {100 * result.worst_share:.2g}% of the allowance)",
             _digest_line(result),
             "",
-            f"MATCHES the golden record over {result.steps_run} steps (exit 0) [{seconds:.1f} s]",
+            f"MATCHES the golden record over {_steps_matched(result.steps_run, config.steps)} (exit 0) "
+            f"[{seconds:.1f} s]",
         ]
     else:
         departure = result.departure
