@@ -294,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
 
     from parity.cli.errors import mark_written
     from parity.lockstep.parallel import run_experiments
+    from parity.threads import one_blas_thread
     from reports.jsondoc import run_facts
     from reports.plots import PLOTS
     from reports.plots import render as render_plot
@@ -308,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
     # Small ops (a tutorial step is one image): more threads mostly add sync cost, and a fixed count keeps the
     # reference's reductions in one order from run to run.
     torch.set_num_threads(1)
+    blas = one_blas_thread()  # and NumPy's: see parity.threads
     # What the imports and the data made lives as long as the command: frozen, no collection looks at it again (a
     # full one over it took ~0.1 s, after each run's result arrived and in each run made in this process).
     gc.freeze()
@@ -342,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         gc.unfreeze()  # in-process callers (tests) get their collector and setting back
         torch.set_num_threads(threads)
+        blas.restore_original_limits()
     print(summary_table(document, tablefmt="simple"))
     print(f"\nEach layer on its own (fed the reference's inputs):\n{layers_table(document, tablefmt='simple')}")
     print(f"\n{verdict_line(document)}.")

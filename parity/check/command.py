@@ -170,8 +170,10 @@ def run_check(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # Before the user's files are imported: one that imports torch would otherwise do so under the import time
     # limit, and an import interrupted inside torch's C++ can abort the process.
-    torch = import_torch("check")
-    torch.set_num_threads(1)  # batch-size-1 ops: more threads only add synchronisation cost
+    import_torch("check")
+    from parity.threads import one_thread_each_from_now
+
+    one_thread_each_from_now()  # torch's and NumPy's BLAS: see parity.threads
     arch = _architecture(args, mapping, calls, image_shape)
     if arch is None:
         return EXIT_DIVERGENCE  # a layer method hung while the architecture was read (said on stdout)

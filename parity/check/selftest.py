@@ -202,8 +202,10 @@ def run_selftest(args: argparse.Namespace) -> int:
 
     from scratch.data import load_experiment_data
 
-    torch = import_torch("selftest")
-    torch.set_num_threads(1)  # batch-size-1 ops: more threads only add synchronisation cost
+    import_torch("selftest")
+    from parity.threads import one_thread_each_from_now
+
+    one_thread_each_from_now()  # torch's and NumPy's BLAS: see parity.threads
     train, _ = load_experiment_data(args.data_dir)
     started = time.perf_counter()
     try:

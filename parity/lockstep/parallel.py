@@ -125,9 +125,9 @@ def _start_worker(progress, caller: int) -> None:
     global _progress
     _progress = progress
     threading.Thread(target=_exit_with, args=(caller,), name="exit with the caller", daemon=True).start()
-    import torch
+    from parity.threads import one_thread_each_from_now
 
-    torch.set_num_threads(1)  # as the serial run: one thread keeps the reference's reductions in one order
+    one_thread_each_from_now()  # as the serial run (torch's and NumPy's BLAS): see parity.threads
 
 
 def _exit_with(caller: int) -> None:

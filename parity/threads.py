@@ -1,0 +1,21 @@
+"""One thread each for PyTorch and NumPy's BLAS while the two sides run: the lockstep's steps are small, so more
+threads mostly add synchronisation (and, in worker processes side by side, oversubscribe the cores: a deep spec at
+batch 32 ran ten times slower with two jobs of two BLAS threads on two cores), and a fixed count keeps each
+library's reductions in one order from run to run and machine to machine (float32 results moved with NumPy's)."""
+
+from __future__ import annotations
+
+from threadpoolctl import threadpool_limits
+
+
+def one_blas_thread() -> threadpool_limits:
+    """NumPy's BLAS limited to one thread until the result's `restore_original_limits()`."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def one_thread_each_from_now() -> None:
+    """Torch and NumPy's BLAS on one thread each for the rest of the process (a worker's, a command's)."""
+    import torch
+
+    torch.set_num_threads(1)
+    one_blas_thread()
