@@ -310,3 +310,20 @@ def test_a_batch_computed_from_its_first_sample_only_is_named_with_the_samples_t
     diagnosis = record.first_divergence.diagnosis
     assert (diagnosis.kind, diagnosis.evidence) == ("partial", {"right_samples": [0], "batch": 4})
     assert record.layers["dense1"].diagnosis.kind == "partial"  # on its own too, fed the reference's batch
+
+
+@pytest.mark.parametrize("batch", [1, 64, 500])
+def test_a_sign_flipped_input_gradient_is_caught_in_float32_at_any_batch_size(tutorial_data, monkeypatch, batch):
+    """A mean loss makes every per-sample gradient 1/batch of its own: under a fixed atol of 1e-5, float32's, the
+    whole of `conv1.d_in` fitted inside the allowance at batch 500 and its sign could be anything. Per-sample
+    gradients are judged under atol / batch (`Tolerance.per_sample_of`)."""
+    train, _ = tutorial_data
+    correct = Conv.backward
+    monkeypatch.setattr(Conv, "backward", lambda self, d_L_d_out: -correct(self, d_L_d_out))
+    net = scratch.tutorial_network(0, np.float32)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    lockstep = Lockstep(ScratchSide(net), runner, net.spec, np.float32)
+    lockstep.step(train.images[:batch], train.labels[:batch])
+    record = lockstep.finish()
+    assert first_divergence(record) == (0, "conv1.d_in", "conv1")
+    assert record.first_divergence.comparison.tolerance.atol == pytest.approx(1e-5 / batch)

@@ -93,6 +93,27 @@ def test_property_batched_equals_one_by_one(seed, dtype, picks):
         assert repr(batch.tolerance_used) == repr([c.tolerance_used for c in single])
 
 
+@PROPERTY_SETTINGS
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(["float64", "float32"]),
+    samples=st.lists(st.sampled_from([1, 7, 64, 500]), min_size=1, max_size=8),
+)
+def test_property_per_tensor_tolerances_batched_equal_one_by_one(seed, dtype, samples):
+    """A batch whose tensors have atols of their own (per-sample gradients at several batch sizes) gives, tensor for
+    tensor, what `compare` gives under that tensor's tolerance."""
+    rng = np.random.default_rng(seed)
+    picks = [(SHAPES[i % len(SHAPES)], ERROR_SHARES[i % len(ERROR_SHARES)], False, None) for i in range(len(samples))]
+    names, scratch, reference = named_pairs(rng, dtype, picks)
+    tolerances = {name: tolerance_for(dtype).per_sample_of(n) for name, n in zip(names, samples, strict=True)}
+    single = [compare(n, scratch[n], reference[n], dtype, tolerances[n], detail=False) for n in names]
+    batch = compare_batch(names, scratch, reference, dtype, tolerances)
+    assert_same(batch.comparisons(), single)
+    assert batch.agreed == all(c.passed for c in single)
+    if batch.agreed:
+        assert repr(batch.tolerance_used) == repr([c.tolerance_used for c in single])
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_a_batch_within_tolerance_agrees_with_the_figures_of_its_comparisons(dtype, transposed):

@@ -260,7 +260,7 @@ def test_a_layer_is_left_unjudged_only_where_nothing_can_be_compared(fed_non_fin
         ours.flat[position], theirs.flat[position] = scratch_value, reference_value
     failed = [compare("conv1.out", ours, theirs, np.float64, detail=False)]
     assert not failed[0].passed
-    decided = local.unjudgeable(feed, failed, {"conv1.out": ours}, {"conv1.out": theirs}, np.dtype(np.float64))
+    decided = local.unjudgeable(feed, failed, {"conv1.out": ours}, {"conv1.out": theirs})
     assert decided is unjudgeable
 
 
@@ -315,7 +315,7 @@ def test_a_shape_mismatch_is_judged_even_where_the_layer_was_fed_an_overflow():
     ours, theirs = np.full((1, 26, 26, 7), np.nan), np.full((1, 26, 26, 8), np.nan)
     failed = [compare("conv1.out", ours, theirs, np.float64, detail=False)]
     assert failed[0].problem
-    assert not local.unjudgeable(feed, failed, {"conv1.out": ours}, {"conv1.out": theirs}, np.dtype(np.float64))
+    assert not local.unjudgeable(feed, failed, {"conv1.out": ours}, {"conv1.out": theirs})
 
 
 def test_the_same_two_bugs_in_tutorial_interface_code_are_both_reported_by_check(tutorial_data):

@@ -81,6 +81,7 @@ def render(document: dict[str, object]) -> str:
             ],
             ".0e",
         ),
+        *_per_sample_note(document["runs"]),
         "## Environment",
         _environment_table(document["environment"]),
     ]
@@ -206,6 +207,19 @@ def _run_description(run: dict[str, object]) -> str:
         f"{SOFTMAX_TEXT.get(run['softmax'], run['softmax'])}; {mode}; {stride}. "
         f"{config['epochs']} epoch(s), lr {config['lr']}, seed {config['seed']}, {config['impl']} layers."
     )
+
+
+def _per_sample_note(runs: list[dict]) -> list[str]:
+    """For runs on batches: the atol their per-sample gradients are judged under (`Tolerance.per_sample_of`)."""
+    batches = sorted({run["batch_size"] for run in runs if run["batch_size"] > 1})
+    if not batches:
+        return []
+    sizes = ", ".join(map(str, batches))
+    return [
+        f"On batches of N images (here N = {sizes}) the loss is their mean, so each per-sample gradient (the `d_in` "
+        "and `d_out` tensors) is 1/N of the sample's own, and so is its rounding: those tensors are judged under "
+        "atol / N, the rtol unchanged."
+    ]
 
 
 def _environment_table(environment: dict[str, object]) -> str:

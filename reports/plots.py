@@ -250,7 +250,8 @@ def error_plot(result: ExperimentResult, path: Path | BinaryIO) -> None:
     panels[-1].set_xlim(-0.01 * n_steps, max(n_steps - 1, 1))
     figure.suptitle(
         f"Largest |scratch - reference| per tensor: {result.config.name} ({result.record.spec.text})\n"
-        f"tolerance per element: {tolerance_for(result.config.dtype).describe()}",
+        f"tolerance per element: {tolerance_for(result.config.dtype).describe()}"
+        + (f"; per-sample gradients (d_in, d_out): atol / {batch}" if (batch := result.config.batch_size) > 1 else ""),
         fontsize=11,
     )
     figure.tight_layout()

@@ -17,7 +17,7 @@ from parity.diagnosis import patterns
 from parity.diagnosis.pool import classify_routing
 from parity.diagnosis.record import Diagnosis, factor_text
 from parity.engine.compare import TensorComparison
-from parity.engine.tolerances import tolerance_for
+from parity.engine.tolerances import Tolerance
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import LayerSpec, NetworkSpec, TensorInfo
 
@@ -95,8 +95,9 @@ def diagnose_tensor(
 
 
 def _detect(info: TensorInfo, ours, theirs, scratch, comparison, context) -> tuple[str, dict] | None:
-    """(kind, evidence) of the first pattern that explains the difference, tried from the most specific."""
-    tolerance = tolerance_for(context.dtype)
+    """(kind, evidence) of the first pattern that explains the difference, tried from the most specific, under the
+    tolerance the tensor was judged by."""
+    tolerance = comparison.tolerance
     if comparison.problem:
         if ours.size == theirs.size and ours.ndim == 2 and ours.shape == theirs.T.shape:
             if patterns.matches(ours, theirs.T, tolerance):
@@ -113,15 +114,14 @@ def _detect(info: TensorInfo, ours, theirs, scratch, comparison, context) -> tup
     if info.kind == "pool" and info.role == "d_in" and feed is not None:
         if (routing := classify_routing(layer.kernel, feed.inputs, ours, theirs, tolerance)) is not None:
             return routing
-    for kind, detector in _detectors(info, layer, context, scratch):
+    for kind, detector in _detectors(info, layer, context, scratch, tolerance):
         if (evidence := detector(ours, theirs)) is not None:
             return kind, evidence
     return None
 
 
-def _detectors(info: TensorInfo, layer: LayerSpec | None, context: Context, scratch):
+def _detectors(info: TensorInfo, layer: LayerSpec | None, context: Context, scratch, tolerance: Tolerance):
     """(kind, detector over (scratch, reference)) in the order tried, for this tensor's kind and role."""
-    tolerance = tolerance_for(context.dtype)
     if info.role in ACTIVATION_ROLES:  # tensors with the batch first: (N, H, W, C) or (N, units)
         yield "partial", lambda s, r: patterns.border(s, r, tolerance)
         yield "partial", lambda s, r: patterns.some_samples(s, r, tolerance)

@@ -42,7 +42,7 @@ def explain_flips(
     every pool add up (the backward of the layers before a pool is linear in its input gradient). Any routing
     difference that is not a proven flip leaves the step's failures as they are."""
     by_name = {c.name: i for i, c in enumerate(step.comparisons)}
-    tolerance = tolerance_for(dtype)
+    forward_tolerance = tolerance_for(dtype)  # of the pools' inputs, activations
     expected = dict(reference_tensors)  # the reference's tensors, with the consequences of every flip proven so far
     changed: set[str] = set()
     flips = {}
@@ -57,9 +57,10 @@ def explain_flips(
         if inputs not in scratch_tensors or inputs not in reference_tensors:
             return  # the proof needs both sides' pool input; without it nothing is excused
         ours, theirs = scratch_tensors[name], expected[name]
+        tolerance = step.comparisons[by_name[name]].tolerance  # the pool's input gradient's own (per sample)
         elsewhere = routed_elsewhere(pool.kernel, ours, theirs)
         count = near_tie_flips(
-            pool.kernel, scratch_tensors[inputs], reference_tensors[inputs], ours, theirs, tolerance, tolerance,
+            pool.kernel, scratch_tensors[inputs], reference_tensors[inputs], ours, theirs, forward_tolerance, tolerance,
             rerouted=elsewhere, tie_policy=tie_policy,
         )  # fmt: skip
         if count < 0:
@@ -79,7 +80,8 @@ def explain_flips(
     for name in failing:  # a failure the flips do not account for is left unexplained, so the step fails
         if name not in scratch_tensors:
             return
-        if not compare(name, scratch_tensors[name], expected[name], dtype, detail=False).passed:  # pass/fail alone
+        tolerance = step.comparisons[by_name[name]].tolerance
+        if not compare(name, scratch_tensors[name], expected[name], dtype, tolerance, detail=False).passed:
             return
     where = ", ".join(f"{count} in {pool}" for pool, count in flips.items())
     reason = f"near-tie flip(s) of pool window(s) ({where}): rounding reordered two maxima within forward tolerance"

@@ -20,7 +20,7 @@ def compare_many(
     scratch: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
     dtype: object,
-    tolerance: Tolerance | None = None,
+    tolerance: Tolerance | Mapping[str, Tolerance] | None = None,
     workspace: Workspace | None = None,
 ) -> list[TensorComparison]:
     """`compare(name, scratch[name], reference[name], dtype, detail=False)` for every name, in one batch.
@@ -35,7 +35,7 @@ def compare_batch(
     scratch: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
     dtype: object,
-    tolerance: Tolerance | None = None,
+    tolerance: Tolerance | Mapping[str, Tolerance] | None = None,
     workspace: Workspace | None = None,
 ) -> BatchComparison:
     """Compare every named tensor in one batch: the verdict numbers at once, each `TensorComparison` on demand.
@@ -43,12 +43,15 @@ def compare_batch(
     The lockstep's hot path: each tensor's difference is written into `workspace`'s reusable arrays, end to end,
     and the rest of the work runs once over all of them: two NumPy calls per tensor and a handful per batch,
     instead of a dozen per tensor. Tensors with a structural problem, no elements or a non-finite value are left
-    to the one-by-one path.
+    to the one-by-one path. `tolerance`: one for every tensor, or one per name (default: the dtype's).
     """
     dtype = np.dtype(dtype)
-    tolerance = tolerance or tolerance_for(dtype)
     pairs = [(name, np.asarray(scratch[name]), np.asarray(reference[name])) for name in names]
-    return BatchComparison(pairs, dtype, tolerance, workspace or Workspace())
+    if isinstance(tolerance, Mapping):
+        tolerances = [tolerance[name] for name in names]
+    else:
+        tolerances = [tolerance or tolerance_for(dtype)] * len(names)
+    return BatchComparison(pairs, dtype, tolerances, workspace or Workspace())
 
 
 class BatchComparison:
@@ -62,9 +65,14 @@ class BatchComparison:
     """
 
     def __init__(
-        self, pairs: list[tuple[str, np.ndarray, np.ndarray]], dtype: np.dtype, tolerance: Tolerance, workspace
+        self,
+        pairs: list[tuple[str, np.ndarray, np.ndarray]],
+        dtype: np.dtype,
+        tolerances: list[Tolerance],
+        workspace: Workspace,
     ) -> None:
-        self.pairs, self.dtype, self.tolerance = pairs, dtype, tolerance
+        self.pairs, self.dtype = pairs, dtype
+        self.tolerance_of = {name: tolerance for (name, _, _), tolerance in zip(pairs, tolerances, strict=True)}
         self.batched = [pair for pair in pairs if pair[2].size and not structural_problem(pair[1], pair[2], dtype)]
         # Nothing to batch takes no slot in the workspace (it would only push out a layout in use).
         shapes = tuple(reference.shape for _, _, reference in self.batched)
@@ -72,7 +80,7 @@ class BatchComparison:
         self.max_abs_errors: list[float] = []
         self._max_shares: list[float] = []  # each tensor's largest share of its allowance (NaN if it has one)
         if self.batched:
-            _fill_shares(self.batched, tolerance, layout)
+            _fill_shares(self.batched, [self.tolerance_of[name] for name, _, _ in self.batched], layout)
             self.max_abs_errors = np.maximum.reduceat(layout.abs_error, layout.segment_starts).tolist()
             self._max_shares = np.maximum.reduceat(layout.share, layout.segment_starts).tolist()
         self.agreed = len(self.batched) == len(pairs) and all(
@@ -123,7 +131,7 @@ class BatchComparison:
                 name=name,
                 shape=reference.shape,
                 dtype=self.layout.dtype_name,
-                tolerance=self.tolerance,
+                tolerance=self.tolerance_of[name],
                 max_abs_error=tensor_max_abs,
                 max_rel_error=math.nan,
                 max_ulp=math.nan,
@@ -136,8 +144,11 @@ class BatchComparison:
                 worst_error=0.0 if error_share == 0 else error,  # as `_error_at` (a custom tolerance can round it)
                 worst_allowed=allowance,
             )
-        dtype, tolerance = self.dtype, self.tolerance
-        return [results.get(name) or compare(name, s, r, dtype, tolerance, detail=False) for name, s, r in self.pairs]
+        dtype, tolerance_of = self.dtype, self.tolerance_of
+        return [
+            results.get(name) or compare(name, s, r, dtype, tolerance_of[name], detail=False)
+            for name, s, r in self.pairs
+        ]
 
 
 class Workspace:
@@ -181,10 +192,23 @@ class _Layout:
         self.share_slices = [self.share[a:b] for a, b in bounds]
         self.segment_starts = np.array(self.starts, dtype=np.intp)
         self.dtype_name = dtype.name  # a slow property in NumPy 2: read once per layout
+        self._bounds, self._atols = bounds, {}
+
+    def atols(self, tolerances: list[Tolerance]) -> np.ndarray:
+        """Each element's atol, from its tensor's tolerance (made once per set of atols). The rtols must agree."""
+        if len({t.rtol for t in tolerances}) != 1:
+            raise ValueError("tolerances of one batch must share their rtol; only atol may differ by tensor")
+        key = tuple(t.atol for t in tolerances)
+        if key not in self._atols:
+            atols = np.empty(len(self.abs_error), self.abs_error.dtype)
+            for (start, end), atol in zip(self._bounds, key, strict=True):
+                atols[start:end] = atol
+            self._atols = {key: atols}  # one set in use at a time: a batch's last, short step has its own layout
+        return self._atols[key]
 
 
-def _fill_shares(pairs: list[tuple[str, np.ndarray, np.ndarray]], tolerance: Tolerance, layout: _Layout) -> None:
-    """Write each pair's |error|, allowance and share of it into its slots of `layout`."""
+def _fill_shares(pairs: list[tuple[str, np.ndarray, np.ndarray]], tolerances: list[Tolerance], layout: _Layout) -> None:
+    """Write each pair's |error|, allowance (under its tolerance) and share of it into its slots of `layout`."""
     slots = zip(pairs, layout.error_views, layout.allowed_views, strict=True)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf gives NaN: such tensors go one by one
         for (_, scratch, reference), error, allowance in slots:
@@ -195,7 +219,12 @@ def _fill_shares(pairs: list[tuple[str, np.ndarray, np.ndarray]], tolerance: Tol
                 np.copyto(allowance, reference)
                 np.subtract(scratch, allowance, out=error)
                 np.abs(allowance, out=allowance)
-        allowance_shares(layout.abs_error, layout.allowed, tolerance, out=layout.share)
+        if len({(t.atol, t.rtol) for t in tolerances}) == 1:
+            allowance_shares(layout.abs_error, layout.allowed, tolerances[0], out=layout.share)
+        else:  # the same rtol, atols by tensor (per-sample gradients of a batch): one atol per element
+            allowance_shares(
+                layout.abs_error, layout.allowed, tolerances[0], out=layout.share, atol=layout.atols(tolerances)
+            )
 
 
 def _unravel(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:

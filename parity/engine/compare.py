@@ -161,7 +161,11 @@ def _elementwise(scratch, reference, tolerance) -> tuple[np.ndarray, np.ndarray,
 
 
 def allowance_shares(
-    abs_error: np.ndarray, allowed: np.ndarray, tolerance: Tolerance, out: np.ndarray | None = None
+    abs_error: np.ndarray,
+    allowed: np.ndarray,
+    tolerance: Tolerance,
+    out: np.ndarray | None = None,
+    atol: float | np.ndarray | None = None,
 ) -> np.ndarray:
     """From `scratch - reference` and `|reference|` (both changed in place into |error| and its allowance), the
     share of the allowance each element uses. The one place this arithmetic is written: both paths round alike.
@@ -170,7 +174,7 @@ def allowance_shares(
     # In place: allocations cost as much as the arithmetic here.
     np.abs(abs_error, out=abs_error)
     allowed *= tolerance.rtol
-    allowed += tolerance.atol  # = tolerance.allowed(reference)
+    allowed += tolerance.atol if atol is None else atol  # = tolerance.allowed(reference); `atol`: one per element
     return np.asarray(np.divide(abs_error, allowed, out=out))
 
 

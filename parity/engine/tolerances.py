@@ -7,7 +7,10 @@ a float32 downcast inside a float64 run through (it drifts ~6e-10), so they are 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -27,6 +30,14 @@ class Tolerance:
     def describe(self) -> str:
         """`atol 1e-12 + rtol 1e-10 * |reference|`."""
         return f"atol {self.atol:.0e} + rtol {self.rtol:.0e}*|reference|"
+
+    def per_sample_of(self, samples: int) -> Tolerance:
+        """This tolerance for a per-sample gradient of a loss averaged over `samples`: atol / samples. Each sample's
+        gradient, and its rounding, is 1/samples of what it is alone, so the same atol would grow, relative to it,
+        with the batch: at batch 500 a float32 input gradient with its sign flipped fitted inside 1e-5."""
+        if samples == 1:
+            return self
+        return Tolerance(self.atol / samples, self.rtol, f"{self.reason}; atol / {samples} for a per-sample gradient")
 
 
 TOLERANCES: dict[np.dtype, Tolerance] = {
@@ -49,15 +60,30 @@ TOLERANCES: dict[np.dtype, Tolerance] = {
             "summed in a different order by NumPy and PyTorch); over the 8 deeper specs, arithmetic error stays under "
             "28% (logits after a 5x5 conv); pool and conv input gradients reach 99.7% (every step compared, Haswell "
             "kernel), all of it near-tie flips of "
-            "gradients below atol, proven by `parity.diagnosis.flips`; every injected gradient bug is >= 100x larger"
+            "gradients below atol, proven by `parity.diagnosis.flips`; every injected gradient bug is >= 100x larger "
+            "(per-sample gradients of a batch under atol / batch: `Tolerance.per_sample_of`)"
         ),
     ),
 }
 
 
-def tolerance_for(dtype: object) -> Tolerance:
-    """The tolerance of `dtype`; only float32 and float64 have one."""
+# The roles of the tensors that hold one gradient per sample of the batch (inputs' and outputs' gradients), as
+# `scratch.spec.TensorInfo.role` names them: of a mean loss, each is 1/N of that sample's own.
+PER_SAMPLE_GRADIENTS = ("d_in", "d_out")
+
+
+def tolerance_for(dtype: object, role: str = "", samples: int = 1) -> Tolerance:
+    """The tolerance of `dtype` (only float32 and float64 have one), for a tensor of `role` in a step of a loss
+    averaged over `samples` (`Tolerance.per_sample_of` for the per-sample gradients)."""
     try:
-        return TOLERANCES[np.dtype(dtype)]
+        tolerance = TOLERANCES[np.dtype(dtype)]
     except (KeyError, TypeError):
         raise ValueError(f"no parity tolerance for dtype {dtype!r}: expected float32 or float64") from None
+    return tolerance.per_sample_of(samples) if role in PER_SAMPLE_GRADIENTS else tolerance
+
+
+@functools.lru_cache(maxsize=64)
+def tensor_tolerances(tensors: tuple, dtype: np.dtype, samples: int) -> Mapping[str, Tolerance]:
+    """`tolerance_for` each of `tensors` (hashable objects with a `name` and a `role`, as a spec's `tensors`), by
+    name; made once per spec, dtype and batch size, and read-only."""
+    return MappingProxyType({info.name: tolerance_for(dtype, info.role, samples) for info in tensors})

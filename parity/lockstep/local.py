@@ -34,7 +34,7 @@ from parity.diagnosis.diagnose import Context, diagnose_layer
 from parity.diagnosis.record import Diagnosis
 from parity.engine.batch import Workspace, compare_many
 from parity.engine.compare import TensorComparison
-from parity.engine.tolerances import tolerance_for
+from parity.engine.tolerances import tensor_tolerances
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import NetworkSpec
 
@@ -193,13 +193,14 @@ class LocalJudge:
             for feed, ours in zip(feeds, given, strict=True)
         ]
         merged = {name: ours[name] for ours, layer_names in zip(given, names, strict=True) for name in layer_names}
-        compared = iter(compare_many(list(merged), merged, reference, self.dtype, workspace=self.workspace))
+        tolerances = tensor_tolerances(self.spec.tensors, self.dtype, len(labels))
+        compared = iter(compare_many(list(merged), merged, reference, self.dtype, tolerances, self.workspace))
         results = {}
         for feed, ours, layer_names in zip(feeds, given, names, strict=True):
             comparisons = [next(compared) for _ in layer_names]
             verdict = verdicts[feed.layer.name]
             failed = [c for c in comparisons if not c.passed]
-            if failed and not step_agreed and unjudgeable(feed, failed, ours, reference, self.dtype):
+            if failed and not step_agreed and unjudgeable(feed, failed, ours, reference):
                 verdict.unjudged_steps += 1
                 verdict.unjudged_now = True
                 if verdict.first_unjudged_step is None:
@@ -222,21 +223,19 @@ def unjudgeable(
     failed: list[TensorComparison],
     ours: dict[str, np.ndarray],
     reference: dict[str, np.ndarray],
-    dtype: np.dtype,
 ) -> bool:
     """Whether a layer's failures at a step say nothing of the layer: it was fed a non-finite value (the run has
     overflowed), or every element out of tolerance is NaN on both sides (both overflowed alike, from finite inputs).
     A sign, a scale or a routing error shows as finite numbers, or as NaN on one side only, and is still judged, as
-    is a shape or dtype mismatch, whatever the values."""
+    is a shape or dtype mismatch, whatever the values. Each failure is read under the tolerance it was judged by."""
     if any(comparison.problem for comparison in failed):
         return False
     fed = [feed.inputs, feed.d_out, *feed.params.values()]
     if not all(np.isfinite(array).all() for array in fed):
         return True
-    tolerance = tolerance_for(dtype)
     for comparison in failed:
         scratch, theirs = ours[comparison.name], reference[comparison.name]
-        out = patterns.beyond(scratch, theirs, tolerance)
+        out = patterns.beyond(scratch, theirs, comparison.tolerance)
         if not (np.isnan(scratch[out]).all() and np.isnan(theirs[out]).all()):
             return False
     return True

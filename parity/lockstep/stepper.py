@@ -28,6 +28,7 @@ from parity.diagnosis.flips import explain_flips
 from parity.diagnosis.pool import count_tied_windows, pool_input
 from parity.engine.batch import Workspace, compare_batch, compare_many
 from parity.engine.compare import compare
+from parity.engine.tolerances import tensor_tolerances
 from parity.lockstep.checkpoint import Checkpoint, timed_as_replay
 from parity.lockstep.divergence import Evidence, first_divergence
 from parity.lockstep.local import LocalJudge, fresh_verdicts
@@ -211,7 +212,8 @@ class Lockstep:
                     scratch.load_parameters(reference.parameters())
                 tensors = record_both(self, images, labels, full=index % self.record.stride == 0)
             # Compared before the weights are put back: the scratch tensors include its live parameters.
-            again = any(not c.passed for c in compare_many(failing, *tensors, self.dtype))
+            tolerances = tensor_tolerances(self.spec.tensors, self.dtype, len(labels))
+            again = any(not c.passed for c in compare_many(failing, *tensors, self.dtype, tolerances))
         scratch.load_parameters(now[0])
         reference.load_parameters(now[1])
         return again
@@ -239,7 +241,8 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     if index == 0:
         record.missing_tensors = tuple(name for name in spec.tensor_names if name not in scratch_tensors)
     names = [name for name in compared if name in scratch_tensors]
-    batch = compare_batch(names, scratch_tensors, reference_tensors, dtype, workspace=lockstep.workspace)
+    tolerances = tensor_tolerances(spec.tensors, dtype, len(labels))  # per-sample gradients: of a mean over N
+    batch = compare_batch(names, scratch_tensors, reference_tensors, dtype, tolerances, lockstep.workspace)
     # A step that agrees keeps only what a report reads of it, packed at once; one that does not, every detail.
     comparisons = SummarisedComparisons.agreed(batch, record.steps.names_cache) if batch.agreed else batch.comparisons()
     logits = lockstep.logits
@@ -347,8 +350,12 @@ def _tied_windows(spec: NetworkSpec, tensors: dict[str, np.ndarray]) -> int | No
 def _detail(spec: NetworkSpec, step: StepRecord, scratch_tensors, reference_tensors, dtype) -> None:
     if step.full:
         step.tied_windows = _tied_windows(spec, reference_tensors)
+    tolerances = tensor_tolerances(spec.tensors, dtype, step.samples)
     step.comparisons = [
-        replace(compare(c.name, scratch_tensors[c.name], reference_tensors[c.name], dtype), explained=c.explained)
+        replace(
+            compare(c.name, scratch_tensors[c.name], reference_tensors[c.name], dtype, tolerances[c.name]),
+            explained=c.explained,
+        )
         for c in step.comparisons
     ]
 
