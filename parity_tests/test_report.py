@@ -294,13 +294,14 @@ def test_deep_arch_report_names_every_tensor_of_every_layer(deep_report):
     assert markdown.render_file(out / "report.json") == text
 
 
-def test_a_spec_without_a_pool_has_no_tie_policy_demonstration(report_cli, tmp_path):
+@pytest.mark.parametrize("arch", ["conv3x4,relu,dense10", "conv3x4,pool1,dense10"], ids=["no pool", "pool1"])
+def test_a_spec_without_a_pool_that_can_tie_has_no_tie_policy_demonstration(report_cli, tmp_path, arch):
     out = tmp_path / "nopool"
     args = ["--train-size", "20", "--test-size", "10", "--epochs", "1", "--dtypes", "float64"]
-    assert report_cli("--out", str(out), "--arch", "conv3x4, relu ,dense10", *args) == 0
-    (run,) = _load(out)["runs"]  # no --no-faithful, yet no faithful run: there is no pool to tie
-    assert run["architecture"] == "conv3x4,relu,dense10" and run["passed"]
-    assert set(run["max_abs_error"]) == set(parse_spec("conv3x4,relu,dense10").tensor_names)
+    assert report_cli("--out", str(out), "--arch", arch.replace(",", " , "), *args) == 0
+    (run,) = _load(out)["runs"]  # no --no-faithful, yet no faithful run: there is no window to tie
+    assert run["architecture"] == arch and run["passed"]
+    assert set(run["max_abs_error"]) == set(parse_spec(arch).tensor_names)
     assert "the tie policy plays no part" in (out / "report.md").read_text(encoding="utf-8")
 
 
@@ -718,3 +719,15 @@ def test_a_run_that_overflows_on_both_sides_is_reported_not_a_traceback(report_c
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "| nan " in markdown and "WRONG" not in markdown
     assert f"right; not judged at {layers[0]['unjudged_steps']} steps (non-finite values, first at step" in markdown
+
+
+@pytest.mark.parametrize(
+    ("demonstrations", "said"),
+    [(1, "run did not diverge (it is not a parity claim"), (2, "runs did not diverge (they are not parity claims")],
+)
+def test_the_verdict_counts_the_demonstrations_that_did_not_diverge(demonstrations, said):
+    from reports.summary import verdict_line
+
+    runs = [{"name": "claim", "role": jsondoc.CLAIM, "passed": True}]
+    runs += [{"name": f"demo{i}", "role": jsondoc.DEMONSTRATION, "passed": True} for i in range(demonstrations)]
+    assert said in verdict_line({"runs": runs})

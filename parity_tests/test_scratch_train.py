@@ -355,3 +355,19 @@ def test_default_experiment_reaches_the_tutorials_accuracy(capsys):
     assert parsed["test_loss"] < 1.0
     # It learns: the last window of epoch 3 beats the first window of epoch 1.
     assert parsed["progress"][-1][2] < parsed["progress"][0][2]
+
+
+def test_a_spec_that_does_not_fit_the_images_names_the_option(capsys):
+    code, out, err = run_main(capsys, "--arch", "conv99x8,dense10")
+    assert (code, out) == (2, "") and err.startswith("python -m scratch.train: error: argument --arch: network spec")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_weights_that_overflow_in_the_last_update_are_reported_not_tested_as_nan(capsys):
+    """The last step's loss is finite (computed before its update); the test set then meets infinite weights."""
+    code, out, err = run_main(capsys, "--epochs", "1", "--train-size", "1", "--test-size", "1", "--lr", "1e300")
+    assert code == 1 and "Test Loss" not in out and "RuntimeWarning" not in err
+    assert err.strip() == (
+        "python -m scratch.train: error: the test loss is nan after training (lr 1e+300): the weights outgrew "
+        "float64; try a smaller --lr"
+    )

@@ -113,8 +113,8 @@ def _largest_table(run: dict[str, object]) -> str:
             {
                 "tensor": name,
                 "max |Δ| over all steps": value,
+                "step of max |Δ|": where.get("step", "?"),
                 "max % of tol": run["percent_of_tolerance"].get(name, "-"),
-                "at step": where.get("step", "?"),
                 "note": "explained near-tie flip" if where.get("explained") else "",
             }
         )
@@ -197,11 +197,25 @@ def _flips(run: dict[str, object]) -> str:
     flips = run["near_tie_flips"]
     if not flips["windows"]:
         return "Near-tie routing flips: none."
-    resynced = ", ".join(map(str, flips["resynced_steps"])) or "none"
-    return (
-        f"Near-tie routing flips: {flips['windows']} window(s) at step(s) {', '.join(map(str, flips['steps']))}; "
-        f"scratch re-synchronised to the reference after step(s) {resynced}. {FLIP_EXPLANATION}"
-    )
+    steps, resynced = _steps_text(flips["steps"]), _steps_text(flips["resynced_steps"])
+    if flips["steps"] == flips["resynced_steps"]:
+        where = f"at step(s) {steps}, after each of which scratch re-synchronised to the reference"
+    else:
+        where = f"at step(s) {steps}; scratch re-synchronised to the reference after step(s) {resynced}"
+    return f"Near-tie routing flips: {flips['windows']:,} window(s) {where}. {FLIP_EXPLANATION}"
+
+
+# Steps listed in full up to this many; past it, the first ones and a count (report.json holds every one).
+MAX_STEPS_LISTED = 20
+
+
+def _steps_text(steps: list[int]) -> str:
+    """`3, 17, 40`, or the first MAX_STEPS_LISTED and how many more; `none` for no step."""
+    if not steps:
+        return "none"
+    shown = ", ".join(map(str, steps[:MAX_STEPS_LISTED]))
+    more = len(steps) - MAX_STEPS_LISTED
+    return shown + (f" and {more:,} more (every one in report.json)" if more > 0 else "")
 
 
 def _progress(run: dict[str, object]) -> list[str]:

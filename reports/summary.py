@@ -66,7 +66,7 @@ def summary_rows(document: dict[str, object]) -> list[dict[str, str]]:
                 "result": RESULT_TEXT[run["verdict"]],
                 "worst % of tol": number(worst["percent_of_tolerance"]) if worst else "-",
                 "first divergence": first_divergence_text(run),
-                "near-tie flips": str(flips["windows"]) if flips["windows"] else "0",
+                "near-tie flips": f"{flips['windows']:,}",
                 "test acc scratch / ref": accuracy_text(run),
                 "seconds scratch / ref / compare": seconds_text(run),
             }
@@ -148,5 +148,9 @@ def verdict_line(document: dict[str, object]) -> str:
             "diverged as expected, which does not count against the verdict or the exit code"
         )
     elif demos:
-        tail = "; the demonstration runs did not diverge (they are not parity claims either way)"
+        plural = len(demos) > 1
+        tail = (
+            f"; the demonstration run{'s' if plural else ''} did not diverge "
+            f"({'they are' if plural else 'it is'} not {'parity claims' if plural else 'a parity claim'} either way)"
+        )
     return head + tail

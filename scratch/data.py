@@ -308,8 +308,8 @@ def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, se
     seed = _check_count("seed", seed, minimum=0)
     if n_train + n_test > len(dataset):
         raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but n_train + n_test = "
-            f"{n_train} + {n_test} = {n_train + n_test} were requested. Ask for fewer."
+            f"{dataset.source}: only {len(dataset):,} images available, but {n_train:,} training and {n_test:,} test "
+            f"images (n_train + n_test = {n_train + n_test:,}) were requested. Ask for fewer."
         )
     # The 5k file is sorted by class, so an unshuffled slice would hold only a few digits.
     order = np.random.default_rng(seed).permutation(len(dataset))
@@ -322,7 +322,8 @@ def _shuffled_head(dataset: Dataset, n: int, seed: int, what: str) -> Dataset:
     """Shuffle with its own generator and keep the first n examples."""
     if n > len(dataset):
         raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n} were requested. Ask for fewer."
+            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n:,} were requested. Ask for "
+            "fewer."
         )
     order = np.random.default_rng(seed).permutation(len(dataset))[:n]
     return _subset(dataset, order, f"{dataset.source}: {n:,} shuffled (seed {seed})")

@@ -30,7 +30,7 @@ from scratch.data import Dataset, batches, epoch_orders, load_experiment_data, r
 from scratch.loss import SOFTMAX_MODES
 from scratch.maxpool import TIE_POLICIES
 from scratch.network import IMPLEMENTATIONS, Network, build_network
-from scratch.spec import DEFAULT_SPEC
+from scratch.spec import DEFAULT_SPEC, parse_spec
 
 REPORT_EVERY = 100  # the tutorial prints a progress line every 100 training steps
 DTYPES = ("float32", "float64")
@@ -135,6 +135,10 @@ def run(args: argparse.Namespace, out=None) -> tuple[float, float]:
     out = sys.stdout if out is None else out
     train, test_set = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=args.test_size)
     run_steps(args.epochs, len(train), args.batch_size)  # refused at once beyond MAX_STEPS, not hours later
+    try:  # the items were checked as the option was read; the shapes only now, against the images' size
+        parse_spec(args.arch, tuple(train.images.shape[1:]))
+    except ValueError as error:
+        raise ValueError(f"argument --arch: {error}") from None
     net = build_network(
         args.arch,
         args.seed,
@@ -151,7 +155,13 @@ def run(args: argparse.Namespace, out=None) -> tuple[float, float]:
     # The tutorial's code prints "\n--- Testing the CNN ---"; its published output shows no blank line.
     # We follow the published output.
     print("--- Testing the CNN ---", file=out)
-    loss, accuracy = evaluate_set(net, test_set)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # an overflow is reported just below
+        loss, accuracy = evaluate_set(net, test_set)
+    if len(test_set) and not np.isfinite(loss):  # the last update can overflow after the last finite loss
+        raise TrainingDiverged(
+            f"the test loss is {loss} after training (lr {args.lr:g}): the weights outgrew {net.dtype}; "
+            "try a smaller --lr"
+        )
     print("Test Loss:", loss, file=out)
     print("Test Accuracy:", accuracy, file=out)
     return loss, accuracy

@@ -250,7 +250,8 @@ def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorCompari
     if kind == "tie_policy":
         return (
             f"tie-policy difference, not a numerical one: {name} differs only in tied windows "
-            f"({evidence['wrong_windows']} of {evidence['tied_windows']} tied); PyTorch gives a tied window's gradient "
+            f"({evidence['wrong_windows']} windows differ, every one of them among the {evidence['tied_windows']} "
+            f"tied); PyTorch gives a tied window's gradient "
             f"to its first maximum (row-major), here {_TIE_RULES[evidence['rule']]}"
         )
     if kind == "routing":
