@@ -978,3 +978,9 @@ def test_code_with_no_classes_is_told_what_check_drives(capsys, tmp_path):
     code, out, err = cli(capsys, "check", "--impl", str(tmp_path), "--steps", "3")
     assert (code, out) == (2, "") and "classes with forward and backprop" in err and "none is there" in err, err
     assert "listed below" not in err
+
+
+def test_a_folder_without_init_named_as_a_module_is_read_as_the_folder(capsys):
+    """`--impl parity.check.examples.fixed_cnn`: a namespace package holds no classes itself; its folder does."""
+    code, out, err = cli(capsys, "check", "--impl", "parity.check.examples.fixed_cnn", "--steps", "3", "--no-probes")
+    assert (code, err) == (0, "") and "Main run: PARITY over 3 steps" in out

@@ -199,7 +199,11 @@ def test_tutorial_split_depends_on_seed(mnist5k: Dataset) -> None:
 
 
 def test_tutorial_split_too_many(mnist5k: Dataset) -> None:
-    with raises("mnist_5k.csv.gz", "only 5,000 images available", "4,000 training and 1,001 test images (n_train + n_test = 5,001)"):
+    with raises(
+        "mnist_5k.csv.gz",
+        "only 5,000 images available",
+        "4,000 training and 1,001 test images (n_train + n_test = 5,001)",
+    ):
         tutorial_split(mnist5k, n_train=4000, n_test=1001)
 
 

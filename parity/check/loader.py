@@ -134,6 +134,11 @@ def _from_module(spec: str, mapping: Mapping, calls: tuple[LayerCall, ...] | Non
         raise ImplError(f"importing module {spec} failed: {one_line(error)}") from None
     except (Exception, SystemExit, MethodTimeout, ProcessExit) as error:  # the user's module is arbitrary code
         raise ImplError(_import_failure(f"module {spec}", error)) from None
+    locations = list(getattr(module, "__path__", None) or [])
+    if getattr(module, "__file__", None) is None and len(locations) == 1:
+        # A namespace package, a folder of .py files with no __init__.py (as the shipped examples are): it holds no
+        # classes itself, so it is read as that folder.
+        return load_impl(locations[0], mapping, calls, timeout)
     catalogue = scan_module(module, spec)
     chosen, found = choose_classes(catalogue, mapping, calls, spec)
     classes = {role: getattr(module, name) for role, name in chosen.items()}
