@@ -5,7 +5,25 @@ library's reductions in one order from run to run and machine to machine (float3
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from threadpoolctl import threadpool_limits
+
+
+@contextlib.contextmanager
+def one_thread_each() -> Iterator[None]:
+    """Torch and NumPy's BLAS on one thread each inside the block, as they were after it (in-process callers)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    blas = one_blas_thread()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        blas.restore_original_limits()
 
 
 def one_blas_thread() -> threadpool_limits:

@@ -175,6 +175,9 @@ def test_gradients_routed_to_the_right_elements_but_rounded_are_no_routing_error
     rounded = expected.astype(np.float32).astype(np.float64)
     assert classify_routing(2, pool_input, rounded, expected, TOLERANCE) is None
     assert classify_routing(2, pool_input, expected * 1.01, expected, TOLERANCE) is None  # a factor's detector's
+    # The same elements, but a ratio in some windows only (the sign of |d_out|, one channel doubled): still routing's
+    for partly in (np.abs(expected), expected * np.where(np.arange(expected.shape[-1]) == 0, 2.0, 1.0)):
+        assert classify_routing(2, pool_input, partly, expected, TOLERANCE)[0] == "routing"
     assert patterns.downcast(rounded, expected, np.float64) is not None
 
 

@@ -15,6 +15,7 @@ experiment are imported only inside `run`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import shlex
@@ -297,12 +298,11 @@ def run(args: argparse.Namespace) -> int:
 
         start_fork_server("reports.preload")  # the workers' imports overlap this process's own, and the data's loading
 
-    import torch
     from tqdm import tqdm
 
     from parity.cli.errors import mark_written
     from parity.lockstep.parallel import run_experiments
-    from parity.threads import one_blas_thread
+    from parity.threads import one_thread_each
     from reports.jsondoc import run_facts
     from reports.plots import PLOTS
     from reports.plots import render as render_plot
@@ -313,11 +313,9 @@ def run(args: argparse.Namespace) -> int:
     train, test = load_experiment_data(options.data_dir, n_train=options.train_size, n_test=options.test_size)
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
-    threads = torch.get_num_threads()
-    # Small ops (a tutorial step is one image): more threads mostly add sync cost, and a fixed count keeps the
-    # reference's reductions in one order from run to run.
-    torch.set_num_threads(1)
-    blas = one_blas_thread()  # and NumPy's: see parity.threads
+    # Torch's and NumPy's BLAS on one thread each (parity.threads), for the whole run, put back after.
+    threads = contextlib.ExitStack()
+    threads.enter_context(one_thread_each())
     # What the imports and the data made lives as long as the command: frozen, no collection looks at it again (a
     # full one over it took ~0.1 s, after each run's result arrived and in each run made in this process).
     gc.freeze()
@@ -351,8 +349,7 @@ def run(args: argparse.Namespace) -> int:
         mark_written(args, report, 0 if document["passed"] else 1)  # complete: a Ctrl-C from here on is no failure
     finally:
         gc.unfreeze()  # in-process callers (tests) get their collector and setting back
-        torch.set_num_threads(threads)
-        blas.restore_original_limits()
+        threads.close()
     print(summary_table(document, tablefmt="simple"))
     print(f"\nEach layer on its own (fed the reference's inputs):\n{layers_table(document, tablefmt='simple')}")
     print(f"\n{verdict_line(document)}.")

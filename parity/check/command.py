@@ -171,29 +171,29 @@ def run_check(args: argparse.Namespace) -> int:
     # Before the user's files are imported: one that imports torch would otherwise do so under the import time
     # limit, and an import interrupted inside torch's C++ can abort the process.
     import_torch("check")
-    from parity.threads import one_thread_each_from_now
+    from parity.threads import one_thread_each
 
-    one_thread_each_from_now()  # torch's and NumPy's BLAS: see parity.threads
-    arch = _architecture(args, mapping, calls, image_shape)
-    if arch is None:
-        return EXIT_DIVERGENCE  # a layer method hung while the architecture was read (said on stdout)
-    try:
-        result = check_impl(
-            arch.impl,
-            train.images,
-            train.labels,
-            steps=args.steps,
-            seed=args.seed,
-            lr=args.lr,
-            mode=args.mode,
-            probes=() if args.no_probes else PROBES,
-            data_source=train.source,
-            tie_policy=args.tie_policy,
-            timeout=args.timeout,
-            arch=arch,
-        )
-    except ImplError as error:
-        raise UsageError(str(error)) from None
+    with one_thread_each():  # torch's and NumPy's BLAS: see parity.threads
+        arch = _architecture(args, mapping, calls, image_shape)
+        if arch is None:
+            return EXIT_DIVERGENCE  # a layer method hung while the architecture was read (said on stdout)
+        try:
+            result = check_impl(
+                arch.impl,
+                train.images,
+                train.labels,
+                steps=args.steps,
+                seed=args.seed,
+                lr=args.lr,
+                mode=args.mode,
+                probes=() if args.no_probes else PROBES,
+                data_source=train.source,
+                tie_policy=args.tie_policy,
+                timeout=args.timeout,
+                arch=arch,
+            )
+        except ImplError as error:
+            raise UsageError(str(error)) from None
     main = result.main
     if main.crash is not None and main.crash_step == 0 and not main.crash.timed_out:
         raise UsageError(f"{arch.impl.label}: {main.crash} on the first step ({TRAIN_CALLS})")

@@ -203,13 +203,13 @@ def run_selftest(args: argparse.Namespace) -> int:
     from scratch.data import load_experiment_data
 
     import_torch("selftest")
-    from parity.threads import one_thread_each_from_now
+    from parity.threads import one_thread_each
 
-    one_thread_each_from_now()  # torch's and NumPy's BLAS: see parity.threads
     train, _ = load_experiment_data(args.data_dir)
     started = time.perf_counter()
     try:
-        outcomes = run_all(bases, train.images, train.labels, bugs=bugs, steps=args.steps, seed=args.seed)
+        with one_thread_each():  # torch's and NumPy's BLAS: see parity.threads
+            outcomes = run_all(bases, train.images, train.labels, bugs=bugs, steps=args.steps, seed=args.seed)
     except ImplError as error:
         raise UsageError(f"the correct implementation: {error}") from None
     print(render(bases, outcomes, args.steps, time.perf_counter() - started))

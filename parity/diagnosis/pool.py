@@ -149,8 +149,8 @@ def classify_routing(
     gradient_tolerance: Tolerance,
 ) -> tuple[str, dict[str, object]] | None:
     """What a pool's wrong input gradient is: (`dropped` | `tie_policy` | `routing`, evidence), or None when the
-    windows do not tell (gradients on exactly the elements the reference routes to, each rounded or scaled alike, are
-    left to the other detectors: float32 rounding, a factor).
+    windows do not tell (a tensor whose every gradient is on the element the reference routes to, all rounded or
+    scaled alike, is left to the other detectors: float32 rounding, a factor).
 
     - `dropped`: every wrong window got no gradient at all;
     - `tie_policy`: every wrong window is tied, and each of its routed elements is one of its maxima holding the
@@ -169,12 +169,10 @@ def classify_routing(
     evidence["wrong_windows"] = int(wrong.sum())
     if not ours.any():
         return "dropped", evidence
+    if _rounded_or_scaled(scratch_d_pool_input, reference_d_pool_input):
+        return None
     theirs = windows(reference_d_pool_input, size)[wrong]
     routed = ours != 0
-    if np.array_equal(routed, theirs != 0):
-        ratios = ours[routed] / theirs[routed]
-        if np.allclose(ratios, ratios[0], rtol=1e-3):  # the right elements, every amount rounded or scaled alike
-            return None
     inputs = windows(reference_pool_input, size)[wrong]
     amount = theirs.sum(axis=-1, keepdims=True)  # the window's gradient
     maxima = inputs == inputs.max(axis=-1, keepdims=True)
@@ -183,6 +181,16 @@ def classify_routing(
     if untied or not np.all(routed <= maxima) or not whole.all():
         return "routing", {**evidence, "untied_wrong_windows": untied, "rule": "not to a maximum"}
     return "tie_policy", {**evidence, "rule": _tie_rule(routed, maxima)}
+
+
+def _rounded_or_scaled(scratch: np.ndarray, reference: np.ndarray) -> bool:
+    """Whether every gradient of the whole tensor is where the reference's is, each off by one common ratio (1 up to
+    rounding, or one factor): no routing question. A ratio in some windows only (a sign, one channel) is routing's."""
+    routed = scratch != 0
+    if not np.array_equal(routed, reference != 0) or not routed.any():
+        return False
+    ratios = scratch[routed] / reference[routed]
+    return bool(np.allclose(ratios, ratios[0], rtol=1e-3))
 
 
 def _tie_rule(routed: np.ndarray, maxima: np.ndarray) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 
 from parity.engine.compare import TensorComparison, compare
 from parity.engine.tables import comparison_table
+from parity.engine.tolerances import tensor_tolerances
 from parity.lockstep.stepper import LockstepRecord
 from scratch.spec import NetworkSpec
 
@@ -35,12 +36,17 @@ def compare_tensors(
     names: Iterable[str] | None = None,
     spec: NetworkSpec | None = None,
 ) -> list[TensorComparison]:
-    """Compare every named tensor (default: every reference tensor, see `compared_names`) against scratch's."""
+    """Compare every named tensor (default: every reference tensor, see `compared_names`) against scratch's; with
+    `spec`, the per-sample gradients of a batch under `Tolerance.per_sample_of` its size, as the lockstep judges."""
     names = compared_names(reference, names, spec)
     missing = [n for n in names if n not in scratch]
     if missing:
         raise ParityError(f"scratch produced no {', '.join(missing)}")
-    return [compare(name, scratch[name], reference[name], dtype) for name in names]
+    tolerances = {}
+    first = spec.tensors[0].name if spec is not None else None  # the first layer's output: the batch first
+    if first in reference:
+        tolerances = tensor_tolerances(spec.tensors, np.dtype(dtype), int(np.shape(reference[first])[0]))
+    return [compare(name, scratch[name], reference[name], dtype, tolerances.get(name)) for name in names]
 
 
 def assert_parity(

@@ -37,6 +37,8 @@ class Tolerance:
         with the batch: at batch 500 a float32 input gradient with its sign flipped fitted inside 1e-5."""
         if samples == 1:
             return self
+        if not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples: expected a positive number of samples, got {samples!r}")
         return Tolerance(self.atol / samples, self.rtol, f"{self.reason}; atol / {samples} for a per-sample gradient")
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from parity import atomic
 from parity.cli.errors import UsageError
-from parity.engine.tolerances import tolerance_for
+from parity.engine.tolerances import tensor_tolerances, tolerance_for
 from parity.golden.validate import CHECKSUMS, BadField, check_document, checksums
 from scratch.data import batches, epoch_orders, special_file, steps_per_epoch
 from scratch.network import Network, StepTrace, build_network
@@ -327,8 +327,10 @@ def compare_golden(
         if step >= limit:
             break
         result.steps_run = step + 1
-        candidates = [("loss", float(trace.loss), document["loss"][step])]
+        candidates = [("loss", float(trace.loss), document["loss"][step], tolerance)]
         if step in checkpoints:
+            # Per-sample gradients of this step's batch (the last may be short) under atol / its size.
+            tolerances = tensor_tolerances(net.spec.tensors, np.dtype(config.dtype), len(trace.tensors["probs"]))
             checkpoint, tensors = checkpoints[step], _tensors(trace, net)
             result.checkpoints += 1
             exact = all(digest(tensors[name]) == checkpoint["digests"][name] for name in net.parameters())
@@ -339,8 +341,8 @@ def compare_golden(
                 indices = document["sample_indices"][name]
                 values = _take(tensors[name], indices)
                 for index, value, golden in zip(indices, values, checkpoint["samples"][name], strict=True):
-                    candidates.append((f"{name}[{index}]", value, golden))
-        for what, value, golden in candidates:
+                    candidates.append((f"{name}[{index}]", value, golden, tolerances[name]))
+        for what, value, golden, tolerance in candidates:
             error = abs(value - golden)
             allowed = float(tolerance.allowed(np.float64(golden)))
             if not error <= allowed:  # NaN fails

@@ -43,7 +43,8 @@ class StepRecord:
 
 @dataclass
 class Divergence:
-    """The first tensor, in forward-then-backward-then-parameters order, of the first step to exceed tolerance."""
+    """The first step to exceed tolerance, and its first tensor in forward-then-backward-then-parameters order (of a
+    layer wrong on its own at that step, where one is: see `parity.lockstep.divergence.first_divergence`)."""
 
     step: int
     tensor: str
