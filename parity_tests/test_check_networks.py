@@ -984,3 +984,18 @@ def test_a_folder_without_init_named_as_a_module_is_read_as_the_folder(capsys):
     """`--impl parity.check.examples.fixed_cnn`: a namespace package holds no classes itself; its folder does."""
     code, out, err = cli(capsys, "check", "--impl", "parity.check.examples.fixed_cnn", "--steps", "3", "--no-probes")
     assert (code, err) == (0, "") and "Main run: PARITY over 3 steps" in out
+
+
+def test_a_pool_that_acts_otherwise_at_odd_sizes_fails_the_odd_size_probe_not_skips_it(capsys, tmp_path):
+    """Windows padded up at an odd size (25x25 -> 13x13, where PyTorch floors to 12x12): the layers cannot be read
+    as the spec at that size, which is what the probe is there to find; it used to be 'skipped' and the run PARITY."""
+    impl = copy_fixed(
+        tmp_path / "impl", "maxpool.py",
+        "        h, w, c = image.shape\n        new_h, new_w = h // 2, w // 2\n",
+        "        image = np.pad(image, ((0, image.shape[0] % 2), (0, image.shape[1] % 2), (0, 0)), "
+        "constant_values=-np.inf)\n        h, w, c = image.shape\n        new_h, new_w = h // 2, w // 2\n",
+    )  # fmt: skip
+    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "3")
+    assert (code, err) == (1, ""), out + err
+    assert "fails on odd sizes: MaxPool2.forward (pool1) maps 25x25x8 to 13x13x8: neither a max-pool" in out
+    assert "CRASHED in odd-size; first: MaxPool2.forward (pool1) at step 0 of the odd-size probe (exit 1)" in out

@@ -15,7 +15,7 @@ from parity.check.layercalls import LayerCall
 from parity.check.layouts import ParamBinding, bias_layout, conv_layouts, layout_error, matching_layouts
 from parity.check.loader import Impl
 from parity.check.members import Methods
-from parity.check.names import Choice, ImplError, Missing, NamesError
+from parity.check.names import Choice, ImplError, LayerMisbehaves, Missing, NamesError
 from parity.check.usercode import ImplCrash, guarded, returned_array
 
 BIAS_NAMES = ("biases", "bias", "b")
@@ -325,10 +325,15 @@ class Binder:
                 return BoundLayer(
                     self.call, self.cls, "pool", f"pool{k}", self.methods, description=described
                 ), np.asarray(out, dtype=np.float64)
-        raise ImplError(
+        raise LayerMisbehaves(
             f"{self.impl.label}: {self.cls} holds no weights and its forward maps {_hwc(shape)} to {_hwc(out_shape)}: "
             "neither a max-pool (H // K x W // K, the same channels) nor a ReLU (the same shape); the layers checked "
-            "are conv, ReLU, max-pool and dense"
+            "are conv, ReLU, max-pool and dense",
+            self.cls,
+            self.methods.forward,
+            self.layer,
+            f"maps {_hwc(shape)} to {_hwc(out_shape)}: neither a max-pool (H // K x W // K, the same channels) nor "
+            "a ReLU (the same shape)",
         )
 
     # --- helpers ----------------------------------------------------------------------------------------------

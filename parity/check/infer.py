@@ -27,7 +27,7 @@ from parity.check.binding import Binder, BoundLayer, argument_equal_to
 from parity.check.layercalls import LayerCall
 from parity.check.loader import Impl
 from parity.check.members import resolve_methods
-from parity.check.names import Choice, ImplError, Missing, NamesError
+from parity.check.names import Choice, ImplError, LayerMisbehaves, Missing, NamesError
 from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash, guarded
 from scratch.spec import NetworkSpec, parse_spec
 
@@ -112,9 +112,16 @@ def at_image_size(arch: Architecture, image_shape: tuple[int, int]) -> Architect
         layer_names=names,
     )
     if rebuilt.spec.text != arch.spec.text:
-        raise ImplError(
+        index = next(i for i, (a, b) in enumerate(zip(rebuilt.layers, arch.layers, strict=False)) if a.item != b.item)
+        layer = arch.layers[index]
+        raise LayerMisbehaves(
             f"{arch.impl.label}: at {size} the layers act as {rebuilt.spec.text}, not {arch.spec.text} as at "
-            f"{'x'.join(map(str, arch.spec.image_shape))}"
+            f"{'x'.join(map(str, arch.spec.image_shape))}",
+            layer.cls_name,
+            layer.methods.forward,
+            arch.spec.layers[index].name,
+            f"acts as {rebuilt.layers[index].item} at {size}, not {layer.item} as at "
+            f"{'x'.join(map(str, arch.spec.image_shape))}",
         )
     return rebuilt
 

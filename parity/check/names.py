@@ -27,6 +27,16 @@ class ImplError(ValueError):
     """The implementation cannot be checked (not found, does not import, wrong interface); one clear line."""
 
 
+class LayerMisbehaves(ImplError):
+    """One layer acts as no spec layer does (or as another one than at the main image size), found while the layers
+    were read: which class, method and spec layer, for a probe to report as that layer's failure."""
+
+    def __init__(self, message: str, cls: str, method: str, layer: str, detail: str) -> None:
+        super().__init__(message)
+        self.cls, self.method, self.layer = cls, method, layer
+        self.detail = detail  # what the method did, to follow `Class.method (layer)`
+
+
 @dataclass(frozen=True)
 class Missing:
     """One name the check looked for and did not find (or found more than once), with the nearest real names."""

@@ -36,6 +36,7 @@ import scratch
 from parity.check.adapter import ImplSide
 from parity.check.infer import Architecture, infer_architecture
 from parity.check.loader import Impl
+from parity.check.names import LayerMisbehaves
 from parity.check.refine import refine
 from parity.check.results import CheckResult, RunResult
 from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
@@ -179,6 +180,9 @@ def _odd_size_probe(how: _How, arch: Architecture, images: np.ndarray, labels: n
         odd_arch = at_image_size(arch, odd)
     except ProbeSkipped as skip:
         return _not_run(how, arch.spec, "odd-size", title, odd, skipped=str(skip))
+    except LayerMisbehaves as failure:  # a layer acts otherwise at this size: the very thing the probe is for
+        crash = ImplCrash(failure.cls, failure.method, failure.detail, failure.layer)
+        return _not_run(how, arch.spec, "odd-size", title, odd, crash=crash)
     except ValueError as error:  # the network does not fit the odd size
         return _not_run(how, arch.spec, "odd-size", title, odd, skipped=str(error))
     except ImplCrash as crash:  # raised (or hung) while the layers were read at the odd size: before its step 0
