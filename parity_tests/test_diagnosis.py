@@ -513,3 +513,10 @@ def test_a_bug_that_starts_late_is_judged_alone_at_its_step(tutorial_data, monke
     assert (dense.checked_steps, dense.implied_steps, dense.failed_steps) == (8, 4, 3)
     assert all(record.layers[name].passed for name in ("conv1", "pool1"))
     assert record.layers["pool1"].origin == "propagated"
+
+
+def test_a_diagnosis_of_another_tensor_than_the_failure_shown_says_which():
+    """A layer's first failing tensor can fit no pattern while a later one does: the text then leads with its own."""
+    diagnosis = Diagnosis("routing", "pool1", "pool1.d_in", "routing error", {})
+    assert diagnosis.text_for("pool1.d_in") == "routing error"
+    assert diagnosis.text_for("pool1.out") == "pool1.d_in: routing error"

@@ -121,7 +121,7 @@ class RunResult:
         if self.record.first_divergence is None:
             alone = self.wrong_alone
             if alone is not None:
-                why = f": {alone.diagnosis.text}" if alone.diagnosis else ""
+                why = f": {alone.diagnosis.text_for(alone.tensor)}" if alone.diagnosis else ""
                 message = (
                     f"step {alone.step}, {alone.name} {alone.tensor}, on its own{why}. Every tensor of the "
                     f"whole-network run agreed with PyTorch at that step: {alone.name} gives another result when it "

@@ -54,6 +54,11 @@ class Diagnosis:
         if self.kind not in KINDS:
             raise ValueError(f"diagnosis kind {self.kind!r}: expected one of {', '.join(KINDS)}")
 
+    def text_for(self, tensor: str) -> str:
+        """`text` where the failure shown is `tensor`: led by the tensor the diagnosis is of when that is another
+        (a layer's first failing tensor fitted no pattern, a later one did)."""
+        return self.text if tensor == self.tensor else f"{self.tensor}: {self.text}"
+
     @property
     def label(self) -> str:
         """A few words for a table cell (see `label`)."""

@@ -77,5 +77,5 @@ def assert_lockstep(record: LockstepRecord, context: str = "") -> None:
         if verdict.passed is False:
             raise ParityError(
                 f"layer {verdict.name} wrong on its own{where}: step {verdict.step}, {verdict.tensor}: "
-                f"{verdict.diagnosis.text}"
+                f"{verdict.diagnosis.text_for(verdict.tensor)}"
             )

@@ -55,7 +55,10 @@ class Divergence:
 
     def message(self) -> str:
         """A one-paragraph explanation of the divergence."""
-        return f"step {self.step}, {self.layer} {self.tensor}: {self.diagnosis.text}. {self.comparison.message()}"
+        return (
+            f"step {self.step}, {self.layer} {self.tensor}: {self.diagnosis.text_for(self.tensor)}. "
+            f"{self.comparison.message()}"
+        )
 
 
 @dataclass
