@@ -168,3 +168,40 @@ def test_a_step_that_agrees_is_packed_with_the_figures_its_comparisons_have(tuto
     assert not isinstance(built.steps[-1].comparisons, SummarisedComparisons)  # never retired: built, not packed
     assert figures(packed) == figures(built)
     assert packed.worst_tolerance_used == built.worst_tolerance_used
+
+
+def test_a_resynced_step_is_detailed_from_the_weights_it_ended_with(tutorial_data, monkeypatch):
+    """A step whose failures a proven flip explains resyncs scratch to the reference's weights. Its tensors were
+    read before, but scratch's parameters among them are its live arrays: kept as the run's worst step after the
+    resync, they showed no error at all, another (summarised) step became the worst, and the report crashed."""
+    from dataclasses import replace
+
+    import parity.lockstep.stepper as stepper
+
+    train, _ = tutorial_data
+    net = scratch.tutorial_network(0)
+    side, runner = ScratchSide(net), reference.ReferenceRunner(reference.to_torch(net))
+    correct, calls = side.forward_backward, []
+
+    def off_at_step_3(images, labels, names=None):
+        tensors = correct(images, labels, names)
+        calls.append(None)
+        if len(calls) == 4:
+            # Out of tolerance, and the filters it updates (the layer's own gradient array) just within.
+            tensors["conv1.d_filters"] += 1e-10
+        return tensors
+
+    def proven_flip(spec, step, *args, **kwargs):  # as `explain_flips` marks what a proven flip accounts for
+        step.comparisons = [c if c.ok else replace(c, explained="a flip (test)") for c in step.comparisons]
+        step.flipped_windows += 1
+
+    monkeypatch.setattr(side, "forward_backward", off_at_step_3)
+    monkeypatch.setattr(stepper, "explain_flips", proven_flip)
+    lockstep = Lockstep(side, runner, net.spec, np.float64)
+    for index in range(6):
+        lockstep.step(train.images[index], int(train.labels[index]))
+    record = lockstep.finish()
+    assert record.resynced_steps == [3] and record.first_divergence is None
+    worst = record.worst_step()
+    filters = next(c for c in worst.comparisons if c.name == "conv1.filters")
+    assert worst.step == 3 and filters.max_abs_error > 0 and filters.row()["result"] == "PASS"

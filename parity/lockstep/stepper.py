@@ -259,9 +259,9 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     )
     if not step.passed:
         explain_flips(spec, step, scratch_tensors, reference_tensors, dtype, images, lr, lockstep.tie_policy)
-        if step.flipped_windows and step.passed:
-            scratch.load_parameters(reference.parameters())
-            record.resynced_steps.append(index)
+    # A proven flip resyncs scratch to the reference's weights, but only once everything below has read this step's
+    # tensors: scratch's parameters among them are its live arrays, which the resync overwrites.
+    resync = bool(step.flipped_windows) and step.passed
     local = {}
     if judged:
         # Every tensor compared and within tolerance: a batch that agreed, or one that passed though it did not agree
@@ -287,6 +287,9 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
     elif step.tolerance_used > record.worst_tolerance_used:
         record.pending_worst = (step, {n: (scratch_tensors[n].copy(), reference_tensors[n].copy()) for n in names})
     record.worst_tolerance_used = max(record.worst_tolerance_used, step.tolerance_used)
+    if resync:
+        scratch.load_parameters(reference.parameters())
+        record.resynced_steps.append(index)
     record.seconds["compare"] += timer() - started
     return step
 
