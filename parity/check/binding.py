@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from parity.check.classifier import dense_totals, find_logits, refuse_softmax_layer, refuse_totals, unseen_logits
 from parity.check.layercalls import LayerCall
 from parity.check.layouts import ParamBinding, bias_layout, conv_layouts, layout_error, matching_layouts
 from parity.check.loader import Impl
@@ -195,38 +196,21 @@ class Binder:
         self._needs_lr("dense")
         out = self._forward(value)
         out = self._output(out, (units,), "(nodes,)")
-        totals = _totals(value, weights, layout, arrays.get(bias_attr))
-        if last and any(_close(out, candidate) for candidate in totals):
-            raise ImplError(
-                f"{self.impl.label}: {self.cls}.{self.methods.forward}, the last layer, returns its totals "
-                "(input . weights + biases), not probabilities: check drives the tutorial's interface, where the "
-                "classifier's forward returns the softmax and its backprop takes dL/dprobs. A softmax in a class of "
-                f"its own is not supported: move it into {self.cls}'s forward and backprop"
-            )
+        totals = dense_totals(value, weights, layout, arrays.get(bias_attr))
+        if last:
+            refuse_totals(self.impl.label, self.cls, self.methods.forward, out, totals)
         params = [ParamBinding("weights", weights_attr, layout, weights.shape)]
         if bias_attr is not None:
             bias = arrays[bias_attr]
             params.append(ParamBinding("biases", bias_attr, bias_layout(bias.shape), bias.shape))
         logits = self._logits(out, bias_attr) if last else None
-        unseen = ""
-        if logits is not None and _shifted(arrays_of(self.obj)[logits], totals):
-            unseen = (
-                f"{self.cls}.{logits} holds the totals less a constant (as totals - max(totals)): the softmax and "
-                "every gradient are those of the logits, but the logits themselves are not seen"
-            )
+        unseen = unseen_logits(self.cls, logits, arrays_of(self.obj)[logits], totals) if logits else ""
+        cached = "" if not last else f"; logits cached in {logits}" if logits else "; logits not cached"
         description = (
             f"{units} units on {inputs} inputs: {weights_attr} {_shape(weights.shape)} as {layout}"
             + (f", bias {bias_attr} {_shape(arrays[bias_attr].shape)}" if bias_attr else "")
             + ("; softmax in forward" if last else "")
-            + (
-                f"; {logits} holds the totals shifted by a constant, not compared"
-                if unseen
-                else f"; logits cached in {logits}"
-                if logits
-                else "; logits not cached"
-                if last
-                else ""
-            )
+            + (f"; {logits} holds the totals shifted by a constant, not compared" if unseen else cached)
         )
         return BoundLayer(
             self.call,
@@ -270,29 +254,13 @@ class Binder:
     def _logits(self, probs: np.ndarray, bias_attr: str | None) -> str | None:
         mapped = self.impl.mapping.mapped(f"{self.call.cls}.last_totals")
         cached = {n: a for n, a in arrays_of(self.obj).items() if a.shape == probs.shape and n != bias_attr}
-        if mapped is not None:
-            if mapped not in cached:
-                self.problems.append(
-                    Missing(
-                        "attribute",
-                        self.call.cls,
-                        "last_totals",
-                        mapped,
-                        tuple(cached),
-                        f"no array of shape {probs.shape} of that name after forward",
-                        self.cls,
-                    )
-                )
-                return None
-            return mapped
-        if "last_totals" in cached:
-            return "last_totals"
-        fits = [n for n, a in cached.items() if np.all(np.isfinite(a)) and np.allclose(_softmax(a), probs, rtol=1e-6)]
-        if len(fits) == 1:
-            reason = "the only cached vector whose softmax it returns"
-            self.found.append(Choice(self.call.cls, "last_totals", fits[0], reason, self.cls))
-            return fits[0]
-        return None
+        name, why = find_logits(cached, probs, mapped)
+        if name is None and mapped is not None:
+            missing = Missing("attribute", self.call.cls, "last_totals", mapped, tuple(cached), why, self.cls)
+            self.problems.append(missing)
+        elif name is not None and why:
+            self.found.append(Choice(self.call.cls, "last_totals", name, why, self.cls))
+        return name
 
     # --- pool and relu ----------------------------------------------------------------------------------------
 
@@ -300,13 +268,7 @@ class Binder:
         x = value if value.ndim == len(shape) else value.reshape(shape)
         out = self._forward(x)
         out_shape = np.shape(out)
-        if out_shape == x.shape and x.size > 1 and _close(out, _softmax(np.asarray(x, dtype=np.float64))):
-            raise ImplError(
-                f"{self.impl.label}: {self.cls}.{self.methods.forward} returns the softmax of its input: a softmax "
-                "in a class of its own, which is not supported. In the tutorial's interface the classifier "
-                "(the last dense layer) returns the softmax from its forward and takes dL/dprobs in its backprop: "
-                "move the softmax into that layer's forward and backprop"
-            )
+        refuse_softmax_layer(self.impl.label, self.cls, self.methods.forward, x, out)
         if out_shape == x.shape:
             return BoundLayer(
                 self.call, self.cls, "relu", "relu", self.methods, description="ReLU: keeps the shape"
@@ -420,36 +382,6 @@ def argument_equal_to(call: LayerCall, value: int) -> int | str | None:
     positions = [i for i, arg in enumerate(call.args) if arg == value and type(arg) is int]
     positions += [k for k, arg in call.kwargs if arg == value and type(arg) is int]
     return positions[0] if len(positions) == 1 else None
-
-
-def _softmax(values: np.ndarray) -> np.ndarray:
-    shifted = np.exp(values - values.max())
-    return shifted / shifted.sum()
-
-
-def _totals(x: np.ndarray, weights: np.ndarray, layout: str, biases: np.ndarray | None) -> list[np.ndarray]:
-    """The dense layer's totals `x . weights + biases`, for `x` flattened HWC and (an image) CHW: what its forward
-    returns before any softmax."""
-    x = np.asarray(x, dtype=np.float64)
-    flats = [x.ravel()] + ([np.moveaxis(x, -1, 0).ravel()] if x.ndim == 3 else [])
-    matrix = weights if layout == "(in, out)" else weights.T
-    bias = 0.0 if biases is None else np.ravel(biases)
-    return [flat @ matrix + bias for flat in flats]
-
-
-def _shifted(cached: np.ndarray, totals: list[np.ndarray]) -> bool:
-    """Whether `cached` is the totals less a constant (their max, to keep exp from overflowing), not the totals: the
-    same softmax, but no logits to compare."""
-    cached = np.asarray(cached, dtype=np.float64)
-    return not any(_close(cached, t) for t in totals) and any(
-        t.shape == cached.shape and _close(cached - cached.max(), t - t.max()) for t in totals
-    )
-
-
-def _close(actual: object, expected: np.ndarray) -> bool:
-    """Equal to float32 precision: what a layer computes in its own way, in either precision, is recognised."""
-    actual = np.asarray(actual, dtype=np.float64)
-    return actual.shape == expected.shape and bool(np.allclose(actual, expected, rtol=1e-5, atol=1e-7))
 
 
 def _shape(shape: tuple[int, ...]) -> str:
