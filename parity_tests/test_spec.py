@@ -311,3 +311,14 @@ def test_a_layer_past_the_size_cap_is_refused_before_anything_is_allocated(text,
     message = str(refused.value)
     assert said in message and "more than the 50,000,000 a layer may" in message
     assert message.endswith("use fewer units or filters, or smaller images")
+
+
+@pytest.mark.parametrize(
+    ("text", "ties"),
+    [("conv3x8,pool2,dense10", True), ("conv3x8,pool1,dense10", False), ("conv3x8,relu,dense10", False),
+     ("conv3x8,pool1,pool3,dense10", True)],
+)  # fmt: skip
+def test_pools_can_tie_only_with_windows_of_more_than_one_element(text, ties):
+    from scratch.spec import pools_can_tie
+
+    assert pools_can_tie(text) is ties

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parity.lockstep.stepper import DEFAULT_REPORT_STRIDE, always_compared
-from scratch.spec import DEFAULT_SPEC, NetworkSpec, check_items, parse_spec
+from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec, pools_can_tie
 
 DEFAULT_OUT = "reports/latest"
 MNIST_SHAPE = (28, 28)  # the bundled digits' size: a spec is checked against it before any data is read
@@ -238,16 +238,10 @@ def _jobs(text: object) -> int:
     return _integer("--jobs", text, 1)
 
 
-def has_ties(arch: str) -> bool:
-    """Whether the spec has a max-pool whose windows can tie: of more than one element (from its items: the shapes
-    do not matter here; `pool1` passes every element on)."""
-    return any(item.startswith("pool") and item != "pool1" for item in check_items(arch).split(","))
-
-
 def faithful_run(options: Options) -> bool:
     """Whether the report adds the tutorial-faithful demonstration (a spec whose pools cannot tie has no tie rule to
     show)."""
-    return options.faithful and has_ties(options.arch)
+    return options.faithful and pools_can_tie(options.arch)
 
 
 def run_count(options: Options) -> int:

@@ -17,6 +17,7 @@ from reports.blocks import table
 from reports.jsondoc import CLAIM, SCHEMA, check_verdicts
 from reports.run_section import run_section
 from reports.summary import summary_table, verdict_line
+from scratch.spec import pools_can_tie
 
 ENVIRONMENT_LABELS = {
     "python": "Python",
@@ -172,11 +173,6 @@ def _architectures(runs: Sequence[dict[str, object]]) -> list[str]:
     return parts
 
 
-def _has_pool(run: dict[str, object]) -> bool:
-    """Whether the run's spec has a pool whose windows can tie (`pool1` passes every element on)."""
-    return any(item.startswith("pool") and item != "pool1" for item in str(run["architecture"]).split(","))
-
-
 def _run_description(run: dict[str, object]) -> str:
     config = run["config"]
     steps = run["steps"]
@@ -199,7 +195,8 @@ def _run_description(run: dict[str, object]) -> str:
         if run["role"] == CLAIM
         else "a **demonstration**, expected to diverge; it never fails the verdict or the exit code"
     )
-    ties = TIE_POLICY_TEXT.get(run["tie_policy"], run["tie_policy"]) if _has_pool(run) else NO_POOL_TEXT
+    can_tie = pools_can_tie(str(run["architecture"]))
+    ties = TIE_POLICY_TEXT.get(run["tie_policy"], run["tie_policy"]) if can_tie else NO_POOL_TEXT
     batch = (
         "one image per SGD step" if run["batch_size"] == 1 else f"batches of {run['batch_size']} images per SGD step"
     )

@@ -175,6 +175,12 @@ def parse_spec(text: str = DEFAULT_SPEC, image_shape: tuple[int, int] = (28, 28)
     return NetworkSpec(",".join(items), tuple(layers), image_shape, num_classes)
 
 
+def pools_can_tie(text: str) -> bool:
+    """Whether a spec (its text; no shapes needed) has a max-pool whose windows hold more than one element, so that
+    a tie rule plays a part (`pool1` passes every element on)."""
+    return any(item.startswith("pool") and item != "pool1" for item in check_items(text).split(","))
+
+
 def check_items(text: str, num_classes: int = 10) -> str:
     """Check a spec's items without shapes (for a command line, before the image size is known): every item known,
     every K, F and N at least 1, the last a dense of `num_classes`. Returns the canonical text; ValueError naming
