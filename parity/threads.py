@@ -1,7 +1,8 @@
 """One thread each for PyTorch and NumPy's BLAS while the two sides run: the lockstep's steps are small, so more
 threads mostly add synchronisation (and, in worker processes side by side, oversubscribe the cores: a deep spec at
-batch 32 ran ten times slower with two jobs of two BLAS threads on two cores), and a fixed count keeps each
-library's reductions in one order from run to run and machine to machine (float32 results moved with NumPy's)."""
+batch 32 ran 2x slower with two jobs of two BLAS threads on two idle cores, 10x on busy ones), and a fixed count
+keeps each library's reductions in one order from run to run and machine to machine (float32 results moved with
+NumPy's)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def one_thread_each() -> Iterator[None]:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    blas = one_blas_thread()
+    blas = _one_blas_thread()
     try:
         yield
     finally:
@@ -26,14 +27,14 @@ def one_thread_each() -> Iterator[None]:
         blas.restore_original_limits()
 
 
-def one_blas_thread() -> threadpool_limits:
+def _one_blas_thread() -> threadpool_limits:
     """NumPy's BLAS limited to one thread until the result's `restore_original_limits()`."""
     return threadpool_limits(limits=1, user_api="blas")
 
 
 def one_thread_each_from_now() -> None:
-    """Torch and NumPy's BLAS on one thread each for the rest of the process (a worker's, a command's)."""
+    """Torch and NumPy's BLAS on one thread each for the rest of the process (a worker's)."""
     import torch
 
     torch.set_num_threads(1)
-    one_blas_thread()
+    _one_blas_thread()
