@@ -66,7 +66,8 @@ def run_facts(result: ExperimentResult) -> dict[str, object]:
         "shown_steps": shown_steps(record, worst),
         "near_tie_flips": {
             "windows": record.flipped_windows,
-            "steps": [step.step for step in record.steps if step.flipped_windows],
+            "relu_signs": record.flipped_signs,
+            "steps": [step.step for step in record.steps if step.flipped],
             "resynced_steps": list(record.resynced_steps),
         },
     }

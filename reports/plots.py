@@ -100,7 +100,7 @@ def _mark_divergence(axes, result: ExperimentResult) -> None:
 
 def _mark_flips(axes, result: ExperimentResult) -> None:
     """Steps whose near-tie routing flip was explained (and after which scratch was re-synchronised)."""
-    steps = [step.step for step in result.record.steps if step.flipped_windows]
+    steps = [step.step for step in result.record.steps if step.flipped]
     if not steps:
         return
     if len(steps) > MAX_LISTED_FLIPS:  # a legend entry listing hundreds of steps would push the panels off the page

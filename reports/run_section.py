@@ -9,7 +9,7 @@ import math
 from parity.lockstep.local import ALONE_EVERY
 from reports.blocks import comparison_table, run_spec, table
 from reports.jsondoc import CLAIM, EXPECTED
-from reports.summary import layer_rows, number
+from reports.summary import flip_count_text, layer_rows, number
 
 PLOT_CAPTIONS = {"loss": "training loss, both sides", "errors": "log10 max |Δ| per tensor over the steps"}
 
@@ -19,7 +19,9 @@ FLIP_EXPLANATION = (
     "engine proves each such flip (the two candidates differ by no more than the forward tolerance, the amount "
     "routed agrees, and the flip explains every out-of-tolerance element), marks the affected tensors EXPLAINED "
     "rather than FAIL, and then re-synchronises scratch to the reference's weights, so the run goes on measuring "
-    "rounding error rather than the consequences of one legitimate routing choice."
+    "rounding error rather than the consequences of one legitimate routing choice. A ReLU input within rounding of "
+    "0 can likewise come out positive on one side only (passing its gradient on that side alone); it is proven and "
+    "counted the same way, as a ReLU sign."
 )
 
 LAYERS_EXPLANATION = (
@@ -195,14 +197,14 @@ def _faithful_evidence(run: dict[str, object]) -> str:
 
 def _flips(run: dict[str, object]) -> str:
     flips = run["near_tie_flips"]
-    if not flips["windows"]:
+    if not flips["steps"]:
         return "Near-tie routing flips: none."
     steps, resynced = _steps_text(flips["steps"]), _steps_text(flips["resynced_steps"])
     if flips["steps"] == flips["resynced_steps"]:
         where = f"at step(s) {steps}, after each of which scratch re-synchronised to the reference"
     else:
         where = f"at step(s) {steps}; scratch re-synchronised to the reference after step(s) {resynced}"
-    return f"Near-tie routing flips: {flips['windows']:,} window(s) {where}. {FLIP_EXPLANATION}"
+    return f"Near-tie routing flips: {flip_count_text(flips)} {where}. {FLIP_EXPLANATION}"
 
 
 # Steps listed in full up to this many; past it, the first ones and a count (report.json holds every one).

@@ -53,6 +53,14 @@ def seconds_text(run: dict[str, object]) -> str:
     return " / ".join(f"{seconds.get(part, 0.0):.1f}" for part in ("scratch", "reference", "compare"))
 
 
+def flip_count_text(flips: dict[str, object], short: bool = False) -> str:
+    """`12 window(s)`, and `and 1 ReLU sign(s)` where there are any (`12`, `12 + 1 ReLU` when `short`)."""
+    windows, signs = flips["windows"], flips.get("relu_signs", 0)  # a report.json from before ReLU signs has none
+    if short:
+        return f"{windows:,}" + (f" + {signs:,} ReLU" if signs else "")
+    return f"{windows:,} window(s)" + (f" and {signs:,} ReLU sign(s)" if signs else "")
+
+
 def summary_rows(document: dict[str, object]) -> list[dict[str, str]]:
     """One row per run, in run order."""
     rows = []
@@ -66,7 +74,7 @@ def summary_rows(document: dict[str, object]) -> list[dict[str, str]]:
                 "result": RESULT_TEXT[run["verdict"]],
                 "worst % of tol": number(worst["percent_of_tolerance"]) if worst else "-",
                 "first divergence": first_divergence_text(run),
-                "near-tie flips": f"{flips['windows']:,}",
+                "near-tie flips": flip_count_text(flips, short=True),
                 "test acc scratch / ref": accuracy_text(run),
                 "seconds scratch / ref / compare": seconds_text(run),
             }

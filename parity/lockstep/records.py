@@ -22,7 +22,8 @@ class StepRecord:
     reference_correct: int
     tied_windows: int | None  # tied pool windows (all pools) in the reference's forward; None unless detailed
     comparisons: list[TensorComparison] | SummarisedComparisons  # packed once the report needs only its figures
-    flipped_windows: int = 0  # near-tie routing flips explained this step
+    flipped_windows: int = 0  # near-tie routing flips of pool windows explained this step
+    flipped_signs: int = 0  # ReLU inputs within rounding of 0 whose sign flipped, explained this step
     full: bool = True  # every tensor compared; False on a strided step (only `always_compared`)
     samples: int = 1  # images in the step's batch
 
@@ -32,6 +33,11 @@ class StepRecord:
         if isinstance(self.comparisons, SummarisedComparisons):  # packed: read without unpacking
             return self.comparisons.all_ok
         return all(c.ok for c in self.comparisons)
+
+    @property
+    def flipped(self) -> bool:
+        """Whether a near-tie flip of either kind was proven this step (after which scratch is re-synchronised)."""
+        return bool(self.flipped_windows or self.flipped_signs)
 
     @property
     def tolerance_used(self) -> float:
@@ -88,8 +94,13 @@ class LockstepRecord:
 
     @property
     def flipped_windows(self) -> int:
-        """Near-tie routing flips explained over the run."""
+        """Near-tie routing flips of pool windows explained over the run."""
         return sum(step.flipped_windows for step in self.steps)
+
+    @property
+    def flipped_signs(self) -> int:
+        """ReLU sign flips of inputs within rounding of 0 explained over the run."""
+        return sum(step.flipped_signs for step in self.steps)
 
     @property
     def passed(self) -> bool:

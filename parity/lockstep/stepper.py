@@ -182,7 +182,7 @@ class Lockstep:
         if record.first_divergence is None:
             # A flip proven in the replay resyncs scratch at its step, so the replay's later steps no longer retrace
             # the first run's: whether the failure comes back is asked of a retrace of that run itself.
-            flipped = any(s.flipped_windows for s in record.steps[checkpoint.steps :])
+            flipped = any(s.flipped for s in record.steps[checkpoint.steps :])
             if not flipped or not self._fails_again(checkpoint, failing):
                 record.unreproduced_failures.append(failed_step)
         return step
@@ -261,7 +261,7 @@ def _lockstep_step(lockstep: Lockstep, images, labels, index, full) -> StepRecor
         explain_flips(spec, step, scratch_tensors, reference_tensors, dtype, images, lr, lockstep.tie_policy)
     # A proven flip resyncs scratch to the reference's weights, but only once everything below has read this step's
     # tensors: scratch's parameters among them are its live arrays, which the resync overwrites.
-    resync = bool(step.flipped_windows) and step.passed
+    resync = step.flipped and step.passed
     local = {}
     if judged:
         # Every tensor compared and within tolerance: a batch that agreed, or one that passed though it did not agree
