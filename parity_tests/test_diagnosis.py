@@ -15,6 +15,7 @@ from parity.check.loader import load_impl
 from parity.check.run import check_impl
 from parity.check.selftest import DEFAULT_BASE
 from parity.diagnosis import patterns
+from parity.diagnosis.diagnose import Context, diagnose_tensor
 from parity.diagnosis.pool import classify_routing
 from parity.diagnosis.record import KINDS, Diagnosis, label
 from parity.engine.compare import compare
@@ -520,3 +521,26 @@ def test_a_diagnosis_of_another_tensor_than_the_failure_shown_says_which():
     diagnosis = Diagnosis("routing", "pool1", "pool1.d_in", "routing error", {})
     assert diagnosis.text_for("pool1.d_in") == "routing error"
     assert diagnosis.text_for("pool1.out") == "pool1.d_in: routing error"
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "expected"),
+    [
+        ("conv3x8b,pool2,dense10", "conv1.d_biases", "bias gradient: expected the sum of dL/dout"),
+        ("conv3x8b,pool2,dense10", "conv1.d_filters", "the sum over windows (and the batch) of dL/dout * window"),
+        ("conv3x8,pool2,dense10", "dense1.d_biases", "bias gradient: expected the sum of dL/dout"),
+        ("conv3x8,pool2,dense10", "dense1.d_weights", "input^T . dL/dout"),
+    ],
+)
+def test_an_unexplained_gradient_is_hinted_at_by_its_own_parameter(arch, name, expected):
+    """A conv's bias gradient is a sum of dL/dout, not the filters' sum of windows: each gradient gets its own hint."""
+    spec = scratch.parse_spec(arch)
+    info = spec.tensor(name)
+    shape = dict(spec.layer(info.layer).params)[info.param]
+    theirs = np.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape)
+    ours = theirs + np.random.default_rng(0).normal(0, 1e-3, theirs.shape)  # noise: no pattern fits
+    comparison = compare(name, ours, theirs, np.float64)
+    found = diagnose_tensor(comparison, {name: ours}, {name: theirs}, Context(spec, np.dtype(np.float64), 0.005))
+    assert found.kind == "unexplained"
+    assert expected in found.text
+    assert ("bias gradient" in found.text) == name.endswith("d_biases")

@@ -31,7 +31,7 @@ HINTS: dict[tuple[str, str], str] = {
     ("loss", "loss"): "cross-entropy: check -log p[label] / log-sum-exp, and the mean over the batch",
     ("dense", "d_out"): "gradient w.r.t. logits: expected (p - onehot) / batch size (check the softmax Jacobian)",
     ("conv", "d_param"): "parameter gradient: expected the sum over windows (and the batch) of dL/dout * window",
-    ("dense", "d_param"): "parameter gradient: expected input^T . dL/dout (weights), the batch sum of dL/dout (biases)",
+    ("dense", "d_param"): "parameter gradient: expected input^T . dL/dout",
     ("conv", "d_in"): "input gradient: expected the full correlation of dL/dout with the filters",
     ("relu", "d_in"): "input gradient: dL/dout where the input is positive, 0 elsewhere",
     ("pool", "d_in"): "backward routing: the gradient goes to each window's max",
@@ -39,6 +39,8 @@ HINTS: dict[tuple[str, str], str] = {
     ("conv", "param"): "SGD update: expected param - lr * dL/dparam",
     ("dense", "param"): "SGD update: expected param - lr * dL/dparam",
 }
+# A bias gradient is a plain sum, whatever its layer: its hint is by parameter, ahead of the layer kind's.
+BIAS_GRADIENT_HINT = "bias gradient: expected the sum of dL/dout over the batch (and, for a conv, over positions)"
 # Tensors that a rearranged kernel or input explains: (kind, role) -> what to rearrange.
 REARRANGED = {("conv", "out"): "filters", ("conv", "d_in"): "filters", ("dense", "out"): "input"}
 ACTIVATION_ROLES = ("out", "probs", "d_out", "d_in")
@@ -242,9 +244,16 @@ def _stale_weights(ours: np.ndarray, scratch, context: Context, tolerance) -> di
     return None
 
 
+def _hint(info: TensorInfo) -> str:
+    """What a mismatch of this tensor usually means."""
+    if info.role == "d_param" and info.param == "biases":
+        return BIAS_GRADIENT_HINT
+    return HINTS.get((info.kind, info.role), "no hint for this tensor")
+
+
 def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorComparison) -> str:
     """The sentence for a person, from the kind and its evidence."""
-    name, hint = info.name, HINTS.get((info.kind, info.role), "no hint for this tensor")
+    name, hint = info.name, _hint(info)
     if kind == "non_finite":
         return _non_finite_text(name, evidence)
     if kind == "tie_policy":
