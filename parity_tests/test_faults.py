@@ -643,3 +643,23 @@ def test_ctrl_c_while_the_fork_server_loads_ends_it_without_a_traceback():
     )
     done = subprocess.run([sys.executable, "-c", interrupted_import], capture_output=True, timeout=120)
     assert (done.returncode, done.stderr) == (130, b"")
+
+
+DATA_DIR_COMMANDS = {
+    "report": ["report"],
+    "check": ["check", "--impl", "parity/check/examples/fixed_cnn"],
+    "selftest": ["selftest"],
+    "record": ["record"],
+    "compare-golden": ["compare-golden", "parity/golden/tutorial-float64-seed0.json.gz"],
+}
+
+
+@pytest.mark.parametrize("missing", [True, False], ids=["missing", "a file"])
+@pytest.mark.parametrize("command", DATA_DIR_COMMANDS, ids=list(DATA_DIR_COMMANDS))
+def test_a_data_dir_that_is_no_folder_is_refused_in_the_same_words_by_every_command(capsys, tmp_path, command, missing):
+    where = tmp_path / "nowhere"
+    if not missing:
+        where.write_text("not a folder")
+    what = "does not exist" if missing else "is not a directory"
+    argv = [*DATA_DIR_COMMANDS[command], "--data-dir", str(where)]
+    assert_refused(cli(capsys, *argv), f"data directory {where} {what}. Pass the folder holding the MNIST IDX files.")

@@ -364,7 +364,7 @@ def test_tie_policy_all_for_the_parity_runs_exits_1(report_cli, tmp_path, capsys
         (["--stride", "0"], "--stride must be a positive integer"),
         (["--tie-policy", "last"], "--tie-policy must be one of first, all"),
         (["--mode", "batch"], "--mode must be one of free, teacher"),
-        (["--data-dir", "/nonexistent/mnist"], "--data-dir /nonexistent/mnist does not exist"),
+        (["--data-dir", "/nonexistent/mnist"], "--data-dir: data directory /nonexistent/mnist does not exist"),
         (["--batch-size", "0"], "--batch-size must be a positive integer, got '0'"),
         (["--arch", "conv3x8,poo2,dense10"], "--arch: network spec item 2 'poo2' (input 26x26x8): unknown item"),
         (["--arch", "conv30x8,dense10"], "--arch: network spec item 1 'conv30x8' (input 28x28x1): a 30x30 conv"),

@@ -260,7 +260,7 @@ def test_missing_data_dir_exits_2(tmp_path, capsys):
     assert code == 2 and out == ""
     assert (
         err.strip() == f"python -m scratch.train: error: data directory {tmp_path / 'nowhere'} does not exist. "
-        "Create it and put the IDX files there."
+        "Pass the folder holding the MNIST IDX files."
     )
 
 

