@@ -731,3 +731,20 @@ def test_the_verdict_counts_the_demonstrations_that_did_not_diverge(demonstratio
     runs = [{"name": "claim", "role": jsondoc.CLAIM, "passed": True}]
     runs += [{"name": f"demo{i}", "role": jsondoc.DEMONSTRATION, "passed": True} for i in range(demonstrations)]
     assert said in verdict_line({"runs": runs})
+
+
+@pytest.mark.parametrize(
+    ("flips", "text", "short"),
+    [
+        ({"windows": 12, "relu_signs": 0}, "12 window(s)", "12"),
+        ({"windows": 12, "relu_signs": 1}, "12 window(s) and 1 ReLU sign(s)", "12 + 1 ReLU"),
+        ({"windows": 0, "relu_signs": 3}, "3 ReLU sign(s)", "3 ReLU"),
+        ({"windows": 0, "relu_signs": 0}, "0 window(s)", "0"),
+        ({"windows": 1_200}, "1,200 window(s)", "1,200"),  # a report.json from before ReLU signs were counted
+    ],
+)
+def test_near_tie_flips_are_counted_in_words_by_kind(flips, text, short):
+    from reports.summary import flip_count_text
+
+    assert flip_count_text(flips) == text
+    assert flip_count_text(flips, short=True) == short

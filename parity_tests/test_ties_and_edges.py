@@ -19,6 +19,7 @@ from parity.lockstep.experiment import ExperimentConfig, ScratchSide
 from parity.lockstep.records import StepRecord
 from parity.lockstep.stepper import Lockstep, run_lockstep
 from scratch.data import load_experiment_data
+from scratch.relu import ReLU
 
 F64 = tolerance_for(np.float64)
 INF, NAN = math.inf, math.nan
@@ -503,10 +504,10 @@ def test_a_flip_at_the_first_pool_is_explained_whatever_pools_follow(arch):
     assert not explained(ours).passed
 
 
-def tensors_with_conv_output(spec, images, labels, edit) -> dict[str, np.ndarray]:
+def tensors_with_conv_output(spec, images, labels, edit, dtype=np.float64) -> dict[str, np.ndarray]:
     """A step's tensors and the parameters after it, computed by scratch's own layers from conv1's output as
     `edit` changes it in place (the rest of the network reads the edited values, so every tensor is consistent)."""
-    net = scratch.build_network(spec, 0)
+    net = scratch.build_network(spec, 0, dtype=dtype)
     conv, forward = net.layers[0], net.layers[0].forward
 
     def edited(x):
@@ -520,21 +521,29 @@ def tensors_with_conv_output(spec, images, labels, edit) -> dict[str, np.ndarray
     return tensors | {name: value.copy() for name, value in net.parameters().items()}
 
 
-def explained_step(spec, ours, theirs, images) -> StepRecord:
-    step = StepRecord(0, 0.0, 0.0, 0, 0, None, compare_many(list(spec.tensor_names), ours, theirs, np.float64))
-    assert {c.name for c in step.comparisons if not c.ok} >= {"relu1.d_in", "conv1.d_filters"}
-    explain_flips(spec, step, ours, theirs, np.dtype(np.float64), images, 0.005)
+def explained_step(spec, ours, theirs, images, dtype=np.float64) -> StepRecord:
+    step = StepRecord(0, 0.0, 0.0, 0, 0, None, compare_many(list(spec.tensor_names), ours, theirs, dtype))
+    assert not all(c.ok for c in step.comparisons)
+    explain_flips(spec, step, ours, theirs, np.dtype(dtype), images, 0.005)
     return step
 
 
-def window_of_zeros(just_above: float):
+def window_of_zeros(just_above: float, exact_zero: bool = False):
     """An edit of conv1's output: the top-left 2x2 window of channel 0 negative but for its second element,
-    `just_above` 0 (within rounding of it)."""
+    `just_above` 0 (within rounding of it); with `exact_zero`, another window of channel 1 whose maximum is exactly 0
+    (a ReLU before or after the pool passes no gradient there, as PyTorch's)."""
 
     def edit(out):
         out[0, :2, :2, 0] = [[-0.3, just_above], [-0.2, -0.1]]
+        if exact_zero:
+            out[0, 4:6, 4:6, 1] = [[0.0, -0.1], [-0.2, -0.3]]
 
     return edit
+
+
+def one_digit():
+    train, _ = load_experiment_data(n_train=10, n_test=10)
+    return train.images[:1], train.labels[:1]
 
 
 def test_a_relu_sign_flip_next_to_a_pool_flip_is_explained():
@@ -543,40 +552,76 @@ def test_a_relu_sign_flip_next_to_a_pool_flip_is_explained():
     (a tie, routed to its first element, masked by its ReLU); scratch's has one maximum, just above 0, which passes
     the gradient on. Both flips are proven and the step passes; a bug beside them is still caught."""
     spec = scratch.parse_spec("conv3x4,relu,pool2,dense10")
-    train, _ = load_experiment_data(n_train=10, n_test=10)
-    images, labels = train.images[:1], train.labels[:1]
+    images, labels = one_digit()
     theirs = tensors_with_conv_output(spec, images, labels, window_of_zeros(-1e-14))
     ours = tensors_with_conv_output(spec, images, labels, window_of_zeros(1e-14))
     assert ours["pool1.d_in"][0, 0, 1, 0] != 0 and theirs["pool1.d_in"][0, 0, 0, 0] != 0  # routed apart
     assert ours["relu1.d_in"][0, 0, 1, 0] != 0 and not theirs["relu1.d_in"][0, :2, :2, 0].any()  # passed on in one
     step = explained_step(spec, ours, theirs, images)
     assert step.passed and (step.flipped_windows, step.flipped_signs) == (1, 1) and step.flipped
+    reasons = {c.explained for c in step.comparisons if c.explained}
+    assert reasons == {
+        "near-tie flip(s) (1 window in pool1, 1 ReLU sign in relu1): rounding reordered two near-equal maxima and "
+        "rounding put a ReLU input within tolerance of 0 on the other side of it"
+    }
     ours["conv1.d_filters"] = ours["conv1.d_filters"] * 1.01  # a filter-gradient bug on the flip step
     assert not explained_step(spec, ours, theirs, images).passed
 
 
-def test_a_relu_sign_flip_alone_is_explained_and_a_relu_backward_bug_is_not():
-    """A ReLU input within rounding of 0, positive in scratch only, before a dense layer: its gradient passes in
-    scratch alone, and so does every upstream consequence of it. Proven, the step passes; a ReLU passing gradient
-    where both inputs are negative, or a sign apart by more than the forward tolerance, is not excused."""
-    spec = scratch.parse_spec("conv3x4,relu,dense10")
-    train, _ = load_experiment_data(n_train=10, n_test=10)
-    images, labels = train.images[:1], train.labels[:1]
-    theirs = tensors_with_conv_output(spec, images, labels, window_of_zeros(-1e-14))
-    ours = tensors_with_conv_output(spec, images, labels, window_of_zeros(1e-14))
-    step = explained_step(spec, ours, theirs, images)
-    assert step.passed and (step.flipped_windows, step.flipped_signs) == (0, 1)
-    buggy = dict(ours, **{"relu1.d_in": ours["relu1.d_in"].copy()})
-    buggy["relu1.d_in"][0, 0, 0, 0] = ours["dense1.d_in"][0, 0, 0, 0]  # passed where both inputs are -0.3
-    assert ours["dense1.d_in"][0, 0, 0, 0] != 0
-    assert not explained_step(spec, buggy, theirs, images).passed
-    far = tensors_with_conv_output(spec, images, labels, window_of_zeros(1e-3))  # well past rounding of 0
-    step = explained_step(spec, far, theirs, images)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    ("arch", "signs"),
+    [("conv3x4,relu,dense10", 1), ("conv3x4,pool2,relu,dense10", 1), ("conv3x4,relu,relu,dense10", 2)],
+)
+def test_a_relu_sign_flip_is_explained_and_a_relu_backward_bug_beside_it_is_not(monkeypatch, arch, signs, dtype):
+    """A ReLU input within rounding of 0, positive in scratch only: its gradient passes in scratch alone, and so does
+    every upstream consequence of it. Proven, the step passes, wherever the ReLU is (after the conv, after a pool,
+    after another ReLU, which then flips too). Not excused beside it: a ReLU that passes the gradient at an exact 0
+    (`>=`), upstream tensors that never saw the rerouted gradient (they agree with the reference's only), and a sign
+    apart by more than the forward tolerance."""
+    spec = scratch.parse_spec(arch)
+    images, labels = one_digit()
+    theirs = tensors_with_conv_output(spec, images, labels, window_of_zeros(-1e-14, exact_zero=True), dtype)
+    ours = tensors_with_conv_output(spec, images, labels, window_of_zeros(1e-14, exact_zero=True), dtype)
+    step = explained_step(spec, ours, theirs, images, dtype)
+    assert step.passed and (step.flipped_windows, step.flipped_signs) == (0, signs)
+
+    with monkeypatch.context() as patched:  # the gradient passes at an exact 0 too
+        forward = ReLU.forward
+        patched.setattr(ReLU, "forward", lambda self, x: (forward(self, x), setattr(self, "_passes", x >= 0))[0])
+        at_zero = tensors_with_conv_output(spec, images, labels, window_of_zeros(1e-14, exact_zero=True), dtype)
+    assert (at_zero["relu1.d_in"] != ours["relu1.d_in"]).any()  # the bug shows, at the exact 0 only
+    step = explained_step(spec, at_zero, theirs, images, dtype)
+    assert not step.passed and step.flipped_signs == 0
+
+    unmoved = dict(ours, **{name: theirs[name] for name in ("conv1.d_filters", "conv1.filters")})
+    assert all(c.passed for c in compare_many(["conv1.d_filters", "conv1.filters"], unmoved, theirs, dtype))
+    assert not explained_step(spec, unmoved, theirs, images, dtype).passed
+
+    far = tensors_with_conv_output(spec, images, labels, window_of_zeros(1e-3, exact_zero=True), dtype)
+    step = explained_step(spec, far, theirs, images, dtype)
     assert not step.passed and step.flipped_signs == 0
 
 
-def test_a_sign_flip_is_within_the_forward_tolerance_of_a_side_positive_alone():
-    forward = tolerance_for(np.float64)
-    scratch_in = np.array([1e-14, -1e-14, 1e-14, 1e-3, 0.0, 0.5])
-    reference_in = np.array([-1e-14, 1e-14, 1e-14, -1e-3, 1e-14, 0.5])
-    assert sign_flips(scratch_in, reference_in, forward).tolist() == [True, True, False, False, True, False]
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_sign_flip_is_within_the_forward_tolerance_of_a_side_positive_alone(dtype):
+    """Signed zeros count as not positive; NaN and infinities are never a flip (and raise no warning)."""
+    forward = tolerance_for(dtype)
+    pairs = [
+        (1e-14, -1e-14, True),
+        (-1e-14, 1e-14, True),
+        (1e-14, 1e-14, False),  # the same side of 0
+        (1e-3, -1e-3, False),  # apart by more than the forward tolerance
+        (0.0, 1e-14, True),
+        (-0.0, 1e-14, True),
+        (0.0, -0.0, False),
+        (0.0, 0.0, False),
+        (np.nan, 1e-14, False),
+        (1e-14, np.nan, False),
+        (np.inf, -np.inf, False),
+        (np.inf, np.inf, False),
+        (0.5, 0.5, False),
+    ]
+    scratch_in = np.array([a for a, _, _ in pairs], dtype)
+    reference_in = np.array([b for _, b, _ in pairs], dtype)
+    assert sign_flips(scratch_in, reference_in, forward).tolist() == [flip for _, _, flip in pairs]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment impor
 # v2: spec-named tensors and layers, `architecture`/`batch_size`/`layers` per run, per-tensor share of tolerance,
 # the shown steps' comparison rows (report.md renders from the document alone).
 # v3: `layers` carries each layer's own verdict; a diagnosis is a record `{kind, layer, tensor, text, evidence}`.
+# Keys added within a version leave it as it is, and readers default them: `near_tie_flips.relu_signs` (0).
 SCHEMA = "cnn-parity/report/v3"
 VOLATILE_RUN_KEYS = ("seconds",)  # per run: timings differ from run to run
 VOLATILE_KEYS = ("environment",)  # top level: versions, threads, commit, time of day

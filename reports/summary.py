@@ -54,11 +54,15 @@ def seconds_text(run: dict[str, object]) -> str:
 
 
 def flip_count_text(flips: dict[str, object], short: bool = False) -> str:
-    """`12 window(s)`, and `and 1 ReLU sign(s)` where there are any (`12`, `12 + 1 ReLU` when `short`)."""
+    """`12 window(s)`, `1 ReLU sign(s)` or both joined by `and`; `0 window(s)` for none (`12`, `1 ReLU`, `12 + 1
+    ReLU` and `0` when `short`)."""
     windows, signs = flips["windows"], flips.get("relu_signs", 0)  # a report.json from before ReLU signs has none
-    if short:
-        return f"{windows:,}" + (f" + {signs:,} ReLU" if signs else "")
-    return f"{windows:,} window(s)" + (f" and {signs:,} ReLU sign(s)" if signs else "")
+    parts = []  # (short, long)
+    if windows or not signs:
+        parts.append((f"{windows:,}", f"{windows:,} window(s)"))
+    if signs:
+        parts.append((f"{signs:,} ReLU", f"{signs:,} ReLU sign(s)"))
+    return " + ".join(short_text for short_text, _ in parts) if short else " and ".join(text for _, text in parts)
 
 
 def summary_rows(document: dict[str, object]) -> list[dict[str, str]]:

@@ -3,10 +3,11 @@ or a ReLU gradient passed on one side only because rounding put an input within 
 
 For each pool whose input gradient (or a tensor before it) fails, `parity.diagnosis.pool.near_tie_flips` proves
 the routing element by element; for each ReLU, `sign_flips` finds the inputs whose sign rounding decided. What the
-rerouted gradient changes upstream (every parameter gradient, input
-gradient and updated parameter of the layers before the pool) is then recomputed from the reference's own tensors:
-the backward of those layers is linear in the gradient, so each upstream tensor must equal the reference's plus the
-backward of the rerouted part. A tensor that does not is a bug the flip does not excuse, and the step fails.
+rerouted gradient changes upstream (every parameter gradient, input gradient and updated parameter of the layers
+before the pool or ReLU) is then recomputed from the reference's own tensors: the backward of those layers is linear
+in the gradient, so each upstream tensor must equal the reference's plus the backward of the rerouted part. A
+compared tensor that does not, whether or not it failed against the reference, is a bug the flip does not excuse,
+and the step fails.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from scratch.spec import NetworkSpec
 
 if TYPE_CHECKING:
     from parity.lockstep.records import StepRecord
+
+# A rerouting found at one layer: the layer's input gradient as scratch's routing makes it, what that adds to the
+# reference's, and how many windows or signs flipped.
+Rerouting = tuple[np.ndarray, np.ndarray, int]
 
 
 def explain_flips(
@@ -47,46 +52,29 @@ def explain_flips(
     change them; the changes add up (the backward of the layers before it is linear in its input gradient). Any
     routing difference that is not a proven flip leaves the step's failures as they are."""
     by_name = {c.name: i for i, c in enumerate(step.comparisons)}
-    forward_tolerance = tolerance_for(dtype)  # of the pools' and ReLUs' inputs, activations
     expected = dict(reference_tensors)  # the reference's tensors, with the consequences of every flip proven so far
+    forward_tolerance = tolerance_for(dtype)  # of the pools' and ReLUs' inputs, activations
     changed: set[str] = set()
-    windows, signs = {}, {}
+    flips: dict[str, dict[str, int]] = {"pool": {}, "relu": {}}  # by kind, each layer's count
     for position in reversed(range(1, len(spec.layers))):
-        layer = spec.layers[position]
-        name = f"{layer.name}.d_in"
-        upstream = {
-            info.name for info in spec.tensors if info.layer in {earlier.name for earlier in spec.layers[:position]}
-        }
-        if layer.kind not in ("pool", "relu") or name not in by_name:
+        layer, name = spec.layers[position], f"{spec.layers[position].name}.d_in"
+        if layer.kind not in flips or (layer.kind == "pool" and name not in by_name):
             continue
+        upstream = {info.name for info in spec.tensors if info.layer in {e.name for e in spec.layers[:position]}}
         if all(c.ok for c in step.comparisons if c.name == name or c.name in upstream):
             continue
-        inputs = f"{spec.layers[position - 1].name}.out"
-        if inputs not in scratch_tensors or inputs not in reference_tensors:
-            if layer.kind == "pool":
-                return  # the proof needs both sides' pool input; without it nothing is excused
-            continue  # no sign is known to have flipped: none is claimed
-        own_input, reference_input = scratch_tensors[inputs], reference_tensors[inputs]
         if layer.kind == "pool":
-            ours, theirs = scratch_tensors[name], expected[name]
-            tolerance = step.comparisons[by_name[name]].tolerance  # the pool's input gradient's own (per sample)
-            elsewhere = routed_elsewhere(layer.kernel, ours, theirs)
-            count = near_tie_flips(
-                layer.kernel, own_input, reference_input, ours, theirs, forward_tolerance, tolerance,
-                rerouted=elsewhere, tie_policy=tie_policy,
-            )  # fmt: skip
-            if count < 0:
-                return  # a routing difference that is not a near-tie flip: a real difference, left failing
-            rerouted = np.where(beyond_tolerance(ours, theirs, tolerance) | elsewhere, ours - theirs, 0)
+            comparison = step.comparisons[by_name[name]]
+            found = _pool_rerouting(
+                spec, position, comparison, scratch_tensors, expected, forward_tolerance, tie_policy
+            )
+            if found is None:
+                return  # a routing difference that is not a near-tie flip, or no proof: left failing
         else:
-            incoming = expected.get(f"{spec.layers[position + 1].name}.d_in")  # the ReLU's output gradient
-            if incoming is None:  # not compared at this step
-                continue
-            flipped = sign_flips(own_input, reference_input, forward_tolerance) & (incoming != 0)
-            count = int(np.count_nonzero(flipped))
-            # Where the sign flipped, the gradient passes by scratch's own sign, as the reference's would have.
-            ours = np.where(flipped, np.where(own_input > 0, incoming, 0), expected[name])
-            rerouted = ours - expected[name]
+            found = _relu_rerouting(spec, position, scratch_tensors, expected, forward_tolerance)
+            if found is None:
+                continue  # no sign is known to have flipped: none is claimed
+        ours, rerouted, count = found
         if count == 0:
             continue
         consequences = upstream_consequences(spec, position, rerouted, expected, images, lr, tie_policy)
@@ -94,34 +82,83 @@ def explain_flips(
             return
         expected.update(consequences, **{name: ours})
         changed.update(consequences, {name})
-        (windows if layer.kind == "pool" else signs)[layer.name] = count
-    if not windows and not signs:
+        flips[layer.kind][layer.name] = count
+    if not any(flips.values()) or not _consistent(step, by_name, changed, scratch_tensors, expected, dtype):
         return
-    failing = [name for name in changed if name in by_name and not step.comparisons[by_name[name]].ok]
-    for name in failing:  # a failure the flips do not account for is left unexplained, so the step fails
+    step.flipped_windows += sum(flips["pool"].values())
+    step.flipped_signs += sum(flips["relu"].values())
+    reason = _reason(flips["pool"], flips["relu"])
+    for name in changed:
+        if name in by_name and not step.comparisons[by_name[name]].ok:
+            step.comparisons[by_name[name]] = replace(step.comparisons[by_name[name]], explained=reason)
+
+
+def _pool_rerouting(
+    spec, position, comparison, scratch_tensors, expected, forward_tolerance, tie_policy
+) -> Rerouting | None:
+    """The pool at `position`'s near-tie flips, proven element by element; None when some routing difference is no
+    such flip, or when either side's pool input is missing (then nothing is excused)."""
+    layer, inputs = spec.layers[position], f"{spec.layers[position - 1].name}.out"
+    if inputs not in scratch_tensors or inputs not in expected:
+        return None
+    ours, theirs = scratch_tensors[comparison.name], expected[comparison.name]
+    tolerance = comparison.tolerance  # the pool's input gradient's own (per sample)
+    elsewhere = routed_elsewhere(layer.kernel, ours, theirs)
+    count = near_tie_flips(
+        layer.kernel, scratch_tensors[inputs], expected[inputs], ours, theirs, forward_tolerance, tolerance,
+        rerouted=elsewhere, tie_policy=tie_policy,
+    )  # fmt: skip
+    if count < 0:
+        return None
+    return ours, np.where(beyond_tolerance(ours, theirs, tolerance) | elsewhere, ours - theirs, 0), count
+
+
+def _relu_rerouting(spec, position, scratch_tensors, expected, forward_tolerance) -> Rerouting | None:
+    """The ReLU at `position`'s sign flips, each passing the gradient it receives by scratch's own sign; None when
+    an input to it or the gradient it receives is not at hand (no sign is then known to have flipped)."""
+    name, inputs = f"{spec.layers[position].name}.d_in", f"{spec.layers[position - 1].name}.out"
+    incoming = expected.get(f"{spec.layers[position + 1].name}.d_in")  # a ReLU is never last: a dense layer is
+    if incoming is None or name not in expected or inputs not in scratch_tensors or inputs not in expected:
+        return None
+    own_input = scratch_tensors[inputs]
+    flipped = sign_flips(own_input, expected[inputs], forward_tolerance) & (incoming != 0)
+    ours = np.where(flipped, np.where(own_input > 0, incoming, 0), expected[name])
+    return ours, ours - expected[name], int(np.count_nonzero(flipped))
+
+
+def _consistent(step, by_name, changed, scratch_tensors, expected, dtype) -> bool:
+    """Whether every compared tensor the flips change is, in scratch, within tolerance of its value as they change
+    it: the failures they explain, and the tensors that agreed with the reference as well (one that agrees only
+    there never saw the rerouted gradient: a bug the flips do not excuse)."""
+    for name in changed & by_name.keys():
         if name not in scratch_tensors:
-            return
+            return False
         tolerance = step.comparisons[by_name[name]].tolerance
         if not compare(name, scratch_tensors[name], expected[name], dtype, tolerance, detail=False).passed:
-            return
-    step.flipped_windows += sum(windows.values())
-    step.flipped_signs += sum(signs.values())
-    for name in failing:
-        step.comparisons[by_name[name]] = replace(step.comparisons[by_name[name]], explained=_reason(windows, signs))
+            return False
+    return True
 
 
 def sign_flips(scratch_input: np.ndarray, reference_input: np.ndarray, forward_tolerance: Tolerance) -> np.ndarray:
     """Elementwise: is a ReLU input positive on one side only, the two within forward tolerance of each other (both
-    within rounding of 0)? Such an element passes its gradient on one side only, and either is right."""
+    within rounding of 0)? Such an element passes its gradient on one side only, and either is right. NaN and
+    infinities never are."""
     differs = (scratch_input > 0) != (reference_input > 0)
-    return differs & (np.abs(scratch_input - reference_input) <= forward_tolerance.allowed(reference_input))
+    finite = np.isfinite(scratch_input) & np.isfinite(
+        reference_input
+    )  # inf against -inf is within an infinite allowance
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, within no tolerance
+        near = np.abs(scratch_input - reference_input) <= forward_tolerance.allowed(reference_input)
+    return differs & finite & near
 
 
 def _reason(windows: dict[str, int], signs: dict[str, int]) -> str:
-    """What an explained tensor says: how many flips of each kind, by layer."""
+    """What an explained tensor says: how many flips of each kind, by layer, and what rounding did."""
     parts = [f"{count} window{'s' * (count > 1)} in {pool}" for pool, count in windows.items()]
     parts += [f"{count} ReLU sign{'s' * (count > 1)} in {relu}" for relu, count in signs.items()]
-    return f"near-tie flip(s) ({', '.join(parts)}): rounding reordered two values within forward tolerance"
+    causes = ["rounding reordered two near-equal maxima"] * bool(windows)
+    causes += ["rounding put a ReLU input within tolerance of 0 on the other side of it"] * bool(signs)
+    return f"near-tie flip(s) ({', '.join(parts)}): {' and '.join(causes)}"
 
 
 def upstream_consequences(
