@@ -190,6 +190,14 @@ def _chw_output(d: Path) -> None:
     _edit(_copy_fixed(d) / "conv.py", 'return np.einsum("ijkl,fkl->ijf"', 'return np.einsum("ijkl,fkl->fij"')
 
 
+def _same_padding(d: Path) -> None:
+    _edit(
+        _copy_fixed(d) / "conv.py",
+        'return np.einsum("ijkl,fkl->ijf", self.regions(input), self.filters)',
+        'return np.einsum("ijkl,fkl->ijf", self.regions(np.pad(input, 1)), self.filters)',
+    )
+
+
 def _input_length_wrong(d: Path) -> None:
     _edit(_copy_fixed(d) / "softmax.py", "standard_normal((input_len, nodes))", "standard_normal((1000, nodes))")
 
@@ -234,6 +242,11 @@ UNUSABLE = {
         "Softmax.forward: raised Unshowable: (its message could not be shown: TypeError in its __str__)",
     ),
     "wrong output layout": (_chw_output, "Conv3x3.forward: returned shape (8, 26, 26), expected (26, 26, 8): HWC"),
+    "same padding": (
+        _same_padding,
+        "returned shape (28, 28, 8), expected (26, 26, 8): HWC (h - K + 1, w - K + 1, filters); this looks like 'same' "
+        "padding (the output as large as the input): the networks checked use valid padding",
+    ),
 }
 
 
