@@ -13,7 +13,14 @@ import numpy as np
 
 from parity.check.classifier import dense_totals, find_logits, refuse_softmax_layer, refuse_totals, unseen_logits
 from parity.check.layercalls import LayerCall
-from parity.check.layouts import ParamBinding, bias_layout, conv_layouts, layout_error, matching_layouts
+from parity.check.layouts import (
+    ParamBinding,
+    bias_layout,
+    conv_layouts,
+    conv_output_layout,
+    layout_error,
+    matching_layouts,
+)
 from parity.check.loader import Impl
 from parity.check.members import Methods
 from parity.check.names import Choice, ImplError, LayerMisbehaves, Missing, NamesError
@@ -140,7 +147,7 @@ class Binder:
             layouts = matching_layouts(layouts, filters, x, out) or layouts[:1]
         layout, (kernel, count) = layouts[0]
         expected = (shape[0] - kernel + 1, shape[1] - kernel + 1, count)
-        out = self._output(out, expected, "HWC (h - K + 1, w - K + 1, filters)" + _padding_hint(out.shape, shape))
+        out = self._output(out, expected, conv_output_layout(out.shape, shape))
         params = [ParamBinding("filters", filters_attr, layout, filters.shape)]
         bias_attr = self._bias(arrays, count, exclude=filters_attr)
         if bias_attr is not None:
@@ -390,17 +397,3 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def _hwc(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
-
-
-def _padding_hint(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> str:
-    """What a conv output as large as its input (or larger) says: the conv pads, which the networks checked do not."""
-    if len(out_shape) != 3 or out_shape[0] < in_shape[0] or out_shape[1] < in_shape[1]:
-        return ""
-    same = out_shape[:2] == in_shape[:2]
-    padded = (
-        "'same' padding (the output as large as the input)" if same else "padding (the output larger than the input)"
-    )
-    return (
-        f"; this looks like {padded}: the networks checked use valid padding, as the tutorial's conv and PyTorch's "
-        "default (padding=0) do"
-    )

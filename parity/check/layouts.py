@@ -3,6 +3,7 @@
 A conv's filters may be `(F, K, K)` or `(K, K, F)` (one input channel, no channel axis), or `(F, K, K, C)`,
 `(F, C, K, K)` or `(K, K, C, F)`; a dense layer's weights `(in, out)` or `(out, in)`; a bias `(N,)`, `(N, 1)` or
 `(1, N)`. `ParamBinding` records one parameter's attribute and layout and converts between it and scratch's layout.
+A conv's output is HWC with valid padding (`conv_output_layout` says so, and what a padded output looks like).
 """
 
 from __future__ import annotations
@@ -103,3 +104,18 @@ def layout_error(label, cls, attribute, shape, channels) -> str:
 
 def bias_layout(shape: tuple[int, ...]) -> str:
     return "(N,)" if len(shape) == 1 else "(N, 1)" if shape[1] == 1 else "(1, N)"
+
+
+def conv_output_layout(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> str:
+    """The layout a conv's output must have, and, for one as large as its input or larger, that the conv pads."""
+    layout = "HWC (h - K + 1, w - K + 1, filters)"
+    if len(out_shape) != 3 or out_shape[0] < in_shape[0] or out_shape[1] < in_shape[1]:
+        return layout
+    same = out_shape[:2] == in_shape[:2]
+    padded = (
+        "'same' padding (the output as large as the input)" if same else "padding (the output larger than the input)"
+    )
+    return (
+        f"{layout}; this looks like {padded}: the networks checked use valid padding, as the tutorial's conv and "
+        "PyTorch's default (padding=0) do"
+    )
