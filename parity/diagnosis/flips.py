@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import scratch
+from parity.diagnosis import patterns
 from parity.diagnosis.pool import beyond_tolerance, near_tie_flips, routed_elsewhere
 from parity.engine.compare import compare
 from parity.engine.tolerances import Tolerance, tolerance_for
@@ -144,12 +145,8 @@ def sign_flips(scratch_input: np.ndarray, reference_input: np.ndarray, forward_t
     within rounding of 0)? Such an element passes its gradient on one side only, and either is right. NaN and
     infinities never are."""
     differs = (scratch_input > 0) != (reference_input > 0)
-    finite = np.isfinite(scratch_input) & np.isfinite(
-        reference_input
-    )  # inf against -inf is within an infinite allowance
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, within no tolerance
-        near = np.abs(scratch_input - reference_input) <= forward_tolerance.allowed(reference_input)
-    return differs & finite & near
+    # Within tolerance as the engine judges it: NaN never is, an infinity only against the same infinity.
+    return differs & ~patterns.beyond(scratch_input, reference_input, forward_tolerance)
 
 
 def _reason(windows: dict[str, int], signs: dict[str, int]) -> str:
