@@ -327,3 +327,39 @@ def test_a_sign_flipped_input_gradient_is_caught_in_float32_at_any_batch_size(tu
     record = lockstep.finish()
     assert first_divergence(record) == (0, "conv1.d_in", "conv1")
     assert record.first_divergence.comparison.tolerance.atol == pytest.approx(1e-5 / batch)
+
+
+@pytest.mark.parametrize(
+    ("wrong_step", "batch", "factor", "reading"),
+    [
+        (lambda lr, gradient: lr * lr * gradient, 1, 0.005, "the learning rate applied twice"),
+        (lambda lr, gradient: -lr * gradient, 4, -1, "a sign error"),
+    ],
+    ids=["lr-twice", "sign"],
+)
+def test_a_wrong_update_in_float32_is_named_at_the_weights_it_moves(
+    tutorial_data, monkeypatch, wrong_step, batch, factor, reading
+):
+    """In float32 an update scaled by lr once more moves the weights by less than the tolerance sees, yet moves
+    them: it is the update's factor, not an update never applied. And the near-tie flips a wrong update leaves
+    unproven make the conv's input gradient fail first in the spec's order: the divergence is still named at the
+    tensor the conv is wrong in."""
+    train, _ = tutorial_data
+
+    def update(self, lr):
+        for name in self.param_names:
+            getattr(self, name)[...] -= wrong_step(lr, self.grads[name])
+        self.grads = {}
+
+    monkeypatch.setattr(scratch.layer.Layer, "update", update)
+    net = scratch.tutorial_network(0, np.float32)
+    runner = reference.ReferenceRunner(reference.to_torch(net))
+    lockstep = Lockstep(ScratchSide(net), runner, net.spec, np.float32)
+    for start in range(0, 4 * batch, batch):
+        lockstep.step(train.images[start : start + batch], train.labels[start : start + batch])
+    record = lockstep.finish()
+    assert first_divergence(record) == (0, "conv1.filters", "conv1")
+    for layer in ("conv1", "dense1"):
+        diagnosis = record.layers[layer].diagnosis
+        assert (diagnosis.kind, diagnosis.evidence["reading"]) == ("scale", reading), diagnosis.text
+        assert diagnosis.evidence["factor"] == pytest.approx(factor, rel=1e-2)

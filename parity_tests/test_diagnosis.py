@@ -345,6 +345,52 @@ def test_the_same_two_bugs_in_tutorial_interface_code_are_both_reported_by_check
     assert layers["dense1"].passed
 
 
+def fixed_code_with(**replacements):
+    """The corrected tutorial-interface code with some classes replaced: `make(correct_class)` by class name."""
+    impl = load_impl(str(DEFAULT_BASE))
+    for name, make in replacements.items():
+        impl.classes[name] = make(impl.classes[name])
+    return impl
+
+
+def float32_filters(correct, step_twice=False):
+    """The corrected Conv3x3 keeping its filters in float32; `step_twice`: its update applied twice as well."""
+
+    class Float32Filters(correct):
+        def __init__(self, num_filters, rng=None):
+            super().__init__(num_filters, rng)
+            self.filters = self.filters.astype(np.float32)  # "to halve the memory": a float32-level error
+
+        def backprop(self, d_L_d_out, learn_rate):
+            before = self.filters.copy()
+            d_L_d_input = super().backprop(d_L_d_out, learn_rate)
+            if step_twice:
+                self.filters -= before - self.filters  # BUG: the step taken again, a gradient counted twice
+            return d_L_d_input
+
+    return Float32Filters
+
+
+@pytest.mark.parametrize("step_twice", [False, True], ids=["float32-only", "float32-and-doubled"])
+def test_float32_weights_do_not_hide_a_doubled_update_beside_them(tutorial_data, step_twice):
+    """Filters kept in float32 make every tensor of the conv differ at float32's rounding level; an update taken
+    twice besides is far beyond it, and is what the layer is blamed for, told under float32's tolerance (its
+    rounding hides the factor from float64's)."""
+    train, _ = tutorial_data
+    impl = fixed_code_with(Conv3x3=lambda correct: float32_filters(correct, step_twice))
+    conv = check_impl(impl, train.images, train.labels, steps=2, probes=()).main.record.layers["conv1"]
+    if not step_twice:
+        assert conv.diagnosis.kind == "downcast"
+        return
+    diagnosis = conv.diagnosis
+    assert (diagnosis.tensor, diagnosis.kind, diagnosis.evidence["factor"]) == (
+        "conv1.d_filters",
+        "scale",
+        pytest.approx(2, rel=1e-4),
+    )
+    assert diagnosis.evidence["reading"].startswith("times 2")
+
+
 def test_check_with_the_tutorial_tie_policy_judges_only_the_rest(tutorial_data):
     """`--tie-policy all`: the tutorial's own code passes, pooling included."""
     train, _ = tutorial_data

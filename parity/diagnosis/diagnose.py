@@ -3,13 +3,13 @@ apply to the tensor's layer kind and role, with the evidence, and a sentence for
 
 `diagnose_tensor` judges one tensor; `diagnose_layer` picks, of a layer's failing tensors, the first whose cause is
 known (a wrong forward makes every tensor after it wrong too, and the parameter gradient may show the pattern
-the output hides).
+the output hides), float32-level error only where nothing else is wrong.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from parity.diagnosis import patterns
 from parity.diagnosis.pool import classify_routing
 from parity.diagnosis.record import Diagnosis, factor_text
 from parity.engine.compare import TensorComparison
-from parity.engine.tolerances import Tolerance
+from parity.engine.tolerances import Tolerance, tolerance_for
 from parity.lockstep.feed import LayerFeed
 from scratch.spec import LayerSpec, NetworkSpec, TensorInfo
 
@@ -71,10 +71,26 @@ def diagnose_layer(
     context: Context,
 ) -> Diagnosis | None:
     """The diagnosis of `layer` from its failing comparisons (None when none fails): the first with a known cause,
-    else the first failure's `unexplained`."""
+    else the first failure's `unexplained`. Float32-level error (`downcast`) names the layer only where it is all
+    that is wrong: an error beside it that it does not explain is a bug of its own, and goes first."""
     failing = [c for c in comparisons if not c.ok and context.spec.judged_at(c.name) == layer]
     diagnoses = [diagnose_tensor(c, scratch, reference, context) for c in failing]
-    return next((d for d in diagnoses if d.kind != "unexplained"), diagnoses[0] if diagnoses else None)
+    known = next((d for d in diagnoses if d.kind not in ("unexplained", "downcast")), None)
+    downcast = next((d for d in diagnoses if d.kind == "downcast"), None)
+    if known is not None or downcast is None:
+        return known or (diagnoses[0] if diagnoses else None)
+    # Float32 numbers are in play: a tensor off by more than float32's own tolerance has an error of its own,
+    # told under that tolerance (float32's rounding would hide any pattern from float64's).
+    for comparison, diagnosis in zip(failing, diagnoses, strict=True):
+        ours, theirs = scratch.get(comparison.name), reference.get(comparison.name)
+        if diagnosis.kind != "unexplained" or not isinstance(theirs, np.ndarray):
+            continue
+        # Per-sample gradients (batch first) under atol / batch, as the comparison itself was judged.
+        role = context.spec.tensor(comparison.name).role
+        float32 = tolerance_for(np.float32, role, theirs.shape[0] if theirs.ndim else 1)
+        if not (isinstance(ours, np.ndarray) and patterns.matches(ours, theirs, float32)):
+            return diagnose_tensor(replace(comparison, tolerance=float32), scratch, reference, context)
+    return downcast
 
 
 def diagnose_tensor(
@@ -110,7 +126,8 @@ def _detect(info: TensorInfo, ours, theirs, scratch, comparison, context) -> tup
     feed, layer = context.feed, _layer_of(info, context.spec)
     if info.role == "param" and feed is not None:
         before = feed.params[info.param]
-        if patterns.matches(ours, before, tolerance):
+        # Bit for bit: an update too small for the tolerance to see (lr applied twice, in float32) is still one.
+        if ours.shape == before.shape and np.array_equal(ours, before):
             return "dropped", {"update": "not applied"}
         ours, theirs = ours - before, theirs - before  # judge the update, not the weights
     if info.kind == "pool" and info.role == "d_in" and feed is not None:

@@ -6,7 +6,7 @@ None. They know nothing of layers; `parity.diagnosis.diagnose` decides which app
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -63,18 +63,24 @@ def scale(
     factor = float(np.vdot(ours, theirs)) / norm
     if abs(factor - 1) < 1e-6 or abs(factor) < 1e-12 or not matches(ours, factor * theirs, tolerance):
         return None
-    return {"factor": factor, "reading": _reading(factor, lr)}
+
+    def fits(exact: float) -> bool:
+        # The fitted factor carries the tensors' rounding (a float32 update read off weights far larger than it):
+        # a reading is also right when the exact factor itself explains every element.
+        return abs(factor - exact) <= 1e-6 * abs(exact) or matches(ours, exact * theirs, tolerance)
+
+    return {"factor": factor, "reading": _reading(factor, lr, fits)}
 
 
-def _reading(factor: float, lr: float | None) -> str:
-    """What a factor usually means, as a short phrase."""
-    if abs(factor + 1) < 1e-6:
+def _reading(factor: float, lr: float | None, fits: Callable[[float], bool]) -> str:
+    """What a factor usually means, as a short phrase; `fits(k)`: whether exactly k explains the tensor."""
+    if fits(-1.0):
         return "a sign error"
-    if lr and abs(factor - lr) <= 1e-6 * lr:
+    if lr and fits(lr):
         return "the learning rate applied twice"
     for value, word in ((factor, "times"), (1 / factor, "divided by")):
         n = round(value)
-        if 2 <= abs(n) <= _SMALL_INTEGER and abs(value - n) < 1e-6 * abs(n):
+        if 2 <= abs(n) <= _SMALL_INTEGER and fits(n if word == "times" else 1 / n):
             return f"{word} {n}" + (_TWO[word] if n == 2 else "")
     return ""
 

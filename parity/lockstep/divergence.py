@@ -36,20 +36,23 @@ def first_divergence(
     failures = [c for c in step.comparisons if not c.ok]
     wrong_alone = {name for name, local in evidence.local.items() if not local.passed}
     failure = next((c for c in failures if spec.judged_at(c.name) in wrong_alone), failures[0])
-    info = spec.tensor(failure.name)
     layer = spec.judged_at(failure.name)
-    tied = step.tied_windows
-    if info.kind == "pool" and info.role == "d_in":
-        inputs = pool_input(spec, info.layer, evidence.reference)
-        tied = tied if inputs is None else count_tied_windows(inputs, spec.layer(info.layer).kernel)
     local = evidence.local.get(layer)
     if local is not None and not local.passed:
         diagnosis = local.diagnose(evidence.reference)  # the layer itself is wrong
+        # Named at the tensor its diagnosis is of, where that fails here too: an earlier tensor of the layer may
+        # fail only through it (a near-tie flip that a wrong update leaves unproven).
+        failure = next((c for c in failures if c.name == diagnosis.tensor), failure)
     elif local is not None:
         diagnosis = _inherited(spec, dtype, layer, failure.name, evidence, previous)
     else:  # no local verdict: judged from the whole run's tensors
         context = Context(spec, dtype, lr, previous_tolerance_used=previous)
         diagnosis = diagnose_tensor(failure, evidence.scratch, evidence.reference, context)
+    info = spec.tensor(failure.name)
+    tied = step.tied_windows
+    if info.kind == "pool" and info.role == "d_in":
+        inputs = pool_input(spec, info.layer, evidence.reference)
+        tied = tied if inputs is None else count_tied_windows(inputs, spec.layer(info.layer).kernel)
     return Divergence(step.step, failure.name, info.layer, failure, tied, diagnosis)
 
 
