@@ -391,6 +391,36 @@ def test_float32_weights_do_not_hide_a_doubled_update_beside_them(tutorial_data,
     assert diagnosis.evidence["reading"].startswith("times 2")
 
 
+def lr_applied_twice_in_the_update(correct):
+    """The corrected Softmax whose SGD update scales the gradient by the learning rate twice."""
+
+    class LrTwice(correct):
+        def backprop(self, d_L_d_out, learn_rate):
+            weights, biases = self.weights.copy(), self.biases.copy()
+            d_L_d_input = super().backprop(d_L_d_out, learn_rate)
+            self.weights[...] = weights - learn_rate * (weights - self.weights)  # BUG: lr * (lr * gradient)
+            self.biases[...] = biases - learn_rate * (biases - self.biases)
+            return d_L_d_input
+
+    return LrTwice
+
+
+def test_a_wrong_dense_update_is_told_from_a_wrong_logits_gradient_by_the_input_gradient(tutorial_data):
+    """`check` reads dL/dlogits off the bias update; when the weight update disagrees too, the input gradient the
+    layer returns (computed from dL/dlogits, not from the update) tells a wrong update from a wrong dL/dlogits."""
+    train, _ = tutorial_data
+    impl = fixed_code_with(Softmax=lr_applied_twice_in_the_update)
+    divergence = check_impl(impl, train.images, train.labels, steps=2, probes=()).main.record.first_divergence
+    diagnosis = divergence.diagnosis
+    assert (divergence.tensor, diagnosis.kind, diagnosis.evidence["reading"]) == (
+        "dense1.d_out",
+        "scale",
+        "the learning rate applied twice",
+    )
+    assert diagnosis.evidence["weight_gradient_agrees"] is False
+    assert diagnosis.evidence["input_gradient_agrees"] is True
+
+
 def test_check_with_the_tutorial_tie_policy_judges_only_the_rest(tutorial_data):
     """`--tie-policy all`: the tutorial's own code passes, pooling included."""
     train, _ = tutorial_data

@@ -27,32 +27,56 @@ def refine(
         return div
     last = spec.layers[-1].name
     d_logits, d_weights = spec.name_of(last, "d_out"), spec.name_of(last, "d_param", "weights")
-    note, evidence = _recovery_note(div.tensor, d_logits, d_weights, ours, theirs)
+    # The input gradient the last layer returns is computed from dL/dlogits, and seen: a witness for it.
+    d_input = spec.name_of(last, "d_in")
+    witness = d_input if d_input not in recovered else None
+    note, evidence = _recovery_note(div.tensor, d_logits, d_weights, witness, ours, theirs)
     diagnosis = div.diagnosis
     diagnosis = replace(diagnosis, text=f"{diagnosis.text}; {note}", evidence={**diagnosis.evidence, **evidence})
     return replace(div, diagnosis=diagnosis)
 
 
 def _recovery_note(
-    tensor: str, d_logits: str, d_weights: str, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]
+    tensor: str,
+    d_logits: str,
+    d_weights: str,
+    d_input: str | None,
+    ours: dict[str, np.ndarray],
+    theirs: dict[str, np.ndarray],
 ) -> tuple[str, dict]:
-    """What a divergence in a recovered gradient can mean, since it was read off the weight update."""
+    """What a divergence in a recovered gradient can mean, since it was read off the weight update; `d_input`: the
+    last layer's input gradient where it was seen (it is computed from dL/dlogits, not from the update)."""
     if tensor != d_logits:
         return (
             f"{tensor} is recovered from the in-place update as (before - after) / lr: a wrong update rule shows "
             "here too",
             {"recovered_from_update": True},
         )
-    mine, reference = ours.get(d_weights), theirs.get(d_weights)
-    agree = isinstance(mine, np.ndarray) and matches(mine, reference, tolerance_for(np.float64))
-    if agree:
+    if _agrees(d_weights, ours, theirs):
         return (
             f"{d_logits} is recovered from the bias update, and the weight gradient agrees, so dL/dlogits itself "
             "is right: the bias gradient or its update is wrong",
             {"recovered_from_update": True, "weight_gradient_agrees": True},
         )
+    if d_input is not None and _agrees(d_input, ours, theirs):
+        return (
+            f"{d_logits} is recovered from the bias update, and the weight gradient disagrees too, but {d_input}, "
+            "which the layer computes from dL/dlogits, agrees: dL/dlogits is right, the SGD update of the weights "
+            "and biases is wrong",
+            {"recovered_from_update": True, "weight_gradient_agrees": False, "input_gradient_agrees": True},
+        )
     return (
         f"{d_logits} is recovered from the bias update, and the weight gradient disagrees too, so dL/dlogits itself "
         "is wrong: check the softmax Jacobian and the initial gradient",
         {"recovered_from_update": True, "weight_gradient_agrees": False},
+    )
+
+
+def _agrees(name: str, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> bool:
+    """Whether the side's `name` matches the twin's within the float64 tolerance (the check runs in float64)."""
+    mine, reference = ours.get(name), theirs.get(name)
+    return (
+        isinstance(mine, np.ndarray)
+        and isinstance(reference, np.ndarray)
+        and matches(mine, reference, tolerance_for(np.float64))
     )
