@@ -61,7 +61,7 @@ def _forward(info: ClassInfo, role: str, mapped: str | None) -> tuple[str | None
             None,
             Choice(role, "forward", fits[0].name, "the only forward-like method taking one input", info.name),
         )
-    ranked = [m.name for m in fits] + closest("forward", [n for n in info.methods if n not in {m.name for m in fits}])
+    ranked = [m.name for m in fits] + closest("forward", _callable(info, (1,), {m.name for m in fits}))
     detail = f"{len(fits)} forward-like methods take one input: {', '.join(m.name for m in fits)}; " if fits else ""
     return None, _missing(info, role, "forward", "forward", ranked, detail), None
 
@@ -84,12 +84,24 @@ def _backprop(
     if not with_lr and len(named) == 1:
         return named[0].name, None, Choice(role, "backprop", named[0].name, "the only backward-like method", info.name)
     fits: list[MethodInfo] = with_lr or named
-    ranked = [m.name for m in fits] + closest("backprop", [n for n in info.methods if n not in {m.name for m in fits}])
+    # Past those that fit, the nearest names that can take a gradient: trying a proposal reads the architecture,
+    # which runs only the forward pass, so one that takes no gradient would be offered as if it had been tried.
+    ranked = [m.name for m in fits] + closest("backprop", _callable(info, (1, 2), {m.name for m in fits} | {forward}))
     detail = ""
     if len(fits) > 1:
         what = "take a gradient and a learning rate" if with_lr else "are named like a backward pass"
         detail = f"{len(fits)} methods {what}: {', '.join(m.name for m in fits)}; "
     return None, _missing(info, role, "backprop", "backprop", ranked, detail), None
+
+
+def _callable(info: ClassInfo, counts: tuple[int, ...], left_out: set[str | None]) -> list[str]:
+    """The methods, but `left_out` and generators, that can be called with one of `counts` arguments: the only ones
+    worth proposing for a role (one that takes no gradient is no backprop, however its name reads)."""
+    return [
+        name
+        for name, method in info.methods.items()
+        if name not in left_out and not method.generator and any(method.takes(count) for count in counts)
+    ]
 
 
 def _missing(info: ClassInfo, role: str, member: str, wanted: str, ranked: list[str], detail: str = "") -> Missing:
