@@ -224,6 +224,7 @@ def _unshowable_exception(d: Path) -> None:
 
 UNUSABLE = {
     "nonexistent path": (None, "no such file or directory"),
+    "an empty path": ("", "impl: empty; pass a directory of .py files, a .py file or a module name"),
     "a FIFO, neither a file nor a directory": (lambda d: os.mkfifo(d), "impl: not a regular file or a directory"),
     "syntax error": (_syntax_error, "softmax.py:17: syntax error"),
     "import error": (_import_error, "ModuleNotFoundError: No module named 'no_such_module_for_cnn_parity'"),
@@ -254,13 +255,23 @@ UNUSABLE = {
 def test_unusable_input_is_one_line_and_exit_2(capsys, tmp_path, case):
     make, message = UNUSABLE[case]
     impl = tmp_path / "impl"
-    if make is not None:
+    if callable(make):
         make(impl)
-    code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "2", "--no-probes")
+    where = make if isinstance(make, str) else str(impl)  # a path given as it is typed
+    code, out, err = cli(capsys, "check", "--impl", where, "--steps", "2", "--no-probes")
     assert code == 2 and out == ""
     assert err.startswith("cnn-parity check: error: ") and err.count("\n") == 1, err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_dense_layer_before_the_last_that_returns_probabilities_is_refused(capsys):
+    """The tutorial's Softmax used twice: the twin has a softmax after the last layer only, so the first one's
+    probabilities would be compared as totals and blamed on its flatten or weight layout."""
+    layers = "Conv3x3(8),MaxPool2(),Softmax(1352,10),Softmax(10,10)"
+    code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--steps", "2", "--no-probes", "--layers", layers)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "Softmax.forward returns probabilities (the softmax of its totals) in a layer that is not the last" in err
 
 
 def test_integer_weights_are_named_as_such_not_as_missing(capsys, tmp_path):

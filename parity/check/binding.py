@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from parity.check.classifier import dense_totals, find_logits, refuse_softmax_layer, refuse_totals, unseen_logits
+from parity.check.classifier import dense_totals, find_logits, refuse_dense_output, refuse_softmax_layer, unseen_logits
 from parity.check.layercalls import LayerCall
 from parity.check.layouts import (
     ParamBinding,
@@ -204,8 +204,7 @@ class Binder:
         out = self._forward(value)
         out = self._output(out, (units,), "(nodes,)")
         totals = dense_totals(value, weights, layout, arrays.get(bias_attr))
-        if last:
-            refuse_totals(self.impl.label, self.cls, self.methods.forward, out, totals)
+        refuse_dense_output(self.impl.label, self.cls, self.methods.forward, out, totals, last)
         params = [ParamBinding("weights", weights_attr, layout, weights.shape)]
         if bias_attr is not None:
             bias = arrays[bias_attr]

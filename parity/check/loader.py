@@ -102,6 +102,8 @@ def load_impl(
     or the classes `calls` (from `--layers`) construct. NamesError when names do not match; ImplError when an import
     fails or runs past `timeout` seconds."""
     mapping = mapping or Mapping()
+    if not str(spec).strip():  # Path("") would be the working directory
+        raise ImplError("impl: empty; pass a directory of .py files, a .py file or a module name")
     path = Path(spec)
     if path.is_dir():
         files = sorted(path.glob("*.py"))
