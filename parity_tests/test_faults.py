@@ -397,7 +397,20 @@ def test_a_symlink_loop_as_out_is_one_line(capsys, tmp_path, command):
     argv, _, _ = OUTPUT_COMMANDS[command]
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
-    assert_refused(cli(capsys, *argv, str(loop)), str(loop), "is not a directory")
+    assert_refused(cli(capsys, *argv, str(loop)), str(loop), "is a symbolic link")
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_a_symlink_to_a_previous_report_as_out_is_refused_as_a_link(capsys, tmp_path, command):
+    """Not as something that "is not a directory": it leads to one, but replacing it would replace the link."""
+    argv, _, _ = OUTPUT_COMMANDS[command]
+    target = tmp_path / "previous"
+    target.mkdir()
+    (target / "report.json").write_text('{"schema": "cnn-parity/report/v3", "runs": []}')
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert_refused(cli(capsys, *argv, str(link)), str(link), f"is a symbolic link (to {target})")
+    assert (target / "report.json").exists()
 
 
 def test_a_write_that_fails_midway_names_the_destination_not_the_temporary(tmp_path):
@@ -663,3 +676,9 @@ def test_a_data_dir_that_is_no_folder_is_refused_in_the_same_words_by_every_comm
     what = "does not exist" if missing else "is not a directory"
     argv = [*DATA_DIR_COMMANDS[command], "--data-dir", str(where)]
     assert_refused(cli(capsys, *argv), f"data directory {where} {what}. Pass the folder holding the MNIST IDX files.")
+
+
+@pytest.mark.parametrize("command", DATA_DIR_COMMANDS, ids=list(DATA_DIR_COMMANDS))
+def test_an_empty_data_dir_is_refused_not_read_as_the_working_directory(capsys, command):
+    argv = [*DATA_DIR_COMMANDS[command], "--data-dir", ""]
+    assert_refused(cli(capsys, *argv), "data directory: empty. Pass the folder holding the MNIST IDX files.")

@@ -33,12 +33,18 @@ def check_destination(out_dir: Path, option: str = "--out") -> None:
             f"pass a new one, such as {out_dir / 'report'}"
         )
     try:
-        not_a_directory = out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir())
+        link = out_dir.is_symlink()
+        not_a_directory = link or (out_dir.exists() and not out_dir.is_dir())
         present = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() and not not_a_directory else []
         written = _report_files(out_dir) if present else None
     except OSError as error:  # e.g. a name too long, or a parent that cannot be read
         where = atomic.existing_or(out_dir)
         raise atomic.OutputError(f"cannot write the report to {out_dir}: {atomic.describe(error, where)}") from None
+    if link:  # even to a previous report: replacing the directory whole would replace the link, not its target
+        raise NotADirectoryError(
+            f"{out_dir} is a symbolic link (to {os.readlink(out_dir)}); a report replaces its directory whole, so "
+            "pass the directory itself, or a new one"
+        )
     if not_a_directory:
         raise NotADirectoryError(f"{out_dir} exists and is not a directory; pass a new directory for the report")
     if present and written is None:

@@ -86,8 +86,7 @@ def _describe(value: object) -> str:
 
 
 def special_file(path: Path) -> bool:
-    """Whether `path` exists but is neither a directory nor a regular file: a FIFO (a read blocks for good) or a
-    device (/dev/zero: a read never ends)."""
+    """Whether `path` exists but is no directory or regular file: a FIFO or a device, whose reads block or never end."""
     return path.exists() and not path.is_dir() and not path.is_file()
 
 
@@ -255,6 +254,8 @@ def check_data_dir(directory: PathLike) -> Path:
     """`directory` as a Path, or a DataError saying why it cannot hold the IDX files (every command words it so)."""
     if not isinstance(directory, (str, os.PathLike)):
         raise DataError(f"data directory: expected a path, got {type(directory).__name__}.")
+    if not str(directory).strip():  # Path("") would be the working directory
+        raise DataError("data directory: empty. Pass the folder holding the MNIST IDX files.")
     directory = Path(directory)
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a directory"
@@ -324,11 +325,12 @@ def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, se
 
 
 def _shuffled_head(dataset: Dataset, n: int, seed: int, what: str) -> Dataset:
-    """Shuffle with its own generator and keep the first n examples."""
+    """Shuffle with its own generator and keep the first n examples (`what`: n_train or n_test)."""
     if n > len(dataset):
+        option = {"n_train": "--train-size", "n_test": "--test-size"}[what]  # as the commands name it
         raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n:,} were requested. Ask for "
-            "fewer."
+            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n:,} ({option}) were requested. "
+            + (f"Ask for {len(dataset):,} or fewer." if len(dataset) else "Pass IDX files that hold digits.")
         )
     order = np.random.default_rng(seed).permutation(len(dataset))[:n]
     return _subset(dataset, order, f"{dataset.source}: {n:,} shuffled (seed {seed})")
