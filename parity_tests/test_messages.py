@@ -90,3 +90,13 @@ def test_every_tolerance_has_a_reason_and_float64_beats_assert_close_defaults():
     assert tolerance_for(np.float64).atol < 1e-7 / 1000  # assert_close's float64 default is 1e-7
     with pytest.raises(ValueError, match="no parity tolerance for dtype 'float16'"):
         tolerance_for("float16")
+
+
+def test_a_per_sample_tolerance_is_shown_with_the_atol_it_applies():
+    """At batch 4, float32's per-sample atol is 2.5e-06: a message that rounds it to one digit (3e-06) would state
+    an allowance other than the one the element was judged by."""
+    tolerance = tolerance_for(np.float32, "d_in", samples=4)
+    assert tolerance.describe() == "atol 2.5e-06 + rtol 1e-05*|reference|"
+    assert tolerance_for(np.float64).describe() == "atol 1e-12 + rtol 1e-10*|reference|"
+    message = compare("conv1.d_in", np.full(3, 1e-5, np.float32), np.zeros(3, np.float32), np.float32, tolerance)
+    assert "atol 2.5e-06" in message.message()

@@ -28,8 +28,8 @@ class Tolerance:
         return self.atol + self.rtol * np.abs(reference)
 
     def describe(self) -> str:
-        """`atol 1e-12 + rtol 1e-10 * |reference|`."""
-        return f"atol {self.atol:.0e} + rtol {self.rtol:.0e}*|reference|"
+        """`atol 1e-12 + rtol 1e-10 * |reference|`; a per-sample atol keeps its digits (atol 2.5e-06, not 3e-06)."""
+        return f"atol {self.atol:.3g} + rtol {self.rtol:.3g}*|reference|"
 
     def per_sample_of(self, samples: int) -> Tolerance:
         """This tolerance for a per-sample gradient of a loss averaged over `samples`: atol / samples. Each sample's
