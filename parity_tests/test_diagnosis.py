@@ -20,7 +20,7 @@ from parity.diagnosis.pool import classify_routing
 from parity.diagnosis.record import KINDS, Diagnosis, label
 from parity.engine.compare import compare
 from parity.engine.testing import ParityError, assert_lockstep
-from parity.engine.tolerances import tolerance_for
+from parity.engine.tolerances import Tolerance, tolerance_for
 from parity.lockstep import local
 from parity.lockstep.experiment import ScratchSide
 from parity.lockstep.stepper import run_lockstep
@@ -61,6 +61,16 @@ def test_scale_finds_the_factor_and_says_what_it_means(step, factor, reading):
         "reading": reading,
     }
     assert patterns.scale(filters + 1e-9, filters, TOLERANCE) is None  # an offset is no factor
+
+
+def test_a_factor_is_read_as_an_exact_one_only_when_that_fits_and_is_within_1_percent(step):
+    """A float32 update read off far larger weights carries their rounding (0.005006 for lr twice): the exact
+    factor is named when it explains every element too, but never one 10% away, however loose the tolerance."""
+    filters = step["conv1.d_filters"]
+    loose = Tolerance(atol=float(np.abs(filters).max()), rtol=0.0, reason="every factor near 1 fits")
+    assert patterns.scale(-1.005 * filters, filters, loose)["reading"] == "a sign error"
+    assert patterns.scale(-1.005 * filters, filters, TOLERANCE)["reading"] == ""
+    assert patterns.scale(-0.9 * filters, filters, loose)["reading"] == ""
 
 
 def test_a_factor_near_1_is_shown_with_the_digits_that_tell_it_from_1(step):
