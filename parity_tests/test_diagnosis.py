@@ -71,6 +71,9 @@ def test_a_factor_is_read_as_an_exact_one_only_when_that_fits_and_is_within_1_pe
     assert patterns.scale(-1.005 * filters, filters, loose)["reading"] == "a sign error"
     assert patterns.scale(-1.005 * filters, filters, TOLERANCE)["reading"] == ""
     assert patterns.scale(-0.9 * filters, filters, loose)["reading"] == ""
+    assert patterns.scale(-2.0001 * filters, filters, loose)["reading"] == "times -2"  # -1 fits too, but is 50% off
+    # 1.4% off lr: not lr twice, and 1/197 beside 1/196 and 1/198 is no reading a factor 1% off can make
+    assert patterns.scale(0.005068 * filters, filters, loose, lr=0.005)["reading"] == ""
 
 
 def test_a_factor_near_1_is_shown_with_the_digits_that_tell_it_from_1(step):

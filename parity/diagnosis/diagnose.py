@@ -79,18 +79,26 @@ def diagnose_layer(
     downcast = next((d for d in diagnoses if d.kind == "downcast"), None)
     if known is not None or downcast is None:
         return known or (diagnoses[0] if diagnoses else None)
-    # Float32 numbers are in play: a tensor off by more than float32's own tolerance has an error of its own,
-    # told under that tolerance (float32's rounding would hide any pattern from float64's).
+    # Float32 numbers are in play: a tensor off by more than float32's own tolerance has an error of its own.
+    beyond = list(_beyond_float32(failing, diagnoses, scratch, reference, context))
+    return next((d for d in beyond if d.kind != "unexplained"), beyond[0] if beyond else downcast)
+
+
+def _beyond_float32(failing, diagnoses, scratch, reference, context: Context):
+    """The failing tensors left unexplained whose error float32's rounding cannot account for, each diagnosed under
+    float32's tolerance (whose rounding hides any pattern from float64's); a parameter by its update."""
     for comparison, diagnosis in zip(failing, diagnoses, strict=True):
         ours, theirs = scratch.get(comparison.name), reference.get(comparison.name)
         if diagnosis.kind != "unexplained" or not isinstance(theirs, np.ndarray):
             continue
+        info = context.spec.tensor(comparison.name)
         # Per-sample gradients (batch first) under atol / batch, as the comparison itself was judged.
-        role = context.spec.tensor(comparison.name).role
-        float32 = tolerance_for(np.float32, role, theirs.shape[0] if theirs.ndim else 1)
+        float32 = tolerance_for(np.float32, info.role, theirs.shape[0] if theirs.ndim else 1)
+        if isinstance(ours, np.ndarray) and info.role == "param" and context.feed is not None:
+            before = context.feed.params[info.param]  # as `_detect` does: the update is what is judged
+            ours, theirs = ours - before, theirs - before
         if not (isinstance(ours, np.ndarray) and patterns.matches(ours, theirs, float32)):
-            return diagnose_tensor(replace(comparison, tolerance=float32), scratch, reference, context)
-    return downcast
+            yield diagnose_tensor(replace(comparison, tolerance=float32), scratch, reference, context)
 
 
 def diagnose_tensor(

@@ -64,24 +64,30 @@ def scale(
     if abs(factor - 1) < 1e-6 or abs(factor) < 1e-12 or not matches(ours, factor * theirs, tolerance):
         return None
 
-    def fits(exact: float) -> bool:
+    def fits(exact: float, loose: bool = True) -> bool:
         # The fitted factor carries the tensors' rounding (a float32 update read off weights far larger than it,
         # 0.1% off): a reading is also right when the exact factor, within 1% of it, explains every element.
         off = abs(factor - exact)
-        return off <= 1e-6 * abs(exact) or (off <= 1e-2 * abs(exact) and matches(ours, exact * theirs, tolerance))
+        near = loose and off <= 1e-2 * abs(exact)
+        return off <= 1e-6 * abs(exact) or (near and matches(ours, exact * theirs, tolerance))
 
     return {"factor": factor, "reading": _reading(factor, lr, fits)}
 
 
-def _reading(factor: float, lr: float | None, fits: Callable[[float], bool]) -> str:
-    """What a factor usually means, as a short phrase; `fits(k)`: whether exactly k explains the tensor."""
+# Past this, n and n + 1 lie within 2% of each other: a factor 1% off cannot tell them apart.
+_LOOSE_INTEGER = 50
+
+
+def _reading(factor: float, lr: float | None, fits: Callable[..., bool]) -> str:
+    """What a factor usually means, as a short phrase; `fits(k, loose)`: whether exactly k explains the tensor."""
     if fits(-1.0):
         return "a sign error"
     if lr and fits(lr):
         return "the learning rate applied twice"
     for value, word in ((factor, "times"), (1 / factor, "divided by")):
         n = round(value)
-        if 2 <= abs(n) <= _SMALL_INTEGER and fits(n if word == "times" else 1 / n):
+        exact = n if word == "times" else 1 / n if n else 0.0
+        if 2 <= abs(n) <= _SMALL_INTEGER and fits(exact, loose=abs(n) <= _LOOSE_INTEGER):
             return f"{word} {n}" + (_TWO[word] if n == 2 else "")
     return ""
 
