@@ -313,16 +313,14 @@ def test_names_error_carries_the_mismatches_as_data(tmp_path):
 
 
 def test_a_method_that_takes_no_gradient_is_never_proposed_as_backprop(capsys, tmp_path):
-    """The pool's backprop gone and only `max_position()` left: trying a proposal runs the forward pass alone, so
-    proposing it would print options said to be tried that fail on the first backprop."""
+    """The pool's backprop gone, `windows(image)` and `max_position()` left: trying a proposal runs the forward pass
+    alone, so proposing either would print options said to be tried that fail on the first backprop."""
     impl = copy_fixed(
         tmp_path / "impl", "maxpool.py", "def backprop(self, d_L_d_out):", "def _unused(self, d_L_d_out):"
     )
-    pool = impl / "maxpool.py"
-    pool.write_text(pool.read_text().replace("windows(", "_windows("))
     code, out, err = cli(capsys, "check", "--impl", str(impl), "--steps", "3", "--no-probes")
     assert code == 2 and out == "" and "Traceback" not in err
-    assert "  - no method MaxPool2.backprop (methods: forward(input), max_position())" in err
+    assert "  - no method MaxPool2.backprop (methods: forward(input), max_position(), windows(image))" in err
     assert "--map MaxPool2.backprop" not in err and "rerun with" not in err and "tried here" not in err
 
 

@@ -9,11 +9,15 @@ for backprop, the one method taking a gradient and a learning rate (its second p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from parity.check.catalogue import BACKWARD_WORDS, ClassInfo, MethodInfo, class_from_runtime
 from parity.check.loader import Impl, closest
 from parity.check.names import Choice, Missing, NamesError
+
+# How a gradient parameter is named (d_L_d_out, d_out, dout, dy, grad, delta, error): a backprop's first parameter.
+GRADIENT_NAME = re.compile(r"^d(_|[A-Z]|out|y|x|l)|grad|delta|err", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def _forward(info: ClassInfo, role: str, mapped: str | None) -> tuple[str | None
             None,
             Choice(role, "forward", fits[0].name, "the only forward-like method taking one input", info.name),
         )
-    ranked = [m.name for m in fits] + closest("forward", _callable(info, (1,), {m.name for m in fits}))
+    ranked = [m.name for m in fits] + closest("forward", _callable(info, 1, {m.name for m in fits}))
     detail = f"{len(fits)} forward-like methods take one input: {', '.join(m.name for m in fits)}; " if fits else ""
     return None, _missing(info, role, "forward", "forward", ranked, detail), None
 
@@ -84,9 +88,13 @@ def _backprop(
     if not with_lr and len(named) == 1:
         return named[0].name, None, Choice(role, "backprop", named[0].name, "the only backward-like method", info.name)
     fits: list[MethodInfo] = with_lr or named
-    # Past those that fit, the nearest names that can take a gradient: trying a proposal reads the architecture,
-    # which runs only the forward pass, so one that takes no gradient would be offered as if it had been tried.
-    ranked = [m.name for m in fits] + closest("backprop", _callable(info, (1, 2), {m.name for m in fits} | {forward}))
+    # Past those that fit, the nearest names whose first parameter is named as a gradient is: trying a proposal
+    # reads the architecture, which runs only the forward pass, so a helper (`windows(image)`, `max_position()`)
+    # would be offered as if it had been tried.
+    takes_gradient = [m.name for m in others if m.params and GRADIENT_NAME.search(m.params[0]) and m.name != forward]
+    ranked = [m.name for m in fits] + closest(
+        "backprop", [n for n in takes_gradient if n not in {m.name for m in fits}]
+    )
     detail = ""
     if len(fits) > 1:
         what = "take a gradient and a learning rate" if with_lr else "are named like a backward pass"
@@ -94,13 +102,13 @@ def _backprop(
     return None, _missing(info, role, "backprop", "backprop", ranked, detail), None
 
 
-def _callable(info: ClassInfo, counts: tuple[int, ...], left_out: set[str | None]) -> list[str]:
-    """The methods, but `left_out` and generators, that can be called with one of `counts` arguments: the only ones
-    worth proposing for a role (one that takes no gradient is no backprop, however its name reads)."""
+def _callable(info: ClassInfo, count: int, left_out: set[str]) -> list[str]:
+    """The methods, but `left_out` and generators, that can be called with `count` arguments: the only ones worth
+    proposing for a role (one that takes no input is no forward pass, however its name reads)."""
     return [
         name
         for name, method in info.methods.items()
-        if name not in left_out and not method.generator and any(method.takes(count) for count in counts)
+        if name not in left_out and not method.generator and method.takes(count)
     ]
 
 
