@@ -325,11 +325,10 @@ def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, se
 
 
 def _shuffled_head(dataset: Dataset, n: int, seed: int, what: str) -> Dataset:
-    """Shuffle with its own generator and keep the first n examples (`what`: n_train or n_test)."""
+    """Shuffle with its own generator and keep the first n examples (`what`: the request's name, for the message)."""
     if n > len(dataset):
-        option = {"n_train": "--train-size", "n_test": "--test-size"}[what]  # as the commands name it
         raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n:,} ({option}) were requested. "
+            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n:,} were requested. "
             + (f"Ask for {len(dataset):,} or fewer." if len(dataset) else "Pass IDX files that hold digits.")
         )
     order = np.random.default_rng(seed).permutation(len(dataset))[:n]
