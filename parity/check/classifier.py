@@ -41,17 +41,25 @@ def find_logits(cached: dict[str, np.ndarray], probs: np.ndarray, mapped: str | 
 def refuse_dense_output(
     label: str, cls: str, forward: str, out: np.ndarray, totals: list[np.ndarray], last: bool
 ) -> None:
-    """ImplError when a dense layer's forward returned what its place cannot take: the last layer its `totals` (its
-    softmax is in a class of its own), any other the softmax of them (the twin has a softmax after the last only)."""
-    if not last:
-        if any(close(out, softmax(candidate)) for candidate in totals):
-            raise ImplError(
-                f"{label}: {cls}.{forward} returns probabilities (the softmax of its totals) in a layer that is not "
-                "the last: check's twin, as the tutorial's network, has a softmax after the last layer only, and a "
-                f"dense layer before it must return its totals. Give that layer a class whose forward returns "
-                f"input . weights + biases, or make {cls} the last layer"
-            )
-        return
+    """ImplError when a dense layer's forward returned what its place cannot take (`refuse_totals` for the last
+    layer, `refuse_hidden_softmax` for any other)."""
+    (refuse_totals if last else refuse_hidden_softmax)(label, cls, forward, out, totals)
+
+
+def refuse_hidden_softmax(label: str, cls: str, forward: str, out: np.ndarray, totals: list[np.ndarray]) -> None:
+    """ImplError when a dense layer before the last returned the softmax of its `totals`: the twin has a softmax
+    after the last layer only."""
+    if np.size(out) > 1 and any(close(out, softmax(candidate)) for candidate in totals):
+        raise ImplError(
+            f"{label}: {cls}.{forward} returns probabilities (the softmax of its totals) in a layer that is not the "
+            "last: check's twin, as the tutorial's network, has a softmax after the last layer only, and a dense "
+            f"layer before it must return its totals. Give that layer a class whose forward returns input . weights "
+            f"+ biases, or make {cls} the last layer"
+        )
+
+
+def refuse_totals(label: str, cls: str, forward: str, out: np.ndarray, totals: list[np.ndarray]) -> None:
+    """ImplError when the last layer's forward returned its `totals`: its softmax is in a class of its own."""
     if any(close(out, candidate) for candidate in totals):
         raise ImplError(
             f"{label}: {cls}.{forward}, the last layer, returns its totals (input . weights + biases), not "

@@ -61,8 +61,8 @@ def _recovery_note(
     if d_input is not None and _agrees(d_input, ours, theirs):
         return (
             f"{d_logits} is recovered from the bias update, and the weight gradient disagrees too, but {d_input}, "
-            "which the layer computes from dL/dlogits, agrees: dL/dlogits is right, the SGD update of the weights "
-            "and biases is wrong",
+            "which the layer computes from dL/dlogits, agrees: dL/dlogits is right, the weight and bias gradients "
+            "or their SGD update are wrong",
             {"recovered_from_update": True, "weight_gradient_agrees": False, "input_gradient_agrees": True},
         )
     return (

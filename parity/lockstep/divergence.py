@@ -31,8 +31,9 @@ def first_divergence(
     spec: NetworkSpec, dtype: np.dtype, lr: float, step: StepRecord, previous: float, evidence: Evidence
 ) -> Divergence:
     """The first tensor of `step` out of tolerance, and why; `previous` is the share of tolerance the step before
-    used. The first of a layer wrong on its own, where one is: a layer right on its own may fail earlier in the
-    spec's order only through it (a near-tie flip it caused), and the divergence names where to start."""
+    used. Where a layer is wrong on its own, the tensor its diagnosis is of (else its first failing one): a tensor
+    may fail earlier in the spec's order only through it (a near-tie flip it caused), and the divergence names where
+    to start."""
     failures = [c for c in step.comparisons if not c.ok]
     wrong_alone = {name for name, local in evidence.local.items() if not local.passed}
     failure = next((c for c in failures if spec.judged_at(c.name) in wrong_alone), failures[0])

@@ -49,8 +49,9 @@ class StepRecord:
 
 @dataclass
 class Divergence:
-    """The first step to exceed tolerance, and its first tensor in forward-then-backward-then-parameters order (of a
-    layer wrong on its own at that step, where one is: see `parity.lockstep.divergence.first_divergence`)."""
+    """The first step to exceed tolerance, and its first tensor in forward-then-backward-then-parameters order; of a
+    layer wrong on its own at that step, where one is, the tensor its diagnosis is of (see
+    `parity.lockstep.divergence.first_divergence`)."""
 
     step: int
     tensor: str
