@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from parity.lockstep.experiment import ExperimentConfig, ExperimentResult, run_experiment
-from scratch.data import Dataset, load_experiment_data
+from scratch.data import Dataset
+from scratch.splits import load_experiment_data
 
 _EXPERIMENTS: dict[ExperimentConfig, ExperimentResult] = {}
 

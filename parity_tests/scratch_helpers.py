@@ -8,7 +8,8 @@ from functools import cache
 import numpy as np
 
 import scratch
-from scratch.data import Dataset, load_experiment_data
+from scratch.data import Dataset
+from scratch.splits import load_experiment_data
 
 TIE_POLICIES = scratch.TIE_POLICIES
 SOFTMAX_MODES = scratch.SOFTMAX_MODES

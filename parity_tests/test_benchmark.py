@@ -14,7 +14,7 @@ import scratch
 from parity.benchmark import lockstep, run
 from parity.benchmark.run import LR, layers_alone_step, main
 from parity.benchmark.timing import Target, format_rows, rows_against
-from scratch.data import load_experiment_data
+from scratch.splits import load_experiment_data
 
 
 def test_every_section_runs_and_prints_its_targets():

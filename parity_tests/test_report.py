@@ -27,8 +27,8 @@ from parity.lockstep.experiment import ExperimentConfig, run_experiment
 from reports import command as report_command
 from reports import jsondoc, markdown, writer
 from reports.suite import write_suite_report
-from scratch.data import load_experiment_data
 from scratch.spec import DEFAULT_SPEC, parse_spec
+from scratch.splits import load_experiment_data
 
 SMALL = ["--train-size", "200", "--test-size", "100", "--epochs", "1"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -653,7 +653,7 @@ def test_workers_end_when_the_process_running_the_experiments_is_killed():
         "import sys\n"
         "from parity.lockstep import parallel\n"
         "from parity.lockstep.experiment import ExperimentConfig\n"
-        "from scratch.data import load_experiment_data\n"
+        "from scratch.splits import load_experiment_data\n"
         "train, test = load_experiment_data(n_train=300, n_test=10)\n"
         "def started(config, steps):\n"
         "    print('running', flush=True)\n"

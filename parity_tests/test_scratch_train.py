@@ -16,7 +16,7 @@ from scratch_helpers import real_digits
 
 import scratch
 from scratch import train as train_cli
-from scratch.data import batches, epoch_orders, load_experiment_data
+from scratch.splits import batches, epoch_orders, load_experiment_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -337,7 +337,10 @@ def test_module_entry_point_with_arch_and_batch_size():
 
 
 def test_import_scratch_does_not_import_torch():
-    code = "import scratch, scratch.data, scratch.train, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import scratch, scratch.data, scratch.splits, scratch.train, sys; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
 

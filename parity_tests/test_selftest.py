@@ -9,7 +9,7 @@ from parity.check.loader import load_impl
 from parity.check.run import DEFAULT_STEPS
 from parity.check.selftest import DEFAULT_BASE, load_bases, run_all, run_bugs
 from parity.cli import main
-from scratch.data import load_experiment_data
+from scratch.splits import load_experiment_data
 
 BY_NAME = {bug.name: bug for bug in BUGS}
 # Where each bug must be caught: the main run, or the one probe that exercises what it breaks.

@@ -18,8 +18,8 @@ from parity.engine.tolerances import tolerance_for
 from parity.lockstep.experiment import ExperimentConfig, ScratchSide
 from parity.lockstep.records import StepRecord
 from parity.lockstep.stepper import Lockstep, run_lockstep
-from scratch.data import load_experiment_data
 from scratch.relu import ReLU
+from scratch.splits import load_experiment_data
 
 F64 = tolerance_for(np.float64)
 INF, NAN = math.inf, math.nan

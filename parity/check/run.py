@@ -42,8 +42,8 @@ from parity.check.results import CheckResult, RunResult
 from parity.check.usercode import DEFAULT_TIMEOUT, ImplCrash
 from parity.lockstep.records import LockstepRecord
 from parity.lockstep.stepper import Lockstep
-from scratch.data import epoch_orders
 from scratch.spec import LayerSpec, NetworkSpec, parse_spec
+from scratch.splits import epoch_orders
 
 DEFAULT_STEPS = 200  # the tutorial's loop code (~15 ms a step) and the twin: ~5 s with the probes on 2 cores
 DEFAULT_LR = 0.005  # the tutorial's train(im, label, lr=.005)
@@ -111,7 +111,7 @@ def check_impl(
 
 
 def _training_order(images: np.ndarray, labels: np.ndarray, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `steps` indices of the seeded epoch orders (`scratch.data.epoch_orders`, as every run trains)."""
+    """The first `steps` indices of the seeded epoch orders (`scratch.splits.epoch_orders`, as every run trains)."""
     epochs = -(-steps // len(labels))  # ceil
     order = np.fromiter(itertools.chain.from_iterable(epoch_orders(len(labels), epochs, seed)), dtype=np.intp)
     return images[order[:steps]], labels[order[:steps]]

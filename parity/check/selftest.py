@@ -187,7 +187,7 @@ def run_selftest(args: argparse.Namespace) -> int:
         for bug in BUGS:
             print(f"{bug.name:36} {bug.base:9} {bug.layer:7} {bug.cls:10} {bug.mistake}")
         return EXIT_PARITY
-    from scratch.data import check_steps
+    from scratch.splits import check_steps
 
     check_steps(args.steps, f"--steps {args.steps}")  # refused now, as `check` does, not after hours of probes
     known = {bug.name: bug for bug in BUGS}
@@ -200,7 +200,7 @@ def run_selftest(args: argparse.Namespace) -> int:
     except ImplError as error:
         raise UsageError(f"the correct implementation: {error}") from None
 
-    from scratch.data import load_experiment_data
+    from scratch.splits import load_experiment_data
 
     import_torch("selftest")
     from parity.threads import one_thread_each

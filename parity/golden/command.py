@@ -79,7 +79,7 @@ def _check_replaceable(path: Path) -> None:
 def run_record(args: argparse.Namespace) -> int:
     """Record the default scratch run (or the one the options describe) to a golden file."""
     from parity import atomic
-    from scratch.data import check_steps, load_experiment_data, steps_per_epoch
+    from scratch.splits import check_steps, load_experiment_data, steps_per_epoch
 
     if args.steps is not None:
         check_steps(args.steps, f"--steps {args.steps}")
@@ -145,7 +145,7 @@ def add_compare_golden_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compare_golden(args: argparse.Namespace) -> int:
     """Rerun scratch alone (NumPy only) and report the first step that departs from the golden record."""
-    from scratch.data import load_experiment_data
+    from scratch.splits import load_experiment_data
 
     document = read_golden(args.file)
     config: GoldenConfig = document["config"]

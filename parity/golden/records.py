@@ -34,9 +34,10 @@ from parity import atomic
 from parity.cli.errors import UsageError
 from parity.engine.tolerances import tensor_tolerances, tolerance_for
 from parity.golden.validate import CHECKSUMS, BadField, check_document, checksums
-from scratch.data import batches, epoch_orders, special_file, steps_per_epoch
+from scratch.data import special_file
 from scratch.network import Network, StepTrace, build_network
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
+from scratch.splits import batches, epoch_orders, steps_per_epoch
 
 # /2: tensors named by the spec (conv1.out, ...), the spec and batch size stored. /3: a SHA-256 checksum of every
 # section (`parity.golden.validate`), and sample indices of batched tensors inside the first sample.

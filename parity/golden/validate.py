@@ -16,11 +16,11 @@ import math
 import numbers
 import re
 
-from scratch.data import MAX_STEPS, steps_per_epoch
 from scratch.loss import SOFTMAX_MODES
 from scratch.maxpool import TIE_POLICIES
 from scratch.network import IMPLEMENTATIONS
 from scratch.spec import NetworkSpec, parse_spec
+from scratch.splits import MAX_STEPS, steps_per_epoch
 
 CHECKSUMS = "sha256"  # the field holding the checksums
 NOT_CHECKSUMMED = ("format", CHECKSUMS)

@@ -12,8 +12,9 @@ import reference
 import scratch
 from parity.lockstep.feed import LayerFeed
 from parity.lockstep.stepper import Lockstep, LockstepRecord, StepRecord
-from scratch.data import Dataset, batches, epoch_orders, steps_per_epoch
+from scratch.data import Dataset
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
+from scratch.splits import batches, epoch_orders, steps_per_epoch
 
 
 @dataclass(frozen=True)
