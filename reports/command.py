@@ -302,9 +302,12 @@ def run(args: argparse.Namespace) -> int:
     from reports.plots import render as render_plot
     from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
-    from scratch.splits import load_experiment_data, steps_per_epoch
+    from scratch.splits import TooFewDigits, load_experiment_data, steps_per_epoch
 
-    train, test = load_experiment_data(options.data_dir, n_train=options.train_size, n_test=options.test_size)
+    try:
+        train, test = load_experiment_data(options.data_dir, n_train=options.train_size, n_test=options.test_size)
+    except TooFewDigits as error:
+        raise _usage(error.in_options({"train": "--train-size", "test": "--test-size"})) from None
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
     # Torch's and NumPy's BLAS on one thread each (parity.threads), for the whole run, put back after.

@@ -5,7 +5,7 @@ NumPy only, as `scratch.data`, whose readers it draws from.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -15,6 +15,33 @@ from scratch.data import DataError, Dataset, PathLike, load_idx_dir, load_mnist_
 # The most SGD steps one run may take (epochs x ceil(train size / batch)): a lockstep run keeps a small record of
 # every step for its report (about 1 KB), and a step takes milliseconds, so a million is already hours and ~1 GB.
 MAX_STEPS = 1_000_000
+
+
+class TooFewDigits(DataError):
+    """More digits requested than a source holds. The request travels as data (`requested`: the count asked of this
+    source by part, "train" and/or "test"), so a command can name its own options rather than these parameters."""
+
+    def __init__(self, source: str, available: int, requested: dict[str, int]) -> None:
+        self.source, self.available, self.requested = source, available, dict(requested)
+        asked = " and ".join(f"n_{part} = {count:,}" for part, count in requested.items())
+        in_all = " in all" if len(requested) > 1 else ""
+        hint = f"Ask for {available:,} or fewer{in_all}." if available else "Pass IDX files that hold digits."
+        super().__init__(f"{source}: only {available:,} images available, but {asked} were requested. {hint}")
+
+    def in_options(self, options: Mapping[str, str]) -> str:
+        """The message in a command's words: `options` names the option behind each part ({"train": "--train-size"});
+        a part with none is digits the command keeps apart itself (`check`'s held-out test digits)."""
+        named = {part: count for part, count in self.requested.items() if part in options}
+        kept = {part: count for part, count in self.requested.items() if part not in options and count}
+        room = self.available - sum(kept.values())
+        asked = " ".join(f"{options[part]} {count}" for part, count in named.items())
+        besides = "".join(f" besides the {count:,} {part} digits kept apart" for part, count in kept.items())
+        there = f"{asked}: {self.available:,} digits in {self.source}, {sum(named.values()):,} requested{besides}"
+        if room <= 0:
+            return f"{there}; pass a data directory that holds more"
+        if len(named) == 1:
+            return f"{there}; pass {options[next(iter(named))]} {room} or fewer"
+        return f"{there}; ask for {room:,} or fewer in all"
 
 
 def _check_count(name: str, value: object, minimum: int = 1) -> int:
@@ -36,10 +63,7 @@ def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, se
     n_train, n_test = _check_count("n_train", n_train), _check_count("n_test", n_test, minimum=0)
     seed = _check_count("seed", seed, minimum=0)
     if n_train + n_test > len(dataset):
-        raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {n_train:,} training and {n_test:,} test "
-            f"images (n_train + n_test = {n_train + n_test:,}) were requested. Ask for fewer."
-        )
+        raise TooFewDigits(dataset.source, len(dataset), {"train": n_train, "test": n_test})
     # The 5k file is sorted by class, so an unshuffled slice would hold only a few digits.
     order = np.random.default_rng(seed).permutation(len(dataset))
     train = _subset(dataset, order[:n_train], f"{dataset.source}: train {n_train:,} (seed {seed})")
@@ -47,13 +71,10 @@ def tutorial_split(dataset: Dataset, n_train: int = 1000, n_test: int = 1000, se
     return train, test
 
 
-def _shuffled_head(dataset: Dataset, n: int, seed: int, what: str) -> Dataset:
-    """Shuffle with its own generator and keep the first n examples (`what`: the request's name, for the message)."""
+def _shuffled_head(dataset: Dataset, n: int, seed: int, part: str) -> Dataset:
+    """Shuffle with its own generator and keep the first n examples (`part`: "train" or "test", for the error)."""
     if n > len(dataset):
-        raise DataError(
-            f"{dataset.source}: only {len(dataset):,} images available, but {what} = {n:,} were requested. "
-            + (f"Ask for {len(dataset):,} or fewer." if len(dataset) else "Pass IDX files that hold digits.")
-        )
+        raise TooFewDigits(dataset.source, len(dataset), {part: n})
     order = np.random.default_rng(seed).permutation(len(dataset))[:n]
     return _subset(dataset, order, f"{dataset.source}: {n:,} shuffled (seed {seed})")
 
@@ -67,11 +88,11 @@ def load_experiment_data(
     seed = _check_count("seed", seed, minimum=0)
     if data_dir is None:
         return tutorial_split(load_mnist_5k(), n_train, n_test, seed)
-    train = _shuffled_head(load_idx_dir(data_dir, "train"), n_train, seed, "n_train")
+    train = _shuffled_head(load_idx_dir(data_dir, "train"), n_train, seed, "train")
     if n_test == 0:
         return train, _subset(train, np.arange(0), f"{train.source}: no test digits")
     # A different seed for test, so the two orders are not the same permutation.
-    test = _shuffled_head(load_idx_dir(data_dir, "test"), n_test, seed + 1, "n_test")
+    test = _shuffled_head(load_idx_dir(data_dir, "test"), n_test, seed + 1, "test")
     if train.images.shape[1:] != test.images.shape[1:]:  # one network cannot take both
         raise DataError(
             f"train images are {train.images.shape[1:]} but test images are {test.images.shape[1:]}; "

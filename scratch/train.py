@@ -31,7 +31,7 @@ from scratch.loss import SOFTMAX_MODES
 from scratch.maxpool import TIE_POLICIES
 from scratch.network import IMPLEMENTATIONS, Network, build_network
 from scratch.spec import DEFAULT_SPEC, parse_spec
-from scratch.splits import batches, epoch_orders, load_experiment_data, run_steps
+from scratch.splits import TooFewDigits, batches, epoch_orders, load_experiment_data, run_steps
 
 REPORT_EVERY = 100  # the tutorial prints a progress line every 100 training steps
 DTYPES = ("float32", "float64")
@@ -135,7 +135,10 @@ def evaluate_set(net: Network, test_set: Dataset) -> tuple[float, float]:
 def run(args: argparse.Namespace, out=None) -> tuple[float, float]:
     """The experiment: load data, build the seeded network, train, test; returns (test loss, test accuracy)."""
     out = sys.stdout if out is None else out
-    train, test_set = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=args.test_size)
+    try:
+        train, test_set = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=args.test_size)
+    except TooFewDigits as error:
+        raise ValueError(error.in_options({"train": "--train-size", "test": "--test-size"})) from None
     run_steps(args.epochs, len(train), args.batch_size)  # refused at once beyond MAX_STEPS, not hours later
     try:  # the items were checked as the option was read; the shapes only now, against the images' size
         parse_spec(args.arch, tuple(train.images.shape[1:]))

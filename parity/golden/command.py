@@ -79,7 +79,7 @@ def _check_replaceable(path: Path) -> None:
 def run_record(args: argparse.Namespace) -> int:
     """Record the default scratch run (or the one the options describe) to a golden file."""
     from parity import atomic
-    from scratch.splits import check_steps, load_experiment_data, steps_per_epoch
+    from scratch.splits import TooFewDigits, check_steps, load_experiment_data, steps_per_epoch
 
     if args.steps is not None:
         check_steps(args.steps, f"--steps {args.steps}")
@@ -94,7 +94,10 @@ def run_record(args: argparse.Namespace) -> int:
         )
     _check_replaceable(Path(args.out))
     atomic.check_creatable(Path(args.out), "the golden record", directory=False)  # before the run, not after
-    train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=0)  # nothing tested
+    try:
+        train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=0)  # nothing tested
+    except TooFewDigits as error:
+        raise UsageError(error.in_options({"train": "--train-size"})) from None
     if args.steps is None:
         per_epoch = steps_per_epoch(len(train), args.batch_size)
         check_steps(args.epochs * per_epoch, f"--epochs {args.epochs} x {per_epoch:,} steps an epoch")
@@ -145,13 +148,19 @@ def add_compare_golden_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compare_golden(args: argparse.Namespace) -> int:
     """Rerun scratch alone (NumPy only) and report the first step that departs from the golden record."""
-    from scratch.splits import load_experiment_data
+    from scratch.splits import TooFewDigits, load_experiment_data
 
     document = read_golden(args.file)
     config: GoldenConfig = document["config"]
     if args.steps is not None and args.steps > config.steps:  # as `record` refuses more steps than its run has
         raise UsageError(f"--steps {args.steps}: {args.file} holds only {config.steps} steps; pass at most that")
-    train, _ = load_experiment_data(args.data_dir, n_train=config.n_train, n_test=0)  # nothing tested
+    try:
+        train, _ = load_experiment_data(args.data_dir, n_train=config.n_train, n_test=0)  # nothing tested
+    except TooFewDigits as error:
+        raise UsageError(
+            f"{args.file}: recorded on {config.n_train:,} training digits of {document['data']['source']}; "
+            f"{error.available:,} in {error.source}. Pass the --data-dir it was recorded on"
+        ) from None
     if data_fingerprint(train.images, train.labels) != document["data"]["train_sha256"]:
         raise UsageError(
             f"{args.file}: recorded on other training data ({document['data']['source']}); "
