@@ -173,6 +173,32 @@ def test_pool_routing_tells_a_tie_rule_from_a_routing_error_and_a_dropped_gradie
     assert evidence.get("rule") == name
 
 
+@pytest.mark.parametrize("ours, name", [(first_only, "first"), (lambda is_max: first_only(is_max[::-1])[::-1], "last")])
+def test_pool_routing_against_a_reference_of_the_tutorials_rule_names_the_codes_rule(step, ours, name):
+    """`check --tie-policy all`: the reference gives every tied maximum the window's gradient, so code routing to
+    one maximum (PyTorch's rule, or the last) differs only in tied windows, and by the whole gradient there."""
+    pool_input, d_out = step["conv1.out"], step["dense1.d_in"]
+    tutorials = _pool_routes(pool_input, d_out, lambda is_max: is_max)
+    found_kind, evidence = classify_routing(2, pool_input, _pool_routes(pool_input, d_out, ours), tutorials, TOLERANCE)
+    assert (found_kind, evidence["rule"]) == ("tie_policy", name)
+
+
+def test_check_against_the_tutorial_tie_policy_names_pytorchs_rule_in_code_that_keeps_it(tutorial_data):
+    """Code with PyTorch's first-max rule, judged against `--tie-policy all`: a tie-policy difference, rule
+    `first`, said as the reference's rule against the code's (not a routing error)."""
+    train, _ = tutorial_data
+    impl = load_impl(str(DEFAULT_BASE.parent / "fixed_cnn"))
+    result = check_impl(impl, train.images, train.labels, steps=3, probes=(), tie_policy="all")
+    diagnosis = result.runs[0].record.layers["pool1"].diagnosis
+    assert (diagnosis.kind, diagnosis.evidence["rule"], diagnosis.evidence["reference_rule"]) == (
+        "tie_policy",
+        "first",
+        "all",
+    )
+    assert "the reference gives every tied maximum" in diagnosis.text and "(PyTorch's rule)" in diagnosis.text
+    assert [name for name, verdict in result.runs[0].record.layers.items() if verdict.failed_steps] == ["pool1"]
+
+
 def test_a_routing_error_on_a_constant_image_is_not_called_a_tie_policy():
     """Every window of a constant image is tied; a gradient sent to the next window's element is still routing."""
     pool_input = np.full((1, 4, 4, 1), 0.3)

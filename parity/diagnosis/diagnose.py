@@ -46,9 +46,14 @@ REARRANGED = {("conv", "out"): "filters", ("conv", "d_in"): "filters", ("dense",
 ACTIVATION_ROLES = ("out", "probs", "d_out", "d_in")
 DRIFT_SHARE = 0.1  # a step that already used this much of the tolerance makes the next failure drift, not a bug
 _TIE_RULES = {
+    "first": "only the first maximum in row-major order gets it (PyTorch's rule)",
     "all": "every tied maximum gets the window's whole gradient (the tutorial's rule)",
     "last": "the last maximum in row-major order gets it (a `>=` comparison keeps the last)",
     "other": "one of the maxima gets it, but neither always the first nor always the last",
+}
+_REFERENCE_TIE_RULES = {  # what the reference does, by the rule it was asked to route ties by
+    "first": "PyTorch gives a tied window's gradient to its first maximum (row-major)",
+    "all": "the reference gives every tied maximum the window's whole gradient (the tutorial's rule, --tie-policy all)",
 }
 
 
@@ -61,6 +66,7 @@ class Context:
     lr: float
     feed: LayerFeed | None = None  # the reference's inputs to the layer; None when judging a whole run's tensors
     previous_tolerance_used: float = 0.0  # whole runs: the share of tolerance the step before used
+    tie_policy: str = "first"  # the rule the reference's pools route ties by (check's --tie-policy)
 
 
 def diagnose_layer(
@@ -140,7 +146,8 @@ def _detect(info: TensorInfo, ours, theirs, scratch, comparison, context) -> tup
         ours, theirs = ours - before, theirs - before  # judge the update, not the weights
     if info.kind == "pool" and info.role == "d_in" and feed is not None:
         if (routing := classify_routing(layer.kernel, feed.inputs, ours, theirs, tolerance)) is not None:
-            return routing
+            kind, evidence = routing
+            return kind, {**evidence, "reference_rule": context.tie_policy} if kind == "tie_policy" else evidence
     for kind, detector in _detectors(info, layer, context, scratch, tolerance):
         if (evidence := detector(ours, theirs)) is not None:
             return kind, evidence
@@ -285,8 +292,8 @@ def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorCompari
         return (
             f"tie-policy difference, not a numerical one: {name} differs only in tied windows "
             f"({evidence['wrong_windows']} windows differ, every one of them among the {evidence['tied_windows']} "
-            f"tied); PyTorch gives a tied window's gradient "
-            f"to its first maximum (row-major), here {_TIE_RULES[evidence['rule']]}"
+            f"tied); {_REFERENCE_TIE_RULES[evidence.get('reference_rule', 'first')]}, here "
+            f"{_TIE_RULES[evidence['rule']]}"
         )
     if kind == "routing":
         where = (

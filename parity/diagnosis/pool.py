@@ -174,7 +174,9 @@ def classify_routing(
     theirs = windows(reference_d_pool_input, size)[wrong]
     routed = ours != 0
     inputs = windows(reference_pool_input, size)[wrong]
-    amount = theirs.sum(axis=-1, keepdims=True)  # the window's gradient
+    # The window's gradient: what each element the reference routes to holds (one under PyTorch's rule, every
+    # maximum under the tutorial's).
+    amount = theirs.sum(axis=-1, keepdims=True) / np.maximum(np.count_nonzero(theirs, axis=-1, keepdims=True), 1)
     maxima = inputs == inputs.max(axis=-1, keepdims=True)
     untied = int(np.count_nonzero(~tied_windows[wrong]))
     whole = ~routed | ~beyond_tolerance(ours, np.broadcast_to(amount, ours.shape), gradient_tolerance)
@@ -194,14 +196,20 @@ def _rounded_or_scaled(scratch: np.ndarray, reference: np.ndarray) -> bool:
 
 
 def _tie_rule(routed: np.ndarray, maxima: np.ndarray) -> str:
-    """Which tie rule routed these tied windows: `all` (every maximum), `last` (the last maximum, row-major), or
-    `other` (one maximum, neither the first nor the last, or a mix)."""
+    """Which tie rule routed these tied windows: `all` (every maximum), `first` or `last` (one maximum, row-major: a
+    reference routing by the tutorial's rule), or `other` (one maximum, neither always the first nor the last, or a
+    mix)."""
     if np.array_equal(routed, maxima):
         return "all"
-    last = maxima.shape[-1] - 1 - np.argmax(maxima[..., ::-1], axis=-1)
-    only_last = np.zeros_like(maxima)
-    only_last[np.arange(len(maxima)), last] = True
-    return "last" if np.array_equal(routed, only_last) else "other"
+    for rule, position in (
+        ("first", np.argmax(maxima, axis=-1)),
+        ("last", maxima.shape[-1] - 1 - np.argmax(maxima[..., ::-1], axis=-1)),
+    ):
+        only = np.zeros_like(maxima)
+        only[np.arange(len(maxima)), position] = True
+        if np.array_equal(routed, only):
+            return rule
+    return "other"
 
 
 def pool_input(spec: NetworkSpec, pool: str, tensors: dict[str, np.ndarray]) -> np.ndarray | None:

@@ -112,8 +112,9 @@ class LocalStep:
 class LocalJudge:
     """Feeds each layer from the reference's tensors and judges what the side gives back."""
 
-    def __init__(self, spec: NetworkSpec, dtype: object, lr: float) -> None:
+    def __init__(self, spec: NetworkSpec, dtype: object, lr: float, tie_policy: str = "first") -> None:
         self.spec, self.dtype, self.lr = spec, np.dtype(dtype), lr
+        self.tie_policy = tie_policy  # the reference's pools' tie rule: a diagnosis names it
         self.names = {layer.name: spec.layer_tensors(layer.name) for layer in spec.layers}
         self.every_layer = tuple(layer.name for layer in spec.layers)
         self.routing_layers = tuple(layer.name for layer in spec.layers if layer.kind in ROUTING_KINDS)
@@ -209,7 +210,9 @@ class LocalJudge:
             verdict.checked_steps += 1
             verdict.unjudged_now = False
             verdict.worst_tolerance_used = max([verdict.worst_tolerance_used] + [c.tolerance_used for c in comparisons])
-            local = LocalStep(comparisons, ours, Context(self.spec, self.dtype, self.lr, feed))
+            local = LocalStep(
+                comparisons, ours, Context(self.spec, self.dtype, self.lr, feed, tie_policy=self.tie_policy)
+            )
             if failed:
                 verdict.failed_steps += 1
                 if verdict.step is None:  # diagnosed once: the first failure is the one a report shows

@@ -132,7 +132,7 @@ class Lockstep:
         self.record = record or LockstepRecord(dtype=self.dtype.name, mode=mode, stride=stride, lr=lr, spec=spec)
         # Every layer judged on its own at the steps compared in full, when the side can run one layer alone.
         judged = judge_layers and hasattr(scratch, "run_layer")
-        self.local = LocalJudge(spec, self.dtype, lr) if judged else None
+        self.local = LocalJudge(spec, self.dtype, lr, tie_policy) if judged else None
         if not self.record.layers:
             self.record.layers = fresh_verdicts(spec)
         self.workspace = Workspace()
