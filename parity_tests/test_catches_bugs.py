@@ -293,6 +293,21 @@ def test_a_softmax_gradient_of_the_wrong_sign_is_caught_at_the_logits_gradient(t
     assert diagnosis.evidence["factor"] == -1
 
 
+@pytest.mark.parametrize("factor, reading", [(4, "times 4, the batch size"), (1 / 4, "divided by 4, the batch size")])
+def test_a_loss_gradient_summed_over_the_batch_is_read_as_such_and_said_to_be_the_losss(
+    tutorial_data, monkeypatch, factor, reading
+):
+    """The mean over the batch left out of the softmax cross-entropy's backward (or taken twice): dense1.d_out is
+    `batch` times the reference's, and the text says it comes from the loss, not from the dense layer."""
+    correct = SoftmaxCrossEntropy.backward
+    monkeypatch.setattr(SoftmaxCrossEntropy, "backward", lambda self: correct(self) * factor)
+    record = deep_run(tutorial_data)  # batches of 4
+    assert first_divergence(record) == (0, "dense1.d_out", "dense1")
+    for diagnosis in (record.first_divergence.diagnosis, record.layers["dense1"].diagnosis):
+        assert diagnosis.kind == "scale" and diagnosis.evidence["reading"].startswith(reading)
+        assert "dense1.d_out (dL/dlogits, from the softmax cross-entropy's backward)" in diagnosis.text
+
+
 def test_a_batch_computed_from_its_first_sample_only_is_named_with_the_samples_that_are_right(
     tutorial_data, monkeypatch
 ):

@@ -162,7 +162,7 @@ def _detectors(info: TensorInfo, layer: LayerSpec | None, context: Context, scra
     if info.kind == "conv" and info.role == "d_param" and info.param == "filters" and context.feed is not None:
         yield "partial", lambda s, r: _windows_left_out(s, context.feed, tolerance)
     yield "dropped", lambda s, r: patterns.dropped(s, r, tolerance)
-    yield "scale", lambda s, r: patterns.scale(s, r, tolerance, context.lr)
+    yield "scale", lambda s, r: patterns.scale(s, r, tolerance, context.lr, _batch(info, context, scratch))
     flatten = layer.in_shape if layer is not None and info.kind == "dense" and len(layer.in_shape) == 3 else None
     flatten = flatten if info.param == "weights" else None
     yield "permuted", lambda s, r: patterns.permuted(s, r, tolerance, _axis_names(info, s.ndim), flatten)
@@ -193,6 +193,17 @@ def _exp_overflow(info: TensorInfo, scratch, context: Context) -> dict[str, obje
     if finite_probs and info.role in ("loss", "d_out") and bool(np.any(probs == 0)):
         return {"cause": "probability_underflow", "largest_logit": largest}
     return {}
+
+
+def _batch(info: TensorInfo, context: Context, scratch) -> int:
+    """The step's samples, for a gradient or an update (a factor of exactly that many is a sum where the loss's
+    mean belongs); 1 for a forward tensor, whose factor means something else."""
+    if info.role not in ("d_out", "d_in", "d_param", "param"):
+        return 1
+    if context.feed is not None:
+        return len(context.feed.labels)
+    logits = scratch.get(f"{context.spec.layers[-1].name}.out")
+    return len(logits) if isinstance(logits, np.ndarray) and logits.ndim == 2 else 1
 
 
 def _layer_of(info: TensorInfo, spec: NetworkSpec) -> LayerSpec | None:
@@ -283,9 +294,19 @@ def _hint(info: TensorInfo) -> str:
     return HINTS.get((info.kind, info.role), "no hint for this tensor")
 
 
+# The loss's tensors are judged at the last dense layer, whose code a tutorial-style Softmax shares; the text says
+# which part of it computes them, so an error in the loss is not read as the dense layer's.
+COMPUTED_BY_THE_LOSS = {
+    "probs": "the softmax's output",
+    "d_out": "dL/dlogits, from the softmax cross-entropy's backward",
+}
+
+
 def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorComparison) -> str:
     """The sentence for a person, from the kind and its evidence."""
     name, hint = info.name, _hint(info)
+    if info.role in COMPUTED_BY_THE_LOSS:
+        name = f"{name} ({COMPUTED_BY_THE_LOSS[info.role]})"
     if kind == "non_finite":
         return _non_finite_text(name, evidence)
     if kind == "tie_policy":

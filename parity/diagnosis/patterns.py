@@ -53,9 +53,11 @@ def dropped(scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance) ->
 
 
 def scale(
-    scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance, lr: float | None = None
+    scratch: np.ndarray, reference: np.ndarray, tolerance: Tolerance, lr: float | None = None, batch: int = 1
 ) -> dict[str, object] | None:
-    """scratch = k * reference for one k != 1 (k = -1: a sign error; k = lr: the learning rate applied twice)."""
+    """scratch = k * reference for one k != 1 (k = -1: a sign error; k = lr: the learning rate applied twice; k =
+    `batch` or 1 / `batch`, for a gradient of a loss averaged over a batch: a sum where the mean belongs, or the
+    mean taken twice)."""
     ours, theirs = scratch.astype(np.float64).ravel(), reference.astype(np.float64).ravel()
     norm = float(np.vdot(theirs, theirs))
     if norm == 0 or theirs.size < 2:  # any two single numbers are a multiple of each other
@@ -71,19 +73,23 @@ def scale(
         near = loose and off <= 1e-2 * abs(exact)
         return off <= 1e-6 * abs(exact) or (near and matches(ours, exact * theirs, tolerance))
 
-    return {"factor": factor, "reading": _reading(factor, lr, fits)}
+    return {"factor": factor, "reading": _reading(factor, lr, fits, batch)}
 
 
 # Past this, n and n + 1 lie within 2% of each other: a factor 1% off cannot tell them apart.
 _LOOSE_INTEGER = 50
 
 
-def _reading(factor: float, lr: float | None, fits: Callable[..., bool]) -> str:
+def _reading(factor: float, lr: float | None, fits: Callable[..., bool], batch: int = 1) -> str:
     """What a factor usually means, as a short phrase; `fits(k, loose)`: whether exactly k explains the tensor."""
     if fits(-1.0):
         return "a sign error"
     if lr and fits(lr):
         return "the learning rate applied twice"
+    if batch > 1 and fits(batch, loose=batch <= _LOOSE_INTEGER):
+        return f"times {batch}, the batch size: a sum where the mean belongs"
+    if batch > 1 and fits(1 / batch, loose=batch <= _LOOSE_INTEGER):
+        return f"divided by {batch}, the batch size: the mean taken twice"
     for value, word in ((factor, "times"), (1 / factor, "divided by")):
         n = round(value)
         exact = n if word == "times" else 1 / n if n else 0.0
