@@ -642,6 +642,20 @@ EXAMPLE_TWO_CONV = ROOT / "parity" / "check" / "examples" / "two_conv_cnn"
 EXAMPLE_TWO_CONV_LAYERS = "ConvFirst(8),ReLU(),MaxPool2(),ConvDeep(16,8),ReLU(),MaxPool2(),Softmax(256,10)"
 
 
+def test_the_large_logit_probe_runs_at_the_runs_lr_when_that_is_already_large_enough(capsys):
+    """Large classifier weights need an lr large enough for an update to show above their rounding; a run's larger
+    lr is kept, not multiplied again (at 0.3 x 24 the updates' rounding outgrew the parameters' atol, failing
+    correct code)."""
+    layers = ["--layers", EXAMPLE_TWO_CONV_LAYERS]
+    code, out, err = cli(capsys, "check", "--impl", str(EXAMPLE_TWO_CONV), *layers, "--lr", "0.3", "--steps", "5")
+    assert (code, err) == (0, ""), out + err
+    row = next(line for line in out.splitlines() if "| large-logits" in line)
+    assert "PARITY" in row and "teacher-forced" not in row
+    code, out, err = cli(capsys, "check", "--impl", str(EXAMPLE_TWO_CONV), *layers, "--steps", "5")
+    row = next(line for line in out.splitlines() if "| large-logits" in line)
+    assert code == 0 and "PARITY" in row and "lr 0.119, teacher-forced" in row
+
+
 def copy_two_conv(directory: Path, old: str, new: str) -> Path:
     """The two-conv example network in `directory`, `old` replaced by `new` in its layers.py (no training script)."""
     shutil.copytree(EXAMPLE_TWO_CONV, directory, ignore=shutil.ignore_patterns("cnn.py"))

@@ -51,7 +51,8 @@ PROBES = ("constant", "large-logits", "odd-size", "relu-zero")
 LARGE_LOGIT_SHIFT = 800.0  # exp(800) overflows float64 (max ~709.78)
 # The largest classifier weight the large-logit probe lets the shift need at the run's lr: gradients recovered from
 # an update are exact to eps/2 * |w| / lr (see the adapter), 1.8e-13 at |w| = 8 and lr 0.005, 5x inside the float64
-# atol; a network that needs larger weights for the same shift runs the probe at a proportionally larger lr.
+# atol; a network that needs larger weights for the same shift runs the probe at a proportionally larger lr (or at
+# the run's own, when that is larger still: an lr larger than needed only magnifies the updates' rounding).
 LARGE_LOGIT_WEIGHT = 8.0
 PROBE_IMAGES = 20  # the probes draw from the first 20 digits of the training order
 # For the message when an implementation's tensors do not fit the tutorial's layout: the user's per-sample shapes
@@ -150,7 +151,7 @@ def _probe(name: str, how: _How, arch: Architecture, images: np.ndarray, labels:
         chosen, weights = large_logit_weights(spec, initial, images, labels, seed)
         initial[f"{spec.layers[-1].name}.weights"] = weights
         largest = float(np.abs(weights).max())
-        lr = how.lr * max(1.0, largest / LARGE_LOGIT_WEIGHT)
+        lr = max(how.lr, DEFAULT_LR * largest / LARGE_LOGIT_WEIGHT)
         title = f"large logits: every logit raised by >= {LARGE_LOGIT_SHIFT:g} (probabilities unchanged; exp overflows)"
         mode = how.mode
         if lr != how.lr:
