@@ -50,6 +50,16 @@ def copy_fixed(directory: Path, file: str = "", old: str = "", new: str = "") ->
     return directory
 
 
+def test_a_pool_wrong_only_alone_is_explained_by_its_ties_not_by_state(capsys, tmp_path):
+    """A pool routing to the transposed element of its window: right where all four tie (the constant probe's own
+    windows), wrong where the reference's inputs, a rounding apart, tie in part. The text names ties, not state."""
+    impl = copy_fixed(tmp_path / "impl", "maxpool.py", "transpose(0, 3, 1, 4, 2)", "transpose(0, 4, 1, 3, 2)")
+    code, out, _ = cli(capsys, "check", "--impl", str(impl), "--steps", "2")
+    constant = next(line for line in out.splitlines() if line.startswith("  - constant:"))
+    assert code == 1 and "on its own: routing error" in constant
+    assert "can tie otherwise on the reference's inputs" in constant and "keep state" not in constant
+
+
 def rerun_argv(err: str) -> list[str]:
     """The arguments of the `cnn-parity check ...` line a names message prints under `rerun with:`."""
     lines = err.splitlines()

@@ -12,6 +12,13 @@ from parity.lockstep.local import LayerVerdict
 from parity.lockstep.records import LockstepRecord
 
 PROBE_NAMES = {"constant": "constant images", "large-logits": "large logits", "odd-size": "odd sizes"}
+# Why a layer can be wrong alone while the whole network agrees, by layer kind: a pool's windows may tie otherwise on
+# the reference's inputs (a rounding apart from its own), and a rule wrong only for some tie patterns shows there.
+STATE = "does it keep state between calls?"
+ALONE_ONLY_CAUSES = {
+    "pool": "its windows can tie otherwise on the reference's inputs, a rounding apart from its own: a routing rule "
+    "wrong only for some tie patterns shows there first",
+}
 
 
 @dataclass
@@ -125,7 +132,7 @@ class RunResult:
                 message = (
                     f"step {alone.step}, {alone.name} {alone.tensor}, on its own{why}. Every tensor of the "
                     f"whole-network run agreed with PyTorch at that step: {alone.name} gives another result when it "
-                    "is run alone on the reference's inputs and weights (does it keep state between calls?)."
+                    f"is run alone on the reference's inputs and weights ({ALONE_ONLY_CAUSES.get(alone.kind, STATE)})."
                 )
                 return message + (f" Then {self.crash_text()}." if self.crash is not None else "")
             if self.crash is None:
