@@ -308,6 +308,29 @@ def test_a_loss_gradient_summed_over_the_batch_is_read_as_such_and_said_to_be_th
         assert "dense1.d_out (dL/dlogits, from the softmax cross-entropy's backward)" in diagnosis.text
 
 
+@pytest.mark.parametrize("param", ["weights", "biases"])
+def test_a_dense_parameter_gradient_of_the_first_sample_only_is_named_partial(tutorial_data, monkeypatch, param):
+    """`d_L_d_out[0]` where the sum over the batch belongs: the gradient the reference computes from sample 0."""
+    correct = Dense.backward
+
+    def patched(self, d_L_d_out):
+        d_in = correct(self, d_L_d_out)
+        every_sample, sample_0 = self.grads, np.zeros_like(d_L_d_out)
+        sample_0[0] = d_L_d_out[0]
+        correct(self, sample_0)
+        self.grads = {**every_sample, param: self.grads[param]}
+        return d_in
+
+    monkeypatch.setattr(Dense, "backward", patched)
+    record = deep_run(tutorial_data)  # batches of 4
+    diagnosis = record.layers["dense1"].diagnosis
+    assert (diagnosis.kind, diagnosis.tensor, diagnosis.evidence) == (
+        "partial",
+        f"dense1.d_{param}",
+        {"windows": "only the first image of the batch"},
+    )
+
+
 def test_a_batch_computed_from_its_first_sample_only_is_named_with_the_samples_that_are_right(
     tutorial_data, monkeypatch
 ):

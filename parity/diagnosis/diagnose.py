@@ -159,8 +159,8 @@ def _detectors(info: TensorInfo, layer: LayerSpec | None, context: Context, scra
     if info.role in ACTIVATION_ROLES:  # tensors with the batch first: (N, H, W, C) or (N, units)
         yield "partial", lambda s, r: patterns.border(s, r, tolerance)
         yield "partial", lambda s, r: patterns.some_samples(s, r, tolerance)
-    if info.kind == "conv" and info.role == "d_param" and info.param == "filters" and context.feed is not None:
-        yield "partial", lambda s, r: _windows_left_out(s, context.feed, tolerance)
+    if info.kind in ("conv", "dense") and info.role == "d_param" and context.feed is not None:
+        yield "partial", lambda s, r: _windows_left_out(s, info.param, context.feed, tolerance)
     yield "dropped", lambda s, r: patterns.dropped(s, r, tolerance)
     yield "scale", lambda s, r: patterns.scale(s, r, tolerance, context.lr, _batch(info, context, scratch))
     flatten = layer.in_shape if layer is not None and info.kind == "dense" and len(layer.in_shape) == 3 else None
@@ -218,21 +218,26 @@ def _axis_names(info: TensorInfo, ndim: int) -> tuple[str, ...]:
     return ("sample", "row", "column", "channel") if ndim == 4 else ("sample", "unit")[:ndim]
 
 
-def _windows_left_out(ours: np.ndarray, feed: LayerFeed, tolerance) -> dict[str, object] | None:
-    """A filter gradient that is the reference's over only some of the output windows."""
-    from reference.layer import layer_gradients  # torch: only when a conv's filter gradient is being explained
-
-    d_out = feed.d_out
-    masks = {"only the first window of each image": (slice(None), slice(0, 1), slice(0, 1))}
+def _windows_left_out(ours: np.ndarray, param: str, feed: LayerFeed, tolerance) -> dict[str, object] | None:
+    """A parameter gradient that is the reference's over only some of the output windows (a conv's), or over only
+    the first sample of the batch (a gradient taken from `d_out[0]` alone)."""
+    d_out, masks = feed.d_out, {}
+    if feed.layer.kind == "conv":
+        masks["only the first window of each image"] = (slice(None), slice(0, 1), slice(0, 1))
     if d_out.shape[0] > 1:
         masks["only the first image of the batch"] = (slice(0, 1),)
-    masks["all but the last output row and column"] = (slice(None), slice(0, -1), slice(0, -1))
-    masks["all but the first output row and column"] = (slice(None), slice(1, None), slice(1, None))
+    if feed.layer.kind == "conv":
+        masks["all but the last output row and column"] = (slice(None), slice(0, -1), slice(0, -1))
+        masks["all but the first output row and column"] = (slice(None), slice(1, None), slice(1, None))
+    if not masks:
+        return None
+    from reference.layer import layer_gradients  # torch: only when such a gradient is being explained
+
     for which, kept in masks.items():
         masked = np.zeros_like(d_out)
         masked[kept] = d_out[kept]
         _, _, grads = layer_gradients(feed.layer, feed.params, feed.inputs, masked)
-        if patterns.matches(ours, grads["filters"], tolerance):
+        if patterns.matches(ours, grads[param], tolerance):
             return {"windows": which}
     return None
 
