@@ -190,6 +190,44 @@ def test_pool_routing_bug_outside_ties_is_not_called_a_tie_policy(tutorial_data,
 # --- a bug in each layer kind of a deep network, named at its layer -----------------------------------------------
 
 
+def test_a_pool_right_on_the_references_inputs_but_not_its_own_is_told_of_its_ties(monkeypatch):
+    """First-max routing that forgets the third plane's maxima (`plane + 2`) is wrong only in windows whose maxima
+    are the bottom two. On blank images every window of the reference's pool input ties four ways; scratch's conv
+    output is made one ulp lower in each window's top row, so its own windows tie in their bottom two. The pool is
+    right alone, and the first divergence says why, not 'how the side chains its layers'."""
+
+    def forgets_the_third_plane(is_max):
+        first, taken = np.empty_like(is_max), is_max[0]
+        first[0] = is_max[0]
+        for plane in range(1, len(is_max)):
+            np.greater(is_max[plane], taken, out=first[plane])
+            if plane + 2 < len(is_max):
+                taken = taken | is_max[plane]
+        return first
+
+    correct_forward = Conv.forward
+
+    def a_rounding_lower_in_top_rows(self, x):
+        out = correct_forward(self, x)
+        out[:, 0::2] = np.nextafter(out[:, 0::2], -np.inf)  # within the forward tolerance
+        return out
+
+    def blank_run() -> LockstepRecord:
+        net = scratch.tutorial_network(0)
+        runner = reference.ReferenceRunner(reference.to_torch(net))
+        blank = [(np.zeros((28, 28), np.uint8), label) for label in (3, 7)]
+        return run_lockstep(ScratchSide(net), runner, net.spec, blank, np.float64)
+
+    monkeypatch.setattr(Conv, "forward", a_rounding_lower_in_top_rows)
+    assert blank_run().passed  # with the right rule: near-tie flips, proven
+    monkeypatch.setattr(scratch.maxpool, "first_only", forgets_the_third_plane)
+    record = blank_run()
+    divergence = record.first_divergence
+    assert (divergence.step, divergence.tensor, divergence.diagnosis.kind) == (0, "pool1.d_in", "unexplained")
+    assert divergence.diagnosis.evidence == {"locally": "passed", "routes_on_own_inputs": True}
+    assert "tie otherwise than the reference's" in divergence.diagnosis.text
+
+
 def test_the_unmodified_deep_network_passes(tutorial_data):
     """The baseline for the injected bugs below: without them, the deep network keeps parity on these steps."""
     record = deep_run(tutorial_data)
