@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -681,6 +683,45 @@ def test_workers_end_when_the_process_running_the_experiments_is_killed():
         time.sleep(0.05)
     left = [pid for pid in servers + workers if _state(pid)]
     assert not left, f"processes left running after their caller was killed: {left}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through Linux's /proc")
+@pytest.mark.parametrize("to", ["caller", "group"])
+def test_a_ctrl_c_ends_the_workers_at_once_without_their_tracebacks(to):
+    """A SIGINT of the caller (`timeout -s INT`) or of its whole process group (a terminal's Ctrl-C): the workers
+    leave it to their caller, which ends them rather than waiting for their runs of 100 epochs (a worker writing a
+    result no one read used to hang the pool's shut-down)."""
+    script = (
+        "import sys\n"
+        "from parity.lockstep import parallel\n"
+        "from parity.lockstep.experiment import ExperimentConfig\n"
+        "from scratch.splits import load_experiment_data\n"
+        "train, test = load_experiment_data(n_train=1000, n_test=10)\n"
+        "def started(config, steps):\n"
+        "    print('running', flush=True)\n"
+        "    sys.stdin.readline()  # wait here for the Ctrl-C\n"
+        "configs = [ExperimentConfig(epochs=100), ExperimentConfig(dtype='float32', epochs=100)]\n"
+        "try:\n"
+        "    parallel.run_experiments(configs, train, test, jobs=2, on_steps=started)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    command = [sys.executable, "-c", script]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen(command, **pipes, text=True, cwd=ROOT, start_new_session=True) as caller:
+        try:
+            assert caller.stdout.readline() == "running\n"
+            servers = _children(caller.pid)
+            workers = [worker for server in servers for worker in _children(server)]
+            (os.kill if to == "caller" else os.killpg)(caller.pid, signal.SIGINT)
+            out, err = caller.communicate(timeout=60)  # a hang guard: the runs themselves take minutes
+        finally:
+            caller.kill()
+    assert out == "interrupted\n" and "Traceback" not in err, err
+    deadline = time.monotonic() + 10
+    while any(_state(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _state(pid)]
 
 
 def test_a_run_named_by_a_long_spec_gets_file_names_a_file_system_takes():

@@ -15,6 +15,7 @@ import multiprocessing.forkserver
 import os
 import queue
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -81,7 +82,11 @@ def run_experiments(
     workers = min(jobs, len(configs))
     with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(progress, os.getpid())) as pool:
         runs = {pool.submit(_run_in_worker, i, configs[i], train, test): i for i in longest_first(configs)}
-        extras = _follow(pool, runs, then, progress, configs, report)
+        try:
+            extras = _follow(pool, runs, then, progress, configs, report)
+        except BaseException:  # Ctrl-C, or an error here: the runs are not waited for
+            _stop(pool)
+            raise
         for future in [*runs, *extras.values()]:  # the error itself, not the cancellation of the tasks after it
             if future.done() and not future.cancelled() and future.exception() is not None:
                 raise future.exception()
@@ -121,9 +126,20 @@ def _drain(progress, configs: Sequence[ExperimentConfig], report) -> None:
         report(configs[index], steps)
 
 
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End the workers now, whatever they are doing. Leaving the pool's block would wait for every run to finish, or
+    for ever: a worker writing a result that no one reads any more blocks the pool's own shut-down."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in multiprocessing.active_children():  # this process's own: the pool's workers
+        worker.terminate()
+
+
 def _start_worker(progress, caller: int) -> None:
     global _progress
     _progress = progress
+    # Ctrl-C is the caller's to handle (it ends the workers): a worker's KeyboardInterrupt would only print a
+    # traceback of its own, and break the pool while the caller is still reading from it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(caller,), name="exit with the caller", daemon=True).start()
     from parity.threads import one_thread_each_from_now
 
