@@ -151,5 +151,7 @@ def test_selftest_list_and_unknown_bug(capsys):
     assert all(bug.name in listing for bug in BUGS)
     assert main(["selftest", "--bug", "no-such-bug"]) == 2
     assert "unknown bug no-such-bug" in capsys.readouterr().err
+    assert main(["selftest", "--base", ""]) == 2  # not the working directory, and no traceback
+    assert "--base: empty" in capsys.readouterr().err
     assert main(["selftest", "--steps", "99999999999999999999"]) == 2  # refused at once, as `check` refuses it
     assert "more than the 1,000,000 one run may take" in capsys.readouterr().err

@@ -195,6 +195,8 @@ def run_selftest(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown bug {', '.join(unknown)}; `cnn-parity selftest --list` shows them")
     bugs = tuple(known[name] for name in args.bug) if args.bug else BUGS
+    if not args.base.strip():  # as check's --impl '': not read as the working directory
+        raise UsageError("--base: empty; pass the directory of a correct tutorial-interface implementation")
     try:
         bases = load_bases(_shown(args.base))
     except ImplError as error:
