@@ -307,6 +307,22 @@ def test_module_entry_point_exit_codes():
     )
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_module_entry_point_says_when_its_output_cannot_be_written():
+    """`| head` (the reader goes away): quiet, exit 1; a full disk: one line saying so, exit 1; no tracebacks."""
+    command = [sys.executable, "-m", "scratch.train", "--epochs", "1", "--train-size", "20", "--test-size", "20"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT) as early_exit:
+        early_exit.stdout.close()  # as `head` does, here before the first line (written after the imports)
+        err = early_exit.stderr.read().decode()
+    assert early_exit.returncode == 1 and err == ""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, timeout=120)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "python -m scratch.train: error: cannot write the output: No space left on device\n",
+    )
+
+
 def test_module_entry_point_with_arch_and_batch_size():
     """`python -m scratch.train --arch ... --batch-size ...` runs end to end; a bad --arch exits 2 with one line."""
     argv = ["--train-size", "100", "--test-size", "10", "--epochs", "1", "--batch-size", "5"]

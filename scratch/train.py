@@ -20,6 +20,8 @@ NumPy only: this module never imports torch.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Sequence
 
@@ -186,13 +188,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         run(args)
+        sys.stdout.flush()  # here, where a failed write is caught, not at exit
     except ValueError as exc:  # DataError is a ValueError: bad files, sizes, shapes
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`| head`): nothing left to say
+        _stdout_to_devnull()
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # a file that cannot be read, say
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
+        _stdout_to_devnull()  # the output's disk is full: the flush at exit would fail again
+        print(f"{parser.prog}: error: cannot write the output: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":
