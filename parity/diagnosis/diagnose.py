@@ -15,7 +15,7 @@ import numpy as np
 
 from parity.diagnosis import patterns
 from parity.diagnosis.pool import classify_routing
-from parity.diagnosis.record import Diagnosis, factor_text
+from parity.diagnosis.record import REFERENCE_TIE_RULE_TEXT, TIE_RULE_TEXT, Diagnosis, factor_text
 from parity.engine.compare import TensorComparison
 from parity.engine.tolerances import Tolerance, tolerance_for
 from parity.lockstep.feed import LayerFeed
@@ -45,16 +45,6 @@ BIAS_GRADIENT_HINT = "bias gradient: expected the sum of dL/dout over the batch 
 REARRANGED = {("conv", "out"): "filters", ("conv", "d_in"): "filters", ("dense", "out"): "input"}
 ACTIVATION_ROLES = ("out", "probs", "d_out", "d_in")
 DRIFT_SHARE = 0.1  # a step that already used this much of the tolerance makes the next failure drift, not a bug
-_TIE_RULES = {
-    "first": "only the first maximum in row-major order gets it (PyTorch's rule)",
-    "all": "every tied maximum gets the window's whole gradient (the tutorial's rule)",
-    "last": "the last maximum in row-major order gets it (a `>=` comparison keeps the last)",
-    "other": "one of the maxima gets it, but neither always the first nor always the last",
-}
-_REFERENCE_TIE_RULES = {  # what the reference does, by the rule it was asked to route ties by
-    "first": "PyTorch gives a tied window's gradient to its first maximum (row-major)",
-    "all": "the reference gives every tied maximum the window's whole gradient (the tutorial's rule, --tie-policy all)",
-}
 
 
 @dataclass(frozen=True)
@@ -196,8 +186,7 @@ def _exp_overflow(info: TensorInfo, scratch, context: Context) -> dict[str, obje
 
 
 def _batch(info: TensorInfo, context: Context, scratch) -> int:
-    """The step's samples, for a gradient or an update (a factor of exactly that many is a sum where the loss's
-    mean belongs); 1 for a forward tensor, whose factor means something else."""
+    """The step's samples for a gradient or an update (a factor of that many: a sum for a mean); else 1."""
     if info.role not in ("d_out", "d_in", "d_param", "param"):
         return 1
     if context.feed is not None:
@@ -318,8 +307,8 @@ def _text(kind: str, info: TensorInfo, evidence: dict, comparison: TensorCompari
         return (
             f"tie-policy difference, not a numerical one: {name} differs only in tied windows "
             f"({evidence['wrong_windows']} windows differ, every one of them among the {evidence['tied_windows']} "
-            f"tied); {_REFERENCE_TIE_RULES[evidence.get('reference_rule', 'first')]}, here "
-            f"{_TIE_RULES[evidence['rule']]}"
+            f"tied); {REFERENCE_TIE_RULE_TEXT[evidence.get('reference_rule', 'first')]}, here "
+            f"{TIE_RULE_TEXT[evidence['rule']]}"
         )
     if kind == "routing":
         where = (

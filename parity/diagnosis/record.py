@@ -103,3 +103,16 @@ def label(kind: str, evidence: dict[str, object]) -> str:
     if kind == "permuted" and "transform" in evidence:
         return f"permuted: {evidence['transform']}"
     return LABELS[kind]
+
+
+# The tie rules a pool diagnosis names, as its text says them (`parity.diagnosis.diagnose`).
+TIE_RULE_TEXT = {
+    "first": "only the first maximum in row-major order gets it (PyTorch's rule)",
+    "all": "every tied maximum gets the window's whole gradient (the tutorial's rule)",
+    "last": "the last maximum in row-major order gets it (a `>=` comparison keeps the last)",
+    "other": "one of the maxima gets it, but neither always the first nor always the last",
+}
+REFERENCE_TIE_RULE_TEXT = {  # what the reference does, by the rule it was asked to route ties by
+    "first": "PyTorch gives a tied window's gradient to its first maximum (row-major)",
+    "all": "the reference gives every tied maximum the window's whole gradient (the tutorial's rule, --tie-policy all)",
+}
