@@ -77,6 +77,8 @@ def test_tutorial_report_is_the_report_commands_format(tutorial_report):
     document = json.loads((out_dir / "report.json").read_text())
     assert document["schema"].startswith("cnn-parity/report/")
     assert (out_dir / "report.md").is_file() and f"report: {out_dir / 'report.md'}" in out
+    # What the runs were made with (one thread each, parity.threads), not this process's threads once they ended.
+    assert (document["environment"]["torch_threads"], document["environment"]["numpy_blas_threads"]) == (1, 1)
     main_run, *probes = document["runs"]
     assert main_run["config"]["impl"] == f"check:{TUTORIAL}" and main_run["steps"] == 200
     first = main_run["first_divergence"]

@@ -19,17 +19,21 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 UNKNOWN = "unknown"
 
 
-def collect(dtypes: list[str] | None = None, seeds: list[int] | None = None) -> dict[str, object]:
-    """The environment of this process, as plain JSON-able values (insertion order = display order)."""
+def collect(
+    dtypes: list[str] | None = None, seeds: list[int] | None = None, runs: dict[str, object] | None = None
+) -> dict[str, object]:
+    """The environment of this process, as plain JSON-able values (insertion order = display order); `runs`: the
+    threads and PyTorch of the process the runs were made in (`run_environment`), when that was another one."""
+    runs = runs or run_environment()
     env: dict[str, object] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "numpy": np.__version__,
         "numpy_blas": numpy_blas(),
-        "numpy_blas_threads": numpy_blas_threads(),
+        "numpy_blas_threads": runs["numpy_blas_threads"],
         "numpy_blas_kernel": numpy_blas_kernel(),
     }
-    env.update(torch_environment())
+    env.update({key: value for key, value in runs.items() if key != "numpy_blas_threads"})
     env["cpu_count"] = os.cpu_count() or 0
     if dtypes is not None:
         env["dtypes"] = list(dtypes)
@@ -38,6 +42,12 @@ def collect(dtypes: list[str] | None = None, seeds: list[int] | None = None) -> 
     env["git_commit"] = git_commit()
     env["generated_at"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     return env
+
+
+def run_environment(_result: object = None) -> dict[str, object]:
+    """NumPy's BLAS threads and PyTorch's environment in this process: where a report's worker made `_result`,
+    what the run ran under (the report's own process, which only writes it, never imports torch)."""
+    return {"numpy_blas_threads": numpy_blas_threads(), **torch_environment()}
 
 
 def numpy_blas() -> str:
@@ -84,7 +94,7 @@ def torch_environment() -> dict[str, object]:
     except ImportError:
         return {"torch": "not installed"}
     env: dict[str, object] = {
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass of torch's own: unpickling it would import torch
         "torch_blas": _torch_blas(torch),
         "torch_threads": torch.get_num_threads(),
         "device": "cpu",

@@ -138,9 +138,11 @@ def build_document(
     data_source: str = "",
     demonstrations: Collection[ExperimentConfig] | None = None,
     facts: Sequence[dict[str, object]] | None = None,
+    run_environment: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """The report.json document for `results` (see `write_report` for what counts as a parity claim); `facts`:
-    each run's `jsondoc.run_facts`, when worked out already (by the workers)."""
+    each run's `jsondoc.run_facts`, when worked out already (by the workers); `run_environment`: the threads and
+    PyTorch the runs were made with (`environment.run_environment`), when not in this process."""
     results = list(results)
     if demonstrations is None:
         claims = [r.config.expects_parity for r in results]
@@ -149,7 +151,9 @@ def build_document(
     slugs = _unique_slugs(results)
     plot_names = [{"loss": f"loss-{s}.png", "errors": f"errors-{s}.png"} for s in slugs]
     env = environment.collect(
-        dtypes=sorted({r.config.dtype for r in results}), seeds=sorted({r.config.seed for r in results})
+        dtypes=sorted({r.config.dtype for r in results}),
+        seeds=sorted({r.config.seed for r in results}),
+        runs=run_environment,
     )
     return jsondoc.build_document(
         results,

@@ -16,7 +16,7 @@ from parity.check.infer import Architecture, infer_architecture
 from parity.check.layercalls import LayersError, parse_layers
 from parity.check.loader import IMPORT_TIMEOUT_FLOOR, load_impl
 from parity.check.names import ImplError, Mapping, NamesError
-from parity.check.output import render, write_check_report
+from parity.check.output import environment_now, render, write_check_report
 from parity.check.run import (
     DEFAULT_LR,
     DEFAULT_STEPS,
@@ -192,6 +192,7 @@ def run_check(args: argparse.Namespace) -> int:
             )
         except ImplError as error:
             raise UsageError(str(error)) from None
+        ran_with = environment_now() if args.out is not None else None  # one thread each, as the runs had
     main = result.main
     if main.crash is not None and main.crash_step == 0 and not main.crash.timed_out:
         raise UsageError(f"{arch.impl.label}: {main.crash} on the first step ({TRAIN_CALLS})")
@@ -207,7 +208,8 @@ def run_check(args: argparse.Namespace) -> int:
         )
     print(render(result, time.perf_counter() - started))
     if args.out is not None:
-        path = write_check_report(result, args.out, command=_command_line(args), data_source=train.source)
+        command = _command_line(args)
+        path = write_check_report(result, args.out, command, train.source, run_environment=ran_with)
         mark_written(args, path, EXIT_PARITY if result.passed else EXIT_DIVERGENCE)
         print(f"\nreport: {path}")
     return EXIT_PARITY if result.passed else EXIT_DIVERGENCE

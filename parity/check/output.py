@@ -159,9 +159,26 @@ def verdict_line(result: CheckResult) -> str:
     return f"DIVERGENCE in {names}; first: {where} at step {first.failure_step} of the {run} (exit 1)"
 
 
-def write_check_report(result: CheckResult, out_dir: str, command: str, data_source: str = "") -> Path:
+def environment_now() -> dict[str, object] | None:
+    """The threads and PyTorch of this process now (`reports.environment.run_environment`), for a report written
+    after the runs; None where reports are not available."""
+    try:
+        from reports.environment import run_environment as collect
+    except ImportError:
+        return None
+    return collect()
+
+
+def write_check_report(
+    result: CheckResult,
+    out_dir: str,
+    command: str,
+    data_source: str = "",
+    run_environment: dict[str, object] | None = None,
+) -> Path:
     """The same report.md / report.json as `cnn-parity report` (one ExperimentResult per run that took steps), with
-    what was read from the code, and every run's outcome, under the document's `check` key.
+    what was read from the code, and every run's outcome, under the document's `check` key; `run_environment`: the
+    threads and PyTorch the runs were made with (`environment_now()` while they ran), when not those of now.
 
     A run the code raised (or hung) in fails like a divergence, whatever its steps before agreed; a skipped probe
     took no step and claims nothing, so it is only listed under `check`."""
@@ -186,7 +203,9 @@ def write_check_report(result: CheckResult, out_dir: str, command: str, data_sou
         )
         results.append(ExperimentResult(config, run.record, progress=progress_lines(run.record.steps, 0)))
     title = f"cnn-parity check: {result.impl.label}"
-    document = build_document(results, title=title, command=command, data_source=data_source)
+    document = build_document(
+        results, title=title, command=command, data_source=data_source, run_environment=run_environment
+    )
     for entry, run in zip(document["runs"], runs, strict=True):
         if run.crash is not None:
             entry.update(passed=False, verdict=DIVERGED, fails_exit_code=True)
