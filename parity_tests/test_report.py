@@ -588,9 +588,25 @@ def test_parallel_runs_give_the_same_report_as_serial_ones(report_cli, tmp_path)
         out = tmp_path / f"jobs{jobs}"
         with contextlib.redirect_stdout(io.StringIO()):
             assert report_cli(*SMALL[:4], "--epochs", "1", "--out", str(out), "--jobs", jobs) == 0
-        documents.append(jsondoc.stable_part(json.loads((out / "report.json").read_text(encoding="utf-8"))))
+        document = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        # The threads the runs were made with, in this process or in the workers: one each (parity.threads).
+        assert (document["environment"]["torch_threads"], document["environment"]["numpy_blas_threads"]) == (1, 1)
+        documents.append(jsondoc.stable_part(document))
     assert len(documents[0]["runs"]) == 3
     assert documents[0] == documents[1]
+
+
+def test_a_parallel_report_never_imports_torch_in_its_own_process(tmp_path):
+    """Where the workers make the runs, the command's process only reads their results and writes the report: it
+    leaves torch (over a second of start-up and of a core the workers need) to them."""
+    out = tmp_path / "report"
+    code = (
+        "import sys; from parity.cli import entry; "
+        f"code = entry.main(['report', '--out', {str(out)!r}, *{SMALL!r}, '--jobs', '2']); "
+        "assert code == 0, code; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["environment"]["torch"].startswith("2.")
 
 
 def test_workers_are_handed_the_longest_run_first():

@@ -15,7 +15,6 @@ experiment are imported only inside `run`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
 import shlex
@@ -296,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
     from parity.cli.errors import mark_written
     from parity.lockstep.parallel import run_experiments
-    from parity.threads import one_thread_each
+    from reports.environment import run_environment
     from reports.jsondoc import run_facts
     from reports.plots import PLOTS
     from reports.plots import render as render_plot
@@ -310,9 +309,6 @@ def run(args: argparse.Namespace) -> int:
         raise _usage(error.in_options({"train": "--train-size", "test": "--test-size"})) from None
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
-    # Torch's and NumPy's BLAS on one thread each (parity.threads), for the whole run, put back after.
-    threads = contextlib.ExitStack()
-    threads.enter_context(one_thread_each())
     # What the imports and the data made lives as long as the command: frozen, no collection looks at it again (a
     # full one over it took ~0.1 s, after each run's result arrived and in each run made in this process).
     gc.freeze()
@@ -322,8 +318,9 @@ def run(args: argparse.Namespace) -> int:
         jobs = min(options.jobs, len(runs))
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
             bar.set_description(f"{len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else ""), refresh=False)
-            # After each run, one task per plot (the costliest, the error panels, first) and one for what the
-            # report says of it: the last run's are worked out side by side.
+            # After each run, one task per plot (the costliest, the error panels, first), one for what the report
+            # says of it, and one for the threads and PyTorch it ran with: the last run's are worked out side by side.
+            # (Where the runs are made in workers, this process never imports torch.)
             kinds = sorted(PLOTS, key=lambda kind: kind != "errors")
             results, values = run_experiments(
                 runs,
@@ -331,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
                 test,
                 jobs,
                 on_steps=lambda _config, steps: bar.update(steps),
-                then=[*(functools.partial(render_plot, kind) for kind in kinds), run_facts],
+                then=[*(functools.partial(render_plot, kind) for kind in kinds), run_facts, run_environment],
             )
             drawn = [dict(zip(kinds, run_values[: len(kinds)], strict=True)) for run_values in values]
         document = build_document(
@@ -340,13 +337,13 @@ def run(args: argparse.Namespace) -> int:
             command=options.command_line(),
             data_source=_data_text(train.source, test.source),
             demonstrations=demonstrations,
-            facts=[run_values[-1] for run_values in values],
+            facts=[run_values[-2] for run_values in values],
+            run_environment=values[0][-1],
         )
         report = write_document(options.out, document, results, drawn)
         mark_written(args, report, 0 if document["passed"] else 1)  # complete: a Ctrl-C from here on is no failure
     finally:
         gc.unfreeze()  # in-process callers (tests) get their collector and setting back
-        threads.close()
     print(summary_table(document, tablefmt="simple"))
     print(f"\nEach layer on its own (fed the reference's inputs):\n{layers_table(document, tablefmt='simple')}")
     print(f"\n{verdict_line(document)}.")

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-import reference
 import scratch
 from parity.lockstep.feed import LayerFeed
 from parity.lockstep.stepper import Lockstep, LockstepRecord, StepRecord
 from scratch.data import Dataset
 from scratch.spec import DEFAULT_SPEC, NetworkSpec, parse_spec
 from scratch.splits import batches, epoch_orders, steps_per_epoch
+
+if TYPE_CHECKING:  # imported where a run builds its reference: a report's own process, which only reads the
+    import reference  # configs and results, then never imports torch (its workers have it loaded already)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ def build_sides(
     config: ExperimentConfig, image_shape: tuple[int, int]
 ) -> tuple[NetworkSpec, ScratchSide, reference.ReferenceRunner]:
     """The spec, a scratch network from its seeded init, and the twin holding the same weights."""
+    import reference
+
     spec = parse_spec(config.arch, tuple(image_shape))
     net = scratch.build_network(
         spec,

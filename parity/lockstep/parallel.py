@@ -71,11 +71,13 @@ def run_experiments(
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
         from parity.lockstep.experiment import run_experiment
+        from parity.threads import one_thread_each
 
         results = []
-        for config in configs:
-            results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
-        return results, [[task(result) for task in then] for result in results]
+        with one_thread_each():  # as in a worker (`_start_worker`), the tasks too: see parity.threads
+            for config in configs:
+                results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
+            return results, [[task(result) for task in then] for result in results]
     start_fork_server()  # a no-op when already started
     context = multiprocessing.get_context("forkserver")
     progress = context.Queue()

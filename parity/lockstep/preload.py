@@ -12,6 +12,7 @@ import os
 
 try:
     import parity.lockstep.experiment  # noqa: F401  (loaded for the workers)
+    import reference  # noqa: F401  (torch: the experiment imports it only when it builds a run)
 except KeyboardInterrupt:  # Ctrl-C while the server loads: the command says it was interrupted; a traceback of
     os._exit(130)  # this import, from the server's process, would only bury that line
 
