@@ -305,6 +305,25 @@ def test_a_missing_class_is_listed_with_what_the_code_has(capsys, tmp_path):
     assert "NAME" not in err
 
 
+def test_code_that_crashes_the_process_is_named_at_its_line(tmp_path):
+    """A segfault in native code the checked code calls ends the process before any message of ours; the console
+    script's fault handler still names the file, line and method it died in."""
+    impl = tmp_path / "impl"
+    shutil.copytree(FIXED, impl)
+    pool = impl / "maxpool.py"
+    text, forward = pool.read_text(), "    def forward(self, input):\n"
+    assert forward in text
+    crashing = "import ctypes\n\n\ndef crash():\n    ctypes.string_at(0)\n\n\n" + text
+    pool.write_text(crashing.replace(forward, forward + "        crash()\n", 1))
+    console = "import sys; from parity.cli.entry import console; sys.exit(console())"  # the console script's body
+    command = [sys.executable, "-c", console, "check", "--impl", str(impl), "--steps", "1", "--no-probes"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode < 0 and "Fatal Python error: Segmentation fault" in done.stderr, done.stderr
+    called_at = pool.read_text().splitlines().index("        crash()") + 1
+    assert f'File "{pool}", line 5 in crash' in done.stderr
+    assert f'File "{pool}", line {called_at} in forward' in done.stderr
+
+
 def test_loader_imports_files_privately():
     """Two implementations with the same file names do not share modules, and sys.path is left as it was."""
     path_before, modules_before = list(sys.path), set(sys.modules)

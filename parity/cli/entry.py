@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import importlib
 import sys
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> int:
     """`main` as the console script runs it: the process exits right after."""
+    # A crash in native code (a C extension the code under check calls, or NumPy's or torch's) ends the process
+    # before any message of ours: Python's own dump then names the file and line each thread was at, where the shell
+    # would otherwise say only "Segmentation fault".
+    faulthandler.enable()
     code = main()
     # Nothing made so far needs collecting: frozen, it is not walked again by the collections the interpreter runs
     # as it shuts down (~0.3 s after torch was imported).
