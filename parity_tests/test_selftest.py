@@ -136,6 +136,17 @@ def test_a_bug_that_is_not_caught_fails_the_selftest(capsys):
     assert not outcome.caught and not outcome.ok and outcome.row()["result"] == "MISSED"
 
 
+def test_bugs_are_not_run_against_a_base_that_fails_its_own_check(capsys):
+    """The tutorial's own code (its tie rule) as the correct code: it diverges, so no bug could be told from it, and
+    its bugs are listed as not run rather than judged (each could also have cost a hang's timeout)."""
+    base = str(DEFAULT_BASE.parent / "tutorial_cnn")
+    code = main(["selftest", "--base", base, "--steps", "5", "--bug", "pool-last-max", "--bug", "chw-flatten"])
+    out = capsys.readouterr().out
+    assert code == 1 and out.count("| tutorial ") == 1 and "FALSE POSITIVE" in out
+    assert "Not run: pool-last-max, chw-flatten: the correct code of " in out and "What each bug is" not in out
+    assert "FAIL: 0 of 0 bugs caught and blamed on the right layer, 2 not run; the correct code FAILS" in out
+
+
 def test_selftest_command(capsys):
     code = main(["selftest"])
     out, err = capsys.readouterr()

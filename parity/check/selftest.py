@@ -135,12 +135,16 @@ def run_bugs(
     clean: bool = True,
     base_name: str = TUTORIAL,
 ) -> list[Outcome]:
-    """Check the correct implementation over every step and probe, then each bug until its first divergence."""
+    """Check the correct implementation over every step and probe, then each bug until its first divergence. Where
+    the correct code fails its own check, its bugs are not run: a bug's divergence (or hang) could not be told from
+    the code's own, and each could take as long as a hang's timeout."""
     outcomes = []
     if clean:
         started = time.perf_counter()
         result = check_impl(base, train_images, train_labels, steps=steps, seed=seed, lr=lr, probes=PROBES)
         outcomes.append(Outcome(None, result, time.perf_counter() - started, base_name))
+        if not result.passed:
+            return outcomes
     for bug in bugs:
         started = time.perf_counter()
         try:
@@ -214,8 +218,14 @@ def run_selftest(args: argparse.Namespace) -> int:
             outcomes = run_all(bases, train.images, train.labels, bugs=bugs, steps=args.steps, seed=args.seed)
     except ImplError as error:
         raise UsageError(f"the correct implementation: {error}") from None
-    print(render(bases, outcomes, args.steps, time.perf_counter() - started))
+    print(render(bases, outcomes, args.steps, time.perf_counter() - started, bugs))
     return EXIT_PARITY if all(outcome.ok for outcome in outcomes) else EXIT_DIVERGENCE
+
+
+def _not_run(outcomes: list[Outcome], requested: tuple[Bug, ...]) -> list[Bug]:
+    """The requested bugs of each base whose correct code failed its own check (`run_bugs` skips them)."""
+    failed = {outcome.base for outcome in outcomes if outcome.bug is None and not outcome.ok}
+    return [bug for bug in requested if bug.base in failed]
 
 
 def _shown(path: str) -> str:
@@ -224,8 +234,10 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
-def render(bases: dict[str, Impl], outcomes: list[Outcome], steps: int, seconds: float) -> str:
-    """The self-test table, each bug's mistake, and the verdict."""
+def render(
+    bases: dict[str, Impl], outcomes: list[Outcome], steps: int, seconds: float, requested: tuple[Bug, ...] = BUGS
+) -> str:
+    """The self-test table, each bug's mistake, the bugs not run (their correct code failed), and the verdict."""
     injected = ", ".join(
         f"{sum(o.bug is not None and o.base == name for o in outcomes)} into {base.label}"
         + (f" (--layers {TWO_CONV_LAYERS})" if base.calls is not None else "")
@@ -238,11 +250,17 @@ def render(bases: dict[str, Impl], outcomes: list[Outcome], steps: int, seconds:
         "a bug's run stops at its first divergence)",
         "",
         text_table([o.row() for o in outcomes]),
-        "",
-        "What each bug is (the mistake a person made):",
     ]
-    lines += [f"  {o.bug.name}: {o.bug.mistake} ({o.bug.layer}, in {o.bug.cls})" for o in outcomes if o.bug]
+    not_run = _not_run(outcomes, requested)
+    lines += [
+        f"Not run: {', '.join(bug.name for bug in not_run if bug.base == name)}: the correct code of "
+        f"{bases[name].label} fails its own check above, so a bug's divergence could not be told from the code's own"
+        for name in dict.fromkeys(bug.base for bug in not_run)
+    ]
     bugs = [o for o in outcomes if o.bug]
+    if bugs:
+        lines += ["", "What each bug is (the mistake a person made):"]
+        lines += [f"  {o.bug.name}: {o.bug.mistake} ({o.bug.layer}, in {o.bug.cls})" for o in bugs]
     cleans = [o for o in outcomes if o.bug is None]
     caught = sum(o.ok for o in bugs)
     subtle = [o.bug.name for o in bugs if o.ok and o.loss_agrees() == "agrees"]
@@ -252,6 +270,7 @@ def render(bases: dict[str, Impl], outcomes: list[Outcome], steps: int, seconds:
             f"Invisible in the loss when caught (only a tensor-by-tensor comparison sees them): {', '.join(subtle)}."
         )
     verdict = f"{caught} of {len(bugs)} bugs caught and blamed on the right layer"
+    verdict += f", {len(not_run)} not run" if not_run else ""
     if cleans:
         verdict += "; the correct code " + (
             "passes everywhere (no false positive)" if all(o.ok for o in cleans) else "FAILS (a false positive)"
