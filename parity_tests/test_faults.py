@@ -12,6 +12,7 @@ import errno
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -641,21 +642,28 @@ def test_a_ctrl_c_before_the_report_is_written_exits_130_and_writes_nothing(caps
     assert code == 130 and not out.exists() and "nothing was written" in err
 
 
-def test_ctrl_c_while_the_fork_server_loads_ends_it_without_a_traceback():
-    """The workers' fork server imports torch in a process of its own; Ctrl-C reaches it too, and its traceback
-    once buried the command's one line ('interrupted; nothing was written')."""
-    interrupted_import = (
-        "import builtins\n"
-        "real = builtins.__import__\n"
-        "def interrupted(name, *args, **kwargs):\n"
-        "    if name == 'parity.lockstep.experiment':\n"
-        "        raise KeyboardInterrupt\n"
-        "    return real(name, *args, **kwargs)\n"
-        "builtins.__import__ = interrupted\n"
-        "import parity.lockstep.preload\n"
+def test_the_fork_server_loads_with_ctrl_c_ignored(tmp_path):
+    """The workers' fork server imports torch in a process of its own for a second or more; a Ctrl-C (to the whole
+    process group, from a terminal) once raised KeyboardInterrupt there too, and its traceback buried the command's
+    one line ('interrupted; nothing was written'). It starts with SIGINT ignored, as the workers forked from it."""
+    seen = tmp_path / "seen"
+    probe = f"import signal\n\nopen({str(seen)!r}, 'w').write(str(signal.getsignal(signal.SIGINT)))\n"
+    (tmp_path / "sigint_probe.py").write_text(probe)
+    script = (
+        "import signal, time\n"
+        "from parity.lockstep import parallel\n"
+        "parallel.start_fork_server('sigint_probe')\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's own, put back\n"
+        "time.sleep(3)  # the server imports the probe meanwhile\n"
     )
-    done = subprocess.run([sys.executable, "-c", interrupted_import], capture_output=True, timeout=120)
-    assert (done.returncode, done.stderr) == (130, b"")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=ROOT, env=_with_path(tmp_path))
+    assert seen.read_text() == str(signal.SIG_IGN)
+
+
+def _with_path(folder: Path) -> dict[str, str]:
+    """This environment with `folder` first on PYTHONPATH: where a fork server (which takes no sys.path from its
+    caller) finds a module written for a test."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
 
 
 DATA_DIR_COMMANDS = {

@@ -4,12 +4,7 @@ MPLBACKEND is set aside with one note, not one per worker."""
 
 from __future__ import annotations
 
-import os
+import parity.lockstep.preload  # noqa: F401  (NumPy, PyTorch, scratch, the reference, the experiment)
+from reports.plots import import_matplotlib
 
-try:
-    import parity.lockstep.preload  # noqa: F401  (NumPy, PyTorch, scratch, the reference, the experiment)
-    from reports.plots import import_matplotlib
-
-    import_matplotlib()
-except KeyboardInterrupt:  # Ctrl-C while the server loads: as parity.lockstep.preload, no traceback from here
-    os._exit(130)
+import_matplotlib()

@@ -10,6 +10,7 @@ A worker ends as soon as the process that started it does, however that ended (a
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -18,7 +19,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
 
@@ -41,7 +42,24 @@ def start_fork_server(preload: str = "parity.lockstep.preload") -> None:
     caller's tasks need) while the caller goes on (run_experiments waits for it when it needs a worker)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([preload])
-    multiprocessing.forkserver.ensure_running()
+    with _ctrl_c_ignored():
+        multiprocessing.forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored while the fork server is started: a process starts with a signal ignored that its parent
+    ignored, so the server (and the workers it forks) never raise KeyboardInterrupt. Ctrl-C is the caller's to
+    handle (it ends the workers); the server, busy importing torch for a second or more, would otherwise print a
+    traceback of its own under the caller's one line. (A Ctrl-C in the few milliseconds of the start is lost.)"""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def longest_first(configs: Sequence[ExperimentConfig]) -> list[int]:
@@ -83,8 +101,8 @@ def run_experiments(
     progress = context.Queue()
     workers = min(jobs, len(configs))
     with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(progress, os.getpid())) as pool:
-        runs = {pool.submit(_run_in_worker, i, configs[i], train, test): i for i in longest_first(configs)}
-        try:
+        try:  # a submit starts a worker, waiting for the fork server (still importing torch at first)
+            runs = {pool.submit(_run_in_worker, i, configs[i], train, test): i for i in longest_first(configs)}
             extras = _follow(pool, runs, then, progress, configs, report)
         except BaseException:  # Ctrl-C, or an error here: the runs are not waited for
             _stop(pool)
@@ -129,11 +147,17 @@ def _drain(progress, configs: Sequence[ExperimentConfig], report) -> None:
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """End the workers now, whatever they are doing. Leaving the pool's block would wait for every run to finish, or
-    for ever: a worker writing a result that no one reads any more blocks the pool's own shut-down."""
+    """End the workers now, whatever they are doing, and the fork server. Leaving the pool's block would wait for
+    every run to finish, or for ever: a worker writing a result that no one reads any more blocks the pool's own
+    shut-down. A server still busy importing would, once done, fork the workers asked of it, which then fail to read
+    this process's queue (gone by then), each with a traceback of its own."""
     pool.shutdown(wait=False, cancel_futures=True)
     for worker in multiprocessing.active_children():  # this process's own: the pool's workers
         worker.terminate()
+    server = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)  # not public: may go
+    if server is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGKILL)  # it holds nothing to clean up: each worker is a process of its own
 
 
 def _start_worker(progress, caller: int) -> None:

@@ -8,13 +8,9 @@ the server starts with them loaded instead of importing torch again. (The refere
 from __future__ import annotations
 
 import gc
-import os
 
-try:
-    import parity.lockstep.experiment  # noqa: F401  (loaded for the workers)
-    import reference  # noqa: F401  (torch: the experiment imports it only when it builds a run)
-except KeyboardInterrupt:  # Ctrl-C while the server loads: the command says it was interrupted; a traceback of
-    os._exit(130)  # this import, from the server's process, would only bury that line
+import parity.lockstep.experiment  # noqa: F401  (loaded for the workers)
+import reference  # noqa: F401  (torch: the experiment imports it only when it builds a run)
 
 # What the imports made lives as long as a worker: frozen, no garbage collection in one looks at it again (a full
 # collection over it took ~0.1 s of each run), nor writes to its pages (copy-on-write after the fork).
