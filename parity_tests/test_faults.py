@@ -291,6 +291,22 @@ def test_a_size_that_cannot_run_is_refused_at_once(capsys, tmp_path, case):
     assert not any(tmp_path.iterdir())  # nothing was written
 
 
+BATCH_LARGER_THAN_THE_DATA = {
+    "report": ("report", "--train-size", "200", "--batch-size", "300", "--out", "{tmp}/r"),
+    "record": ("record", "--train-size", "200", "--batch-size", "300", "--out", "{tmp}/g.json.gz"),
+}
+
+
+@pytest.mark.parametrize("command", BATCH_LARGER_THAN_THE_DATA, ids=list(BATCH_LARGER_THAN_THE_DATA))
+def test_a_batch_larger_than_the_training_set_is_refused(capsys, tmp_path, command):
+    """It would train on batches of all 200 digits while the report or record named 300: refused before any step."""
+    argv = (arg.replace("{tmp}", str(tmp_path)) for arg in BATCH_LARGER_THAN_THE_DATA[command])
+    line = assert_refused(cli(capsys, *argv), "batch size 300: more than the 200 training digits")
+    assert "(batch size 200: one step an epoch)" in line and not any(tmp_path.iterdir())
+    assert scratch_train.main(["--train-size", "200", "--batch-size", "300"]) == 2
+    assert "batch size 300: more than the 200 training digits" in capsys.readouterr().err
+
+
 def test_scratch_train_refuses_a_run_beyond_max_steps(capsys):
     assert scratch_train.main(["--epochs", "100000000"]) == 2
     err = capsys.readouterr().err

@@ -117,11 +117,24 @@ def epoch_orders(n_train: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
 
 
 def run_steps(epochs: int, n_train: int, batch_size: int = 1) -> int:
-    """epochs x steps_per_epoch: the SGD steps of a run; DataError when that exceeds MAX_STEPS."""
+    """epochs x steps_per_epoch: the SGD steps of a run; DataError when that exceeds MAX_STEPS, or when a batch is
+    larger than the training set (`check_batch_size`)."""
     epochs = _check_count("epochs", epochs, minimum=0)
+    check_batch_size(batch_size, n_train)
     total = epochs * steps_per_epoch(n_train, batch_size)
     check_steps(total, f"epochs {epochs:,} x {steps_per_epoch(n_train, batch_size):,} steps an epoch")
     return total
+
+
+def check_batch_size(batch_size: int, n_train: int) -> int:
+    """`batch_size`, or DataError when it is more than the `n_train` training digits: such a run would train on
+    batches of every digit while its records and reports name the larger size."""
+    if _check_count("batch_size", batch_size) > _check_count("n_train", n_train):
+        raise DataError(
+            f"batch size {batch_size:,}: more than the {n_train:,} training digits; a batch holds at most all of "
+            f"them (batch size {n_train:,}: one step an epoch)"
+        )
+    return batch_size
 
 
 def check_steps(steps: int, what: str) -> int:

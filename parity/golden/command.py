@@ -79,7 +79,7 @@ def _check_replaceable(path: Path) -> None:
 def run_record(args: argparse.Namespace) -> int:
     """Record the default scratch run (or the one the options describe) to a golden file."""
     from parity import atomic
-    from scratch.splits import TooFewDigits, check_steps, load_experiment_data, steps_per_epoch
+    from scratch.splits import TooFewDigits, check_batch_size, check_steps, load_experiment_data, steps_per_epoch
 
     if args.steps is not None:
         check_steps(args.steps, f"--steps {args.steps}")
@@ -98,6 +98,7 @@ def run_record(args: argparse.Namespace) -> int:
         train, _ = load_experiment_data(args.data_dir, n_train=args.train_size, n_test=0)  # nothing tested
     except TooFewDigits as error:
         raise UsageError(error.in_options({"train": "--train-size"})) from None
+    check_batch_size(args.batch_size, len(train))
     if args.steps is None:
         per_epoch = steps_per_epoch(len(train), args.batch_size)
         check_steps(args.epochs * per_epoch, f"--epochs {args.epochs} x {per_epoch:,} steps an epoch")
