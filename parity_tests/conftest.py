@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -38,6 +39,13 @@ def run_tutorial(tutorial_data):
 
 
 # --- `pytest --parity-report DIR`: the lockstep report, from the experiments this session ran --------------------
+
+
+@pytest.fixture
+def path_env(tmp_path) -> dict[str, str]:
+    """This environment with `tmp_path` first on PYTHONPATH: where a fork server, which takes no sys.path from its
+    caller, finds a module a test wrote there."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

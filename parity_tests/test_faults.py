@@ -658,28 +658,28 @@ def test_a_ctrl_c_before_the_report_is_written_exits_130_and_writes_nothing(caps
     assert code == 130 and not out.exists() and "nothing was written" in err
 
 
-def test_the_fork_server_loads_with_ctrl_c_ignored(tmp_path):
+def test_the_fork_server_loads_with_ctrl_c_ignored(tmp_path, path_env):
     """The workers' fork server imports torch in a process of its own for a second or more; a Ctrl-C (to the whole
     process group, from a terminal) once raised KeyboardInterrupt there too, and its traceback buried the command's
     one line ('interrupted; nothing was written'). It starts with SIGINT ignored, as the workers forked from it."""
     seen = tmp_path / "seen"
-    probe = f"import signal\n\nopen({str(seen)!r}, 'w').write(str(signal.getsignal(signal.SIGINT)))\n"
+    probe = (  # what the server's SIGINT handler is while it imports, written whole (a rename) for the caller to see
+        "import os, signal\n\n"
+        f"open({str(seen)!r} + '.partial', 'w').write(str(signal.getsignal(signal.SIGINT)))\n"
+        f"os.replace({str(seen)!r} + '.partial', {str(seen)!r})\n"
+    )
     (tmp_path / "sigint_probe.py").write_text(probe)
     script = (
-        "import signal, time\n"
+        "import os, signal, time\n"
         "from parity.lockstep import parallel\n"
         "parallel.start_fork_server('sigint_probe')\n"
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's own, put back\n"
-        "time.sleep(3)  # the server imports the probe meanwhile\n"
+        "deadline = time.monotonic() + 30\n"
+        f"while not os.path.exists({str(seen)!r}) and time.monotonic() < deadline:  # the server imports the probe\n"
+        "    time.sleep(0.02)\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=ROOT, env=_with_path(tmp_path))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=ROOT, env=path_env)
     assert seen.read_text() == str(signal.SIG_IGN)
-
-
-def _with_path(folder: Path) -> dict[str, str]:
-    """This environment with `folder` first on PYTHONPATH: where a fork server (which takes no sys.path from its
-    caller) finds a module written for a test."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
 
 
 DATA_DIR_COMMANDS = {

@@ -337,8 +337,8 @@ def run(args: argparse.Namespace) -> int:
             command=options.command_line(),
             data_source=_data_text(train.source, test.source),
             demonstrations=demonstrations,
-            facts=[run_values[-2] for run_values in values],
-            run_environment=values[0][-1],
+            facts=[run_values[len(kinds)] for run_values in values],
+            run_environment=values[0][len(kinds) + 1],  # every run's is the same: the workers are alike
         )
         report = write_document(options.out, document, results, drawn)
         mark_written(args, report, 0 if document["passed"] else 1)  # complete: a Ctrl-C from here on is no failure

@@ -21,7 +21,7 @@ import numpy as np
 from parity.engine.tolerances import TOLERANCES
 from parity.lockstep.stepper import always_compared
 
-if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment imports the reference (torch)
+if TYPE_CHECKING:  # for annotations only: loading this module loads no part of the experiment
     from parity.engine.compare import TensorComparison
     from parity.lockstep.experiment import ExperimentResult
     from parity.lockstep.stepper import LockstepRecord, StepRecord

@@ -19,7 +19,7 @@ import numpy as np
 
 from parity.engine.tolerances import tolerance_for
 
-if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment imports the reference (torch)
+if TYPE_CHECKING:  # for annotations only: loading this module loads no part of the experiment
     from matplotlib.figure import Figure
 
     from parity.lockstep.experiment import ExperimentResult

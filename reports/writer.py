@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from parity import atomic
 from reports import environment, jsondoc, markdown, plots
 
-if TYPE_CHECKING:  # torch-free at import time: parity.lockstep.experiment imports the reference (torch)
+if TYPE_CHECKING:  # for annotations only: loading this module loads no part of the experiment
     from parity.lockstep.experiment import ExperimentConfig, ExperimentResult
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"

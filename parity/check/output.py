@@ -163,10 +163,10 @@ def environment_now() -> dict[str, object] | None:
     """The threads and PyTorch of this process now (`reports.environment.run_environment`), for a report written
     after the runs; None where reports are not available."""
     try:
-        from reports.environment import run_environment as collect
+        from reports import environment
     except ImportError:
         return None
-    return collect()
+    return environment.run_environment()
 
 
 def write_check_report(

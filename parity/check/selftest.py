@@ -252,6 +252,8 @@ def render(
         text_table([o.row() for o in outcomes]),
     ]
     not_run = _not_run(outcomes, requested)
+    if not_run:
+        lines.append("")
     lines += [
         f"Not run: {', '.join(bug.name for bug in not_run if bug.base == name)}: the correct code of "
         f"{bases[name].label} fails its own check above, so a bug's divergence could not be told from the code's own"

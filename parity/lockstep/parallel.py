@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 PROGRESS_EVERY = 50  # steps between a worker's progress messages: often enough to read, rarely enough to be free
 _progress: multiprocessing.Queue | None = None  # a worker's end of the progress queue
+_preload = "parity.lockstep.preload"  # what the fork server imports (`start_fork_server`)
 
 
 def default_jobs() -> int:
@@ -37,11 +38,13 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def start_fork_server(preload: str = "parity.lockstep.preload") -> None:
+def start_fork_server(preload: str | None = None) -> None:
     """Start the fork server the workers come from, now: it imports `preload` (the experiment, and whatever else the
-    caller's tasks need) while the caller goes on (run_experiments waits for it when it needs a worker)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([preload])
+    caller's tasks need; by default what was asked last, else `parity.lockstep.preload`) while the caller goes on
+    (run_experiments waits for it when it needs a worker). A no-op while one runs."""
+    global _preload
+    _preload = preload or _preload
+    multiprocessing.get_context("forkserver").set_forkserver_preload([_preload])  # also for one started again
     with _ctrl_c_ignored():
         multiprocessing.forkserver.ensure_running()
 
@@ -51,8 +54,9 @@ def _ctrl_c_ignored() -> Iterator[None]:
     """SIGINT ignored while the fork server is started: a process starts with a signal ignored that its parent
     ignored, so the server (and the workers it forks) never raise KeyboardInterrupt. Ctrl-C is the caller's to
     handle (it ends the workers); the server, busy importing torch for a second or more, would otherwise print a
-    traceback of its own under the caller's one line. (A Ctrl-C in the few milliseconds of the start is lost.)"""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+    traceback of its own under the caller's one line. (A Ctrl-C in the few milliseconds of the start is lost.) Only
+    the main thread may set a handler: a server started from another thread (an in-process caller's) keeps SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -96,7 +100,7 @@ def run_experiments(
             for config in configs:
                 results.append(run_experiment(config, train, test, on_step=lambda _step, c=config: report(c, 1)))
             return results, [[task(result) for task in then] for result in results]
-    start_fork_server()  # a no-op when already started
+    start_fork_server()  # a no-op when already started; else with the preload asked for last
     context = multiprocessing.get_context("forkserver")
     progress = context.Queue()
     workers = min(jobs, len(configs))
@@ -154,10 +158,23 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for worker in multiprocessing.active_children():  # this process's own: the pool's workers
         worker.terminate()
-    server = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)  # not public: may go
-    if server is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server, signal.SIGKILL)  # it holds nothing to clean up: each worker is a process of its own
+    _stop_fork_server()
+
+
+def _stop_fork_server() -> None:
+    """Kill the fork server and forget it, so the next run starts a new one. multiprocessing keeps its pid, socket
+    and pipe, and (Python 3.11) finds it gone only once it can reap it: a run right after the kill would connect to
+    the dying server and fail. `ForkServer._stop` is the reaping and forgetting its own tests use (not public: may
+    go)."""
+    server = multiprocessing.forkserver._forkserver
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # it holds no state of ours: each worker is a process of its own
+    stop = getattr(server, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def _start_worker(progress, caller: int) -> None:
