@@ -617,10 +617,11 @@ def test_a_file_that_hangs_or_exits_when_imported_is_refused_in_one_line(
     assert (code, out) == (2, "") and said in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_a_selftest_base_without_the_helpers_the_bugs_patch_is_refused_in_one_line(capsys):
-    code, out, err = cli(
-        capsys, "selftest", "--base", str(FIXED.parent / "tutorial_cnn"), "--bug", "flipped-kernel", "--steps", "2"
-    )
+def test_a_selftest_base_without_the_helpers_the_bugs_patch_is_refused_in_one_line(capsys, tmp_path):
+    """Correct code (it passes its own check) whose conv has no `regions` helper, which the flipped-kernel patch
+    calls: refused, not counted as a bug caught."""
+    base = copy_fixed(tmp_path / "impl", "conv.py", "regions", "patches")
+    code, out, err = cli(capsys, "selftest", "--base", str(base), "--bug", "flipped-kernel", "--steps", "2")
     assert (code, out) == (2, "")
     assert "bug flipped-kernel does not apply to it" in err and "Traceback" not in err and err.count("\n") == 1
 
