@@ -671,6 +671,7 @@ def test_the_fork_server_loads_with_ctrl_c_ignored(tmp_path, path_env):
     (tmp_path / "sigint_probe.py").write_text(probe)
     script = (
         "import os, signal, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's, whatever the test run inherited\n"
         "from parity.lockstep import parallel\n"
         "parallel.start_fork_server('sigint_probe')\n"
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's own, put back\n"

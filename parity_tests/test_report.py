@@ -35,6 +35,9 @@ from scratch.splits import load_experiment_data
 SMALL = ["--train-size", "200", "--test-size", "100", "--epochs", "1"]
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--train-size", "50", "--test-size", "10", "--epochs", "1", "--dtypes", "float64", "--no-faithful"]
+# The first line of a script a test interrupts: Ctrl-C raises KeyboardInterrupt, as in a terminal, whatever the test
+# run inherited (a job started in the background of a shell, as some CI runners do, starts with SIGINT ignored).
+CTRL_C_AS_IN_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
 DEEP = "conv3x4,relu,pool2,dense10"  # a ReLU between the conv and the pool: names and shapes the tutorial lacks
 RUN_KEYS = {
     "architecture",
@@ -709,7 +712,7 @@ def test_a_ctrl_c_ends_the_workers_at_once_without_their_tracebacks(to):
     leave it to their caller, which ends them rather than waiting for their runs of 100 epochs (a worker writing a
     result no one read used to hang the pool's shut-down)."""
     script = (
-        "import sys\n"
+        CTRL_C_AS_IN_A_TERMINAL + "import sys\n"
         "from parity.lockstep import parallel\n"
         "from parity.lockstep.experiment import ExperimentConfig\n"
         "from scratch.splits import load_experiment_data\n"
@@ -749,7 +752,7 @@ def test_a_ctrl_c_while_the_fork_server_still_loads_leaves_no_worker_to_fail(tmp
     line. The caller now ends the server at once, and forgets it: a run right after starts a new one."""
     (tmp_path / "slow_preload.py").write_text("import time\n\ntime.sleep(2)\n")
     script = (
-        "import os, signal, threading\n"
+        CTRL_C_AS_IN_A_TERMINAL + "import os, signal, threading\n"
         "from parity.lockstep import parallel\n"
         "from parity.lockstep.experiment import ExperimentConfig\n"
         "from scratch.splits import load_experiment_data\n"
