@@ -658,6 +658,36 @@ def test_a_ctrl_c_before_the_report_is_written_exits_130_and_writes_nothing(caps
     assert code == 130 and not out.exists() and "nothing was written" in err
 
 
+def test_a_ctrl_c_while_a_command_starts_is_one_line_not_a_traceback():
+    """The console script's first import loads no NumPy, so a Ctrl-C while the command's modules load (a quarter of
+    a second, NumPy's import among them) meets the console's handler: one line, exit 130."""
+    script = (
+        "import sys\n"
+        "from parity.cli import entry\n"
+        "assert not [name for name in ('numpy', 'scratch', 'torch') if name in sys.modules], 'loaded at once'\n"
+        "def interrupted(name, *args):\n"
+        "    raise KeyboardInterrupt  # as a Ctrl-C while the report command's module loads\n"
+        "entry.importlib.import_module = interrupted\n"
+        "sys.argv = ['cnn-parity', 'report']\n"
+        "sys.exit(entry.console())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stdout) == (130, ""), done.stderr
+    assert done.stderr == "cnn-parity: interrupted before the report command started; nothing was written\n"
+
+
+def test_the_packages_names_load_on_first_use():
+    """`parity` and `parity.cli` name their exports without importing them: each resolves, and nothing else does."""
+    import parity.cli
+
+    for package in (parity, parity.cli):
+        assert sorted(package.__all__) == sorted(package._HOMES)
+        for name in package.__all__:
+            assert getattr(package, name) is getattr(sys.modules[package._HOMES[name]], name)
+        with pytest.raises(AttributeError, match="no attribute 'compare_all'"):
+            package.compare_all  # noqa: B018 (the lookup is the test)
+
+
 def test_the_fork_server_loads_with_ctrl_c_ignored(tmp_path, path_env):
     """The workers' fork server imports torch in a process of its own for a second or more; a Ctrl-C (to the whole
     process group, from a terminal) once raised KeyboardInterrupt there too, and its traceback buried the command's

@@ -9,7 +9,6 @@ import importlib
 import sys
 
 from parity.cli.errors import EXIT_DIVERGENCE, EXIT_USAGE, UsageError, reader_gone, silence_stdout
-from scratch.data import DataError
 
 # subcommand -> (module implementing `add_arguments(parser)` and `run(args) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,6 +48,8 @@ def _asks_for_help(option: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, dispatch, and turn expected errors into one clear line and exit code 2."""
+    from scratch.data import DataError  # here, not at the top: NumPy, whose import `console` guards
+
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     if argv and argv[0].startswith("-") and not _asks_for_help(argv[0]):  # else argparse names a missing argument
@@ -94,11 +95,21 @@ def console() -> int:
     # before any message of ours: Python's own dump then names the file and line each thread was at, where the shell
     # would otherwise say only "Segmentation fault".
     faulthandler.enable()
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # while the command's modules still load (NumPy, the command's own): before it ran
+        print(f"cnn-parity: interrupted before {_command_named()} started; nothing was written", file=sys.stderr)
+        return 130
     # Nothing made so far needs collecting: frozen, it is not walked again by the collections the interpreter runs
     # as it shuts down (~0.3 s after torch was imported).
     gc.freeze()
     return code
+
+
+def _command_named() -> str:
+    """`the report command`, from the command line as given (`the command` when it names none)."""
+    named = [arg for arg in sys.argv[1:2] if arg in COMMANDS]
+    return f"the {named[0]} command" if named else "the command"
 
 
 if __name__ == "__main__":
