@@ -8,14 +8,6 @@ import of NumPy. Nothing here imports torch (golden-record checks run without it
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # for type checkers and readers: the same names, imported at once
-    from parity.engine.batch import compare_many
-    from parity.engine.compare import TensorComparison, compare
-    from parity.engine.tolerances import TOLERANCES, Tolerance, tolerance_for
-    from parity.lockstep.records import Divergence, LockstepRecord, StepRecord
-    from parity.lockstep.stepper import Lockstep, run_lockstep
 
 _HOMES = {
     "compare_many": "parity.engine.batch",
@@ -30,19 +22,7 @@ _HOMES = {
     "Lockstep": "parity.lockstep.stepper",
     "run_lockstep": "parity.lockstep.stepper",
 }
-__all__ = [
-    "TOLERANCES",
-    "Divergence",
-    "Lockstep",
-    "LockstepRecord",
-    "StepRecord",
-    "TensorComparison",
-    "Tolerance",
-    "compare",
-    "compare_many",
-    "run_lockstep",
-    "tolerance_for",
-]
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str) -> object:

@@ -5,11 +5,6 @@ The names below load their module when first used (see `parity`'s own doc for wh
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from parity.cli.entry import COMMANDS, build_parser, main
-    from parity.cli.errors import EXIT_DIVERGENCE, EXIT_PARITY, EXIT_USAGE, UsageError
 
 _HOMES = {
     "COMMANDS": "parity.cli.entry",
@@ -20,7 +15,7 @@ _HOMES = {
     "EXIT_USAGE": "parity.cli.errors",
     "UsageError": "parity.cli.errors",
 }
-__all__ = ["COMMANDS", "EXIT_DIVERGENCE", "EXIT_PARITY", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str) -> object:
