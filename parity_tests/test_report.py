@@ -585,8 +585,9 @@ def test_parity_report_option_is_registered(pytestconfig):
 
 def test_parallel_runs_give_the_same_report_as_serial_ones(report_cli, tmp_path):
     """`--jobs 2` runs the three runs in worker processes; apart from timings and the environment, report.json is
-    identical to a serial run's."""
-    documents = []
+    identical to a serial run's, and so is every plot, byte for byte (drawn by a worker, or by the command's own
+    process after its warm-up: `then_here`)."""
+    documents, plots = [], []
     for jobs in ("1", "2"):
         out = tmp_path / f"jobs{jobs}"
         with contextlib.redirect_stdout(io.StringIO()):
@@ -595,8 +596,32 @@ def test_parallel_runs_give_the_same_report_as_serial_ones(report_cli, tmp_path)
         # The threads the runs were made with, in this process or in the workers: one each (parity.threads).
         assert (document["environment"]["torch_threads"], document["environment"]["numpy_blas_threads"]) == (1, 1)
         documents.append(jsondoc.stable_part(document))
-    assert len(documents[0]["runs"]) == 3
+        plots.append({png.name: png.read_bytes() for png in out.glob("*.png")})
+    assert len(documents[0]["runs"]) == 3 and len(plots[0]) == 6
     assert documents[0] == documents[1]
+    assert plots[0] == plots[1]
+
+
+def test_the_last_run_s_then_here_tasks_run_in_the_caller_the_rest_in_workers(tmp_path, path_env):
+    """Once every run has finished, the caller has nothing to do but wait: the last run's `then_here` tasks are run
+    there, beside the workers' (the report's costliest plot). Every other task, and every task of the runs that
+    finished before, is a worker's."""
+    (tmp_path / "where_probe.py").write_text("import os\n\n\ndef pid(result):\n    return os.getpid()\n")
+    script = (
+        "import os\n"
+        "import where_probe\n"
+        "from parity.lockstep import parallel\n"
+        "from parity.lockstep.experiment import ExperimentConfig\n"
+        "from scratch.splits import load_experiment_data\n"
+        "train, test = load_experiment_data(n_train=20, n_test=2)\n"
+        "configs = [ExperimentConfig(epochs=1), ExperimentConfig(epochs=6, dtype='float32')]  # the second ends last\n"
+        "tasks = [where_probe.pid, where_probe.pid]\n"
+        "_, values = parallel.run_experiments(configs, train, test, jobs=2, then=tasks, then_here=(1,))\n"
+        "print([[pid == os.getpid() for pid in run] for run in values])\n"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120, env=path_env)
+    assert (done.returncode, done.stdout) == (0, "[[False, False], [False, True]]\n"), done.stderr
 
 
 def test_a_parallel_report_never_imports_torch_in_its_own_process(tmp_path):

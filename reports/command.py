@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import os
 import shlex
 import sys
 import time
@@ -289,6 +290,12 @@ def run(args: argparse.Namespace) -> int:
     if options.jobs > 1 and run_count(options) > 1:
         from parity.lockstep.parallel import start_fork_server
 
+        if "MPLBACKEND" in os.environ:
+            # This process draws too (`then_here` below): a bogus backend is replaced here, with its note, before the
+            # server inherits the environment, so the note is printed once.
+            from reports.plots import import_matplotlib
+
+            import_matplotlib()
         start_fork_server("reports.preload")  # the workers' imports overlap this process's own, and the data's loading
 
     from tqdm import tqdm
@@ -299,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
     from reports.jsondoc import run_facts
     from reports.plots import PLOTS
     from reports.plots import render as render_plot
+    from reports.plots import warm_up as warm_up_plots
     from reports.summary import layers_table, summary_table, verdict_line
     from reports.writer import build_document, write_document
     from scratch.splits import TooFewDigits, load_experiment_data, steps_per_epoch
@@ -309,13 +317,15 @@ def run(args: argparse.Namespace) -> int:
         raise _usage(error.in_options({"train": "--train-size", "test": "--test-size"})) from None
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
+    jobs = min(options.jobs, len(runs))
+    if jobs > 1:  # idle until the workers start (torch loading in the fork server): the last run's costliest plot
+        warm_up_plots()  # is drawn here (`then_here` below), as the workers draw the others
     # What the imports and the data made lives as long as the command: frozen, no collection looks at it again (a
     # full one over it took ~0.1 s, after each run's result arrived and in each run made in this process).
     gc.freeze()
     try:
         started = time.perf_counter()
         total = len(runs) * options.epochs * steps_per_epoch(len(train), options.batch_size)
-        jobs = min(options.jobs, len(runs))
         with tqdm(total=total, unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr, leave=False, disable=None) as bar:
             bar.set_description(f"{len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else ""), refresh=False)
             # After each run, one task per plot (the costliest, the error panels, first), one for what the report
@@ -329,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
                 jobs,
                 on_steps=lambda _config, steps: bar.update(steps),
                 then=[*(functools.partial(render_plot, kind) for kind in kinds), run_facts, run_environment],
+                then_here=(0,),  # needs matplotlib, not torch
             )
             drawn = [dict(zip(kinds, run_values[: len(kinds)], strict=True)) for run_values in values]
         document = build_document(

@@ -1,6 +1,6 @@
 """What a report's workers need loaded, imported once by the fork server they are forked from
-(`parity.lockstep.parallel`): the experiment, and matplotlib for the plots they draw. Imported there, a bogus
-MPLBACKEND is set aside with one note, not one per worker."""
+(`parity.lockstep.parallel`): the experiment, and matplotlib for the plots they draw. (A bogus MPLBACKEND has been
+replaced by the report's own process before it started the server: `reports.command.run`.)"""
 
 from __future__ import annotations
 

@@ -83,13 +83,17 @@ def run_experiments(
     jobs: int,
     on_steps: Callable[[ExperimentConfig, int], None] | None = None,
     then: Sequence[Callable[[ExperimentResult], T]] = (),
+    then_here: Sequence[int] = (),
 ) -> tuple[list[ExperimentResult], list[list[T]]]:
     """Every experiment, in the order given; `jobs` > 1 runs them in that many worker processes. `on_steps(config,
     n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker).
     Each function of `then` (module-level, or a partial of one) is a task of its own after each experiment, run by
     whichever worker is free first, for work that can be done side by side too (the report's plots: the last run's
-    are then drawn by every worker at once). For each experiment, in order, the list of their values. An error in
-    a worker is raised here as it was raised there."""
+    are then drawn by every worker at once). `then_here`: positions in `then` of tasks that, for the experiment to
+    finish last, this process runs itself while the workers take the others: it has nothing left to do but wait by
+    then (the report's costliest plot, with matplotlib warmed up here while the workers started). They must need
+    nothing only a worker has: where the workers make the runs, this process never imports torch. For each
+    experiment, in order, the list of their values. An error in a worker is raised here as it was raised there."""
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
         from parity.lockstep.experiment import run_experiment
@@ -107,7 +111,7 @@ def run_experiments(
     with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(progress, os.getpid())) as pool:
         try:  # a submit starts a worker, waiting for the fork server (still importing torch at first)
             runs = {pool.submit(_run_in_worker, i, configs[i], train, test): i for i in longest_first(configs)}
-            extras = _follow(pool, runs, then, progress, configs, report)
+            extras = _follow(pool, runs, (then, then_here), progress, configs, report)
         except BaseException:  # Ctrl-C, or an error here: the runs are not waited for
             _stop(pool)
             raise
@@ -119,10 +123,12 @@ def run_experiments(
     return [results[index] for index in range(len(configs))], values
 
 
-def _follow(pool, runs: dict[Future, int], then, progress, configs: Sequence[ExperimentConfig], report) -> dict:
+def _follow(pool, runs: dict[Future, int], tasks, progress, configs: Sequence[ExperimentConfig], report) -> dict:
     """Pass the workers' progress on until every experiment and its `then` tasks are done; each is handed to
-    whichever worker is free first (a worker done with its run would otherwise idle while another draws plots).
-    A worker's error surfaces from `result()`. Returns the tasks by (experiment index, position in `then`)."""
+    whichever worker is free first (a worker done with its run would otherwise idle while another draws plots),
+    but for the last experiment's `then_here` ones, run here. A worker's error surfaces from `result()`; one here
+    is raised. Returns the tasks by (experiment index, position in `then`)."""
+    then, then_here = tasks
     extras: dict[tuple[int, int], Future] = {}
     pending = set(runs)
     while pending:
@@ -134,11 +140,22 @@ def _follow(pool, runs: dict[Future, int], then, progress, configs: Sequence[Exp
             return extras
         for future in done:
             if future in runs:
+                here = then_here if not any(other in runs for other in pending) else ()
                 for position, task in enumerate(then):
-                    extras[runs[future], position] = pool.submit(task, future.result())
-                    pending.add(extras[runs[future], position])
+                    if position not in here:
+                        extras[runs[future], position] = pool.submit(task, future.result())
+                        pending.add(extras[runs[future], position])
+                for position in here:  # once the workers have theirs
+                    extras[runs[future], position] = _run_here(then[position], future.result())
     _drain(progress, configs, report)
     return extras
+
+
+def _run_here(task: Callable[[ExperimentResult], T], result: ExperimentResult) -> Future:
+    """`task(result)` run in this process, as a done Future beside the workers' (its error is raised, not kept)."""
+    future: Future = Future()
+    future.set_result(task(result))
+    return future
 
 
 def _drain(progress, configs: Sequence[ExperimentConfig], report) -> None:
