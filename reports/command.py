@@ -318,8 +318,10 @@ def run(args: argparse.Namespace) -> int:
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
     jobs = min(options.jobs, len(runs))
-    if jobs > 1:  # idle until the workers start (torch loading in the fork server): the last run's costliest plot
-        warm_up_plots()  # is drawn here (`then_here` below), as the workers draw the others
+    if jobs > 1:
+        # Idle until the workers start (the fork server is loading torch): matplotlib is warmed up now, for the last
+        # run's costliest plot, drawn here (`then_here` below) while the workers draw the others.
+        warm_up_plots()
     # What the imports and the data made lives as long as the command: frozen, no collection looks at it again (a
     # full one over it took ~0.1 s, after each run's result arrived and in each run made in this process).
     gc.freeze()

@@ -76,7 +76,7 @@ def import_matplotlib() -> None:
 
 def warm_up() -> None:
     """Draw and save a tiny figure, and throw it away: the first figure a process draws also loads the fonts and
-    fills matplotlib's text-layout caches, which doubled the first error panel's time (~1.0 s against ~0.5 s). A
+    fills matplotlib's text-layout caches, which made the first error panel about twice as slow as the next. A
     process that is idle anyway (the report's, while its workers start) calls this so its plots later start warm;
     nothing of it reaches a figure drawn after (tested: the same PNG bytes)."""
     figure = new_figure(figsize=(2, 2))

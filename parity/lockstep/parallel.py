@@ -111,7 +111,7 @@ def run_experiments(
     with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(progress, os.getpid())) as pool:
         try:  # a submit starts a worker, waiting for the fork server (still importing torch at first)
             runs = {pool.submit(_run_in_worker, i, configs[i], train, test): i for i in longest_first(configs)}
-            extras = _follow(pool, runs, (then, then_here), progress, configs, report)
+            extras = _follow(pool, runs, then, then_here, progress, configs, report)
         except BaseException:  # Ctrl-C, or an error here: the runs are not waited for
             _stop(pool)
             raise
@@ -123,12 +123,13 @@ def run_experiments(
     return [results[index] for index in range(len(configs))], values
 
 
-def _follow(pool, runs: dict[Future, int], tasks, progress, configs: Sequence[ExperimentConfig], report) -> dict:
+def _follow(
+    pool, runs: dict[Future, int], then, then_here, progress, configs: Sequence[ExperimentConfig], report
+) -> dict:
     """Pass the workers' progress on until every experiment and its `then` tasks are done; each is handed to
     whichever worker is free first (a worker done with its run would otherwise idle while another draws plots),
     but for the last experiment's `then_here` ones, run here. A worker's error surfaces from `result()`; one here
     is raised. Returns the tasks by (experiment index, position in `then`)."""
-    then, then_here = tasks
     extras: dict[tuple[int, int], Future] = {}
     pending = set(runs)
     while pending:
