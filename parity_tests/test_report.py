@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -659,6 +661,74 @@ def test_an_error_in_a_worker_is_raised_as_it_was_not_as_a_cancellation():
     configs = [ExperimentConfig(epochs=1), ExperimentConfig(epochs=1, dtype="float32")]
     with pytest.raises(TypeError, match="ExperimentResult"):
         parallel.run_experiments(configs, train, test, jobs=2, then=[int])
+
+
+def test_an_error_in_a_then_here_task_is_raised_and_the_workers_are_ended():
+    """The last run's `then_here` task fails in the caller: that error comes back, and no worker is left running."""
+    import multiprocessing
+
+    train, test = load_experiment_data(n_train=4, n_test=2)
+    configs = [ExperimentConfig(epochs=1), ExperimentConfig(epochs=1, dtype="float32")]
+    with pytest.raises(TypeError, match="ExperimentResult"):
+        parallel.run_experiments(configs, train, test, jobs=2, then=[repr, int], then_here=(1,))
+    assert not multiprocessing.active_children()
+
+
+class _PoolRunningAtOnce:
+    """A stand-in for the process pool: runs each task as it is submitted, noting which it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, str]] = []
+
+    def submit(self, task, result) -> Future:
+        future = Future()
+        future.set_result(task(result))
+        self.ran.append(future.result())
+        return future
+
+
+def test_two_runs_finishing_at_once_give_the_caller_one_run_s_then_here_tasks_after_every_worker_task():
+    """Both runs come out of one `wait`: every other task of both goes to the workers first, then the caller runs
+    the `then_here` task of one of them only (not both runs' one after the other, the workers waiting meanwhile)."""
+    calls: list[tuple[str, str]] = []
+
+    def loss(result):
+        calls.append(("loss", result))
+        return ("loss", result)
+
+    def errors(result):
+        calls.append(("errors", result))
+        return ("errors", result)
+
+    runs = {}
+    for index in (0, 1):
+        runs[Future()] = index
+    for future, index in runs.items():
+        future.set_result(f"run {index}")
+    pool = _PoolRunningAtOnce()
+    extras = parallel._follow(pool, runs, [loss, errors], (1,), queue.Queue(), [None, None], None)
+    in_caller = [call for call in calls if call not in pool.ran]
+    assert len(pool.ran) == 3 and len(in_caller) == 1 and in_caller[0][0] == "errors"
+    assert calls[-1] == in_caller[0]  # after the workers had all of theirs
+    assert {key: future.result() for key, future in extras.items()} == {
+        (index, position): (name, f"run {index}")
+        for index in (0, 1)
+        for position, name in enumerate(["loss", "errors"])
+    }
+
+
+def test_binned_error_maxima_ignore_nan_and_keep_step_0_alone():
+    """Beyond MAX_POINTS steps the error plot draws each bin's largest error: NaN only where the whole bin is NaN, and
+    step 0 (where a tie-rule difference shows alone) a point of its own."""
+    from reports import plots
+
+    n_steps = 2 * plots.MAX_POINTS  # bins of two steps after step 0: (1, 2), (3, 4), ...
+    steps = np.arange(n_steps)
+    errors = np.full(n_steps, 1e-15)
+    errors[0], errors[1], errors[2], errors[3], errors[4] = 5.0, np.nan, 2e-14, np.nan, np.nan
+    binned_steps, maxima = plots._binned_max(steps, errors, n_steps)
+    assert list(binned_steps[:4]) == [0, 1, 3, 5]
+    assert maxima[0] == 5.0 and maxima[1] == 2e-14 and np.isnan(maxima[2]) and maxima[3] == 1e-15
 
 
 def test_jobs_must_be_a_positive_integer(report_cli, capsys):

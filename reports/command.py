@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import os
 import shlex
 import sys
 import time
@@ -287,15 +286,10 @@ def run(args: argparse.Namespace) -> int:
     from scratch.splits import run_steps
 
     run_steps(options.epochs, options.train_size, options.batch_size)  # a run that cannot end is refused now
-    if options.jobs > 1 and run_count(options) > 1:
+    jobs = min(options.jobs, run_count(options))
+    if jobs > 1:
         from parity.lockstep.parallel import start_fork_server
 
-        if "MPLBACKEND" in os.environ:
-            # This process draws too (`then_here` below): a bogus backend is replaced here, with its note, before the
-            # server inherits the environment, so the note is printed once.
-            from reports.plots import import_matplotlib
-
-            import_matplotlib()
         start_fork_server("reports.preload")  # the workers' imports overlap this process's own, and the data's loading
 
     from tqdm import tqdm
@@ -317,7 +311,6 @@ def run(args: argparse.Namespace) -> int:
         raise _usage(error.in_options({"train": "--train-size", "test": "--test-size"})) from None
     check_arch(options.arch, tuple(int(side) for side in train.images.shape[1:]))  # now against the real size
     runs, demonstrations = configs(options)
-    jobs = min(options.jobs, len(runs))
     if jobs > 1:
         # Idle until the workers start (the fork server is loading torch): matplotlib is warmed up now, for the last
         # run's costliest plot, drawn here (`then_here` below) while the workers draw the others.
@@ -341,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
                 jobs,
                 on_steps=lambda _config, steps: bar.update(steps),
                 then=[*(functools.partial(render_plot, kind) for kind in kinds), run_facts, run_environment],
-                then_here=(0,),  # needs matplotlib, not torch
+                then_here=(kinds.index("errors"),),  # needs matplotlib, not torch
             )
             drawn = [dict(zip(kinds, run_values[: len(kinds)], strict=True)) for run_values in values]
         document = build_document(

@@ -52,9 +52,10 @@ def new_figure(**options: object) -> Figure:
     return figure
 
 
-def import_matplotlib() -> None:
+def import_matplotlib(note: bool = True) -> None:
     """Import matplotlib. A bogus MPLBACKEND makes that raise, although the report draws with Agg whatever it says:
-    it is replaced by Agg, with one note on stderr (matplotlib reads it once, at its import)."""
+    it is replaced by Agg, with one note on stderr unless `note` is false (matplotlib reads it once, at its
+    import)."""
     if "matplotlib" in sys.modules:
         return
     try:
@@ -66,11 +67,12 @@ def import_matplotlib() -> None:
         os.environ["MPLBACKEND"] = "agg"
         for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"]:
             del sys.modules[name]  # the half-imported package: imported again below, whole
-        print(
-            f"cnn-parity: MPLBACKEND={bogus!r} is not a matplotlib backend; drawing the plots with the file backend "
-            "Agg instead",
-            file=sys.stderr,
-        )
+        if note:
+            print(
+                f"cnn-parity: MPLBACKEND={bogus!r} is not a matplotlib backend; drawing the plots with the file "
+                "backend Agg instead",
+                file=sys.stderr,
+            )
         import matplotlib  # noqa: F401
 
 

@@ -89,11 +89,12 @@ def run_experiments(
     n)` is told as each experiment makes progress (every step in process, every PROGRESS_EVERY steps in a worker).
     Each function of `then` (module-level, or a partial of one) is a task of its own after each experiment, run by
     whichever worker is free first, for work that can be done side by side too (the report's plots: the last run's
-    are then drawn by every worker at once). `then_here`: positions in `then` of tasks that, for the experiment to
-    finish last, this process runs itself while the workers take the others: it has nothing left to do but wait by
-    then (the report's costliest plot, with matplotlib warmed up here while the workers started). They must need
-    nothing only a worker has: where the workers make the runs, this process never imports torch. For each
-    experiment, in order, the list of their values. An error in a worker is raised here as it was raised there."""
+    are then drawn by every worker at once). `then_here`: positions in `then` of tasks that, of the experiment that
+    finishes last, this process runs itself while the workers take the others: it has nothing left to do but wait by
+    then (the report's costliest plot, with matplotlib warmed up here while the workers started). They must not need
+    torch: where workers make the runs, this process never imports it. (Run serially, every task runs here anyway.)
+    For each experiment, in order, the list of their values. An error in a worker is raised here as it was raised
+    there."""
     report = on_steps or (lambda config, steps: None)
     if jobs <= 1 or len(configs) <= 1:
         from parity.lockstep.experiment import run_experiment
@@ -128,8 +129,8 @@ def _follow(
 ) -> dict:
     """Pass the workers' progress on until every experiment and its `then` tasks are done; each is handed to
     whichever worker is free first (a worker done with its run would otherwise idle while another draws plots),
-    but for the last experiment's `then_here` ones, run here. A worker's error surfaces from `result()`; one here
-    is raised. Returns the tasks by (experiment index, position in `then`)."""
+    but for the `then_here` ones of the experiment that finishes last, run here. A worker's error surfaces from
+    `result()`; one here is raised. Returns the tasks by (experiment index, position in `then`)."""
     extras: dict[tuple[int, int], Future] = {}
     pending = set(runs)
     while pending:
@@ -139,15 +140,16 @@ def _follow(
             for future in pending:
                 future.cancel()
             return extras
-        for future in done:
-            if future in runs:
-                here = then_here if not any(other in runs for other in pending) else ()
-                for position, task in enumerate(then):
-                    if position not in here:
-                        extras[runs[future], position] = pool.submit(task, future.result())
-                        pending.add(extras[runs[future], position])
-                for position in here:  # once the workers have theirs
-                    extras[runs[future], position] = _run_here(then[position], future.result())
+        finished = [future for future in done if future in runs]
+        # The run that finished last (of two finishing at once, one), once no other is still running.
+        last = finished[-1] if finished and not any(future in runs for future in pending) else None
+        for future in finished:
+            for position, task in enumerate(then):
+                if future is not last or position not in then_here:
+                    extras[runs[future], position] = pool.submit(task, future.result())
+                    pending.add(extras[runs[future], position])
+        for position in then_here if last is not None else ():  # once the workers have every other task
+            extras[runs[last], position] = _run_here(then[position], last.result())
     _drain(progress, configs, report)
     return extras
 
