@@ -731,6 +731,23 @@ def test_binned_error_maxima_ignore_nan_and_keep_step_0_alone():
     assert maxima[0] == 5.0 and maxima[1] == 2e-14 and np.isnan(maxima[2]) and maxima[3] == 1e-15
 
 
+def test_plots_laid_out_once_are_the_bytes_tight_layout_and_savefig_give(monkeypatch):
+    """`plots._save` lays a figure out itself so that `savefig` draws it only once: every plot's PNG is the one
+    `Figure.tight_layout` followed by `savefig` writes."""
+    from reports import plots
+
+    train, test = load_experiment_data(n_train=50, n_test=10)
+    result = run_experiment(ExperimentConfig(epochs=1, tie_policy="all", softmax="tutorial"), train, test)
+    laid_out_once = {kind: plots.render(kind, result) for kind in plots.PLOTS}
+
+    def matplotlib_s_own(figure, path):
+        figure.tight_layout()
+        figure.savefig(path, format="png", dpi=plots.DPI)
+
+    monkeypatch.setattr(plots, "_save", matplotlib_s_own)
+    assert {kind: plots.render(kind, result) for kind in plots.PLOTS} == laid_out_once
+
+
 def test_jobs_must_be_a_positive_integer(report_cli, capsys):
     assert report_cli("--jobs", "0") == 2
     assert "--jobs must be a positive integer, got '0'" in capsys.readouterr().err

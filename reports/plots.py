@@ -86,11 +86,16 @@ def warm_up() -> None:
     axes.plot([0, 1], [0, 1], label="warm-up")
     axes.set_title("warm-up")
     axes.legend()
-    figure.tight_layout()
     _save(figure, io.BytesIO())
 
 
 def _save(figure: Figure, path: Path | BinaryIO) -> None:
+    """Lay `figure` out (tight) and write it as PNG. Laid out here, once: `Figure.tight_layout` leaves a placeholder
+    layout engine behind, for which `savefig` draws the whole figure once more, unseen, before drawing it (the same
+    PNG bytes either way: tested)."""
+    from matplotlib.layout_engine import TightLayoutEngine
+
+    TightLayoutEngine().execute(figure)
     figure.savefig(path, format="png", dpi=DPI)
 
 
@@ -192,7 +197,6 @@ def loss_plot(result: ExperimentResult, path: Path | BinaryIO) -> None:
             fontsize=9,
             bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9},
         )
-    figure.tight_layout()
     _save(figure, path)
 
 
@@ -269,7 +273,6 @@ def error_plot(result: ExperimentResult, path: Path | BinaryIO) -> None:
         + (f"; per-sample gradients (d_in, d_out): atol / {batch}" if (batch := result.config.batch_size) > 1 else ""),
         fontsize=11,
     )
-    figure.tight_layout()
     _save(figure, path)
 
 
