@@ -86,8 +86,8 @@ def check_labels(value: object, num_classes: int, images: object) -> np.ndarray:
         raise ValueError(
             f"labels: expected {batch} integer classes for a batch of {batch} images, got {_described(labels, value)}"
         )
-    # The range in Python: the reference's step, which checks its labels too, otherwise runs in torch, and NumPy's
-    # reductions cost more there than a list of a mini-batch's labels does (`python -m parity.benchmark`).
+    # The range in Python: the reference's step, which checks its labels too, otherwise runs in torch, and two NumPy
+    # reductions cost more there than a list of a mini-batch's labels (paired in one process, `parity.benchmark`).
     classes = labels.tolist()
     low, high = min(classes, default=0), max(classes, default=0)
     if low < 0 or high >= num_classes:
